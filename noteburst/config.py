@@ -1,0 +1,151 @@
+"""Configuration, read once at start from ``NOTEBURST_*`` environment variables.
+
+With nothing set, Noteburst runs the embedded default: SQLite in
+``data_dir``, an in-process queue and a Jupyter server it starts itself.
+Setting ``NOTEBURST_DATABASE_URL`` and ``NOTEBURST_REDIS_URL`` turns the same
+code into the Postgres/Redis service.  Every field is documented in
+docs/configuration.md; a test keeps that page in step with this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .constants import (
+    DEFAULT_KERNEL_NAME,
+    DEFAULT_MAX_NOTEBOOK_BYTES,
+    DEFAULT_TIMEOUT_SECONDS,
+)
+
+__all__ = ["Config"]
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "noteburst"
+
+
+class Config(BaseSettings):
+    """Noteburst's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NOTEBURST_", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the database, e.g. "
+            "postgresql+asyncpg://user@host/db. Unset: SQLite in data_dir."
+        ),
+    )
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis URL for the Dramatiq broker, e.g. redis://host:6379/0. "
+            "Unset: an in-process broker and worker (embedded default)."
+        ),
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description=(
+            "Folder for the embedded SQLite database and the local Jupyter "
+            "server's working directory."
+        ),
+    )
+    host: str = Field("127.0.0.1", description="Address `serve` binds.")
+    port: int = Field(8000, description="Port `serve` binds.")
+
+    jupyter_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of a running jupyter_server to execute on. Unset: "
+            "Noteburst starts a local one on a free loopback port."
+        ),
+    )
+    jupyter_token: SecretStr | None = Field(
+        None, description="Token for jupyter_url (sent as a header)."
+    )
+    jupyter_start_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for the local server to start."
+    )
+    kernel_names: list[str] | None = Field(
+        None,
+        description=(
+            "Kernels submissions may ask for (JSON list). Unset: the "
+            "kernelspecs installed beside Noteburst."
+        ),
+    )
+    default_kernel_name: str = Field(
+        DEFAULT_KERNEL_NAME,
+        description="Kernel used when neither the request nor the notebook names one.",
+    )
+    kernel_start_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for a kernel to start."
+    )
+    http_timeout: float = Field(
+        30.0, gt=0, description="Seconds for any single HTTP call to Jupyter."
+    )
+
+    max_notebook_bytes: int = Field(
+        DEFAULT_MAX_NOTEBOOK_BYTES,
+        gt=0,
+        description="Largest accepted notebook, in bytes of JSON (16 MiB).",
+    )
+    default_timeout_seconds: float = Field(
+        DEFAULT_TIMEOUT_SECONDS,
+        gt=0,
+        description="Whole-execution timeout when a submission gives none.",
+    )
+    max_timeout_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Largest timeoutSeconds a submission may ask for.",
+    )
+
+    worker_threads: int = Field(
+        4, ge=1, description="Executions one worker process runs at once."
+    )
+    worker_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A running execution whose worker has not renewed its lease for "
+            "this long is considered lost and queued again."
+        ),
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times an execution is started before a lost worker fails it.",
+    )
+    redis_namespace: str = Field(
+        "noteburst", description="Prefix of the Dramatiq keys in Redis."
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe log level written."
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="Human-readable lines or one JSON object per line."
+    )
+
+    @field_validator("database_url", "redis_url", "jupyter_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def is_embedded(self) -> bool:
+        """Whether this process runs the in-process queue and worker."""
+        return self.redis_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'noteburst.sqlite3'}"

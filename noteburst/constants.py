@@ -1,0 +1,37 @@
+"""Names and defaults shared by every layer.
+
+Kept in one module without internal imports so that the web tier can name an
+actor or a queue without importing worker code, and so that the defaults a
+user reads in docs/configuration.md have exactly one source.
+"""
+
+__all__ = [
+    "DEFAULT_KERNEL_NAME",
+    "DEFAULT_MAX_NOTEBOOK_BYTES",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "EVENTS_CHANNEL",
+    "EXECUTE_ACTOR_NAME",
+    "EXECUTION_QUEUE",
+    "KERNEL_WS_SUBPROTOCOL",
+]
+
+DEFAULT_KERNEL_NAME = "python3"
+"""Kernel used when neither the request nor the notebook's kernelspec names one."""
+
+DEFAULT_MAX_NOTEBOOK_BYTES = 16 * 1024 * 1024
+"""Largest submitted notebook, in bytes of its JSON text (16 MiB)."""
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
+"""Whole-execution timeout when a submission does not give one."""
+
+EXECUTE_ACTOR_NAME = "execute_notebook"
+"""Dramatiq actor that runs one execution, given only its id."""
+
+EXECUTION_QUEUE = "noteburst-executions"
+"""Dramatiq queue the execute actor consumes."""
+
+EVENTS_CHANNEL = "noteburst_events"
+"""Postgres LISTEN/NOTIFY channel announcing new execution events."""
+
+KERNEL_WS_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+"""Binary kernel websocket protocol offered by jupyter_server 2.x."""

@@ -1,0 +1,1 @@
+"""Pure business objects and rules: no I/O, no SQLAlchemy, no Strawberry."""

@@ -1,0 +1,153 @@
+"""What an execution is, the states it moves through, and its events.
+
+These value objects are shared by storage (which persists them), services
+(which change them) and the GraphQL layer (which shows them).  Keeping them
+free of any framework lets each layer be tested on its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "ErrorCode",
+    "EventKind",
+    "Execution",
+    "ExecutionError",
+    "ExecutionEvent",
+    "ExecutionStatus",
+    "Progress",
+]
+
+
+class ExecutionStatus(enum.StrEnum):
+    """Lifecycle of an execution; the last four are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether no further change can happen."""
+        return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class EventKind(enum.StrEnum):
+    """What an :class:`ExecutionEvent` announces."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CELL_STARTED = "cell_started"
+    CELL_FINISHED = "cell_finished"
+    FINISHED = "finished"
+    """The execution reached a terminal status (see the event's status)."""
+
+
+class ErrorCode(enum.StrEnum):
+    """Why an execution did not succeed; stable, for clients to match on."""
+
+    CELL_ERROR = "cell_error"
+    """A cell raised; ``ename``, ``evalue`` and ``traceback`` say what."""
+    TIMEOUT = "timeout"
+    """The whole-execution timeout expired."""
+    KERNEL_DIED = "kernel_died"
+    """The kernel process exited while a cell ran."""
+    KERNEL_START_FAILED = "kernel_start_failed"
+    """The lab could not start a kernel of the requested name."""
+    LAB_UNAVAILABLE = "lab_unavailable"
+    """The Jupyter server could not be reached or went away."""
+    WORKER_LOST = "worker_lost"
+    """Workers died running it more times than the retry limit allows."""
+    INTERNAL = "internal"
+    """An unexpected fault in Noteburst; details are in the service logs."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionError:
+    """Why an execution ended without success."""
+
+    code: ErrorCode
+    message: str
+    cell_index: int | None = None
+    ename: str | None = None
+    evalue: str | None = None
+    traceback: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialise for storage."""
+        return {
+            "code": self.code.value,
+            "message": self.message,
+            "cell_index": self.cell_index,
+            "ename": self.ename,
+            "evalue": self.evalue,
+            "traceback": list(self.traceback),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExecutionError:
+        """Rebuild from :meth:`to_json` output."""
+        return cls(
+            code=ErrorCode(data["code"]),
+            message=data["message"],
+            cell_index=data.get("cell_index"),
+            ename=data.get("ename"),
+            evalue=data.get("evalue"),
+            traceback=list(data.get("traceback") or []),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far through its code cells an execution is."""
+
+    cells_total: int
+    cells_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One submitted notebook and everything known about running it.
+
+    ``notebook`` is the executed notebook, present once the execution is
+    terminal (also after a failure, with outputs up to the failing cell).
+    The submitted notebook is not part of this object: it is large, and only
+    the worker reads it (see ``ExecutionStore.get_source_notebook``).
+    """
+
+    id: str
+    status: ExecutionStatus
+    kernel_name: str
+    timeout_seconds: float
+    created_at: datetime
+    progress: Progress
+    attempts: int = 0
+    last_sequence: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    notebook: dict[str, Any] | None = None
+    error: ExecutionError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionEvent:
+    """One stored change to an execution.
+
+    Sequences start at 1 per execution and have no gaps, so a subscriber that
+    remembers the last sequence it saw can resume without loss or repeats.
+    """
+
+    execution_id: str
+    sequence: int
+    kind: EventKind
+    status: ExecutionStatus
+    created_at: datetime
+    cell_index: int | None = None
+    cells_done: int = 0

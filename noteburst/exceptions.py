@@ -1,0 +1,92 @@
+"""Every error Noteburst raises above the Jupyter adapters, in one place.
+
+The hierarchy::
+
+    NoteburstError
+    ├── ClientError                 the caller can fix it; mapped to typed
+    │   │                           GraphQL payloads, never logged as a fault
+    │   ├── InvalidNotebookError    not JSON, not a notebook, invalid nbformat,
+    │   │                           too large
+    │   ├── UnknownKernelError      no such kernel on this deployment
+    │   ├── InvalidInputError       any other bad argument (timeout <= 0, ...)
+    │   └── ExecutionNotFoundError  no execution with that id
+    └── ConfigurationError          the deployment is misconfigured; raised at
+                                    start, never per request
+
+Each client error carries a stable snake-case ``code`` so clients and logs can
+match on it without parsing messages.  The Jupyter adapters have their own
+hierarchy (:mod:`noteburst.jupyter.exceptions`) because that package is kept
+free of Noteburst imports; the runner service converts those into
+:class:`noteburst.domain.execution.ExecutionError` values stored on the
+execution, since a failing notebook is an outcome, not an exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ConfigurationError",
+    "ExecutionNotFoundError",
+    "InvalidInputError",
+    "InvalidNotebookError",
+    "NoteburstError",
+    "UnknownKernelError",
+]
+
+
+class NoteburstError(Exception):
+    """Root of Noteburst's own exceptions."""
+
+
+class ClientError(NoteburstError):
+    """A request the caller can correct; the message is safe to show them."""
+
+    code = "client_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidNotebookError(ClientError):
+    """The submitted notebook cannot be parsed, validated or accepted."""
+
+    code = "invalid_notebook"
+
+
+class UnknownKernelError(ClientError):
+    """The requested kernel is not available on this deployment."""
+
+    code = "unknown_kernel"
+
+    def __init__(self, kernel_name: str, available: list[str]) -> None:
+        names = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"unknown kernel {kernel_name!r}; available kernels: {names}"
+        )
+        self.kernel_name = kernel_name
+        self.available = sorted(available)
+
+
+class InvalidInputError(ClientError):
+    """An argument other than the notebook is out of range or malformed."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ExecutionNotFoundError(ClientError):
+    """No execution has the given id."""
+
+    code = "execution_not_found"
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no execution with id {execution_id!r}")
+        self.execution_id = execution_id
+
+
+class ConfigurationError(NoteburstError):
+    """The service's configuration is inconsistent or unusable."""

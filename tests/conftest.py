@@ -1,0 +1,3 @@
+"""Shared fixtures: real Postgres, Redis and jupyter_server, one place each."""
+
+pytest_plugins = ["tests.support.databases", "tests.support.jupyter"]
