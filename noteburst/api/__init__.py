@@ -1,0 +1,1 @@
+"""GraphQL layer: parse input, call one service, map the result."""

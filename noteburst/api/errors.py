@@ -1,0 +1,99 @@
+"""Expected failures as GraphQL types, and the one place that maps them.
+
+Expected failures are part of the schema: a mutation returns a union of its
+success type and these payloads, so clients branch on ``__typename`` rather
+than parse error strings.  Where a field cannot return a union (queries and
+subscriptions), :class:`UserFacingError` carries the client error's message
+and code in ``extensions``.  Everything else is masked by
+:func:`should_mask_error`: the client sees "Unexpected error." and the logs
+get the traceback.
+"""
+
+from __future__ import annotations
+
+import strawberry
+from graphql import GraphQLError
+
+from ..exceptions import (
+    ClientError,
+    InvalidInputError,
+    InvalidNotebookError,
+    UnknownKernelError,
+)
+
+__all__ = [
+    "InvalidInput",
+    "InvalidNotebook",
+    "UnknownKernel",
+    "UserFacingError",
+    "payload_for",
+    "should_mask_error",
+]
+
+
+@strawberry.type(
+    description=(
+        "The notebook was not accepted: not JSON, not a notebook, invalid "
+        "nbformat (the message names the failing path), or too large."
+    )
+)
+class InvalidNotebook:
+    message: str
+
+
+@strawberry.type(description="The requested kernel is not available here.")
+class UnknownKernel:
+    message: str
+    kernel_name: str
+    available_kernels: list[str]
+
+
+@strawberry.type(description="An argument other than the notebook is out of range.")
+class InvalidInput:
+    message: str
+    field: str = strawberry.field(description="The input field at fault.")
+
+
+ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput
+
+
+def payload_for(error: ClientError) -> ErrorPayload:
+    """Return the GraphQL payload for an expected failure of a mutation.
+
+    Raises
+    ------
+    ClientError
+        Re-raised if it has no payload type (it then reaches the client as a
+        :class:`UserFacingError` through the schema's error handling).
+    """
+    if isinstance(error, InvalidNotebookError):
+        return InvalidNotebook(message=error.message)
+    if isinstance(error, UnknownKernelError):
+        return UnknownKernel(
+            message=error.message,
+            kernel_name=error.kernel_name,
+            available_kernels=error.available,
+        )
+    if isinstance(error, InvalidInputError):
+        return InvalidInput(message=error.message, field=error.field)
+    raise error
+
+
+class UserFacingError(GraphQLError):
+    """A client error shown as-is, with its stable code in ``extensions``."""
+
+    def __init__(self, error: ClientError) -> None:
+        super().__init__(error.message, extensions={"code": error.code})
+
+
+def should_mask_error(error: GraphQLError) -> bool:
+    """Mask unexpected exceptions, but not validation or client errors.
+
+    Validation errors have no original error; our client errors arrive as
+    :class:`UserFacingError` (a GraphQLError) or as a raw
+    :class:`ClientError` raised from a resolver.
+    """
+    original = error.original_error
+    if original is None:
+        return False
+    return not isinstance(original, GraphQLError | ClientError)

@@ -1,0 +1,266 @@
+"""GraphiQL served from assets shipped inside the package, with no CDN.
+
+Strawberry's built-in GraphiQL page loads React, ReactDOM, js-cookie, GraphiQL
+and the explorer plugin from ``unpkg.com``. The clusters Noteburst runs in
+reach no CDN, so that page would stay at "Loading..." forever. This module
+renders the very same page with every CDN URL pointed at copies of those files
+vendored under ``noteburst/api/static/graphiql`` (one folder per
+``<package>@<version>``, mirroring the CDN's layout, each with its LICENSE),
+and provides the Starlette route that serves them.
+
+The vendored files are byte-identical to the ones Strawberry pins (the
+regeneration script and the tests check them against the page's own
+subresource-integrity hashes). When a Strawberry upgrade moves to other
+versions, `render_graphiql` raises instead of serving a page that would reach
+for the internet; regenerate the assets with::
+
+    npm ci && npm run vendor-graphiql
+
+The page is otherwise unchanged: queries go to the page's own URL and
+subscriptions use the graphql-transport-ws protocol on the same URL (``ws:``
+or ``wss:``), through the graphql-ws client bundled in ``graphiql.min.js``.
+
+Wiring it into a Strawberry ASGI app::
+
+    class GraphQLApp(GraphQL[Context, None]):
+        async def render_graphql_ide(self, request: Request) -> Response:
+            prefix = request.scope.get("root_path", "") + "/graphiql-static"
+            return HTMLResponse(render_graphiql(prefix))
+
+    app = Starlette(routes=[Route("/graphql", GraphQLApp(schema)), *static_routes()])
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from strawberry.http.ides import get_graphql_ide_html
+
+__all__ = [
+    "FAVICON",
+    "STATIC_DIR",
+    "CdnAsset",
+    "find_cdn_assets",
+    "render_graphiql",
+    "static_routes",
+]
+
+STATIC_DIR: Final = Path(__file__).parent / "static" / "graphiql"
+"""Folder holding the vendored GraphiQL assets, served by `static_routes`."""
+
+FAVICON: Final = "favicon.svg"
+"""File, under `STATIC_DIR`, replacing the page's inline SVG favicon.
+
+The inline favicon is a ``data:`` URI whose SVG names its XML namespace with
+an ``http://`` URL; serving it as a file keeps the page free of any URL.
+"""
+
+# A <script> or <link> start tag; quoted attribute values may contain ">".
+_TAG_RE: Final = re.compile(r"""<(?:script|link)\b(?:[^>"']|"[^"]*"|'[^']*')*>""")
+_ATTR_RE: Final = re.compile(
+    r"""(?P<name>[^\s=/>"']+)(?:\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s>"']+)))?"""
+)
+# "/react@18.2.0/umd/react.production.min.js" or with a scope,
+# "/@graphiql/plugin-explorer@1.0.2/dist/style.css".
+_NPM_PATH_RE: Final = re.compile(
+    r"^/(?P<package>(?:@[^/@]+/)?[^/@]+)@(?P<version>[^/]+)/(?P<file>.+)$"
+)
+_DATA_SVG_HREF_RE: Final = re.compile(r"""href\s*=\s*"data:image/svg\+xml,[^"]*\"""")
+# An attribute value naming another host: absolute or protocol-relative URL.
+_OTHER_HOST_RE: Final = re.compile(r"\s*(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
+# Anywhere in the page, including scripts and inline data.
+_ANY_URL_RE: Final = re.compile(r"\b(?:https?|wss?)://[^\s\"'<>]*", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class CdnAsset:
+    """One file that Strawberry's GraphiQL page loads from the CDN.
+
+    Parameters
+    ----------
+    url
+        The absolute URL in the page, e.g.
+        ``https://unpkg.com/react@18.2.0/umd/react.production.min.js``.
+    package
+        The npm package, e.g. ``react`` or ``@graphiql/plugin-explorer``.
+    version
+        The exact version pinned in the URL.
+    file
+        The file's path inside the package, e.g. ``umd/react.production.min.js``.
+    integrity
+        The tag's ``integrity`` attribute, if any (``sha384-...``).
+    """
+
+    url: str
+    package: str
+    version: str
+    file: str
+    integrity: str | None
+
+    @property
+    def vendored_path(self) -> str:
+        """Path of the vendored copy, relative to `STATIC_DIR`.
+
+        Returns
+        -------
+        str
+            ``<package>@<version>/<file>``, the CDN's own layout.
+        """
+        return f"{self.package}@{self.version}/{self.file}"
+
+
+def find_cdn_assets(html: str) -> list[CdnAsset]:
+    """List the absolute URLs that ``<script>`` and ``<link>`` tags load.
+
+    Parameters
+    ----------
+    html
+        A GraphQL IDE page, such as Strawberry's GraphiQL template.
+
+    Returns
+    -------
+    list of CdnAsset
+        One entry per tag whose ``src`` or ``href`` is an absolute URL, in
+        page order.
+
+    Raises
+    ------
+    ValueError
+        If such a URL is not of the npm CDN form
+        ``<host>/<package>@<version>/<file>``, so cannot be vendored.
+    """
+    assets: list[CdnAsset] = []
+    for tag in _TAG_RE.finditer(html):
+        attrs = _attributes(tag.group())
+        url = attrs.get("src") or attrs.get("href") or ""
+        if not _OTHER_HOST_RE.match(url):
+            continue
+        match = _NPM_PATH_RE.match(urlsplit(url).path)
+        if match is None:
+            msg = f"Not an npm CDN URL of the form <package>@<version>/<file>: {url}"
+            raise ValueError(msg)
+        assets.append(
+            CdnAsset(
+                url=url,
+                package=match["package"],
+                version=match["version"],
+                file=match["file"],
+                integrity=attrs.get("integrity"),
+            )
+        )
+    return assets
+
+
+def render_graphiql(static_prefix: str) -> str:
+    """Render Strawberry's GraphiQL page with no reference to any other host.
+
+    Parameters
+    ----------
+    static_prefix
+        Absolute URL path where `static_routes` serves the vendored assets,
+        as the browser must request it, e.g. ``/graphiql-static``; a trailing
+        slash is ignored. Include the ASGI ``root_path`` if the app is mounted
+        below one. A URL with a host is refused like any other host.
+
+    Returns
+    -------
+    str
+        The HTML page. Every CDN URL becomes ``{static_prefix}/<file>``, every
+        ``integrity`` attribute is recomputed from the vendored file (so the
+        browser still verifies what it runs), ``crossorigin`` is kept
+        (harmless on the same origin), and the inline favicon becomes
+        `FAVICON`.
+
+    Raises
+    ------
+    RuntimeError
+        If the page loads a file that is not vendored (typically after a
+        Strawberry upgrade that changes versions) or still names another host.
+    """
+    return _render(get_graphql_ide_html(graphql_ide="graphiql"), static_prefix)
+
+
+def static_routes(prefix: str = "/graphiql-static") -> list[BaseRoute]:
+    """Routes that serve the vendored GraphiQL assets.
+
+    Parameters
+    ----------
+    prefix
+        URL path to mount the assets at; pass the same value (plus any
+        ``root_path``) to `render_graphiql`.
+
+    Returns
+    -------
+    list of starlette.routing.BaseRoute
+        A single `~starlette.routing.Mount`, named ``graphiql-static``, of a
+        `~starlette.staticfiles.StaticFiles` app over `STATIC_DIR`.
+    """
+    return [
+        Mount(
+            prefix.rstrip("/"),
+            app=StaticFiles(directory=STATIC_DIR),
+            name="graphiql-static",
+        )
+    ]
+
+
+@lru_cache(maxsize=16)
+def _render(html: str, static_prefix: str) -> str:
+    prefix = static_prefix.rstrip("/")
+    try:
+        assets = {asset.url: asset for asset in find_cdn_assets(html)}
+    except ValueError as exc:
+        raise RuntimeError(f"Cannot serve GraphiQL without a CDN: {exc}") from exc
+
+    def rewrite_tag(tag: re.Match[str]) -> str:
+        text = tag.group()
+        attrs = _attributes(text)
+        asset = assets.get(attrs.get("src") or attrs.get("href") or "")
+        if asset is None:
+            return text
+        path = STATIC_DIR / asset.vendored_path
+        if not path.is_file():
+            msg = (
+                f"Strawberry's GraphiQL page loads {asset.url}, which is not "
+                f"vendored in {STATIC_DIR}; run `npm ci && npm run vendor-graphiql`."
+            )
+            raise RuntimeError(msg)
+        text = text.replace(asset.url, f"{prefix}/{asset.vendored_path}")
+        if asset.integrity is not None:
+            text = text.replace(asset.integrity, _subresource_integrity(path))
+        return text
+
+    page = _DATA_SVG_HREF_RE.sub(f'href="{prefix}/{FAVICON}"', html)
+    page = _TAG_RE.sub(rewrite_tag, page)
+    if leftover := _ANY_URL_RE.search(page):
+        msg = (
+            f"The GraphiQL page still names another host ({leftover.group()!r}); "
+            "noteburst.api.graphiql does not know how to vendor it."
+        )
+        raise RuntimeError(msg)
+    return page
+
+
+@cache
+def _subresource_integrity(path: Path) -> str:
+    digest = hashlib.sha384(path.read_bytes()).digest()
+    return "sha384-" + base64.b64encode(digest).decode("ascii")
+
+
+def _attributes(tag: str) -> dict[str, str]:
+    """Attributes of one start tag: lower-cased names, raw values."""
+    attrs: dict[str, str] = {}
+    name_end = re.match(r"<[^\s/>]*", tag)
+    for match in _ATTR_RE.finditer(tag, name_end.end() if name_end else 0):
+        value = match["dq"] or match["sq"] or match["bare"] or ""
+        attrs.setdefault(match["name"].lower(), value)
+    return attrs

@@ -1,0 +1,151 @@
+"""The GraphQL schema: queries, mutations and the status subscription.
+
+Resolvers are thin: they convert input, call one service method and convert
+the result; client errors become typed payloads (mutations) or
+:class:`~noteburst.api.errors.UserFacingError` (queries, subscriptions).
+The SDL is exported to the repository's ``schema.graphql`` by
+``python -m noteburst.api.export_schema``; a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+import strawberry
+from strawberry.extensions import MaskErrors
+from strawberry.scalars import JSON
+from strawberry.schema.config import StrawberryConfig
+
+from ..domain.execution import ExecutionStatus
+from ..exceptions import ClientError
+from .context import GraphQLContext
+from .errors import (
+    InvalidInput,
+    InvalidNotebook,
+    UnknownKernel,
+    UserFacingError,
+    payload_for,
+    should_mask_error,
+)
+from .types import (
+    Execution,
+    ExecutionConnection,
+    ExecutionEdge,
+    ExecutionEvent,
+    PageInfo,
+)
+
+__all__ = ["Mutation", "Query", "Subscription", "schema"]
+
+Info = strawberry.Info[GraphQLContext, None]
+
+
+@strawberry.input(description="A notebook to execute.")
+class SubmitExecutionInput:
+    notebook: JSON = strawberry.field(
+        description=(
+            "An nbformat v4 document as a JSON object (a JSON string holding "
+            "one is accepted too)."
+        )
+    )
+    kernel_name: str | None = strawberry.field(
+        default=None,
+        description="Kernel to run on; default: the notebook's kernelspec, else python3.",
+    )
+    timeout_seconds: float | None = strawberry.field(
+        default=None,
+        description="Timeout for the whole execution; default from configuration.",
+    )
+
+
+SubmitExecutionPayload = Annotated[
+    Execution | InvalidNotebook | UnknownKernel | InvalidInput,
+    strawberry.union(
+        "SubmitExecutionPayload",
+        description="The queued execution, or why the submission was refused.",
+    ),
+]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One execution, or null when the id is unknown.")
+    async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:  # noqa: A002
+        service = info.context.factory.create_execution_service()
+        found = await service.get(str(id))
+        return Execution.from_domain(found) if found else None
+
+    @strawberry.field(description="Executions, newest first, with cursor pagination.")
+    async def executions(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = None,
+        status: ExecutionStatus | None = None,
+    ) -> ExecutionConnection:
+        service = info.context.factory.create_execution_service()
+        try:
+            page = await service.list(first=first, after=after, status=status)
+        except ClientError as exc:
+            raise UserFacingError(exc) from exc
+        edges = [
+            ExecutionEdge(cursor=cursor, node=Execution.from_domain(execution))
+            for execution, cursor in zip(page.executions, page.cursors, strict=True)
+        ]
+        return ExecutionConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=page.cursors[-1] if page.cursors else None,
+            ),
+        )
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Queue a notebook for execution.")
+    async def submit_execution(
+        self, info: Info, input: SubmitExecutionInput  # noqa: A002
+    ) -> SubmitExecutionPayload:
+        service = info.context.factory.create_execution_service()
+        try:
+            execution = await service.submit(
+                input.notebook,
+                kernel_name=input.kernel_name,
+                timeout_seconds=input.timeout_seconds,
+            )
+        except ClientError as exc:
+            return payload_for(exc)
+        return Execution.from_domain(execution)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description=(
+            "The execution's current state at once (or every event after "
+            "afterSequence), then every change until it ends; then completes."
+        )
+    )
+    async def execution_status(
+        self,
+        info: Info,
+        id: strawberry.ID,  # noqa: A002
+        after_sequence: int | None = None,
+    ) -> AsyncGenerator[ExecutionEvent, None]:
+        service = info.context.factory.create_execution_service()
+        try:
+            async for watched in service.watch(str(id), after_sequence=after_sequence):
+                yield ExecutionEvent.from_domain(watched.event, watched.execution)
+        except ClientError as exc:
+            raise UserFacingError(exc) from exc
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    extensions=[lambda: MaskErrors(should_mask_error=should_mask_error)],
+    config=StrawberryConfig(),
+)

@@ -1,0 +1,181 @@
+"""GraphQL output types, each built from a domain object.
+
+Names follow the GraphQL type they define (no ``Type`` suffix).  Field
+descriptions land in schema.graphql, which is what GraphiQL users read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import strawberry
+from strawberry.scalars import JSON
+
+from ..domain import execution as domain
+
+if TYPE_CHECKING:
+    from .context import GraphQLContext
+
+__all__ = [
+    "ErrorCode",
+    "EventKind",
+    "Execution",
+    "ExecutionConnection",
+    "ExecutionEdge",
+    "ExecutionError",
+    "ExecutionEvent",
+    "ExecutionStatus",
+    "PageInfo",
+    "Progress",
+]
+
+ExecutionStatus = strawberry.enum(
+    domain.ExecutionStatus,
+    name="ExecutionStatus",
+    description="Lifecycle of an execution; all but QUEUED and RUNNING are terminal.",
+)
+EventKind = strawberry.enum(
+    domain.EventKind, name="EventKind", description="What an ExecutionEvent announces."
+)
+ErrorCode = strawberry.enum(
+    domain.ErrorCode,
+    name="ErrorCode",
+    description="Why an execution did not succeed; stable, for clients to match on.",
+)
+
+
+@strawberry.type(description="How far through its code cells an execution is.")
+class Progress:
+    cells_total: int = strawberry.field(description="Code cells that will run.")
+    cells_done: int = strawberry.field(description="Code cells finished so far.")
+
+
+@strawberry.type(description="Why an execution ended without success.")
+class ExecutionError:
+    code: domain.ErrorCode
+    message: str
+    cell_index: int | None = strawberry.field(
+        description="Index in the notebook's cells of the cell involved, if any."
+    )
+    ename: str | None = strawberry.field(description="Exception class, for CELL_ERROR.")
+    evalue: str | None = strawberry.field(description="Exception value, for CELL_ERROR.")
+    traceback: list[str] = strawberry.field(
+        description="Traceback lines (with ANSI colours, as the kernel sent them)."
+    )
+
+    @classmethod
+    def from_domain(cls, error: domain.ExecutionError) -> ExecutionError:
+        """Convert a domain error."""
+        return cls(
+            code=error.code,
+            message=error.message,
+            cell_index=error.cell_index,
+            ename=error.ename,
+            evalue=error.evalue,
+            traceback=list(error.traceback),
+        )
+
+
+@strawberry.type(description="One submitted notebook and everything known about running it.")
+class Execution:
+    id: strawberry.ID
+    status: domain.ExecutionStatus
+    kernel_name: str
+    timeout_seconds: float = strawberry.field(description="Whole-execution timeout.")
+    created_at: datetime
+    started_at: datetime | None = strawberry.field(
+        description="When a worker last started it."
+    )
+    finished_at: datetime | None
+    attempts: int = strawberry.field(description="How many times a worker started it.")
+    progress: Progress
+    error: ExecutionError | None = strawberry.field(
+        description="Why it did not succeed; null while running and on success."
+    )
+
+    @strawberry.field(
+        description=(
+            "The executed notebook (nbformat v4), once terminal; after a failure "
+            "it has the outputs up to and including the failing cell."
+        )
+    )
+    async def notebook(
+        self, info: strawberry.Info[GraphQLContext, None]
+    ) -> JSON | None:
+        if not self.status.is_terminal:
+            return None
+        service = info.context.factory.create_execution_service()
+        return await service.get_notebook(str(self.id))
+
+    @classmethod
+    def from_domain(cls, execution: domain.Execution) -> Execution:
+        """Convert a domain execution."""
+        return cls(
+            id=strawberry.ID(execution.id),
+            status=execution.status,
+            kernel_name=execution.kernel_name,
+            timeout_seconds=execution.timeout_seconds,
+            created_at=execution.created_at,
+            started_at=execution.started_at,
+            finished_at=execution.finished_at,
+            attempts=execution.attempts,
+            progress=Progress(
+                cells_total=execution.progress.cells_total,
+                cells_done=execution.progress.cells_done,
+            ),
+            error=ExecutionError.from_domain(execution.error)
+            if execution.error
+            else None,
+        )
+
+
+@strawberry.type(description="A stored change to an execution.")
+class ExecutionEvent:
+    sequence: int = strawberry.field(
+        description=(
+            "Position of this event in the execution's history: 1, 2, 3... "
+            "without gaps. Pass the last one seen as afterSequence to resume."
+        )
+    )
+    kind: domain.EventKind
+    status: domain.ExecutionStatus
+    cell_index: int | None = strawberry.field(
+        description="For cell events: index of the cell in the notebook's cells."
+    )
+    cells_done: int
+    created_at: datetime
+    execution: Annotated[Execution, strawberry.field(description="The execution.")]
+
+    @classmethod
+    def from_domain(
+        cls, event: domain.ExecutionEvent, execution: domain.Execution
+    ) -> ExecutionEvent:
+        """Convert a domain event and the execution read with it."""
+        return cls(
+            sequence=event.sequence,
+            kind=event.kind,
+            status=event.status,
+            cell_index=event.cell_index,
+            cells_done=event.cells_done,
+            created_at=event.created_at,
+            execution=Execution.from_domain(execution),
+        )
+
+
+@strawberry.type(description="Relay-style page information.")
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class ExecutionEdge:
+    cursor: str
+    node: Execution
+
+
+@strawberry.type(description="A page of executions, newest first.")
+class ExecutionConnection:
+    edges: list[ExecutionEdge]
+    page_info: PageInfo

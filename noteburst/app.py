@@ -1,0 +1,199 @@
+"""The ASGI application: GraphQL over HTTP and websockets, GraphiQL, health.
+
+``create_app`` is the web entry point's factory.  Its lifespan builds the
+process context and, when this process runs a worker (the embedded default,
+or ``serve --with-worker``), starts the Dramatiq worker beside the API on
+its own loop thread, sharing an in-process event bus with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+import dramatiq
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from . import __version__
+from .api.context import GraphQLContext
+from .api.graphiql import render_graphiql, static_routes
+from .api.schema import schema
+from .config import Config
+from .exceptions import ConfigurationError
+from .factory import Factory, ProcessContext, create_broker
+from .storage.database import Database
+from .storage.events import LocalEventBus
+from .worker.process import start_worker
+
+__all__ = ["check_config", "create_app", "request_body_limit", "serve_in_background"]
+
+_logger = structlog.get_logger("noteburst.app")
+
+_STATIC_PREFIX = "/graphiql-static"
+
+
+class _State(TypedDict):
+    context: ProcessContext
+
+
+def request_body_limit(config: Config) -> int:
+    """Largest HTTP or websocket message accepted, in bytes.
+
+    Twice the notebook limit (a notebook sent as a JSON string is escaped)
+    plus room for the rest of the request, so that an oversized notebook
+    still reaches validation and gets its typed "too large" error.
+    """
+    return 2 * config.max_notebook_bytes + 1024 * 1024
+
+
+class _GraphQLApp(GraphQL[GraphQLContext, None]):
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> GraphQLContext:
+        state: Any = request.state
+        return GraphQLContext(request=request, factory=Factory(state.context))
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(render_graphiql(_STATIC_PREFIX))
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+def check_config(config: Config) -> None:
+    """Refuse combinations that cannot work.
+
+    Raises
+    ------
+    ConfigurationError
+        Raised if Redis is set without a Postgres database: separate worker
+        processes could not push events to the API through SQLite.
+    """
+    if config.redis_url and not (
+        config.database_url and config.database_url.startswith("postgresql")
+    ):
+        msg = (
+            "NOTEBURST_REDIS_URL needs NOTEBURST_DATABASE_URL to point at "
+            "PostgreSQL (postgresql+asyncpg://...)"
+        )
+        raise ConfigurationError(msg)
+
+
+def create_app(config: Config | None = None, *, run_worker: bool | None = None) -> Starlette:
+    """Create the Noteburst ASGI application.
+
+    Parameters
+    ----------
+    config
+        Configuration; read from the environment when omitted.
+    run_worker
+        Run a Dramatiq worker in this process; default: only in the embedded
+        default (no Redis configured).
+
+    Returns
+    -------
+    Starlette
+        The application.
+    """
+    cfg = config if config is not None else Config()
+    check_config(cfg)
+    with_worker = cfg.is_embedded if run_worker is None else run_worker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[_State]:
+        await _prepare_database(cfg)
+        broker = create_broker(cfg)
+        local_bus = LocalEventBus() if with_worker else None
+        context = await ProcessContext.for_api(cfg, broker=broker, local_bus=local_bus)
+        worker: dramatiq.Worker | None = None
+        try:
+            if local_bus is not None:
+                worker = await asyncio.to_thread(
+                    start_worker, cfg, broker, bus=local_bus, embedded=cfg.is_embedded
+                )
+            _logger.info(
+                "Noteburst ready",
+                database=context.database.dialect_name,
+                queue="redis" if cfg.redis_url else "in-process",
+                worker="in-process" if worker else "separate",
+                kernels=context.kernel_names,
+            )
+            yield {"context": context}
+        finally:
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+            await context.aclose()
+
+    graphql_app = _GraphQLApp(schema)
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql_app),
+            WebSocketRoute("/graphql", graphql_app),
+            Route("/healthz", _healthz),
+            *static_routes(_STATIC_PREFIX),
+        ],
+        lifespan=lifespan,
+        max_body_size=request_body_limit(cfg),
+    )
+
+
+async def _prepare_database(config: Config) -> None:
+    """Migrate the embedded SQLite database; check that Postgres is current."""
+    database = Database.from_url(config.effective_database_url)
+    try:
+        if not database.is_postgres:
+            await database.upgrade()
+        elif not await database.is_current():
+            msg = "the database schema is not current: run `noteburst db upgrade`"
+            raise ConfigurationError(msg)
+    finally:
+        await database.aclose()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(
+    config: Config, *, run_worker: bool | None = None
+) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
+    """Serve Noteburst on a free loopback port from this event loop.
+
+    Used by ``noteburst run`` without a server, and by tests and benchmarks.
+
+    Yields
+    ------
+    tuple
+        The base URL, and the server task (done if the server stopped).
+    """
+    # Bind and listen before uvicorn starts, so requests made while the
+    # instance is still starting wait in the backlog instead of failing.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, run_worker=run_worker),
+            log_config=None,
+            log_level="warning",
+            lifespan="on",
+            ws_max_size=request_body_limit(config),
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}", task
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=60)
+        sock.close()

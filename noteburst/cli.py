@@ -1,0 +1,271 @@
+"""The ``noteburst`` command: serve, worker, db upgrade, run.
+
+Each command builds its configuration from the environment (see
+docs/configuration.md) and hands it to one factory: ``create_app`` for the
+web process, ``start_worker`` for a worker.  ``run`` is a client: it submits
+a notebook to a server, or to a private embedded instance it starts in this
+process when no server is given, and shows progress while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+import nbformat
+import uvicorn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from .app import check_config, create_app, request_body_limit, serve_in_background
+from .client import NoteburstClient, NoteburstClientError
+from .config import Config
+from .exceptions import ConfigurationError
+from .factory import create_broker
+from .logs import configure_logging
+from .storage.database import Database
+from .storage.events import LocalEventBus
+from .worker.process import start_worker
+
+__all__ = ["main"]
+
+_stderr = Console(stderr=True)
+
+
+@click.group()
+@click.version_option(package_name="noteburst")
+def main() -> None:
+    """Run Jupyter notebooks headlessly, on demand, behind a GraphQL API."""
+
+
+def _load_config(**overrides: Any) -> Config:
+    try:
+        config = Config(**{k: v for k, v in overrides.items() if v is not None})
+        check_config(config)
+    except (ConfigurationError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    return config
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to bind [default: 8000].")
+@click.option(
+    "--with-worker/--without-worker",
+    default=None,
+    help="Run a worker in this process [default: only without Redis].",
+)
+def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
+    """Serve the GraphQL API (and, by default, everything else in-process)."""
+    config = _load_config(host=host, port=port)
+    configure_logging(level=config.log_level, fmt=config.log_format)
+    app = create_app(config, run_worker=with_worker)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        ws_max_size=request_body_limit(config),
+        timeout_graceful_shutdown=30,
+    )
+
+
+@main.command()
+def worker() -> None:
+    """Run a worker: take executions from Redis and run them."""
+    config = _load_config()
+    if config.redis_url is None:
+        msg = "a separate worker needs NOTEBURST_REDIS_URL (and Postgres)"
+        raise click.ClickException(msg)
+    configure_logging(level=config.log_level, fmt=config.log_format)
+    broker = create_broker(config)
+    # Events go out through NOTIFY in each transaction; this bus has no
+    # subscribers and only satisfies the announce-after-commit interface.
+    running = start_worker(config, broker, bus=LocalEventBus(), embedded=False)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo("noteburst worker running; Ctrl-C to stop", err=True)
+    stop.wait()
+    running.stop()
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the current version."""
+    config = _load_config()
+    configure_logging(level=config.log_level, fmt=config.log_format)
+
+    async def upgrade() -> None:
+        database = Database.from_url(config.effective_database_url)
+        try:
+            await database.upgrade()
+        finally:
+            await database.aclose()
+
+    asyncio.run(upgrade())
+    click.echo("database schema is current", err=True)
+
+
+@main.command()
+@click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the executed notebook [default: NOTEBOOK.out.ipynb].",
+)
+@click.option("--server", default=None, help="Noteburst URL; default: run one in-process.")
+@click.option("--kernel", default=None, help="Kernel name [default: the notebook's].")
+@click.option("--timeout", type=float, default=None, help="Whole-execution timeout (s).")
+@click.option("--show", is_flag=True, help="Print each cell's text outputs at the end.")
+def run(
+    notebook: Path,
+    output: Path | None,
+    server: str | None,
+    kernel: str | None,
+    timeout: float | None,
+    show: bool,
+) -> None:
+    """Execute NOTEBOOK, show live progress, and write the executed notebook."""
+    try:
+        content = json.loads(notebook.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"cannot read {notebook}: {exc}") from exc
+    target = output or notebook.with_suffix(".out.ipynb")
+    code = asyncio.run(_run(content, target, server, kernel, timeout, show=show))
+    sys.exit(code)
+
+
+async def _run(
+    content: dict[str, Any],
+    target: Path,
+    server: str | None,
+    kernel: str | None,
+    timeout: float | None,
+    *,
+    show: bool,
+) -> int:
+    if server is not None:
+        return await _submit_and_follow(
+            server, content, target, kernel, timeout, show=show
+        )
+    configure_logging(level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
+        # A private instance: its own data folder, so it can never pick up
+        # (and "recover") executions of a `noteburst serve` on this machine.
+        config = Config(data_dir=Path(data_dir), database_url=None, redis_url=None)
+        _stderr.print("[dim]starting an embedded Noteburst…[/dim]")
+        async with serve_in_background(config) as (url, server_task):
+            client = asyncio.create_task(
+                _submit_and_follow(url, content, target, kernel, timeout, show=show)
+            )
+            done, _ = await asyncio.wait(
+                {client, server_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if client not in done:
+                client.cancel()
+                _stderr.print("[red]the embedded Noteburst stopped unexpectedly[/red]")
+                return 2
+            return client.result()
+
+
+async def _submit_and_follow(
+    url: str,
+    content: dict[str, Any],
+    target: Path,
+    kernel: str | None,
+    timeout: float | None,
+    *,
+    show: bool = False,
+) -> int:
+    client = NoteburstClient(url, timeout=120)
+    try:
+        execution = await client.submit(
+            content, kernel_name=kernel, timeout_seconds=timeout
+        )
+    except NoteburstClientError as exc:
+        _stderr.print(f"[red]refused:[/red] {exc}")
+        return 2
+    execution_id = execution["id"]
+    total = execution["progress"]["cellsTotal"]
+    final: dict[str, Any] | None = None
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_stderr,
+    ) as progress:
+        task = progress.add_task("queued", total=total)
+        async for event in client.watch(execution_id):
+            status = event["status"].lower()
+            description = status
+            if event["kind"] == "CELL_STARTED":
+                description = f"running cell {event['cellIndex']}"
+            progress.update(task, description=description, completed=event["cellsDone"])
+            final = event["execution"]
+    notebook = await client.result_notebook(execution_id)
+    if notebook is not None:
+        nbformat.write(nbformat.from_dict(notebook), str(target))
+        if show:
+            _show_outputs(notebook)
+        _stderr.print(f"wrote {target}")
+    if final is None:
+        _stderr.print("[red]the event stream ended without a result[/red]")
+        return 1
+    if final["status"] == "SUCCEEDED":
+        _stderr.print(f"[green]succeeded[/green] ({execution_id})")
+        return 0
+    error = final.get("error") or {}
+    _stderr.print(
+        f"[red]{final['status'].lower()}[/red]: {error.get('code', '?')}: "
+        f"{error.get('message', '')}"
+    )
+    if error.get("traceback"):
+        sys.stderr.write("\n".join(error["traceback"]) + "\n")
+    return 1
+
+
+def _show_outputs(notebook: dict[str, Any]) -> None:
+    """Print each code cell's source and text outputs, like a console."""
+    console = Console()
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code" or cell.get("execution_count") is None:
+            continue
+        console.print(f"[bold cyan]In [{cell['execution_count']}]:[/] {cell['source']}")
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                console.print(out["text"], end="", markup=False, highlight=False)
+            elif kind in {"execute_result", "display_data"}:
+                text = out.get("data", {}).get("text/plain", "")
+                prefix = "Out: " if kind == "execute_result" else ""
+                console.print(prefix + text, markup=False, highlight=False)
+            elif kind == "error":
+                console.print(f"[red]{out['ename']}: {out['evalue']}[/red]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""A small Noteburst GraphQL client, used by ``noteburst run``.
+
+It speaks plain GraphQL over HTTP (httpx) and the graphql-transport-ws
+protocol over websockets.  It is written here rather than taken from ``gql``
+because the CLI needs only two operations and ``gql`` would pull aiohttp and
+its transports into every installation; the tests, in turn, use ``gql``
+against the server so that the server is checked by a client nobody here
+wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+
+__all__ = ["NoteburstClient", "NoteburstClientError"]
+
+EXECUTION_FIELDS = """
+  id status kernelName createdAt startedAt finishedAt attempts
+  progress { cellsTotal cellsDone }
+  error { code message cellIndex ename evalue traceback }
+"""
+
+SUBMIT = (
+    """
+mutation Submit($input: SubmitExecutionInput!) {
+  submitExecution(input: $input) {
+    __typename
+    ... on Execution { %s }
+    ... on InvalidNotebook { message }
+    ... on UnknownKernel { message }
+    ... on InvalidInput { message }
+  }
+}
+"""
+    % EXECUTION_FIELDS
+)
+
+WATCH = (
+    """
+subscription Watch($id: ID!, $after: Int) {
+  executionStatus(id: $id, afterSequence: $after) {
+    sequence kind status cellIndex cellsDone
+    execution { %s }
+  }
+}
+"""
+    % EXECUTION_FIELDS
+)
+
+RESULT = """
+query Result($id: ID!) { execution(id: $id) { status notebook } }
+"""
+
+
+class NoteburstClientError(Exception):
+    """The server refused a request or answered with errors."""
+
+
+class NoteburstClient:
+    """Talk to one Noteburst server.
+
+    Parameters
+    ----------
+    url
+        Base URL of the server, e.g. ``http://127.0.0.1:8000``.
+    timeout
+        Seconds for each HTTP request and for the websocket handshake.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self._url = url.rstrip("/") + "/graphql"
+        self._timeout = timeout
+
+    async def _post(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=self._timeout) as http:
+            response = await http.post(
+                self._url, json={"query": query, "variables": variables}
+            )
+        if response.status_code != httpx.codes.OK:
+            msg = f"HTTP {response.status_code}: {response.text[:500]}"
+            raise NoteburstClientError(msg)
+        body: dict[str, Any] = response.json()
+        if body.get("errors"):
+            raise NoteburstClientError(
+                "; ".join(e.get("message", "?") for e in body["errors"])
+            )
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def submit(
+        self,
+        notebook: dict[str, Any],
+        *,
+        kernel_name: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Submit a notebook; return the queued execution's fields.
+
+        Raises
+        ------
+        NoteburstClientError
+            Raised if the submission was refused, with the server's reason.
+        """
+        payload = {"notebook": notebook}
+        if kernel_name:
+            payload["kernelName"] = kernel_name
+        if timeout_seconds is not None:
+            payload["timeoutSeconds"] = timeout_seconds
+        data = await self._post(SUBMIT, {"input": payload})
+        result: dict[str, Any] = data["submitExecution"]
+        if result["__typename"] != "Execution":
+            msg = f"{result['__typename']}: {result['message']}"
+            raise NoteburstClientError(msg)
+        return result
+
+    async def watch(
+        self, execution_id: str, *, after_sequence: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the execution's events until it ends (graphql-transport-ws)."""
+        ws_url = "ws" + self._url.removeprefix("http")
+        async with connect(
+            ws_url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            open_timeout=self._timeout,
+            max_size=None,
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            ack = json.loads(await asyncio.wait_for(ws.recv(), self._timeout))
+            if ack.get("type") != "connection_ack":
+                msg = f"server refused the subscription connection: {ack}"
+                raise NoteburstClientError(msg)
+            op_id = str(uuid.uuid4())
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": op_id,
+                        "type": "subscribe",
+                        "payload": {
+                            "query": WATCH,
+                            "variables": {"id": execution_id, "after": after_sequence},
+                        },
+                    }
+                )
+            )
+            async for raw in ws:
+                message = json.loads(raw)
+                kind = message.get("type")
+                if kind == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+                elif kind == "next":
+                    payload = message["payload"]
+                    if payload.get("errors"):
+                        raise NoteburstClientError(
+                            "; ".join(e["message"] for e in payload["errors"])
+                        )
+                    yield payload["data"]["executionStatus"]
+                elif kind == "error":
+                    raise NoteburstClientError(
+                        "; ".join(e.get("message", "?") for e in message["payload"])
+                    )
+                elif kind == "complete":
+                    return
+
+    async def result_notebook(self, execution_id: str) -> dict[str, Any] | None:
+        """Return the executed notebook, once the execution is terminal."""
+        data = await self._post(RESULT, {"id": execution_id})
+        execution = data["execution"]
+        if execution is None:
+            return None
+        notebook: dict[str, Any] | None = execution["notebook"]
+        return notebook

@@ -1,0 +1,18 @@
+"""SQLAlchemy table definitions: the one description of the database schema.
+
+Alembic autogenerates migrations from :data:`Base.metadata`, and storage
+queries these classes.  Nothing here does I/O, and nothing outside
+:mod:`noteburst.storage` (and ``alembic/env.py``) should import this package:
+the rest of Noteburst sees only domain objects.
+"""
+
+from .base import NAMING_CONVENTION, Base, UTCDateTime
+from .execution import ExecutionEventRow, ExecutionRow
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "ExecutionEventRow",
+    "ExecutionRow",
+    "UTCDateTime",
+]

@@ -1,0 +1,90 @@
+"""Tables of executions and their events.
+
+``executions`` holds one row per submitted notebook, including the submitted
+and executed notebook JSON as text (up to 16 MiB each; storage never loads
+them unless asked).  ``execution_events`` is the gap-free, per-execution
+sequence of changes that subscriptions replay; ``executions.last_sequence``
+is the counter it is allocated from, bumped in the same ``UPDATE`` that
+changes the row so that concurrent writers serialise on the row lock.
+
+Statuses and event kinds are stored as the lowercase values of
+:class:`noteburst.domain.execution.ExecutionStatus` and
+:class:`~noteburst.domain.execution.EventKind` in plain strings rather than
+database enums, so adding a value needs no ``ALTER TYPE`` (nor SQLite batch
+rebuild).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, UTCDateTime
+
+__all__ = ["ExecutionEventRow", "ExecutionRow"]
+
+
+class ExecutionRow(Base):
+    """One execution (``executions``)."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    """UUID in canonical text form."""
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    kernel_name: Mapped[str] = mapped_column(String(255))
+    timeout_seconds: Mapped[float] = mapped_column(Float)
+    source_notebook: Mapped[str] = mapped_column(Text)
+    """Submitted notebook, JSON text."""
+    result_notebook: Mapped[str | None] = mapped_column(Text)
+    """Executed notebook, JSON text; set when the execution finishes."""
+    cells_total: Mapped[int] = mapped_column(Integer)
+    cells_done: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """``ExecutionError.to_json()``, or NULL."""
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    """How many times a worker has claimed it."""
+    last_sequence: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    """Sequence of the newest row in ``execution_events``."""
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """While running: when the worker's claim lapses unless renewed."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Keyset pagination newest first: ORDER BY created_at DESC, id DESC.
+        Index("ix_executions_created_at_id", "created_at", "id"),
+    )
+
+
+class ExecutionEventRow(Base):
+    """One change to an execution (``execution_events``)."""
+
+    __tablename__ = "execution_events"
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("executions.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """1, 2, 3... per execution, without gaps."""
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    """The execution's status after this event."""
+    cell_index: Mapped[int | None] = mapped_column(Integer)
+    cells_done: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

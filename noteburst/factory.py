@@ -1,0 +1,234 @@
+"""The one place that builds clients, stores and services.
+
+Two lifetimes, two objects (after Gafaelfawr's factory):
+:class:`ProcessContext` holds what lives as long as a process (or, in the
+embedded default, as long as one event loop): the database engine, the event
+bus, the task queue, the HTTP client and the lab backend.  :class:`Factory`
+is cheap and made per request, websocket operation or message; it hands out
+services wired to that context.  Entry points (app, worker, CLI) build a
+context and ask a factory for services; nothing else calls a constructor of
+a store, client or service.
+
+Async resources are bound to the event loop that created them, so the
+embedded default, whose worker runs on its own loop thread, builds a second
+context there with :meth:`ProcessContext.for_worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dramatiq
+import httpx
+from jupyter_client.kernelspec import KernelSpecManager
+
+from .config import Config
+from .jupyter.backend import LabBackend, LocalLabBackend
+from .jupyter.rest import JupyterRestClient
+from .services.execution import ExecutionService, SubmissionLimits
+from .services.runner import ExecutionRunner
+from .storage.database import Database
+from .storage.events import EventBus, LocalEventBus, PostgresEventBus
+from .storage.taskqueue import TaskQueue, build_broker
+
+__all__ = ["Factory", "ProcessContext", "create_broker", "discover_kernel_names"]
+
+
+def create_broker(config: Config) -> dramatiq.Broker:
+    """Create this process's Dramatiq broker (Redis, or in-process)."""
+    return build_broker(redis_url=config.redis_url, namespace=config.redis_namespace)
+
+
+async def discover_kernel_names(config: Config, http: httpx.AsyncClient) -> list[str]:
+    """Return the kernels submissions may name.
+
+    Configured names win; else the configured Jupyter server is asked; else
+    the kernelspecs installed beside Noteburst are listed, which is what the
+    local server that Noteburst starts will offer.
+    """
+    if config.kernel_names is not None:
+        return list(config.kernel_names)
+    if config.jupyter_url is not None:
+        client = _rest_client(config, http, config.jupyter_url)
+        return await client.kernelspecs()
+    return sorted(KernelSpecManager().find_kernel_specs())
+
+
+def _rest_client(config: Config, http: httpx.AsyncClient, url: str) -> JupyterRestClient:
+    token = config.jupyter_token.get_secret_value() if config.jupyter_token else None
+    return JupyterRestClient(
+        http=http, base_url=url, token=token, timeout=config.http_timeout
+    )
+
+
+@dataclass
+class ProcessContext:
+    """Resources shared by every unit of work on one event loop."""
+
+    config: Config
+    database: Database
+    bus: EventBus
+    queue: TaskQueue
+    http: httpx.AsyncClient
+    kernel_names: list[str] = field(default_factory=list)
+    backend: LabBackend | None = None
+    _closers: contextlib.AsyncExitStack = field(
+        default_factory=contextlib.AsyncExitStack
+    )
+
+    @classmethod
+    async def for_api(
+        cls,
+        config: Config,
+        *,
+        broker: dramatiq.Broker,
+        local_bus: LocalEventBus | None = None,
+    ) -> ProcessContext:
+        """Build the API process's context.
+
+        Parameters
+        ----------
+        config
+            The configuration.
+        broker
+            The process's broker.
+        local_bus
+            The in-process bus shared with an embedded worker; when `None`,
+            a Postgres LISTEN bus is used on Postgres and a private local
+            bus on SQLite.
+        """
+        stack = contextlib.AsyncExitStack()
+        try:
+            http = await stack.enter_async_context(_http_client(config))
+            database = Database.from_url(config.effective_database_url)
+            stack.push_async_callback(database.aclose)
+            bus: EventBus
+            if local_bus is not None:
+                bus = local_bus
+            elif database.is_postgres:
+                bus = PostgresEventBus(config.effective_database_url)
+            else:
+                bus = LocalEventBus()
+            await bus.start()
+            stack.push_async_callback(bus.aclose)
+            kernel_names = await discover_kernel_names(config, http)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(
+            config=config,
+            database=database,
+            bus=bus,
+            queue=TaskQueue(broker),
+            http=http,
+            kernel_names=kernel_names,
+            _closers=stack,
+        )
+
+    @classmethod
+    async def for_worker(
+        cls,
+        config: Config,
+        *,
+        broker: dramatiq.Broker,
+        bus: EventBus,
+    ) -> ProcessContext:
+        """Build a worker's context, on the worker's event loop.
+
+        Parameters
+        ----------
+        config
+            The configuration.
+        broker
+            The process's broker (the recovery sweep sends on it).
+        bus
+            Where committed events are announced: the embedded default's
+            shared local bus, or a Postgres bus (whose announce is a no-op,
+            since events are NOTIFYed in their transaction).
+        """
+        stack = contextlib.AsyncExitStack()
+        try:
+            http = await stack.enter_async_context(_http_client(config))
+            database = Database.from_url(config.effective_database_url)
+            stack.push_async_callback(database.aclose)
+            token = (
+                config.jupyter_token.get_secret_value() if config.jupyter_token else None
+            )
+            backend = LocalLabBackend(
+                http=http,
+                root_dir=Path(config.data_dir) / "jupyter",
+                url=config.jupyter_url,
+                token=token,
+                start_timeout=config.jupyter_start_timeout,
+                kernel_start_timeout=config.kernel_start_timeout,
+                request_timeout=config.http_timeout,
+            )
+            await backend.start()
+            stack.push_async_callback(backend.aclose)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(
+            config=config,
+            database=database,
+            bus=bus,
+            queue=TaskQueue(broker),
+            http=http,
+            backend=backend,
+            _closers=stack,
+        )
+
+    async def aclose(self) -> None:
+        """Release every resource, in reverse order of creation."""
+        await self._closers.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _http_client(config: Config) -> contextlib.AsyncIterator[httpx.AsyncClient]:
+    # One client per context: connection pooling to the lab, and one place
+    # that sets the timeout every Jupyter call gets.
+    async with httpx.AsyncClient(
+        timeout=config.http_timeout, follow_redirects=False
+    ) as client:
+        yield client
+
+
+class Factory:
+    """Hands out services wired to one :class:`ProcessContext`."""
+
+    def __init__(self, context: ProcessContext) -> None:
+        self._context = context
+
+    def create_execution_service(self) -> ExecutionService:
+        """Service behind the GraphQL API."""
+        config = self._context.config
+        return ExecutionService(
+            database=self._context.database,
+            bus=self._context.bus,
+            queue=self._context.queue,
+            limits=SubmissionLimits(
+                max_notebook_bytes=config.max_notebook_bytes,
+                default_timeout_seconds=config.default_timeout_seconds,
+                max_timeout_seconds=config.max_timeout_seconds,
+                default_kernel_name=config.default_kernel_name,
+                kernel_names=self._context.kernel_names,
+            ),
+        )
+
+    def create_runner(self) -> ExecutionRunner:
+        """Service behind the worker's actor."""
+        backend = self._context.backend
+        if backend is None:
+            msg = "this process context has no lab backend (not a worker)"
+            raise RuntimeError(msg)
+        config = self._context.config
+        return ExecutionRunner(
+            database=self._context.database,
+            bus=self._context.bus,
+            backend=backend,
+            queue=self._context.queue,
+            lease_seconds=config.worker_lease_seconds,
+            max_attempts=config.max_attempts,
+        )

@@ -1,0 +1,254 @@
+"""Errors raised by the Jupyter adapters, converted at the I/O boundary.
+
+Every failure that leaves :mod:`noteburst.jupyter` is a :class:`JupyterError`:
+httpx and websockets exceptions are caught where the I/O happens and turned
+into one of the classes below, so callers never need to know which transport
+library is underneath, and never see a token in a message.
+
+The hierarchy::
+
+    JupyterError                the root; catch it to handle any Jupyter fault
+    ├── JupyterWebError         an HTTP call failed: method, URL without
+    │   │                       token, status, excerpt of the body
+    │   └── LabUnavailableError the server is unreachable or gone (connection
+    │                           refused, 302/424 from the hub proxy, websocket
+    │                           dropped)
+    ├── KernelStartError        a kernel could not be started, including an
+    │                           unknown kernel name (jupyter_server answers
+    │                           500 for that)
+    ├── KernelDiedError         the kernel died or was restarted while a cell
+    │                           was running; carries ``cell_index``
+    └── KernelProtocolError     a message on the kernel websocket could not be
+                                understood
+
+A failing *cell* is not an exception here: :func:`~.execute.execute_notebook`
+returns a :class:`~.execute.CellFailure` for it, because a notebook that raises
+is a normal outcome of running it.  These exceptions are for infrastructure
+faults, the ones that justify a retry on another kernel or lab.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+__all__ = [
+    "JupyterError",
+    "JupyterWebError",
+    "KernelDiedError",
+    "KernelProtocolError",
+    "KernelStartError",
+    "LabUnavailableError",
+    "sanitize_url",
+]
+
+_BODY_EXCERPT = 500
+"""How many characters of a response body an error keeps."""
+
+_SECRET_PARAMS = frozenset({"token", "_xsrf", "access_token"})
+_TOKEN_IN_TEXT = re.compile(r"(?i)(token[\"'=:\s]+)[A-Za-z0-9_\-\.]{8,}")
+
+
+def sanitize_url(url: str | httpx.URL) -> str:
+    """Return ``url`` without credentials in its query string or netloc.
+
+    Parameters
+    ----------
+    url
+        Any URL, as text or an `httpx.URL`.
+
+    Returns
+    -------
+    str
+        The URL with ``token``-like query parameters replaced by ``REDACTED``
+        and any ``user:password@`` removed.
+    """
+    parts = urlsplit(str(url))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode(
+        [
+            (key, "REDACTED" if key.lower() in _SECRET_PARAMS else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact(text: str) -> str:
+    return _TOKEN_IN_TEXT.sub(r"\1REDACTED", text)
+
+
+class JupyterError(Exception):
+    """Root of every error raised by :mod:`noteburst.jupyter`."""
+
+
+class JupyterWebError(JupyterError):
+    """An HTTP request to a Jupyter server failed.
+
+    Parameters
+    ----------
+    message
+        What went wrong, in words.
+    method
+        HTTP method of the failed request.
+    url
+        URL of the failed request; it is sanitised before being stored.
+    status
+        HTTP status, or `None` when no response arrived.
+    body
+        Response body; only a sanitised excerpt is kept.
+
+    Attributes
+    ----------
+    method : str | None
+        HTTP method.
+    url : str | None
+        Sanitised URL (no token).
+    status : int | None
+        HTTP status code, if a response arrived.
+    body : str | None
+        At most 500 characters of the response body, tokens redacted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | httpx.URL | None = None,
+        status: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        self.method = method
+        self.url = sanitize_url(url) if url is not None else None
+        self.status = status
+        self.body = _redact(body[:_BODY_EXCERPT]) if body else None
+        super().__init__(_redact(message))
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        where = " ".join(p for p in (self.method, self.url) if p)
+        if where:
+            text = f"{text} ({where}"
+            text += f" -> {self.status})" if self.status is not None else ")"
+        if self.body:
+            text = f"{text}: {self.body}"
+        return text
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, message: str | None = None) -> JupyterWebError:
+        """Build the error for an unexpected HTTP response.
+
+        Parameters
+        ----------
+        response
+            The response; its body should already have been read.
+        message
+            Optional description; defaults to the status line.
+
+        Returns
+        -------
+        JupyterWebError
+            An instance of this class (or the subclass it is called on).
+        """
+        try:
+            body = response.text
+        except (httpx.ResponseNotRead, UnicodeDecodeError):
+            body = None
+        request = response.request
+        return cls(
+            message or f"HTTP {response.status_code} {response.reason_phrase}",
+            method=request.method,
+            url=request.url,
+            status=response.status_code,
+            body=body,
+        )
+
+    @classmethod
+    def from_exception(cls, exc: httpx.HTTPError, message: str | None = None) -> JupyterWebError:
+        """Build the error for an httpx exception (transport error, timeout).
+
+        Parameters
+        ----------
+        exc
+            The httpx exception.
+        message
+            Optional description; defaults to the exception type and text.
+
+        Returns
+        -------
+        JupyterWebError
+            An instance of this class (or the subclass it is called on).
+        """
+        method: str | None = None
+        url: httpx.URL | None = None
+        try:
+            request = exc.request
+        except RuntimeError:  # the exception was raised without a request
+            pass
+        else:
+            method, url = request.method, request.url
+        status: int | None = None
+        body: str | None = None
+        if isinstance(exc, httpx.HTTPStatusError):
+            status = exc.response.status_code
+            try:
+                body = exc.response.text
+            except (httpx.ResponseNotRead, UnicodeDecodeError):
+                body = None
+        detail = str(exc) or type(exc).__name__
+        return cls(
+            message or f"{type(exc).__name__}: {detail}",
+            method=method,
+            url=url,
+            status=status,
+            body=body,
+        )
+
+
+class LabUnavailableError(JupyterWebError):
+    """The Jupyter server cannot be reached, has stopped, or dropped the socket.
+
+    Raised for connection errors, for the hub proxy's "server gone" answers
+    (302 to ``/hub/user/...`` and 424), and when the kernel websocket closes
+    while the adapter still expects messages.  A retry on a fresh lab may
+    succeed.
+    """
+
+
+class KernelStartError(JupyterError):
+    """A kernel could not be started or connected to.
+
+    Parameters
+    ----------
+    message
+        What went wrong.
+    kernel_name
+        The requested kernelspec name, if known.
+    """
+
+    def __init__(self, message: str, *, kernel_name: str | None = None) -> None:
+        super().__init__(message)
+        self.kernel_name = kernel_name
+
+
+class KernelDiedError(JupyterError):
+    """The kernel died, or was restarted, while a cell was executing.
+
+    Parameters
+    ----------
+    message
+        What went wrong.
+    cell_index
+        Index into ``nb.cells`` of the cell that was running, if known.
+    """
+
+    def __init__(self, message: str, *, cell_index: int | None = None) -> None:
+        super().__init__(message)
+        self.cell_index = cell_index
+
+
+class KernelProtocolError(JupyterError):
+    """A kernel websocket frame or message could not be understood."""

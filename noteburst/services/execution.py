@@ -1,0 +1,267 @@
+"""Submitting, reading and watching executions: what the API asks for.
+
+A submission is checked completely before anything is stored, so bad input
+leaves no trace; the row and its first event are committed before the queue
+message is sent, so a worker never sees an id it cannot read.  Watching is
+"subscribe, then read": the subscriber registers with the event bus before
+reading stored events, and then re-reads after every wake-up, so it sees
+each stored event exactly once in sequence order, however late it joined.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..domain.execution import EventKind, Execution, ExecutionEvent, ExecutionStatus
+from ..domain.notebook import accept_notebook, code_cell_indices, kernel_name_of
+from ..exceptions import (
+    ExecutionNotFoundError,
+    InvalidInputError,
+    UnknownKernelError,
+)
+from ..storage.database import Database
+from ..storage.events import EventBus
+from ..storage.execution import cursor_for
+from ..storage.taskqueue import TaskQueue
+
+__all__ = [
+    "ExecutionPage",
+    "ExecutionService",
+    "SubmissionLimits",
+    "WatchedEvent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionLimits:
+    """What a submission may ask for on this deployment."""
+
+    max_notebook_bytes: int
+    default_timeout_seconds: float
+    max_timeout_seconds: float
+    default_kernel_name: str
+    kernel_names: Sequence[str]
+    max_page_size: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPage:
+    """One page of executions, newest first."""
+
+    executions: list[Execution]
+    cursors: list[str]
+    has_next_page: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedEvent:
+    """An event together with the execution as it was read with it."""
+
+    event: ExecutionEvent
+    execution: Execution
+
+
+class ExecutionService:
+    """Submit, read and watch executions.
+
+    Parameters
+    ----------
+    database
+        Where executions live.
+    bus
+        Wakes watchers when new events are committed.
+    queue
+        Hands execution ids to workers.
+    limits
+        What a submission may ask for.
+    """
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        bus: EventBus,
+        queue: TaskQueue,
+        limits: SubmissionLimits,
+    ) -> None:
+        self._db = database
+        self._bus = bus
+        self._queue = queue
+        self._limits = limits
+
+    async def submit(
+        self,
+        notebook: Any,
+        *,
+        kernel_name: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Execution:
+        """Check a notebook, store it as a queued execution and enqueue it.
+
+        Parameters
+        ----------
+        notebook
+            An nbformat v4 document as JSON data, or a string holding one.
+        kernel_name
+            Kernel to run it on; default: the notebook's kernelspec, else the
+            deployment's default kernel.
+        timeout_seconds
+            Whole-execution timeout; default from configuration.
+
+        Returns
+        -------
+        Execution
+            The queued execution.
+
+        Raises
+        ------
+        InvalidNotebookError
+            Raised if the notebook is unacceptable.
+        UnknownKernelError
+            Raised if the kernel is not available here.
+        InvalidInputError
+            Raised if the timeout is out of range.
+        """
+        timeout = self._check_timeout(timeout_seconds)
+        accepted = accept_notebook(
+            notebook, max_bytes=self._limits.max_notebook_bytes
+        )
+        name = (
+            kernel_name
+            or kernel_name_of(accepted.notebook)
+            or self._limits.default_kernel_name
+        )
+        if name not in self._limits.kernel_names:
+            raise UnknownKernelError(name, list(self._limits.kernel_names))
+        execution_id = str(uuid.uuid4())
+        cells_total = _runnable_cell_count(accepted.notebook)
+        async with self._db.transaction() as store:
+            event = await store.add(
+                execution_id=execution_id,
+                kernel_name=name,
+                timeout_seconds=timeout,
+                source_text=accepted.text,
+                cells_total=cells_total,
+                now=datetime.now(UTC),
+            )
+            execution = await store.get(execution_id)
+        assert execution is not None
+        self._bus.announce(execution_id, event.sequence)
+        await self._queue.enqueue_execution(execution_id)
+        return execution
+
+    async def get(self, execution_id: str) -> Execution | None:
+        """Return an execution (without its notebook), or `None`."""
+        async with self._db.transaction() as store:
+            return await store.get(execution_id)
+
+    async def get_notebook(self, execution_id: str) -> dict[str, Any] | None:
+        """Return the executed notebook, once the execution is terminal."""
+        async with self._db.transaction() as store:
+            return await store.get_result_notebook(execution_id)
+
+    async def list(
+        self,
+        *,
+        first: int | None,
+        after: str | None,
+        status: ExecutionStatus | None,
+    ) -> ExecutionPage:
+        """List executions newest first.
+
+        Raises
+        ------
+        InvalidInputError
+            Raised if ``first`` is out of range or ``after`` is not a cursor
+            this service issued.
+        """
+        size = 20 if first is None else first
+        if not 0 <= size <= self._limits.max_page_size:
+            raise InvalidInputError(
+                "first", f"must be between 0 and {self._limits.max_page_size}"
+            )
+        async with self._db.transaction() as store:
+            executions, has_next = await store.list(
+                first=size, after=after, status=status
+            )
+        return ExecutionPage(
+            executions=executions,
+            cursors=[cursor_for(e) for e in executions],
+            has_next_page=has_next,
+        )
+
+    async def watch(
+        self, execution_id: str, *, after_sequence: int | None = None
+    ) -> AsyncIterator[WatchedEvent]:
+        """Yield an execution's events until it ends.
+
+        Without ``after_sequence`` the first item is the latest stored event
+        (the current state); with it, every stored event after that sequence
+        is replayed first.  Live events follow, each exactly once, and the
+        iterator ends after the terminal event.
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution.
+        InvalidInputError
+            Raised if ``after_sequence`` is negative.
+        """
+        if after_sequence is not None and after_sequence < 0:
+            raise InvalidInputError("afterSequence", "must not be negative")
+        async with self._bus.subscribe(execution_id) as signal:
+            async with self._db.transaction() as store:
+                execution = await store.get(execution_id)
+                latest = await store.latest_event(execution_id)
+            if execution is None or latest is None:
+                raise ExecutionNotFoundError(execution_id)
+            if after_sequence is None:
+                yield WatchedEvent(event=latest, execution=execution)
+                if latest.kind is EventKind.FINISHED:
+                    return
+                last_seen = latest.sequence
+            else:
+                last_seen = after_sequence
+            while True:
+                async with self._db.transaction() as store:
+                    events = await store.events_after(execution_id, last_seen)
+                    if events:
+                        execution = await store.get(execution_id)
+                assert execution is not None
+                for event in events:
+                    yield WatchedEvent(event=event, execution=execution)
+                    last_seen = event.sequence
+                    if event.kind is EventKind.FINISHED:
+                        return
+                if not events and execution.status.is_terminal:
+                    # Resumed after the terminal event: nothing more will come.
+                    return
+                await signal.wait()
+
+    def _check_timeout(self, timeout_seconds: float | None) -> float:
+        if timeout_seconds is None:
+            return self._limits.default_timeout_seconds
+        if not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
+            raise InvalidInputError("timeoutSeconds", "must be a positive number")
+        if timeout_seconds > self._limits.max_timeout_seconds:
+            raise InvalidInputError(
+                "timeoutSeconds",
+                f"must be at most {self._limits.max_timeout_seconds:g}",
+            )
+        return timeout_seconds
+
+
+def _runnable_cell_count(notebook: dict[str, Any]) -> int:
+    """Count the code cells that will run (empty ones are skipped, as nbclient does)."""
+    cells = notebook.get("cells", [])
+    return sum(1 for i in code_cell_indices(notebook) if _source(cells[i]).strip())
+
+
+def _source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)

@@ -1,0 +1,320 @@
+"""The database handle: engine, transactions and schema migrations.
+
+One :class:`Database` wraps one SQLAlchemy :class:`~sqlalchemy.ext.asyncio.
+AsyncEngine`.  It is the only way the rest of Noteburst reaches the
+database, and it hands out :class:`~noteburst.storage.execution.
+ExecutionStore` objects bound to a transaction, so nothing above storage
+ever touches SQLAlchemy.
+
+**One Database per event loop.**  Pooled asyncpg and aiosqlite connections
+belong to the loop that opened them; using them from another loop fails with
+"attached to a different loop" errors, or worse, hangs.  The web server and
+the embedded worker run different loops (the worker's in its own thread), so
+each creates its own ``Database.from_url(...)`` on its own loop and closes it
+there with :meth:`Database.aclose`.  A Database remembers the first loop it
+is used on and raises :class:`RuntimeError` if used from another, so the
+mistake shows up at once rather than as a flaky hang.
+
+SQLite (the embedded default) is configured for a web loop and a worker loop
+writing to one file: WAL journaling (readers never block the writer), a
+``busy_timeout`` (a writer waits for the other instead of failing with
+"database is locked"), foreign keys on (for ``ON DELETE CASCADE``), and every
+transaction opened with ``BEGIN IMMEDIATE``.  The last one matters: a
+deferred transaction that reads and then writes can fail immediately with
+``SQLITE_BUSY`` when another connection wrote in between, which
+``busy_timeout`` does not retry; taking the write lock at ``BEGIN`` turns
+that into an ordinary wait.  Transactions are short, so serialising them is
+cheap.
+
+Migrations are Alembic revisions in the repository's ``alembic/`` folder.
+:meth:`Database.upgrade` runs them on this engine's own connection (Alembic's
+"connection sharing" recipe) because ``alembic/env.py`` would otherwise call
+:func:`asyncio.run`, which cannot run inside the application's loop.  On
+Postgres it holds a transaction-scoped advisory lock, so replicas starting
+together migrate one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import StaticPool
+
+from ..exceptions import ConfigurationError
+from .execution import ExecutionStore
+
+__all__ = [
+    "ALEMBIC_SCRIPT_LOCATION",
+    "MIGRATION_LOCK_KEY",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "Database",
+    "alembic_config",
+    "make_engine",
+]
+
+ALEMBIC_SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+"""Folder holding ``env.py`` and ``versions/`` (the repository's ``alembic/``)."""
+
+MIGRATION_LOCK_KEY = 0x6E6F7465  # "note"
+"""Postgres advisory lock key held while migrating."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another before "database is locked"."""
+
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def make_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
+    """Create an engine configured for Noteburst's backends.
+
+    Used by :meth:`Database.from_url` and by ``alembic/env.py`` (the Alembic
+    command line), so both see the same SQLite settings.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL: ``postgresql+asyncpg://...`` or
+        ``sqlite+aiosqlite:///path``.  The parent folder of a SQLite file is
+        created if missing.
+    echo
+        Log every SQL statement (debugging).
+
+    Returns
+    -------
+    AsyncEngine
+        A new engine; the caller disposes of it.
+
+    Raises
+    ------
+    ConfigurationError
+        The URL names a backend other than Postgres or SQLite.
+    """
+    parsed = make_url(url)
+    # Bare scheme names would pick synchronous drivers; use the async ones.
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return create_async_engine(
+            parsed,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args={"timeout": _CONNECT_TIMEOUT_SECONDS},
+        )
+    if backend == "sqlite":
+        return _make_sqlite_engine(parsed, echo=echo)
+    msg = f"unsupported database URL {parsed!r}: use postgresql+asyncpg or sqlite"
+    raise ConfigurationError(msg)
+
+
+def _make_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
+    kwargs: dict[str, Any] = {}
+    if in_memory:
+        # Each new connection to :memory: is a new, empty database.
+        kwargs["poolclass"] = StaticPool
+    elif not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module, which would
+        # otherwise issue a deferred BEGIN lazily before the first write.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(
+    *, script_location: Path = ALEMBIC_SCRIPT_LOCATION
+) -> AlembicConfig:
+    """Build an Alembic configuration without reading ``alembic.ini``.
+
+    Skipping the ini file keeps Alembic from reconfiguring logging (its
+    ``[loggers]`` section would silence the application's loggers).
+
+    Parameters
+    ----------
+    script_location
+        Folder with ``env.py`` and ``versions/``.
+
+    Returns
+    -------
+    alembic.config.Config
+        Configuration to pass to :mod:`alembic.command` functions; set
+        ``attributes["connection"]`` to run on an existing connection.
+
+    Raises
+    ------
+    ConfigurationError
+        The migration scripts are not where expected.
+    """
+    if not (script_location / "env.py").is_file():
+        msg = (
+            f"Alembic migrations not found in {script_location}; Noteburst "
+            "must run from its source tree or an install that ships alembic/"
+        )
+        raise ConfigurationError(msg)
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(script_location).replace("%", "%%"))
+    return config
+
+
+def _upgrade_on(connection: Connection, config: AlembicConfig) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _is_current_on(connection: Connection, config: AlembicConfig) -> bool:
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == heads
+
+
+class Database:
+    """An engine, its sessions, and the schema's migrations.
+
+    Create with :meth:`from_url` on the event loop that will use it; see the
+    module documentation for why each loop needs its own.
+
+    Parameters
+    ----------
+    engine
+        Engine from :func:`make_engine`; the Database owns and disposes it.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessionmaker = async_sessionmaker(
+            engine, expire_on_commit=False, autoflush=False
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, echo: bool = False) -> Database:
+        """Open a database by SQLAlchemy URL (no connection is made yet).
+
+        Parameters
+        ----------
+        url
+            ``postgresql+asyncpg://user@host/db`` or
+            ``sqlite+aiosqlite:///path/to/file.sqlite3``; see
+            ``Config.effective_database_url``.
+        echo
+            Log every SQL statement.
+
+        Returns
+        -------
+        Database
+            A handle to close with :meth:`aclose`.
+        """
+        return cls(make_engine(url, echo=echo))
+
+    @property
+    def dialect_name(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self._engine.dialect.name
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether this is Postgres (LISTEN/NOTIFY and advisory locks exist)."""
+        return self.dialect_name == "postgresql"
+
+    @property
+    def url(self) -> str:
+        """The database URL including the password (for the event bus DSN)."""
+        return self._engine.url.render_as_string(hide_password=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ExecutionStore]:
+        """Run a unit of work in one database transaction.
+
+        Commits when the block exits normally and rolls back if it raises.
+        Announce events on the event bus only after the block has exited,
+        so subscribers never look for an event that is not committed yet.
+
+        Yields
+        ------
+        ExecutionStore
+            Store bound to the transaction; do not keep it past the block.
+        """
+        self._check_loop()
+        async with self._sessionmaker() as session, session.begin():
+            yield ExecutionStore(session)
+
+    async def upgrade(self) -> None:
+        """Migrate the schema to the newest revision (``alembic upgrade head``).
+
+        Safe to call at every start: it does nothing when already current,
+        and on Postgres concurrent callers wait for each other.  Does not
+        touch logging configuration.
+        """
+        self._check_loop()
+        config = alembic_config()
+        async with self._engine.begin() as connection:
+            if self.is_postgres:
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": MIGRATION_LOCK_KEY},
+                )
+            await connection.run_sync(_upgrade_on, config)
+
+    async def is_current(self) -> bool:
+        """Whether the schema is at the newest revision.
+
+        Returns
+        -------
+        bool
+            False for an empty database or one needing :meth:`upgrade`.
+        """
+        self._check_loop()
+        config = alembic_config()
+        async with self._engine.connect() as connection:
+            return await connection.run_sync(_is_current_on, config)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection; call on the loop that used them."""
+        await self._engine.dispose()
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            msg = (
+                "this Database was first used on another event loop; create "
+                "one Database per event loop (see noteburst.storage.database)"
+            )
+            raise RuntimeError(msg)

@@ -1,0 +1,699 @@
+"""Reading and changing executions and their event log.
+
+:class:`ExecutionStore` is the only code that knows how executions are laid
+out in tables.  It is bound to one transaction by
+:meth:`noteburst.storage.database.Database.transaction`, never commits, and
+returns domain objects only.
+
+Every state change goes through a single conditional ``UPDATE ...
+RETURNING`` on the execution row.  That statement both decides whether the
+change is allowed (a claim only of a queued or abandoned execution, a finish
+only of an unfinished one) and allocates the next event sequence from
+``executions.last_sequence``; the row lock it takes serialises concurrent
+writers of one execution, so sequences have no gaps and two workers can
+never both claim the same execution.  On Postgres the same transaction sends
+``pg_notify`` on :data:`~noteburst.constants.EVENTS_CHANNEL`, delivered only
+when (and if) it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import builtins
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..constants import EVENTS_CHANNEL
+from ..dbschema import ExecutionEventRow, ExecutionRow
+from ..domain.execution import (
+    EventKind,
+    Execution,
+    ExecutionError,
+    ExecutionEvent,
+    ExecutionStatus,
+    Progress,
+)
+from ..exceptions import ExecutionNotFoundError, InvalidInputError
+
+__all__ = ["ExecutionStore", "cursor_for"]
+
+_E = ExecutionRow
+_EV = ExecutionEventRow
+
+_CURSOR_VERSION = "v1"
+_PARSE_IN_THREAD_BYTES = 1 << 20
+"""JSON texts longer than this are parsed off the event loop."""
+
+_SUMMARY_COLUMNS = (
+    _E.id,
+    _E.status,
+    _E.kernel_name,
+    _E.timeout_seconds,
+    _E.cells_total,
+    _E.cells_done,
+    _E.error,
+    _E.attempts,
+    _E.last_sequence,
+    _E.created_at,
+    _E.started_at,
+    _E.finished_at,
+)
+"""Everything :class:`Execution` needs, without the two notebook texts."""
+
+_EVENT_COLUMNS = (
+    _EV.execution_id,
+    _EV.sequence,
+    _EV.kind,
+    _EV.status,
+    _EV.cell_index,
+    _EV.cells_done,
+    _EV.created_at,
+)
+
+_UNFINISHED = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
+
+
+def cursor_for(execution: Execution) -> str:
+    """Opaque pagination cursor pointing just after ``execution``.
+
+    Parameters
+    ----------
+    execution
+        An execution from :meth:`ExecutionStore.list`.
+
+    Returns
+    -------
+    str
+        URL-safe text to pass back as ``after``.
+    """
+    created = execution.created_at.astimezone(UTC).isoformat()
+    raw = f"{_CURSOR_VERSION}|{created}|{execution.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    invalid = InvalidInputError("after", "not a cursor returned by this API")
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        version, created, execution_id = raw.split("|", 2)
+        created_at = datetime.fromisoformat(created)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise invalid from exc
+    if version != _CURSOR_VERSION or created_at.tzinfo is None or not execution_id:
+        raise invalid
+    return created_at, execution_id
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        msg = f"naive datetime {value!r}: pass a timezone-aware value"
+        raise ValueError(msg)
+    return value.astimezone(UTC)
+
+
+async def _parse_json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if len(text) > _PARSE_IN_THREAD_BYTES:
+        parsed = await asyncio.to_thread(json.loads, text)
+    else:
+        parsed = json.loads(text)
+    if not isinstance(parsed, dict):
+        msg = "stored notebook is not a JSON object"
+        raise TypeError(msg)
+    return parsed
+
+
+def _to_domain(row: Row[Any], notebook: dict[str, Any] | None = None) -> Execution:
+    return Execution(
+        id=row.id,
+        status=ExecutionStatus(row.status),
+        kernel_name=row.kernel_name,
+        timeout_seconds=row.timeout_seconds,
+        created_at=row.created_at,
+        progress=Progress(cells_total=row.cells_total, cells_done=row.cells_done),
+        attempts=row.attempts,
+        last_sequence=row.last_sequence,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        notebook=notebook,
+        error=ExecutionError.from_json(row.error) if row.error is not None else None,
+    )
+
+
+def _event_to_domain(row: Row[Any]) -> ExecutionEvent:
+    return ExecutionEvent(
+        execution_id=row.execution_id,
+        sequence=row.sequence,
+        kind=EventKind(row.kind),
+        status=ExecutionStatus(row.status),
+        created_at=row.created_at,
+        cell_index=row.cell_index,
+        cells_done=row.cells_done,
+    )
+
+
+class ExecutionStore:
+    """Executions and events, within one transaction.
+
+    Obtain one from ``Database.transaction()``; it never commits or rolls
+    back itself.  Methods that record a change return the
+    :class:`ExecutionEvent` they appended; after the transaction commits,
+    pass its ``execution_id`` and ``sequence`` to ``EventBus.announce``.
+
+    All ``now`` arguments must be timezone-aware; datetimes come back in UTC.
+
+    Parameters
+    ----------
+    session
+        Session inside an open transaction.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._notify = session.get_bind().dialect.name == "postgresql"
+
+    async def add(
+        self,
+        *,
+        execution_id: str,
+        kernel_name: str,
+        timeout_seconds: float,
+        source_text: str,
+        cells_total: int,
+        now: datetime,
+    ) -> ExecutionEvent:
+        """Record a new execution, queued, with its first event.
+
+        Parameters
+        ----------
+        execution_id
+            New UUID, as text.
+        kernel_name
+            Kernel to run it with.
+        timeout_seconds
+            Whole-execution timeout.
+        source_text
+            Submitted notebook as JSON text (stored verbatim).
+        cells_total
+            Number of code cells.
+        now
+            Submission time; becomes ``created_at``.
+
+        Returns
+        -------
+        ExecutionEvent
+            The ``QUEUED`` event, sequence 1.
+        """
+        await self._session.execute(
+            insert(_E).values(
+                id=execution_id,
+                status=ExecutionStatus.QUEUED.value,
+                kernel_name=kernel_name,
+                timeout_seconds=timeout_seconds,
+                source_notebook=source_text,
+                result_notebook=None,
+                cells_total=cells_total,
+                cells_done=0,
+                error=None,
+                attempts=0,
+                last_sequence=1,
+                created_at=now,
+            )
+        )
+        return await self._insert_event(
+            execution_id,
+            sequence=1,
+            kind=EventKind.QUEUED,
+            status=ExecutionStatus.QUEUED,
+            cell_index=None,
+            cells_done=0,
+            now=now,
+        )
+
+    async def get(
+        self, execution_id: str, *, with_notebook: bool = False
+    ) -> Execution | None:
+        """Look up one execution.
+
+        Parameters
+        ----------
+        execution_id
+            Its id.
+        with_notebook
+            Also load and parse the executed notebook into
+            ``Execution.notebook`` (None until it finishes).
+
+        Returns
+        -------
+        Execution or None
+            None if there is no such execution.
+        """
+        columns: tuple[Any, ...] = _SUMMARY_COLUMNS
+        if with_notebook:
+            columns = (*columns, _E.result_notebook)
+        result = await self._session.execute(
+            select(*columns).where(_E.id == execution_id)
+        )
+        row = result.one_or_none()
+        if row is None:
+            return None
+        notebook = await _parse_json(row.result_notebook) if with_notebook else None
+        return _to_domain(row, notebook)
+
+    async def get_result_notebook(self, execution_id: str) -> dict[str, Any] | None:
+        """The executed notebook, parsed; None if absent or not finished."""
+        text = await self._session.scalar(
+            select(_E.result_notebook).where(_E.id == execution_id)
+        )
+        return await _parse_json(text)
+
+    async def get_source_notebook(self, execution_id: str) -> dict[str, Any] | None:
+        """The submitted notebook, parsed; None if there is no such execution."""
+        text = await self._session.scalar(
+            select(_E.source_notebook).where(_E.id == execution_id)
+        )
+        return await _parse_json(text)
+
+    async def list(
+        self,
+        *,
+        first: int,
+        after: str | None,
+        status: ExecutionStatus | None,
+    ) -> tuple[builtins.list[Execution], bool]:
+        """One page of executions, newest first.
+
+        Parameters
+        ----------
+        first
+            Page size, at least 1 (the caller caps it).
+        after
+            Cursor from :func:`cursor_for` of the previous page's last
+            execution, or None for the first page.
+        status
+            Only executions in this status, or all.
+
+        Returns
+        -------
+        tuple of (list of Execution, bool)
+            The page, and whether more executions follow it.
+
+        Raises
+        ------
+        InvalidInputError
+            ``first`` is below 1 or ``after`` is not a valid cursor.
+        """
+        if first < 1:
+            raise InvalidInputError("first", "must be at least 1")
+        query = select(*_SUMMARY_COLUMNS)
+        if status is not None:
+            query = query.where(_E.status == status.value)
+        if after is not None:
+            created_at, execution_id = _parse_cursor(after)
+            query = query.where(
+                or_(
+                    _E.created_at < created_at,
+                    and_(_E.created_at == created_at, _E.id < execution_id),
+                )
+            )
+        query = query.order_by(_E.created_at.desc(), _E.id.desc()).limit(first + 1)
+        rows = (await self._session.execute(query)).all()
+        page = [_to_domain(row) for row in rows[:first]]
+        return page, len(rows) > first
+
+    async def claim(
+        self,
+        execution_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        max_attempts: int,
+    ) -> Execution | None:
+        """Take an execution for running, if nobody else holds it.
+
+        Succeeds for a queued execution, or a running one whose lease
+        expired before ``now`` (its worker is presumed dead), as long as it
+        has been claimed fewer than ``max_attempts`` times.  Sets it
+        running with a lease until ``lease_until``, counts the attempt and
+        sets ``started_at`` to ``now``.  Of concurrent claims exactly one
+        succeeds.
+
+        Appends no event: append ``RUNNING`` with :meth:`append_event` in
+        the same transaction.
+
+        Returns
+        -------
+        Execution or None
+            The claimed execution (``attempts`` already incremented; use it
+            as the fencing token of :meth:`renew_lease` and :meth:`finish`),
+            or None: a duplicate message, a live claim elsewhere, a finished
+            or unknown execution, or attempts exhausted.
+        """
+        statement = (
+            update(_E)
+            .where(
+                _E.id == execution_id,
+                _E.attempts < max_attempts,
+                or_(
+                    _E.status == ExecutionStatus.QUEUED.value,
+                    and_(
+                        _E.status == ExecutionStatus.RUNNING.value,
+                        _E.lease_expires_at < now,
+                    ),
+                ),
+            )
+            .values(
+                status=ExecutionStatus.RUNNING.value,
+                attempts=_E.attempts + 1,
+                started_at=now,
+                lease_expires_at=lease_until,
+            )
+            .returning(*_SUMMARY_COLUMNS)
+            .execution_options(synchronize_session=False)
+        )
+        row = (await self._session.execute(statement)).one_or_none()
+        return None if row is None else _to_domain(row)
+
+    async def renew_lease(
+        self,
+        execution_id: str,
+        *,
+        lease_until: datetime,
+        attempt: int | None = None,
+    ) -> bool:
+        """Extend a running execution's lease.
+
+        Parameters
+        ----------
+        execution_id
+            The execution.
+        lease_until
+            New expiry.
+        attempt
+            If given, renew only if this is still the current attempt
+            (``Execution.attempts`` as returned by :meth:`claim`), so a worker
+            whose lease lapsed and whose execution was claimed again finds
+            out.
+
+        Returns
+        -------
+        bool
+            False if the execution is no longer running (or no longer this
+            attempt's): the worker should stop.
+        """
+        conditions = [
+            _E.id == execution_id,
+            _E.status == ExecutionStatus.RUNNING.value,
+        ]
+        if attempt is not None:
+            conditions.append(_E.attempts == attempt)
+        statement = (
+            update(_E)
+            .where(*conditions)
+            .values(lease_expires_at=lease_until)
+            .returning(_E.id)
+            .execution_options(synchronize_session=False)
+        )
+        return (await self._session.execute(statement)).one_or_none() is not None
+
+    async def append_event(
+        self,
+        execution_id: str,
+        *,
+        kind: EventKind,
+        status: ExecutionStatus,
+        cell_index: int | None = None,
+        cells_done: int | None = None,
+        now: datetime,
+    ) -> ExecutionEvent | None:
+        """Record a change of an unfinished execution and its event.
+
+        Sets the execution's status to ``status`` and, if given,
+        ``cells_done``.  A finished execution is left alone (a worker
+        reporting progress after a cancellation, say): use :meth:`finish` to
+        finish one.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The new event, or None if the execution had already finished.
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            No execution has this id.
+        """
+        values: dict[str, Any] = {"status": status.value}
+        if cells_done is not None:
+            values["cells_done"] = cells_done
+        event = await self._change(
+            execution_id,
+            conditions=[_E.status.in_(_UNFINISHED)],
+            values=values,
+            kind=kind,
+            status=status,
+            cell_index=cell_index,
+            now=now,
+        )
+        if event is None and await self._missing(execution_id):
+            raise ExecutionNotFoundError(execution_id)
+        return event
+
+    async def finish(
+        self,
+        execution_id: str,
+        *,
+        status: ExecutionStatus,
+        result_text: str | None,
+        error: ExecutionError | None,
+        now: datetime,
+        attempt: int | None = None,
+    ) -> ExecutionEvent | None:
+        """Finish an execution, once.
+
+        Stores the executed notebook and error, sets ``finished_at``, clears
+        the lease and appends the ``FINISHED`` event carrying ``status``.
+
+        Parameters
+        ----------
+        execution_id
+            The execution.
+        status
+            Terminal status.
+        result_text
+            Executed notebook as JSON text, if any.
+        error
+            Why it did not succeed, if it did not.
+        now
+            Finish time.
+        attempt
+            If given, finish only if this is still the current attempt (see
+            :meth:`renew_lease`).
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``FINISHED`` event, or None if it had already finished (or
+            another attempt owns it, or it does not exist).
+
+        Raises
+        ------
+        ValueError
+            ``status`` is not terminal.
+        """
+        if not status.is_terminal:
+            msg = f"finish needs a terminal status, not {status.value!r}"
+            raise ValueError(msg)
+        conditions = [_E.status.in_(_UNFINISHED)]
+        if attempt is not None:
+            conditions.append(_E.attempts == attempt)
+        return await self._change(
+            execution_id,
+            conditions=conditions,
+            values={
+                "status": status.value,
+                "finished_at": now,
+                "lease_expires_at": None,
+                "result_notebook": result_text,
+                "error": error.to_json() if error is not None else None,
+            },
+            kind=EventKind.FINISHED,
+            status=status,
+            cell_index=None,
+            now=now,
+        )
+
+    async def requeue(self, execution_id: str, *, now: datetime) -> ExecutionEvent | None:
+        """Put a lost running execution back in the queue.
+
+        Only a running execution whose lease expired before ``now`` is
+        requeued, so a sweeper racing a worker that just renewed does no
+        harm.  Progress restarts at 0 cells.  The caller then sends a new
+        queue message.  When ``attempts`` has reached the limit,
+        :meth:`claim` would refuse it; finish it instead, with
+        ``ExecutionStatus.FAILED`` and ``ErrorCode.WORKER_LOST``.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``QUEUED`` event, or None if it was not a lost execution.
+        """
+        return await self._change(
+            execution_id,
+            conditions=[
+                _E.status == ExecutionStatus.RUNNING.value,
+                _E.lease_expires_at < now,
+            ],
+            values={
+                "status": ExecutionStatus.QUEUED.value,
+                "lease_expires_at": None,
+                "cells_done": 0,
+            },
+            kind=EventKind.QUEUED,
+            status=ExecutionStatus.QUEUED,
+            cell_index=None,
+            now=now,
+        )
+
+    async def events_after(
+        self, execution_id: str, after_sequence: int
+    ) -> builtins.list[ExecutionEvent]:
+        """Events with a sequence above ``after_sequence``, oldest first."""
+        result = await self._session.execute(
+            select(*_EVENT_COLUMNS)
+            .where(_EV.execution_id == execution_id, _EV.sequence > after_sequence)
+            .order_by(_EV.sequence)
+        )
+        return [_event_to_domain(row) for row in result]
+
+    async def latest_event(self, execution_id: str) -> ExecutionEvent | None:
+        """The newest event, or None if there is no such execution."""
+        result = await self._session.execute(
+            select(*_EVENT_COLUMNS)
+            .where(_EV.execution_id == execution_id)
+            .order_by(_EV.sequence.desc())
+            .limit(1)
+        )
+        row = result.one_or_none()
+        return None if row is None else _event_to_domain(row)
+
+    async def find_orphans(
+        self, *, now: datetime, queued_before: datetime
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Executions a sweeper should look at, oldest first.
+
+        Parameters
+        ----------
+        now
+            Current time; running executions with a lease expiring before it
+            are lost.
+        queued_before
+            Queued executions created before this may have lost their queue
+            message.
+
+        Returns
+        -------
+        tuple of (list of str, list of str)
+            Ids of possibly stranded queued executions, and of running ones
+            whose lease expired.
+        """
+        queued = await self._session.scalars(
+            select(_E.id)
+            .where(
+                _E.status == ExecutionStatus.QUEUED.value,
+                _E.created_at < queued_before,
+            )
+            .order_by(_E.created_at, _E.id)
+        )
+        lost = await self._session.scalars(
+            select(_E.id)
+            .where(
+                _E.status == ExecutionStatus.RUNNING.value,
+                _E.lease_expires_at < now,
+            )
+            .order_by(_E.created_at, _E.id)
+        )
+        return builtins.list(queued), builtins.list(lost)
+
+    async def _change(
+        self,
+        execution_id: str,
+        *,
+        conditions: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        kind: EventKind,
+        status: ExecutionStatus,
+        cell_index: int | None,
+        now: datetime,
+    ) -> ExecutionEvent | None:
+        """Conditionally update the row, allocating a sequence, and log it."""
+        statement = (
+            update(_E)
+            .where(_E.id == execution_id, *conditions)
+            .values({**values, "last_sequence": _E.last_sequence + 1})
+            .returning(_E.last_sequence, _E.cells_done)
+            .execution_options(synchronize_session=False)
+        )
+        row = (await self._session.execute(statement)).one_or_none()
+        if row is None:
+            return None
+        return await self._insert_event(
+            execution_id,
+            sequence=row.last_sequence,
+            kind=kind,
+            status=status,
+            cell_index=cell_index,
+            cells_done=row.cells_done,
+            now=now,
+        )
+
+    async def _insert_event(
+        self,
+        execution_id: str,
+        *,
+        sequence: int,
+        kind: EventKind,
+        status: ExecutionStatus,
+        cell_index: int | None,
+        cells_done: int,
+        now: datetime,
+    ) -> ExecutionEvent:
+        event = ExecutionEvent(
+            execution_id=execution_id,
+            sequence=sequence,
+            kind=kind,
+            status=status,
+            created_at=_utc(now),
+            cell_index=cell_index,
+            cells_done=cells_done,
+        )
+        await self._session.execute(
+            insert(_EV).values(
+                execution_id=execution_id,
+                sequence=sequence,
+                kind=kind.value,
+                status=status.value,
+                cell_index=cell_index,
+                cells_done=cells_done,
+                created_at=event.created_at,
+            )
+        )
+        if self._notify:
+            payload = json.dumps(
+                {"id": execution_id, "seq": sequence}, separators=(",", ":")
+            )
+            await self._session.execute(select(func.pg_notify(EVENTS_CHANNEL, payload)))
+        return event
+
+    async def _missing(self, execution_id: str) -> bool:
+        found = await self._session.scalar(select(_E.id).where(_E.id == execution_id))
+        return found is None

@@ -1,0 +1,1 @@
+"""Dramatiq workers: the actors, and what they need set up on their loop."""

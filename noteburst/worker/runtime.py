@@ -1,0 +1,132 @@
+"""Build a worker's resources on the worker's own event loop, and sweep.
+
+Dramatiq's ``AsyncIO`` middleware runs every async actor of a process on one
+event-loop thread; engines, HTTP clients and websockets must be created on
+that loop, not on the loop (or thread) that built the broker.  This
+middleware does so at worker boot, closes them at shutdown, and runs the
+recovery sweep that re-queues executions left behind by a lost worker or a
+lost message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import Middleware, MiddlewareError
+
+from ..config import Config
+from ..factory import Factory, ProcessContext
+from ..storage.events import EventBus
+
+__all__ = ["WorkerRuntime", "WorkerStartupError"]
+
+_logger = structlog.get_logger("noteburst.worker")
+
+
+class WorkerStartupError(MiddlewareError):
+    """The worker could not build its context (Dramatiq stops on this type)."""
+
+
+class WorkerRuntime(Middleware):
+    """Owns a worker process's :class:`ProcessContext` and recovery sweep.
+
+    Add it to the broker *after* ``AsyncIO``, so that its boot hook runs once
+    the loop thread exists and its shutdown hook runs before the loop stops.
+
+    Parameters
+    ----------
+    config
+        The configuration.
+    bus
+        Where the worker announces committed events.
+    recover_everything_at_start
+        Treat every running execution as lost at boot (the embedded default,
+        where this is the only worker).
+    sweep_interval
+        Seconds between recovery sweeps; `None` for no periodic sweep.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bus: EventBus,
+        recover_everything_at_start: bool,
+        sweep_interval: float | None,
+    ) -> None:
+        self._config = config
+        self._bus = bus
+        self._recover_all = recover_everything_at_start
+        self._sweep_interval = sweep_interval
+        self._context: ProcessContext | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._broker: dramatiq.Broker | None = None
+
+    def factory(self) -> Factory:
+        """Return a factory for one message; only valid after boot."""
+        if self._context is None:
+            msg = "worker context used before worker boot"
+            raise RuntimeError(msg)
+        return Factory(self._context)
+
+    def before_worker_boot(
+        self, broker: dramatiq.Broker, worker: dramatiq.Worker
+    ) -> None:
+        """Build the context on the loop thread and recover lost work."""
+        self._broker = broker
+        try:
+            self._run(self._boot(broker))
+        except Exception as exc:
+            _logger.exception("Worker failed to start")
+            raise WorkerStartupError(str(exc)) from exc
+
+    def after_worker_shutdown(
+        self, broker: dramatiq.Broker, worker: dramatiq.Worker
+    ) -> None:
+        """Stop the sweep and release the context."""
+        self._run(self._shutdown())
+
+    async def _boot(self, broker: dramatiq.Broker) -> None:
+        self._context = await ProcessContext.for_worker(
+            self._config, broker=broker, bus=self._bus
+        )
+        await self.factory().create_runner().recover(
+            everything_running=self._recover_all
+        )
+        if self._sweep_interval is not None:
+            self._sweeper = asyncio.create_task(self._sweep(self._sweep_interval))
+
+    async def _shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self._context is not None:
+            await self._context.aclose()
+            self._context = None
+
+    async def _sweep(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.factory().create_runner().recover()
+            except Exception:
+                _logger.exception("Recovery sweep failed")
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        thread = get_event_loop_thread()
+        if thread is None:
+            msg = "the AsyncIO middleware must come before WorkerRuntime"
+            raise WorkerStartupError(msg)
+        future = asyncio.run_coroutine_threadsafe(coro, thread.loop)
+        try:
+            future.result(timeout=self._config.jupyter_start_timeout + 60)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            msg = "worker start or stop timed out"
+            raise WorkerStartupError(msg) from exc

@@ -1,0 +1,11 @@
+# Shared by scripts/quickstart and scripts/test: make uv available and
+# install the locked environment. Sourced, not run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+UV_VERSION=0.13.9
+if ! python3 -m uv --version >/dev/null 2>&1; then
+    echo "installing uv ${UV_VERSION}…" >&2
+    python3 -m pip install --quiet "uv==${UV_VERSION}"
+fi
+uv() { python3 -m uv "$@"; }
+uv sync --locked --quiet

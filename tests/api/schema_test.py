@@ -1,0 +1,27 @@
+"""The checked-in schema.graphql is what the code exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from noteburst.api.export_schema import sdl
+
+SCHEMA_FILE = Path(__file__).parents[2] / "schema.graphql"
+
+
+def test_schema_graphql_is_current() -> None:
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == sdl(), (
+        "schema.graphql is stale: run `uv run python -m noteburst.api.export_schema`"
+    )
+
+
+def test_contract_names_are_present() -> None:
+    text = sdl()
+    for needle in (
+        "submitExecution(input: SubmitExecutionInput!): SubmitExecutionPayload!",
+        "execution(id: ID!): Execution",
+        "executions(first: Int = 20, after: String = null, status: ExecutionStatus = null): ExecutionConnection!",
+        "executionStatus(id: ID!, afterSequence: Int = null): ExecutionEvent!",
+        "union SubmitExecutionPayload = Execution | InvalidNotebook | UnknownKernel | InvalidInput",
+    ):
+        assert needle in text, needle

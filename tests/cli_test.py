@@ -1,0 +1,148 @@
+"""The ``noteburst`` command as a user runs it, in subprocesses.
+
+These run the embedded default exactly as the README's Quickstart does:
+no ``NOTEBURST_*`` configuration, so each process starts its own SQLite
+database, in-process queue and local Jupyter server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from tests.support.app import Noteburst
+from tests.support.notebooks import notebook
+
+ROOT = Path(__file__).parents[1]
+NOTEBURST = [sys.executable, "-m", "noteburst.cli"]
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBURST_")}
+    env["HOME"] = str(home)
+    return env
+
+
+def test_run_executes_the_quickstart_notebook(tmp_path: Path) -> None:
+    out = tmp_path / "hello.out.ipynb"
+    result = subprocess.run(
+        [*NOTEBURST, "run", str(ROOT / "examples" / "hello.ipynb"), "-o", str(out), "--show"],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "succeeded" in result.stderr
+    assert "sum(squares)" in result.stdout
+    assert "285" in result.stdout
+    executed = nbformat.read(out, as_version=4)
+    nbformat.validate(executed)
+    assert executed.cells[2].outputs[0]["data"]["text/plain"] == "285"
+    streams = [o for o in executed.cells[4].outputs if o["output_type"] == "stream"]
+    assert [(s["name"], s["text"]) for s in streams] == [
+        ("stdout", "step 0\n"),
+        ("stderr", "step 1\n"),
+        ("stdout", "step 2\n"),
+    ]
+
+
+def test_run_exits_non_zero_with_the_error(tmp_path: Path) -> None:
+    out = tmp_path / "failing.out.ipynb"
+    result = subprocess.run(
+        [*NOTEBURST, "run", str(ROOT / "examples" / "failing.ipynb"), "-o", str(out)],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "CELL_ERROR" in result.stderr
+    assert "this notebook fails on purpose" in result.stderr
+    executed = nbformat.read(out, as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "about to fail\n"
+    assert executed.cells[1].outputs[0]["ename"] == "ValueError"
+
+
+def test_run_refuses_an_invalid_notebook(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{}]}')
+    result = subprocess.run(
+        [*NOTEBURST, "run", str(bad)],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "InvalidNotebook" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_for_line(stream: Any, needle: str, timeout: float) -> list[str]:
+    seen: list[str] = []
+
+    async def read() -> None:
+        while True:
+            line = await asyncio.to_thread(stream.readline)
+            if not line:
+                msg = "process ended before it was ready:\n" + "".join(seen)
+                raise AssertionError(msg)
+            seen.append(line)
+            if needle in line:
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return seen
+
+
+@pytest.mark.asyncio
+async def test_serve_runs_everything_in_one_process(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _clean_env(tmp_path)
+    env["NOTEBURST_DATA_DIR"] = str(tmp_path / "data")
+    process = subprocess.Popen(
+        [*NOTEBURST, "serve", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        await _wait_for_line(process.stderr, "Uvicorn running on", 120)
+        nb = Noteburst(f"http://127.0.0.1:{port}")
+        submitted = await nb.submit(notebook("print('served')"))
+        events = await asyncio.wait_for(nb.watch(submitted["id"]), 120)
+        assert events[-1]["status"] == "SUCCEEDED"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0
+    # The local Jupyter server and kernels went with it.
+    leftovers = subprocess.run(
+        ["pgrep", "-g", str(process.pid)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout.strip() == ""

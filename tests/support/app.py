@@ -1,0 +1,146 @@
+"""Run Noteburst for a test and talk to it with ``gql``, a client we did not write.
+
+``gql`` is told to speak graphql-transport-ws explicitly: it offers the
+legacy graphql-ws protocol first otherwise, and Strawberry would pick that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gql import Client
+from gql.graphql_request import GraphQLRequest
+from gql.transport.httpx import HTTPXAsyncTransport
+from gql.transport.websockets import WebsocketsTransport
+
+from noteburst.app import serve_in_background
+from noteburst.config import Config
+from noteburst.storage.database import Database
+
+EXECUTION_FIELDS = """
+  id status kernelName attempts createdAt startedAt finishedAt
+  progress { cellsTotal cellsDone }
+  error { code message cellIndex ename evalue traceback }
+"""
+
+SUBMIT = f"""
+mutation Submit($input: SubmitExecutionInput!) {{
+  submitExecution(input: $input) {{
+    __typename
+    ... on Execution {{ {EXECUTION_FIELDS} }}
+    ... on InvalidNotebook {{ message }}
+    ... on UnknownKernel {{ message kernelName availableKernels }}
+    ... on InvalidInput {{ message field }}
+  }}
+}}
+"""
+
+WATCH = f"""
+subscription Watch($id: ID!, $after: Int) {{
+  executionStatus(id: $id, afterSequence: $after) {{
+    sequence kind status cellIndex cellsDone
+    execution {{ {EXECUTION_FIELDS} }}
+  }}
+}}
+"""
+
+GET = f"""
+query Get($id: ID!) {{ execution(id: $id) {{ {EXECUTION_FIELDS} notebook }} }}
+"""
+
+LIST = """
+query List($first: Int, $after: String, $status: ExecutionStatus) {
+  executions(first: $first, after: $after, status: $status) {
+    edges { cursor node { id status } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+@dataclass
+class Noteburst:
+    """A running Noteburst and clients for it."""
+
+    url: str
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http") + "/graphql"
+
+    async def execute(self, query: str, **variables: Any) -> dict[str, Any]:
+        transport = HTTPXAsyncTransport(url=self.url + "/graphql", timeout=60)
+        async with Client(transport=transport, execute_timeout=60) as session:
+            result: dict[str, Any] = await session.execute(
+                GraphQLRequest(query, variable_values=variables)
+            )
+            return result
+
+    async def submit(self, notebook: Any, **fields: Any) -> dict[str, Any]:
+        data = await self.execute(SUBMIT, input={"notebook": notebook, **fields})
+        payload: dict[str, Any] = data["submitExecution"]
+        return payload
+
+    async def watch(
+        self, execution_id: str, after: int | None = None, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Subscribe and collect events until the server completes the stream."""
+        transport = WebsocketsTransport(
+            url=self.ws_url,
+            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+            connect_timeout=30,
+            ack_timeout=30,
+        )
+        events: list[dict[str, Any]] = []
+        async with Client(transport=transport, execute_timeout=120) as session:
+            request = GraphQLRequest(
+                WATCH, variable_values={"id": execution_id, "after": after}
+            )
+            async for result in session.subscribe(request):
+                events.append(result["executionStatus"])
+                if limit is not None and len(events) >= limit:
+                    break
+        return events
+
+    async def get(self, execution_id: str) -> dict[str, Any] | None:
+        data = await self.execute(GET, id=execution_id)
+        found: dict[str, Any] | None = data["execution"]
+        return found
+
+
+def make_config(
+    tmp_path: Path,
+    jupyter: Any,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    **overrides: Any,
+) -> Config:
+    """Config for a test instance on the session's jupyter_server."""
+    return Config(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        redis_url=redis_url,
+        jupyter_url=jupyter.url,
+        jupyter_token=jupyter.token,
+        redis_namespace=f"nbtest-{tmp_path.name}",
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, *, run_worker: bool = True) -> AsyncIterator[Noteburst]:
+    """Migrate the database and serve Noteburst (with an in-process worker)."""
+    database = Database.from_url(config.effective_database_url)
+    try:
+        await database.upgrade()
+    finally:
+        await database.aclose()
+    async with serve_in_background(config, run_worker=run_worker) as (url, task):
+        instance = Noteburst(url)
+        yield instance
+        assert not task.done(), "the server stopped during the test"
