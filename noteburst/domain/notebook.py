@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nbformat
+from nbformat.v4.rwbase import rejoin_lines
 from nbformat.validator import ValidationError, normalize
 from nbformat.warnings import MissingIDFieldWarning
 
@@ -98,7 +99,10 @@ def accept_notebook(
         raise InvalidNotebookError(
             f"invalid nbformat at {path}: {exc.message}"
         ) from exc
-    data = dict(normalized)
+    # On disk, sources and stream texts are often lists of lines; in memory
+    # nbformat (and nbclient) work with joined strings.  Join them once, here,
+    # so every layer above sees the in-memory form.
+    data = dict(rejoin_lines(nbformat.from_dict(normalized)))
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return AcceptedNotebook(
         notebook=data, text=text, size_bytes=len(text.encode("utf-8"))

@@ -18,6 +18,8 @@ The hierarchy::
     │                           500 for that)
     ├── KernelDiedError         the kernel died or was restarted while a cell
     │                           was running; carries ``cell_index``
+    ├── CellTimeoutError        a cell exceeded its time limit; also a
+    │                           `TimeoutError`; carries ``cell_index``
     └── KernelProtocolError     a message on the kernel websocket could not be
                                 understood
 
@@ -35,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 __all__ = [
+    "CellTimeoutError",
     "JupyterError",
     "JupyterWebError",
     "KernelDiedError",
@@ -252,3 +255,24 @@ class KernelDiedError(JupyterError):
 
 class KernelProtocolError(JupyterError):
     """A kernel websocket frame or message could not be understood."""
+
+
+class CellTimeoutError(JupyterError, TimeoutError):
+    """A cell ran longer than its ``cell_timeout``.
+
+    It is a `TimeoutError`, like the one ``asyncio.timeout`` raises around a
+    whole run, and carries the cell index.  The kernel is still busy with the
+    cell: discard it.
+
+    Parameters
+    ----------
+    cell_index
+        Index of the cell in ``nb.cells``.
+    timeout
+        The limit that was exceeded, in seconds.
+    """
+
+    def __init__(self, cell_index: int, timeout: float) -> None:
+        super().__init__(f"cell {cell_index} did not finish within {timeout} s")
+        self.cell_index = cell_index
+        self.timeout = timeout

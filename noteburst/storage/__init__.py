@@ -18,11 +18,12 @@ from .events import (
     Signal,
     create_event_bus,
 )
-from .execution import ExecutionStore, cursor_for
+from .execution import ExecutionFinishedError, ExecutionStore, cursor_for
 
 __all__ = [
     "Database",
     "EventBus",
+    "ExecutionFinishedError",
     "ExecutionStore",
     "LocalEventBus",
     "PostgresEventBus",

@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
+from alembic.command import upgrade as alembic_upgrade
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -50,13 +50,13 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.pool import StaticPool
 
-from ..exceptions import ConfigurationError
+from noteburst.exceptions import ConfigurationError
+
 from .execution import ExecutionStore
 
 __all__ = [
@@ -157,9 +157,7 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     return engine
 
 
-def alembic_config(
-    *, script_location: Path = ALEMBIC_SCRIPT_LOCATION
-) -> AlembicConfig:
+def alembic_config(*, script_location: Path = ALEMBIC_SCRIPT_LOCATION) -> AlembicConfig:
     """Build an Alembic configuration without reading ``alembic.ini``.
 
     Skipping the ini file keeps Alembic from reconfiguring logging (its
@@ -194,7 +192,7 @@ def alembic_config(
 
 def _upgrade_on(connection: Connection, config: AlembicConfig) -> None:
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    alembic_upgrade(config, "head")
 
 
 def _is_current_on(connection: Connection, config: AlembicConfig) -> bool:
@@ -264,6 +262,10 @@ class Database:
         Commits when the block exits normally and rolls back if it raises.
         Announce events on the event bus only after the block has exited,
         so subscribers never look for an event that is not committed yet.
+
+        Keep the block short and do not await another transaction inside
+        it: on SQLite every transaction holds the write lock from its
+        start, so a nested one waits for ``busy_timeout`` and then fails.
 
         Yields
         ------

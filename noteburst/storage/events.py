@@ -32,16 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import asyncpg
+import structlog
 from sqlalchemy.engine import make_url
 
-from ..constants import EVENTS_CHANNEL
+from noteburst.constants import EVENTS_CHANNEL
 
 __all__ = [
     "EventBus",
@@ -52,7 +52,7 @@ __all__ = [
     "create_event_bus",
 ]
 
-_logger = logging.getLogger(__name__)
+_logger = structlog.get_logger("noteburst.events")
 
 
 class Signal:
@@ -215,9 +215,7 @@ def asyncpg_dsn(url: str) -> str:
         E.g. ``postgresql://user:p%40ss@host/db``, password included.
     """
     return (
-        make_url(url)
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False)
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     )
 
 
@@ -265,6 +263,7 @@ class PostgresEventBus:
         self._state: asyncio.Condition | None = None
         self._connection: asyncpg.Connection | None = None
         self._generation = 0
+        self._connected_since_backoff = False
 
     def subscribe(self, execution_id: str) -> AbstractAsyncContextManager[Signal]:
         """Register for wake-ups about ``execution_id`` (see :class:`EventBus`)."""
@@ -348,15 +347,17 @@ class PostgresEventBus:
         while True:
             try:
                 await self._listen_once()
-                backoff = self._min_backoff
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 _logger.warning(
-                    "Postgres event listener failed, reconnecting in %.2fs: %r",
-                    backoff,
-                    exc,
+                    "Postgres event listener failed; reconnecting",
+                    delay_seconds=backoff,
+                    error=repr(exc),
                 )
+            if self._connected_since_backoff:
+                backoff = self._min_backoff
+                self._connected_since_backoff = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 
@@ -374,10 +375,13 @@ class PostgresEventBus:
                 self._query_timeout,
             )
             await self._set_connection(connection)
+            self._connected_since_backoff = True
             # Anything committed while no connection listened was missed.
             self._subscribers.notify_all()
             _logger.info(
-                "Listening on %s (connection %d)", self._channel, self._generation
+                "Listening for execution events",
+                channel=self._channel,
+                connection=self._generation,
             )
             while not lost.is_set():
                 try:
@@ -386,7 +390,7 @@ class PostgresEventBus:
                     await asyncio.wait_for(
                         connection.fetchval("SELECT 1"), self._query_timeout
                     )
-            _logger.warning("Postgres event listener connection closed")
+            _logger.warning("Postgres event listener connection lost")
         finally:
             await self._set_connection(None)
             await self._close(connection)
@@ -410,14 +414,14 @@ class PostgresEventBus:
             data = json.loads(str(payload))
             execution_id = data["id"]
         except (ValueError, KeyError, TypeError):
-            _logger.warning("Ignoring malformed notification %r", payload)
+            _logger.warning("Ignoring malformed notification", payload=payload)
             return
         if isinstance(execution_id, str):
             self._subscribers.notify(execution_id)
 
 
 def create_event_bus(database_url: str) -> EventBus:
-    """The event bus matching a database URL.
+    """Create the event bus matching a database URL.
 
     Parameters
     ----------

@@ -30,9 +30,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..constants import EVENTS_CHANNEL
-from ..dbschema import ExecutionEventRow, ExecutionRow
-from ..domain.execution import (
+from noteburst.constants import EVENTS_CHANNEL
+from noteburst.dbschema import ExecutionEventRow, ExecutionRow
+from noteburst.domain.execution import (
     EventKind,
     Execution,
     ExecutionError,
@@ -40,10 +40,15 @@ from ..domain.execution import (
     ExecutionStatus,
     Progress,
 )
-from ..exceptions import ExecutionNotFoundError, InvalidInputError
+from noteburst.exceptions import (
+    ExecutionNotFoundError,
+    InvalidInputError,
+    NoteburstError,
+)
 
-__all__ = ["ExecutionStore", "cursor_for"]
+__all__ = ["ExecutionFinishedError", "ExecutionStore", "cursor_for"]
 
+_AnyRow = Row[*tuple[Any, ...]]
 _E = ExecutionRow
 _EV = ExecutionEventRow
 
@@ -78,6 +83,18 @@ _EVENT_COLUMNS = (
 )
 
 _UNFINISHED = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
+
+
+class ExecutionFinishedError(NoteburstError):
+    """A change was refused because the execution already finished.
+
+    Raised by :meth:`ExecutionStore.append_event`, typically to a worker
+    still running an execution that was cancelled or given up on.
+    """
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id!r} has already finished")
+        self.execution_id = execution_id
 
 
 def cursor_for(execution: Execution) -> str:
@@ -132,7 +149,7 @@ async def _parse_json(text: str | None) -> dict[str, Any] | None:
     return parsed
 
 
-def _to_domain(row: Row[Any], notebook: dict[str, Any] | None = None) -> Execution:
+def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Execution:
     return Execution(
         id=row.id,
         status=ExecutionStatus(row.status),
@@ -149,7 +166,7 @@ def _to_domain(row: Row[Any], notebook: dict[str, Any] | None = None) -> Executi
     )
 
 
-def _event_to_domain(row: Row[Any]) -> ExecutionEvent:
+def _event_to_domain(row: _AnyRow) -> ExecutionEvent:
     return ExecutionEvent(
         execution_id=row.execution_id,
         sequence=row.sequence,
@@ -213,6 +230,7 @@ class ExecutionStore:
         ExecutionEvent
             The ``QUEUED`` event, sequence 1.
         """
+        now = _utc(now)
         await self._session.execute(
             insert(_E).values(
                 id=execution_id,
@@ -270,14 +288,14 @@ class ExecutionStore:
         return _to_domain(row, notebook)
 
     async def get_result_notebook(self, execution_id: str) -> dict[str, Any] | None:
-        """The executed notebook, parsed; None if absent or not finished."""
+        """Load the executed notebook; None if absent or not finished."""
         text = await self._session.scalar(
             select(_E.result_notebook).where(_E.id == execution_id)
         )
         return await _parse_json(text)
 
     async def get_source_notebook(self, execution_id: str) -> dict[str, Any] | None:
-        """The submitted notebook, parsed; None if there is no such execution."""
+        """Load the submitted notebook; None if there is no such execution."""
         text = await self._session.scalar(
             select(_E.source_notebook).where(_E.id == execution_id)
         )
@@ -295,7 +313,8 @@ class ExecutionStore:
         Parameters
         ----------
         first
-            Page size, at least 1 (the caller caps it).
+            Page size, at least 0 (the caller caps it); 0 returns no
+            executions but still tells whether any exist.
         after
             Cursor from :func:`cursor_for` of the previous page's last
             execution, or None for the first page.
@@ -310,10 +329,10 @@ class ExecutionStore:
         Raises
         ------
         InvalidInputError
-            ``first`` is below 1 or ``after`` is not a valid cursor.
+            ``first`` is negative or ``after`` is not a valid cursor.
         """
-        if first < 1:
-            raise InvalidInputError("first", "must be at least 1")
+        if first < 0:
+            raise InvalidInputError("first", "must not be negative")
         query = select(*_SUMMARY_COLUMNS)
         if status is not None:
             query = query.where(_E.status == status.value)
@@ -358,6 +377,7 @@ class ExecutionStore:
             or None: a duplicate message, a live claim elsewhere, a finished
             or unknown execution, or attempts exhausted.
         """
+        now, lease_until = _utc(now), _utc(lease_until)
         statement = (
             update(_E)
             .where(
@@ -410,6 +430,7 @@ class ExecutionStore:
             False if the execution is no longer running (or no longer this
             attempt's): the worker should stop.
         """
+        lease_until = _utc(lease_until)
         conditions = [
             _E.id == execution_id,
             _E.status == ExecutionStatus.RUNNING.value,
@@ -434,24 +455,27 @@ class ExecutionStore:
         cell_index: int | None = None,
         cells_done: int | None = None,
         now: datetime,
-    ) -> ExecutionEvent | None:
+    ) -> ExecutionEvent:
         """Record a change of an unfinished execution and its event.
 
         Sets the execution's status to ``status`` and, if given,
-        ``cells_done``.  A finished execution is left alone (a worker
-        reporting progress after a cancellation, say): use :meth:`finish` to
-        finish one.
+        ``cells_done``; allocates the next sequence; on Postgres sends the
+        notification (delivered on commit).  Use :meth:`finish` to finish.
 
         Returns
         -------
-        ExecutionEvent or None
-            The new event, or None if the execution had already finished.
+        ExecutionEvent
+            The new event.
 
         Raises
         ------
         ExecutionNotFoundError
             No execution has this id.
+        ExecutionFinishedError
+            The execution already finished (was cancelled, say, or failed
+            by a sweeper); it is left unchanged and the worker should stop.
         """
+        now = _utc(now)
         values: dict[str, Any] = {"status": status.value}
         if cells_done is not None:
             values["cells_done"] = cells_done
@@ -464,8 +488,10 @@ class ExecutionStore:
             cell_index=cell_index,
             now=now,
         )
-        if event is None and await self._missing(execution_id):
-            raise ExecutionNotFoundError(execution_id)
+        if event is None:
+            if await self._missing(execution_id):
+                raise ExecutionNotFoundError(execution_id)
+            raise ExecutionFinishedError(execution_id)
         return event
 
     async def finish(
@@ -510,10 +536,11 @@ class ExecutionStore:
         ValueError
             ``status`` is not terminal.
         """
+        now = _utc(now)
         if not status.is_terminal:
             msg = f"finish needs a terminal status, not {status.value!r}"
             raise ValueError(msg)
-        conditions = [_E.status.in_(_UNFINISHED)]
+        conditions: builtins.list[ColumnElement[bool]] = [_E.status.in_(_UNFINISHED)]
         if attempt is not None:
             conditions.append(_E.attempts == attempt)
         return await self._change(
@@ -532,12 +559,22 @@ class ExecutionStore:
             now=now,
         )
 
-    async def requeue(self, execution_id: str, *, now: datetime) -> ExecutionEvent | None:
+    async def requeue(
+        self,
+        execution_id: str,
+        *,
+        now: datetime,
+        lease_expired_before: datetime | None = None,
+    ) -> ExecutionEvent | None:
         """Put a lost running execution back in the queue.
 
-        Only a running execution whose lease expired before ``now`` is
-        requeued, so a sweeper racing a worker that just renewed does no
-        harm.  Progress restarts at 0 cells.  The caller then sends a new
+        Only a running execution whose lease expired before
+        ``lease_expired_before`` (default ``now``) is requeued, so a sweeper
+        racing a worker that just renewed its lease does no harm.  Pass a
+        later time to requeue every running execution whose lease would
+        lapse by then (e.g. at the start of the only worker process, when
+        every running execution is known to be lost).  Progress restarts at
+        0 cells.  The caller then sends a new
         queue message.  When ``attempts`` has reached the limit,
         :meth:`claim` would refuse it; finish it instead, with
         ``ExecutionStatus.FAILED`` and ``ErrorCode.WORKER_LOST``.
@@ -547,11 +584,13 @@ class ExecutionStore:
         ExecutionEvent or None
             The ``QUEUED`` event, or None if it was not a lost execution.
         """
+        now = _utc(now)
+        cutoff = now if lease_expired_before is None else _utc(lease_expired_before)
         return await self._change(
             execution_id,
             conditions=[
                 _E.status == ExecutionStatus.RUNNING.value,
-                _E.lease_expires_at < now,
+                _E.lease_expires_at < cutoff,
             ],
             values={
                 "status": ExecutionStatus.QUEUED.value,
@@ -576,7 +615,7 @@ class ExecutionStore:
         return [_event_to_domain(row) for row in result]
 
     async def latest_event(self, execution_id: str) -> ExecutionEvent | None:
-        """The newest event, or None if there is no such execution."""
+        """Return the newest event, or None if there is no such execution."""
         result = await self._session.execute(
             select(*_EVENT_COLUMNS)
             .where(_EV.execution_id == execution_id)
@@ -589,7 +628,7 @@ class ExecutionStore:
     async def find_orphans(
         self, *, now: datetime, queued_before: datetime
     ) -> tuple[builtins.list[str], builtins.list[str]]:
-        """Executions a sweeper should look at, oldest first.
+        """Find executions a sweeper should look at, oldest first.
 
         Parameters
         ----------
@@ -606,6 +645,7 @@ class ExecutionStore:
             Ids of possibly stranded queued executions, and of running ones
             whose lease expired.
         """
+        now, queued_before = _utc(now), _utc(queued_before)
         queued = await self._session.scalars(
             select(_E.id)
             .where(

@@ -1,0 +1,264 @@
+"""Where kernels come from: the interface of lab backends, and the local one.
+
+The rest of Noteburst asks a :class:`LabBackend` for a fresh kernel per
+notebook and never learns whether it runs on a private jupyter_server
+(:class:`LocalLabBackend`) or on a JupyterHub user server (a hub backend
+with its own base URL and bot user per lab fits the same shape: ``start``
+spawns or finds the lab, ``kernel`` talks to that lab's REST API and
+websocket).
+
+Kernels are shut down in the background: a kernel DELETE usually takes
+~0.1 s but sometimes ~3.5 s, which does not belong on the response path.
+The backend tracks these shutdowns and :meth:`LabBackend.aclose` waits for
+them, bounded.  A backend is used from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final, Protocol, runtime_checkable
+
+import httpx
+
+from .exceptions import JupyterError, JupyterWebError
+from .kernel import KernelConnection
+from .local import LocalJupyterServer
+from .protocol import WireProtocol
+from .rest import JupyterRestClient
+
+__all__ = ["LabBackend", "LocalLabBackend"]
+
+_log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class LabBackend(Protocol):
+    """A source of fresh kernels on some Jupyter server."""
+
+    async def start(self) -> None:
+        """Make the lab ready (start or find the server); idempotent."""
+        ...
+
+    async def kernel_names(self) -> list[str]:
+        """Return the names of the kernelspecs the lab offers."""
+        ...
+
+    def kernel(self, kernel_name: str) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
+        """Start a fresh kernel and open its websocket, for one notebook.
+
+        On exit the websocket is closed and the kernel shut down in the
+        background, tracked so that :meth:`aclose` can await it.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Wait (bounded) for background shutdowns, then release the lab."""
+        ...
+
+
+class LocalLabBackend:
+    """Kernels from a jupyter_server on this machine.
+
+    Uses the server at ``url`` if given; otherwise :meth:`start` starts a
+    :class:`~.local.LocalJupyterServer` in ``root_dir`` and :meth:`aclose`
+    stops it.
+
+    Parameters
+    ----------
+    http
+        Shared HTTP client (not closed by the backend).
+    root_dir
+        Directory for a server started by the backend (kernels' working
+        directory).
+    url
+        Base URL of an existing server; `None` to start one.
+    token
+        API token of the existing server.
+    start_timeout
+        Seconds a started server may take to become ready.
+    kernel_start_timeout
+        Seconds a kernel may take from creation until its websocket is open.
+    request_timeout
+        Timeout in seconds of each REST request.
+    shutdown_timeout
+        Seconds :meth:`aclose` waits for background kernel shutdowns.
+    wire_protocol
+        Preferred kernel websocket framing.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        root_dir: Path,
+        url: str | None = None,
+        token: str | None = None,
+        start_timeout: float = 60,
+        kernel_start_timeout: float = 60,
+        request_timeout: float = 30,
+        shutdown_timeout: float = 10,
+        wire_protocol: WireProtocol = WireProtocol.V1,
+    ) -> None:
+        self._http = http
+        self.root_dir = root_dir
+        self._url = url
+        self._token = token
+        self.start_timeout = start_timeout
+        self.kernel_start_timeout = kernel_start_timeout
+        self.request_timeout = request_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.wire_protocol = wire_protocol
+        self._server: LocalJupyterServer | None = None
+        self._rest: JupyterRestClient | None = None
+        self._shutdowns: set[asyncio.Task[None]] = set()
+
+    @property
+    def rest(self) -> JupyterRestClient:
+        """REST client of the lab (after :meth:`start`)."""
+        if self._rest is None:
+            raise JupyterError("LocalLabBackend.start() has not been called")
+        return self._rest
+
+    @property
+    def server(self) -> LocalJupyterServer | None:
+        """The server this backend started, if it started one."""
+        return self._server
+
+    async def start(self) -> None:
+        """Start the server (unless ``url`` was given) and check it answers.
+
+        Raises
+        ------
+        LabUnavailableError
+            If the server cannot be started or reached.
+        """
+        if self._rest is not None:
+            return
+        url, token = self._url, self._token
+        if url is None:
+            server = LocalJupyterServer(root_dir=self.root_dir, start_timeout=self.start_timeout)
+            await server.start()
+            self._server = server
+            url, token = server.url, server.token
+        rest = JupyterRestClient(
+            http=self._http, base_url=url, token=token, timeout=self.request_timeout
+        )
+        try:
+            await rest.status()
+        except BaseException:
+            await self._stop_server()
+            raise
+        self._rest = rest
+
+    async def kernel_names(self) -> list[str]:
+        """Return the kernelspec names the server offers."""
+        return await self.rest.kernelspecs()
+
+    def kernel(self, kernel_name: str) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
+        """Start a fresh kernel and open its websocket, for one notebook.
+
+        Parameters
+        ----------
+        kernel_name
+            Kernelspec name, e.g. ``python3``.
+
+        Returns
+        -------
+        contextlib.AbstractAsyncContextManager[KernelConnection]
+            Yields the open connection; on exit (also on error or
+            cancellation) closes it and shuts the kernel down in the
+            background.
+
+        Raises
+        ------
+        KernelStartError
+            If the kernel cannot be started (unknown name, start timeout).
+        LabUnavailableError
+            If the server is gone.
+        """
+        return self._kernel(kernel_name)
+
+    @contextlib.asynccontextmanager
+    async def _kernel(self, kernel_name: str) -> AsyncIterator[KernelConnection]:
+        rest = self.rest
+        kernel_id = await rest.create_kernel(kernel_name)
+        conn: KernelConnection | None = None
+        try:
+            conn = await KernelConnection.open(
+                rest,
+                kernel_id,
+                wire_protocol=self.wire_protocol,
+                open_timeout=self.kernel_start_timeout,
+            )
+            yield conn
+        finally:
+            self._retire(rest, kernel_id, conn)
+
+    def _retire(self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None) -> None:
+        task = asyncio.create_task(
+            _shutdown_kernel(rest, kernel_id, conn), name=f"kernel-shutdown-{kernel_id}"
+        )
+        self._shutdowns.add(task)
+        task.add_done_callback(self._shutdowns.discard)
+
+    @property
+    def pending_shutdowns(self) -> int:
+        """Number of kernel shutdowns still running in the background."""
+        return len(self._shutdowns)
+
+    async def aclose(self) -> None:
+        """Wait for background kernel shutdowns (bounded), then stop our server."""
+        try:
+            if self._shutdowns:
+                _done, pending = await asyncio.wait(
+                    set(self._shutdowns), timeout=self.shutdown_timeout
+                )
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    _log.warning("%d kernel shutdowns did not finish in time", len(pending))
+                    await asyncio.wait(pending)
+        finally:
+            self._rest = None
+            await self._stop_server()
+
+    async def _stop_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+
+_DELETE_RETRY_DELAYS: Final = (0.25, 0.5, 1.0, 2.0)
+"""Pauses between DELETE attempts for a kernel that is restarting.
+
+jupyter_server answers 500 to a DELETE while its restarter is replacing a
+dead kernel (jupyter_client's shutdown trips over the pending ``ready``
+future); a little later the DELETE succeeds.
+"""
+
+
+async def _shutdown_kernel(
+    rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
+) -> None:
+    """Close the websocket and delete the kernel; log, never raise."""
+    try:
+        if conn is not None:
+            await conn.aclose()
+        async with asyncio.timeout(rest.timeout):
+            for delay in (*_DELETE_RETRY_DELAYS, None):
+                try:
+                    await rest.delete_kernel(kernel_id)
+                except JupyterWebError as exc:
+                    if exc.status != 500 or delay is None:  # noqa: PLR2004
+                        raise
+                    await asyncio.sleep(delay)
+                else:
+                    return
+    except JupyterError as exc:
+        _log.warning("Could not shut down kernel %s: %s", kernel_id, exc)
+    except TimeoutError:
+        _log.warning("Shutting down kernel %s timed out", kernel_id)

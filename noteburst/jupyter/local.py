@@ -1,0 +1,326 @@
+"""Run a private jupyter_server on loopback, for development, tests and small deployments.
+
+:class:`LocalJupyterServer` starts ``python -m jupyter_server`` as a child
+process with the settings measured to matter (``jupyter-on-loopback.md``):
+
+* bound to 127.0.0.1 on a free port, with ``port_retries=0`` so a port taken
+  in the meantime fails the start instead of silently moving (G19; the start
+  is then retried on another port);
+* a random token passed in the environment (``JUPYTER_TOKEN``), never on the
+  command line where ``ps`` shows it;
+* ``--allow-root`` when running as root (G2), no browser, no terminals,
+  extensions slimmed (a Python-literal dict, G15);
+* IOPub rate limits off (G3) and :class:`~.server_settings.NoDelayConnection`
+  for the kernel websockets (G1);
+* hermetic ``JUPYTER_CONFIG_DIR``, ``JUPYTER_DATA_DIR``,
+  ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` under ``root_dir``.  Only the
+  *user* directories move: kernelspecs installed in the environment
+  (``sys.prefix/share/jupyter/kernels``, where ipykernel puts ``python3``)
+  are still found.  The kernels' IPython history is kept in memory, as
+  nbclient does.
+
+The process runs in its own process group with its output in a log file
+(no pipe to drain).  :meth:`LocalJupyterServer.stop` sends SIGTERM, which
+makes jupyter_server shut its kernels down, and SIGKILLs the group only as a
+last resort; a finalizer does the same at interpreter exit if ``stop`` was
+never called.  The object is not tied to an event loop: ``start`` and
+``stop`` may run on different loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Final
+
+import httpx
+
+from .exceptions import JupyterError, LabUnavailableError
+from .rest import JupyterRestClient
+
+__all__ = ["LocalJupyterServer"]
+
+_DISABLED_EXTENSIONS: Final = (
+    "jupyterlab",
+    "jupyter_lsp",
+    "notebook",
+    "notebook_shim",
+    "nbclassic",
+    "jupyter_server_terminals",
+    "voila",
+)
+_CONNECTION_CLASS: Final = "noteburst.jupyter.server_settings.NoDelayConnection"
+_PORT_ATTEMPTS: Final = 3
+_POLL_INTERVAL: Final = 0.05
+_LOG_TAIL: Final = 2000
+
+
+class LocalJupyterServer:
+    """A jupyter_server child process on 127.0.0.1.
+
+    Parameters
+    ----------
+    root_dir
+        Directory served (kernels start in it); created if missing.  The
+        server's own config, data, runtime and IPython directories and its log
+        file (``jupyter-server.log``) go in ``root_dir/.noteburst-jupyter``.
+    start_timeout
+        Seconds :meth:`start` may take until ``GET /api/status`` answers.
+    python
+        Interpreter that runs the server; it must be able to import
+        ``jupyter_server`` and ``noteburst.jupyter.server_settings``.
+    stop_timeout
+        Seconds :meth:`stop` waits after SIGTERM before it SIGKILLs.
+    extra_args
+        More command-line options for jupyter_server.
+    env
+        Extra environment variables for the server (and its kernels).
+    """
+
+    def __init__(
+        self,
+        *,
+        root_dir: Path,
+        start_timeout: float,
+        python: str = sys.executable,
+        stop_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root_dir = root_dir
+        self.start_timeout = start_timeout
+        self.python = python
+        self.stop_timeout = stop_timeout
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
+        self.state_dir = root_dir / ".noteburst-jupyter"
+        self.log_path = self.state_dir / "jupyter-server.log"
+        self._token = secrets.token_urlsafe(32)
+        self._port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_start = 0
+        self._finalizer: weakref.finalize[..., None] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server, with a trailing slash."""
+        if self._port is None:
+            raise JupyterError("the local Jupyter server is not running")
+        return f"http://127.0.0.1:{self._port}/"
+
+    @property
+    def token(self) -> str:
+        """The server's API token."""
+        return self._token
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, while it runs."""
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    async def start(self) -> None:
+        """Start the server and wait until it answers ``GET /api/status``.
+
+        Raises
+        ------
+        LabUnavailableError
+            If the process exits early (the message ends with its log) or
+            does not answer within ``start_timeout``.
+        """
+        if self._process is not None:
+            raise JupyterError("the local Jupyter server is already started")
+        deadline = time.monotonic() + self.start_timeout
+        self._prepare_dirs()
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                self._launch(_free_port())
+                await self._wait_ready(deadline)
+            except _PortTakenError:
+                await self.stop()
+                if attempt == _PORT_ATTEMPTS - 1:
+                    raise LabUnavailableError(
+                        "Jupyter server could not bind a free port"
+                    ) from None
+            except BaseException:
+                await self.stop()
+                raise
+            else:
+                return
+
+    async def stop(self) -> None:
+        """Stop the server: SIGTERM, wait, SIGKILL as a last resort; idempotent.
+
+        If this is cancelled before the process is gone, the interpreter-exit
+        safeguard stays armed, and calling it again resumes the stop.
+        """
+        process = self._process
+        if process is not None and process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                await asyncio.to_thread(process.wait, self.stop_timeout)
+        self._forget()
+
+    def log_tail(self, size: int = _LOG_TAIL) -> str:
+        """Return the end of the server's log (stdout and stderr)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - size))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    # -- internals -----------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        for name in ("config", "data", "runtime", "ipython/profile_default"):
+            (self.state_dir / name).mkdir(parents=True, exist_ok=True)
+        # Same as nbclient's kernels: no history database written per kernel.
+        config = self.state_dir / "ipython/profile_default/ipython_kernel_config.py"
+        config.write_text("c.HistoryManager.hist_file = ':memory:'\n")
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "JUPYTER_TOKEN": self._token,
+                "JUPYTER_CONFIG_DIR": str(self.state_dir / "config"),
+                "JUPYTER_DATA_DIR": str(self.state_dir / "data"),
+                "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime"),
+                "IPYTHONDIR": str(self.state_dir / "ipython"),
+                "JUPYTER_PLATFORM_DIRS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _command(self, port: int) -> list[str]:
+        extensions = "{" + ", ".join(f"{name!r}: False" for name in _DISABLED_EXTENSIONS) + "}"
+        command = [
+            self.python,
+            "-m",
+            "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--ServerApp.terminals_enabled=False",
+            f"--ServerApp.jpserver_extensions={extensions}",
+            "--ZMQChannelsWebsocketConnection.limit_rate=False",
+            f"--ServerApp.kernel_websocket_connection_class={_CONNECTION_CLASS}",
+        ]
+        if os.geteuid() == 0:
+            command.append("--allow-root")
+        return command + self.extra_args
+
+    def _launch(self, port: int) -> None:
+        self._log = self.log_path.open("ab")
+        self._log_start = self._log.seek(0, os.SEEK_END)
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self._command(port),
+            cwd=self.root_dir,
+            env=self._environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._port = port
+        self._finalizer = weakref.finalize(self, _emergency_stop, self._process)
+
+    async def _wait_ready(self, deadline: float) -> None:
+        assert self._process is not None
+        process = self._process
+        async with httpx.AsyncClient(trust_env=False) as http:
+            rest = JupyterRestClient(http=http, base_url=self.url, token=self._token, timeout=2)
+            while True:
+                if process.poll() is not None:
+                    tail = self.log_tail()
+                    if _port_taken(self._log_since_launch()):
+                        raise _PortTakenError
+                    raise LabUnavailableError(
+                        f"Jupyter server exited with status {process.returncode} "
+                        f"while starting; log tail:\n{tail}"
+                    )
+                with contextlib.suppress(LabUnavailableError):
+                    await rest.status()
+                    return
+                if time.monotonic() >= deadline:
+                    raise LabUnavailableError(
+                        f"Jupyter server not ready after {self.start_timeout} s; "
+                        f"log tail:\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(_POLL_INTERVAL)
+
+    def _log_since_launch(self) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _forget(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._process = None
+        self._port = None
+
+
+class _PortTakenError(Exception):
+    """The chosen port was taken before the server could bind it."""
+
+
+def _port_taken(log: str) -> bool:
+    return "is not available" in log or "already in use" in log
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the server's process group (it leads it: ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _emergency_stop(process: subprocess.Popen[bytes]) -> None:
+    """Finalizer and atexit safeguard: never leave the server running."""
+    if process.poll() is not None:
+        return
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)

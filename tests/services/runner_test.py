@@ -1,0 +1,179 @@
+"""ExecutionRunner against real Postgres/SQLite and a real jupyter_server.
+
+Duplicate delivery, lease-based recovery of lost workers, timeouts and
+kernel start failures: each must end in exactly one terminal state with a
+clear reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from dramatiq.brokers.stub import StubBroker
+
+from noteburst.constants import EXECUTION_QUEUE
+from noteburst.domain.execution import (
+    ErrorCode,
+    EventKind,
+    ExecutionStatus,
+)
+from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.services.execution import ExecutionService
+from noteburst.services.runner import ExecutionRunner
+from noteburst.storage.events import LocalEventBus
+from tests.support.app import make_config
+from tests.support.notebooks import notebook
+
+
+@dataclass
+class Harness:
+    service: ExecutionService
+    runner: ExecutionRunner
+    api: ProcessContext
+    broker: StubBroker
+
+
+@pytest_asyncio.fixture
+async def harness(
+    tmp_path: Path, jupyter_server: Any, database_url: str
+) -> AsyncIterator[Harness]:
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        database_url=database_url,
+        kernel_names=["python3", "no-such-kernel"],
+        max_attempts=2,
+    )
+    broker = create_broker(config)
+    assert isinstance(broker, StubBroker)
+    bus = LocalEventBus()
+    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    try:
+        yield Harness(
+            service=Factory(api).create_execution_service(),
+            runner=Factory(worker).create_runner(),
+            api=api,
+            broker=broker,
+        )
+    finally:
+        await worker.aclose()
+        await api.aclose()
+
+
+async def _events(harness: Harness, execution_id: str) -> list[Any]:
+    async with harness.api.database.transaction() as store:
+        return list(await store.events_after(execution_id, 0))
+
+
+@pytest.mark.asyncio
+async def test_a_message_delivered_twice_runs_once(harness: Harness) -> None:
+    execution = await harness.service.submit(notebook("import os; os.getpid()"))
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            harness.runner.run(execution.id), harness.runner.run(execution.id)
+        ),
+        120,
+    )
+    assert sorted(o is None for o in outcomes) == [False, True]
+    # A third delivery after the end changes nothing either.
+    assert await harness.runner.run(execution.id) is None
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.SUCCEEDED
+    assert final.attempts == 1
+    kinds = [e.kind for e in await _events(harness, execution.id)]
+    assert kinds.count(EventKind.RUNNING) == 1
+    assert kinds.count(EventKind.FINISHED) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_lost_worker_is_recovered_then_given_up(harness: Harness) -> None:
+    execution = await harness.service.submit(notebook("print('again')"))
+    harness.broker.flush_all()
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+
+    async def crash_while_running() -> None:
+        # What a worker that died mid-run leaves behind: a claim whose
+        # lease has expired.
+        async with harness.api.database.transaction() as store:
+            claimed = await store.claim(
+                execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
+            )
+            assert claimed is not None
+
+    await crash_while_running()
+    assert await harness.runner.recover() == 1
+    assert harness.broker.queues[EXECUTION_QUEUE].qsize() == 1
+    requeued = await harness.service.get(execution.id)
+    assert requeued is not None
+    assert requeued.status is ExecutionStatus.QUEUED
+
+    await crash_while_running()  # second (and last allowed) attempt dies too
+    assert await harness.runner.recover() == 0
+    failed = await harness.service.get(execution.id)
+    assert failed is not None
+    assert failed.status is ExecutionStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code is ErrorCode.WORKER_LOST
+    kinds = [e.kind for e in await _events(harness, execution.id)]
+    assert kinds == [
+        EventKind.QUEUED,
+        EventKind.QUEUED,
+        EventKind.FINISHED,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_recovered_execution_runs_to_completion(harness: Harness) -> None:
+    execution = await harness.service.submit(notebook("print('second try')"))
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with harness.api.database.transaction() as store:
+        assert await store.claim(
+            execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
+        )
+    await harness.runner.recover()
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_timeout_returns_partial_notebook(harness: Harness) -> None:
+    execution = await harness.service.submit(
+        notebook("print('started')", "import time; time.sleep(60)", "print('never')"),
+        timeout_seconds=2,
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    assert outcome.error is not None
+    assert outcome.error.code is ErrorCode.TIMEOUT
+    assert outcome.error.cell_index == 1
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][0]["outputs"][0]["text"] == "started\n"
+    assert result["cells"][2]["outputs"] == []
+
+
+@pytest.mark.asyncio
+async def test_kernel_that_cannot_start_fails_clearly(harness: Harness) -> None:
+    execution = await harness.service.submit(
+        notebook("1"), kernel_name="no-such-kernel"
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.FAILED
+    assert outcome.error is not None
+    assert outcome.error.code is ErrorCode.KERNEL_START_FAILED
+    assert "no-such-kernel" in outcome.error.message

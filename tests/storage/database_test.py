@@ -1,0 +1,131 @@
+"""Database: engine setup, migrations at startup, one loop per Database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from noteburst.exceptions import ConfigurationError
+from noteburst.storage import Database
+from noteburst.storage.database import make_engine
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.mark.asyncio
+async def test_upgrade_is_idempotent_and_reports_current(
+    empty_database_url: str,
+) -> None:
+    database = Database.from_url(empty_database_url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert not await database.is_current()
+            await database.upgrade()
+            assert await database.is_current()
+            await database.upgrade()
+            assert await database.is_current()
+    finally:
+        await database.aclose()
+
+
+@pytest.mark.asyncio
+async def test_concurrent_upgrades_on_postgres(postgres_url: str) -> None:
+    databases = [Database.from_url(postgres_url) for _ in range(3)]
+    try:
+        assert all(db.is_postgres for db in databases)
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*(db.upgrade() for db in databases))
+            assert await databases[0].is_current()
+    finally:
+        for db in databases:
+            await db.aclose()
+
+
+@pytest.mark.asyncio
+async def test_upgrade_leaves_logging_alone(sqlite_url: str) -> None:
+    logger = logging.getLogger("noteburst.test.canary")
+    root_handlers = list(logging.getLogger().handlers)
+    database = Database.from_url(sqlite_url)
+    try:
+        await database.upgrade()
+    finally:
+        await database.aclose()
+    assert not logger.disabled
+    assert logging.getLogger().handlers == root_handlers
+
+
+@pytest.mark.asyncio
+async def test_sqlite_setup(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "noteburst.sqlite3"
+    database = Database.from_url(f"sqlite:///{path}")  # bare scheme: aiosqlite
+    try:
+        assert database.dialect_name == "sqlite"
+        assert not database.is_postgres
+        await database.upgrade()
+    finally:
+        await database.aclose()
+    assert path.is_file()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as connection:
+            foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
+            assert foreign_keys.scalar() == 1
+            busy = await connection.exec_driver_sql("PRAGMA busy_timeout")
+            assert busy.scalar() == 30_000
+    finally:
+        await engine.dispose()
+
+
+def test_unsupported_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        Database.from_url("mysql+aiomysql://u@h/db")
+
+
+@pytest.mark.asyncio
+async def test_database_refuses_a_second_event_loop(sqlite_url: str) -> None:
+    database = Database.from_url(sqlite_url)
+    try:
+        await database.upgrade()
+
+        async def use_elsewhere() -> None:
+            async with database.transaction():
+                pass
+
+        with pytest.raises(RuntimeError, match="one Database per event loop"):
+            await asyncio.to_thread(asyncio.run, use_elsewhere())
+    finally:
+        await database.aclose()
+
+
+@pytest.mark.asyncio
+async def test_one_database_per_loop_share_a_file(sqlite_url: str) -> None:
+    """The embedded layout: the web loop and a worker loop write one file."""
+    web = Database.from_url(sqlite_url)
+    await web.upgrade()
+
+    async def worker() -> int:
+        worker_db = Database.from_url(sqlite_url)
+        try:
+            async with worker_db.transaction() as store:
+                executions, _ = await store.list(first=10, after=None, status=None)
+            return len(executions)
+        finally:
+            await worker_db.aclose()
+
+    try:
+        assert await asyncio.to_thread(asyncio.run, worker()) == 0
+    finally:
+        await web.aclose()
