@@ -114,13 +114,20 @@ def create_app(config: Config | None = None, *, run_worker: bool | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[_State]:
         await _prepare_database(cfg)
         broker = create_broker(cfg)
-        local_bus = LocalEventBus() if with_worker else None
-        context = await ProcessContext.for_api(cfg, broker=broker, local_bus=local_bus)
+        # The in-process worker announces events on a thread-safe local bus.
+        # On SQLite the API listens to that bus; on Postgres it listens to
+        # NOTIFY like any API process, so one code path serves both the
+        # single-process and the scaled-out deployment.
+        worker_bus = LocalEventBus()
+        postgres = cfg.effective_database_url.startswith("postgresql")
+        context = await ProcessContext.for_api(
+            cfg, broker=broker, local_bus=None if postgres else worker_bus
+        )
         worker: dramatiq.Worker | None = None
         try:
-            if local_bus is not None:
+            if with_worker:
                 worker = await asyncio.to_thread(
-                    start_worker, cfg, broker, bus=local_bus, embedded=cfg.is_embedded
+                    start_worker, cfg, broker, bus=worker_bus, embedded=cfg.is_embedded
                 )
             _logger.info(
                 "Noteburst ready",

@@ -254,13 +254,15 @@ def _show_outputs(notebook: dict[str, Any]) -> None:
     for cell in notebook.get("cells", []):
         if cell.get("cell_type") != "code" or cell.get("execution_count") is None:
             continue
-        console.print(f"[bold cyan]In [{cell['execution_count']}]:[/] {cell['source']}")
+        console.print(f"[bold cyan]In \\[{cell['execution_count']}]:[/] ", end="")
+        console.print(cell["source"], markup=False, highlight=False)
         for out in cell.get("outputs", []):
             kind = out.get("output_type")
             if kind == "stream":
                 console.print(out["text"], end="", markup=False, highlight=False)
             elif kind in {"execute_result", "display_data"}:
-                text = out.get("data", {}).get("text/plain", "")
+                data = out.get("data", {})
+                text = data.get("text/markdown") or data.get("text/plain", "")
                 prefix = "Out: " if kind == "execute_result" else ""
                 console.print(prefix + text, markup=False, highlight=False)
             elif kind == "error":

@@ -108,7 +108,7 @@ class NoteburstClient:
         NoteburstClientError
             Raised if the submission was refused, with the server's reason.
         """
-        payload = {"notebook": notebook}
+        payload: dict[str, Any] = {"notebook": notebook}
         if kernel_name:
             payload["kernelName"] = kernel_name
         if timeout_seconds is not None:

@@ -17,6 +17,7 @@ context there with :meth:`ProcessContext.for_worker`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +187,7 @@ class ProcessContext:
 
 
 @contextlib.asynccontextmanager
-async def _http_client(config: Config) -> contextlib.AsyncIterator[httpx.AsyncClient]:
+async def _http_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     # One client per context: connection pooling to the lab, and one place
     # that sets the timeout every Jupyter call gets.
     async with httpx.AsyncClient(

@@ -7,7 +7,7 @@ descriptions land in schema.graphql, which is what GraphiQL users read.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -106,7 +106,7 @@ class Execution:
         if not self.status.is_terminal:
             return None
         service = info.context.factory.create_execution_service()
-        return await service.get_notebook(str(self.id))
+        return cast("JSON", await service.get_notebook(str(self.id)))
 
     @classmethod
     def from_domain(cls, execution: domain.Execution) -> Execution:

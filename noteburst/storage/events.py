@@ -264,6 +264,7 @@ class PostgresEventBus:
         self._connection: asyncpg.Connection | None = None
         self._generation = 0
         self._connected_since_backoff = False
+        self._closing = False
 
     def subscribe(self, execution_id: str) -> AbstractAsyncContextManager[Signal]:
         """Register for wake-ups about ``execution_id`` (see :class:`EventBus`)."""
@@ -295,9 +296,15 @@ class PostgresEventBus:
         """Stop listening and close the connection; wake all subscribers."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._closing = True
+            # Python 3.11 can swallow a cancellation that races a finishing
+            # await; the flag and repeated cancels make the stop certain.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._closing = False
         self._subscribers.notify_all()
 
     @property
@@ -344,7 +351,7 @@ class PostgresEventBus:
 
     async def _run(self) -> None:
         backoff = self._min_backoff
-        while True:
+        while not self._closing:
             try:
                 await self._listen_once()
             except asyncio.CancelledError:
@@ -363,17 +370,13 @@ class PostgresEventBus:
 
     async def _listen_once(self) -> None:
         """Connect, LISTEN, resync, and watch the connection until it dies."""
-        connection = await asyncio.wait_for(
-            asyncpg.connect(self._dsn, timeout=self._connect_timeout),
-            self._connect_timeout + 1,
-        )
+        async with asyncio.timeout(self._connect_timeout + 1):
+            connection = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _connection: lost.set())
         try:
-            await asyncio.wait_for(
-                connection.add_listener(self._channel, self._on_notification),
-                self._query_timeout,
-            )
+            async with asyncio.timeout(self._query_timeout):
+                await connection.add_listener(self._channel, self._on_notification)
             await self._set_connection(connection)
             self._connected_since_backoff = True
             # Anything committed while no connection listened was missed.
@@ -383,13 +386,13 @@ class PostgresEventBus:
                 channel=self._channel,
                 connection=self._generation,
             )
-            while not lost.is_set():
+            while not lost.is_set() and not self._closing:
                 try:
-                    await asyncio.wait_for(lost.wait(), self._health_check_interval)
+                    async with asyncio.timeout(self._health_check_interval):
+                        await lost.wait()
                 except TimeoutError:
-                    await asyncio.wait_for(
-                        connection.fetchval("SELECT 1"), self._query_timeout
-                    )
+                    async with asyncio.timeout(self._query_timeout):
+                        await connection.fetchval("SELECT 1")
             _logger.warning("Postgres event listener connection lost")
         finally:
             await self._set_connection(None)
@@ -399,7 +402,8 @@ class PostgresEventBus:
         if connection.is_closed():
             return
         try:
-            await asyncio.wait_for(connection.close(), self._query_timeout)
+            async with asyncio.timeout(self._query_timeout):
+                await connection.close()
         except Exception:
             connection.terminate()
 

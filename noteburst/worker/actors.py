@@ -44,11 +44,11 @@ def declare_actors(
     async def execute_notebook(execution_id: str) -> None:
         await runtime.factory().create_runner().run(execution_id)
 
-    return dramatiq.actor(
-        execute_notebook,
+    decorate = dramatiq.actor(
         broker=broker,
         actor_name=EXECUTE_ACTOR_NAME,
         queue_name=EXECUTION_QUEUE,
         max_retries=0,
         time_limit=int(time_limit_seconds * 1000),
     )
+    return decorate(execute_notebook)
