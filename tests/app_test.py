@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import nbformat
 import pytest
 from gql.transport.exceptions import TransportQueryError
 
+from noteburst.storage.database import Database
 from tests.support.app import LIST, make_config, running
 from tests.support.notebooks import notebook
 
@@ -273,11 +275,26 @@ async def test_embedded_restart_requeues_unfinished_executions(
     # died before (or while) running it.
     async with running(config, run_worker=False) as nb:
         submitted = await nb.submit(notebook("print('survived')"))
-    # Second life: the embedded default queues it again at start.
+        mid_run = await nb.submit(notebook("print('ran again')"))
+    # The second one was being run, its lease still live, when we "died".
+    database = Database.from_url(config.effective_database_url)
+    try:
+        async with database.transaction() as store:
+            now = datetime.now(UTC)
+            assert await store.claim(
+                mid_run["id"], now=now, lease_until=now + timedelta(hours=1), max_attempts=3
+            )
+    finally:
+        await database.aclose()
+    # Second life: the embedded default queues both again at start.
     async with running(config) as nb:
-        events = await asyncio.wait_for(nb.watch(submitted["id"], after=0), 120)
-        assert events[-1]["status"] == "SUCCEEDED"
-        fetched = await nb.get(submitted["id"])
-        assert fetched is not None
-        assert fetched["notebook"]["cells"][0]["outputs"][0]["text"] == "survived\n"
+        for execution, text in ((submitted, "survived\n"), (mid_run, "ran again\n")):
+            events = await asyncio.wait_for(nb.watch(execution["id"], after=0), 120)
+            assert events[-1]["status"] == "SUCCEEDED"
+            fetched = await nb.get(execution["id"])
+            assert fetched is not None
+            assert fetched["notebook"]["cells"][0]["outputs"][0]["text"] == text
+        again = await nb.get(mid_run["id"])
+        assert again is not None
+        assert again["attempts"] == 2
 

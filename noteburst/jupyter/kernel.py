@@ -307,9 +307,13 @@ class KernelConnection:
             self.forget(msg_id)
 
     async def interrupt(self) -> None:
-        """Interrupt the kernel through the REST API.
+        """Interrupt the kernel through the REST API (SIGINT for ipykernel).
 
-        The running cell ends with a ``KeyboardInterrupt`` error reply.
+        The running cell ends with a ``KeyboardInterrupt`` error reply.  A
+        signal that lands before the cell's own code starts running (just
+        after ``execute_input``) can be lost by ipykernel (1 in ~25 tries
+        here), so a caller that needs the cell to stop should interrupt again
+        if no reply follows within a second or so.
         """
         await self._rest.interrupt_kernel(self.kernel_id)
 

@@ -122,7 +122,9 @@ class ExecutionRunner:
         log.info("Execution started", attempt=execution.attempts)
         assert source is not None
         notebook = nbformat.from_dict(source)
-        renewer = asyncio.create_task(self._keep_lease(execution_id))
+        renewer = asyncio.create_task(
+            self._keep_lease(execution_id, execution.attempts)
+        )
         try:
             outcome = await self._execute(execution, notebook)
         finally:
@@ -137,6 +139,9 @@ class ExecutionRunner:
                 result_text=result_text,
                 error=outcome.error,
                 now=datetime.now(UTC),
+                # If the lease lapsed and another worker took over, its
+                # result wins; this one is dropped.
+                attempt=execution.attempts,
             )
         if final is not None:
             self._bus.announce(execution_id, final.sequence)
@@ -163,9 +168,13 @@ class ExecutionRunner:
             How many executions were handed to workers again.
         """
         now = datetime.now(UTC)
+        # Leases expiring before this are lost; at the start of the only
+        # worker, every lease is (nobody else can renew one), however long
+        # it was granted for.
+        cutoff = now + timedelta(days=36500) if everything_running else now
         async with self._db.transaction() as store:
             queued, running = await store.find_orphans(
-                now=now + self._lease if everything_running else now,
+                now=cutoff,
                 queued_before=now if everything_running else now - self._lease,
             )
             resend = list(queued)
@@ -188,8 +197,11 @@ class ExecutionRunner:
                         now=now,
                     )
                 else:
-                    event = await store.requeue(execution_id, now=now)
-                    resend.append(execution_id)
+                    event = await store.requeue(
+                        execution_id, now=now, lease_expired_before=cutoff
+                    )
+                    if event is not None:
+                        resend.append(execution_id)
                 if event is not None:
                     self._bus.announce(execution_id, event.sequence)
         for execution_id in resend:
@@ -268,14 +280,16 @@ class ExecutionRunner:
             )
         self._bus.announce(execution_id, event.sequence)
 
-    async def _keep_lease(self, execution_id: str) -> None:
+    async def _keep_lease(self, execution_id: str, attempt: int) -> None:
         interval = self._lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
             try:
                 async with self._db.transaction() as store:
                     await store.renew_lease(
-                        execution_id, lease_until=datetime.now(UTC) + self._lease
+                        execution_id,
+                        lease_until=datetime.now(UTC) + self._lease,
+                        attempt=attempt,
                     )
             except Exception:  # noqa: BLE001 - keep renewing; the next try may work
                 _logger.warning("Lease renewal failed", execution_id=execution_id)

@@ -68,8 +68,15 @@ __all__ = [
     "make_engine",
 ]
 
-ALEMBIC_SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
-"""Folder holding ``env.py`` and ``versions/`` (the repository's ``alembic/``)."""
+def _find_migrations() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_alembic"  # where the wheel puts them
+    return installed if installed.is_dir() else package.parent / "alembic"
+
+
+ALEMBIC_SCRIPT_LOCATION = _find_migrations()
+"""Folder holding ``env.py`` and ``versions/``: the repository's ``alembic/``,
+or its copy inside an installed wheel."""
 
 MIGRATION_LOCK_KEY = 0x6E6F7465  # "note"
 """Postgres advisory lock key held while migrating."""

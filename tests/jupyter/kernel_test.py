@@ -117,9 +117,11 @@ async def test_interrupt_ends_the_running_cell(rest: JupyterRestClient) -> None:
     kernel_id = await rest.create_kernel("python3")
     try:
         async with await KernelConnection.open(rest, kernel_id) as conn:
-            msg_id = await conn.execute("import time\ntime.sleep(60)")
+            msg_id = await conn.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
             async with asyncio.timeout(WAIT):
-                while (await conn.receive(msg_id))["msg_type"] != "execute_input":
+                # Interrupt once the cell's own code runs: ipykernel may drop a
+                # SIGINT that lands between execute_input and the user code.
+                while (await conn.receive(msg_id))["msg_type"] != "stream":
                     pass
                 await conn.interrupt()
                 while (msg := await conn.receive(msg_id))["msg_type"] != "execute_reply":

@@ -1,0 +1,727 @@
+"""Latency of one small notebook: Noteburst against papermill and nbclient.
+
+Run with ``uv run python bench/latency.py [--runs N] [--json PATH]``.
+
+One 5-cell trivial notebook is executed, from submission to terminal
+result, through four systems in one run of this script:
+
+``embedded``
+    Noteburst's embedded default (SQLite, in-process broker and worker),
+    served in-process with :func:`noteburst.app.serve_in_background`.  Timed
+    from the ``submitExecution`` HTTP mutation to the terminal event received
+    over the graphql-transport-ws subscription (subscribed with
+    ``afterSequence: 0`` right after the submission returns), with the
+    project's own :class:`noteburst.client.NoteburstClient`.
+``postgres``
+    The same on PostgreSQL (a throwaway database) and Redis (a unique key
+    namespace), with an in-process Dramatiq worker on the Redis broker.
+``papermill``
+    ``papermill in.ipynb out.ipynb`` as a subprocess: a cold process and a
+    cold kernel per run.
+``nbclient``
+    ``nbclient.NotebookClient(nb, kernel_name="python3").execute()`` in this
+    (warm) process, on a worker thread: a fresh kernel per run, shut down
+    before ``execute`` returns.
+
+Both Noteburst instances use one jupyter_server started here with
+:class:`noteburst.jupyter.local.LocalJupyterServer` (what the embedded
+default would start itself), so the script can wait, outside the timed
+window, until the kernel Noteburst shuts down in the background is gone.
+
+The systems are measured in two phases, one per Noteburst instance (only
+one Dramatiq worker may run per process).  In each phase the Noteburst
+variant, papermill and nbclient are interleaved round by round (the order
+rotates), after one warm-up run of each, so that the ratios compare runs made
+at the same time on this shared machine.  Each Noteburst variant is compared
+with the baseline medians of its own phase.
+
+Everything started here is stopped, and the database and Redis keys are
+removed, also on error or Ctrl-C.  Nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import nbformat
+import redis.asyncio as aioredis
+from gql import Client
+from gql.graphql_request import GraphQLRequest
+from gql.transport.websockets import WebsocketsTransport
+from nbclient import NotebookClient
+from pydantic import SecretStr
+
+from noteburst.app import serve_in_background
+from noteburst.client import NoteburstClient
+from noteburst.config import Config
+from noteburst.jupyter.local import LocalJupyterServer
+from noteburst.logs import configure_logging
+from noteburst.storage.database import Database
+
+CELLS = (
+    "x = 1",
+    "print('hello', x)",
+    "x + 1",
+    "from IPython.display import HTML, display\ndisplay(HTML('<b>hi</b>'))",
+    "import sys; sys.version_info[:2]",
+)
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+LABELS = {
+    "embedded": "noteburst embedded (SQLite, in-process queue)",
+    "postgres": "noteburst postgres + redis",
+    "papermill": "papermill CLI (cold process + kernel)",
+    "nbclient": "nbclient in-process (fresh kernel)",
+}
+
+# Cumulative milestones of one Noteburst run, seconds after the submission
+# started.  "submit" and "subscribed" and "total" are measured by the client;
+# the others are the server's createdAt of the matching event (same clock).
+MILESTONES = (
+    ("submit", "submitExecution round trip returned"),
+    ("subscribed", "first event received (subscription up)"),
+    ("running", "RUNNING stored (claimed by the worker)"),
+    ("first_cell", "first CELL_STARTED stored (kernel ready)"),
+    ("last_cell", "last CELL_FINISHED stored"),
+    ("finished", "FINISHED stored (result written)"),
+    ("total", "terminal event received by the client"),
+)
+
+SEGMENTS = (
+    ("queue → claim", "submit", "running"),
+    ("kernel start + websocket", "running", "first_cell"),
+    ("5 cells", "first_cell", "last_cell"),
+    ("store result", "last_cell", "finished"),
+    ("push to subscriber", "finished", "total"),
+)
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+KERNEL_GONE_SECONDS = 15.0
+
+
+class BenchError(Exception):
+    """A run did not produce the expected notebook."""
+
+
+@dataclass
+class Sample:
+    """One timed run."""
+
+    seconds: float
+    phase: str
+    breakdown: dict[str, float] | None = None
+
+
+@dataclass
+class Results:
+    """Every sample, by system."""
+
+    samples: dict[str, list[Sample]] = field(
+        default_factory=lambda: {name: [] for name in LABELS}
+    )
+
+    def seconds(self, system: str, phase: str | None = None) -> list[float]:
+        return [
+            s.seconds for s in self.samples[system] if phase is None or s.phase == phase
+        ]
+
+
+Measure = Callable[[str, bool], Awaitable[Sample]]
+
+
+# -- the notebook and checks ---------------------------------------------------
+
+
+def make_notebook() -> nbformat.NotebookNode:
+    notebook: nbformat.NotebookNode = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.metadata["language_info"] = {"name": "python"}
+    return notebook
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def check_outputs(notebook: Any, system: str) -> None:
+    """Check that a system really ran the notebook (done on warm-up runs)."""
+    cells = notebook["cells"]
+    try:
+        outputs = [cell.get("outputs", []) for cell in cells]
+        ok = (
+            len(cells) == len(CELLS)
+            and not outputs[0]
+            and "hello 1" in _text(outputs[1][0]["text"])
+            and _text(outputs[2][0]["data"]["text/plain"]) == "2"
+            and outputs[3][0]["output_type"] == "display_data"
+            and "<b>hi</b>" in _text(outputs[3][0]["data"]["text/html"])
+            and _text(outputs[4][0]["data"]["text/plain"]).startswith("(3, ")
+        )
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BenchError(f"{system}: unexpected outputs ({exc!r})") from exc
+    if not ok:
+        raise BenchError(f"{system}: unexpected outputs: {outputs}")
+
+
+# -- Noteburst -----------------------------------------------------------------
+
+
+def _stamp(event: dict[str, Any], t0_wall: float) -> float:
+    created = datetime.fromisoformat(event["createdAt"])
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return created.timestamp() - t0_wall
+
+
+async def noteburst_once(
+    url: str, notebook: dict[str, Any], *, check: bool, system: str
+) -> tuple[float, dict[str, float]]:
+    """Submit, subscribe, and time until the terminal event arrives."""
+    client = NoteburstClient(url, timeout=60)
+    t0_wall = time.time()
+    t0 = time.perf_counter()
+    execution = await client.submit(notebook, timeout_seconds=60)
+    t_submit = time.perf_counter() - t0
+    t_first: float | None = None
+    t_total: float | None = None
+    terminal: dict[str, Any] | None = None
+    async for event in client.watch(execution["id"], after_sequence=0):
+        now = time.perf_counter() - t0
+        if t_first is None:
+            t_first = now
+        if event["status"] in TERMINAL and terminal is None:
+            t_total, terminal = now, event
+    # Everything below is outside the timed window.
+    if terminal is None or t_total is None or t_first is None:
+        raise BenchError(f"{system}: the subscription ended without a terminal event")
+    if terminal["status"] != "SUCCEEDED":
+        raise BenchError(f"{system}: execution ended {terminal['execution']}")
+    if check:
+        check_outputs(await client.result_notebook(execution["id"]), system)
+    events = await replay_events(url, execution["id"])
+
+    def first(kind: str) -> dict[str, Any]:
+        return next(e for e in events if e["kind"] == kind)
+
+    def last(kind: str) -> dict[str, Any]:
+        return next(e for e in reversed(events) if e["kind"] == kind)
+
+    breakdown = {
+        "submit": t_submit,
+        "subscribed": t_first,
+        "running": _stamp(first("RUNNING"), t0_wall),
+        "first_cell": _stamp(first("CELL_STARTED"), t0_wall),
+        "last_cell": _stamp(last("CELL_FINISHED"), t0_wall),
+        "finished": _stamp(last("FINISHED"), t0_wall),
+        "total": t_total,
+    }
+    return t_total, breakdown
+
+
+REPLAY = """
+subscription Replay($id: ID!) {
+  executionStatus(id: $id, afterSequence: 0) { sequence kind status createdAt }
+}
+"""
+
+
+async def replay_events(url: str, execution_id: str) -> list[dict[str, Any]]:
+    """Read an execution's stored events with their timestamps (untimed).
+
+    The timed path uses the project's client unchanged; this second,
+    diagnostic subscription replays the stored events with ``createdAt``,
+    using ``gql`` as the tests do.
+    """
+    transport = WebsocketsTransport(
+        url="ws" + url.removeprefix("http") + "/graphql",
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        connect_timeout=30,
+        ack_timeout=30,
+    )
+    events: list[dict[str, Any]] = []
+    async with Client(transport=transport, execute_timeout=60) as session:
+        request = GraphQLRequest(REPLAY, variable_values={"id": execution_id})
+        async for result in session.subscribe(request):
+            events.append(result["executionStatus"])
+    return events
+
+
+async def wait_for_no_kernels(jupyter: LocalJupyterServer) -> None:
+    """Wait until the jupyter_server has shut every kernel down (untimed)."""
+    deadline = time.monotonic() + KERNEL_GONE_SECONDS
+    headers = {"Authorization": f"token {jupyter.token}"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            response = await http.get(jupyter.url + "api/kernels", headers=headers)
+            response.raise_for_status()
+            if not response.json():
+                return
+            await asyncio.sleep(0.02)
+    print(
+        f"  (warning: a kernel was still running after {KERNEL_GONE_SECONDS:g} s)",
+        file=sys.stderr,
+    )
+
+
+@contextlib.asynccontextmanager
+async def noteburst_service(config: Config, *, run_worker: bool) -> AsyncIterator[str]:
+    """Serve Noteburst in this process; yield its base URL once it answers."""
+    async with serve_in_background(config, run_worker=run_worker) as (url, task):
+        # The first request waits in the listen backlog until startup is done.
+        async with httpx.AsyncClient(timeout=120) as http:
+            (await http.get(url + "/healthz")).raise_for_status()
+        yield url
+        if task.done():
+            raise BenchError("the Noteburst server stopped during the benchmark")
+
+
+def noteburst_measure(
+    url: str,
+    notebook: dict[str, Any],
+    jupyter: LocalJupyterServer,
+    system: str,
+) -> Measure:
+    async def measure(phase: str, check: bool) -> Sample:
+        seconds, breakdown = await noteburst_once(
+            url, notebook, check=check, system=system
+        )
+        await wait_for_no_kernels(jupyter)
+        return Sample(seconds, phase, breakdown)
+
+    return measure
+
+
+# -- baselines -----------------------------------------------------------------
+
+
+def _papermill_path() -> str:
+    candidate = Path(sys.executable).parent / "papermill"
+    if not candidate.exists():
+        raise BenchError(f"papermill not found beside {sys.executable}")
+    return str(candidate)
+
+
+def papermill_measure(workdir: Path) -> Measure:
+    executable = _papermill_path()
+    source = workdir / "in.ipynb"
+    nbformat.write(make_notebook(), source)
+    counter = 0
+
+    async def measure(phase: str, check: bool) -> Sample:
+        nonlocal counter
+        counter += 1
+        out = workdir / f"out-{counter}.ipynb"
+        log = workdir / "papermill.log"
+        with log.open("wb") as log_file:
+            t0 = time.perf_counter()
+            process = await asyncio.create_subprocess_exec(
+                executable,
+                str(source),
+                str(out),
+                cwd=workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,  # we stop it (and its kernel) ourselves
+            )
+            try:
+                code = await process.wait()
+                seconds = time.perf_counter() - t0
+            finally:
+                if process.returncode is None:
+                    await _stop_group(process)
+        if code != 0:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"papermill exited {code}:\n{tail}")
+        if check:
+            check_outputs(nbformat.read(out, as_version=4), "papermill")
+        out.unlink()
+        return Sample(seconds, phase)
+
+    return measure
+
+
+async def _stop_group(process: asyncio.subprocess.Process) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), timeout=5)
+        except TimeoutError:
+            continue
+        else:
+            return
+
+
+def _nbclient_run() -> tuple[float, nbformat.NotebookNode]:
+    notebook = make_notebook()
+    t0 = time.perf_counter()
+    # stderr=DEVNULL only silences the kernel's start-up warnings, which
+    # papermill's and the jupyter_server's kernels write to their logs.
+    NotebookClient(notebook, kernel_name="python3", timeout=60).execute(
+        stderr=subprocess.DEVNULL
+    )
+    return time.perf_counter() - t0, notebook
+
+
+def nbclient_measure() -> Measure:
+    async def measure(phase: str, check: bool) -> Sample:
+        # On a worker thread: nbclient installs SIGINT handlers on the main
+        # thread's loop otherwise, and would take Ctrl-C away from us.
+        seconds, notebook = await asyncio.to_thread(_nbclient_run)
+        if check:
+            check_outputs(notebook, "nbclient")
+        return Sample(seconds, phase)
+
+    return measure
+
+
+# -- phases --------------------------------------------------------------------
+
+
+async def run_phase(
+    phase: str,
+    systems: dict[str, Measure],
+    runs: int,
+    results: Results,
+) -> None:
+    names = list(systems)
+    print(f"[{phase}] warm-up: {', '.join(names)}", flush=True)
+    for name in names:
+        await systems[name](phase, True)
+    for i in range(runs):
+        shift = i % len(names)
+        order = names[shift:] + names[:shift]
+        line = []
+        for name in order:
+            sample = await systems[name](phase, False)
+            results.samples[name].append(sample)
+            line.append(f"{name} {sample.seconds:.3f}")
+        print(f"[{phase}] run {i + 1}/{runs}: " + ", ".join(line), flush=True)
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(admin_dsn: str) -> AsyncIterator[str]:
+    """Create a throwaway database; yield its SQLAlchemy URL; drop it."""
+    name = f"nbbench_{secrets.token_hex(6)}"
+
+    async def execute(sql: str) -> None:
+        connection = await asyncpg.connect(admin_dsn, timeout=10)
+        try:
+            await connection.execute(sql, timeout=30)
+        finally:
+            await connection.close(timeout=10)
+
+    await execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "", 1)
+        yield f"postgresql+asyncpg://{base}/{name}"
+    finally:
+        await execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def redis_namespace(redis_url: str) -> AsyncIterator[str]:
+    """Yield a unique Dramatiq namespace; delete its keys afterwards."""
+    namespace = f"nbbench-{secrets.token_hex(6)}"
+    try:
+        yield namespace
+    finally:
+
+        async def clean() -> None:
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"{namespace}*")]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
+
+        await clean()
+
+
+async def migrate(url: str) -> None:
+    database = Database.from_url(url)
+    try:
+        await database.upgrade()
+    finally:
+        await database.aclose()
+
+
+# -- report --------------------------------------------------------------------
+
+
+def p95(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
+def _ratio(system_median: float, baseline_median: float, baseline: str) -> str:
+    if system_median <= baseline_median:
+        return f"{baseline_median / system_median:.1f}x faster than {baseline}"
+    return f"{system_median / baseline_median:.1f}x slower than {baseline}"
+
+
+def report(results: Results, runs: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    print()
+    print(f"{'system':<48} {'n':>3} {'median':>8} {'p95':>8} {'min':>8}")
+    for name, label in LABELS.items():
+        values = results.seconds(name)
+        if not values:
+            continue
+        row = {
+            "n": len(values),
+            "median": statistics.median(values),
+            "p95": p95(values),
+            "min": min(values),
+        }
+        summary[name] = row
+        print(
+            f"{label:<48} {row['n']:>3} {row['median']:>7.3f}s "
+            f"{row['p95']:>7.3f}s {row['min']:>7.3f}s"
+        )
+    print("(papermill and nbclient: pooled over both phases)")
+
+    print("\nRatios (each Noteburst variant against the baselines of its own phase):")
+    ratios: dict[str, Any] = {}
+    for name in ("embedded", "postgres"):
+        values = results.seconds(name)
+        if not values:
+            continue
+        median = statistics.median(values)
+        paper = statistics.median(results.seconds("papermill", name))
+        nbc = statistics.median(results.seconds("nbclient", name))
+        ratios[name] = {
+            "median": median,
+            "papermill_median_same_phase": paper,
+            "nbclient_median_same_phase": nbc,
+            "speedup_vs_papermill": paper / median,
+            "speedup_vs_nbclient": nbc / median,
+        }
+        print(
+            f"  {name}: {median:.3f} s median = "
+            f"{_ratio(median, paper, 'papermill CLI')} ({paper:.3f} s), "
+            f"{_ratio(median, nbc, 'nbclient in-process')} ({nbc:.3f} s)"
+        )
+
+    print("\nWhere Noteburst's time goes (medians, seconds after the submission):")
+    breakdown: dict[str, Any] = {}
+    header = "".join(f"{name:>12}" for name in ("embedded", "postgres"))
+    print(f"  {'milestone':<44}{header}")
+    for key, text in MILESTONES:
+        cells = []
+        for name in ("embedded", "postgres"):
+            values = [s.breakdown[key] for s in results.samples[name] if s.breakdown]
+            value = statistics.median(values) if values else float("nan")
+            breakdown.setdefault(name, {})[key] = value
+            cells.append(f"{value:>11.3f}s")
+        print(f"  {text:<44}{''.join(cells)}")
+    print(f"  {'segment (median of per-run differences)':<44}{header}")
+    for text, start, end in SEGMENTS:
+        cells = []
+        for name in ("embedded", "postgres"):
+            values = [
+                s.breakdown[end] - s.breakdown[start]
+                for s in results.samples[name]
+                if s.breakdown
+            ]
+            value = statistics.median(values) if values else float("nan")
+            breakdown.setdefault(name, {})[f"segment {text}"] = value
+            cells.append(f"{value:>11.3f}s")
+        print(f"  {text:<44}{''.join(cells)}")
+    return {"runs": runs, "summary": summary, "ratios": ratios, "breakdown": breakdown}
+
+
+# -- main ----------------------------------------------------------------------
+
+
+async def measure_all(
+    args: argparse.Namespace, stack: contextlib.AsyncExitStack, results: Results
+) -> None:
+    """Start everything (registering its cleanup on ``stack``) and measure."""
+    notebook = json.loads(nbformat.writes(make_notebook()))
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbbench-")))
+    # Hermetic Jupyter/IPython user dirs for nbclient and papermill (the
+    # local jupyter_server sets its own); kernelspecs in the venv stay.
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+    ):
+        (tmp / "home" / sub).mkdir(parents=True)
+        os.environ[var] = str(tmp / "home" / sub)
+    (tmp / "papermill").mkdir()
+
+    print("starting jupyter_server…", flush=True)
+    jupyter = LocalJupyterServer(root_dir=tmp / "jupyter", start_timeout=60)
+    stack.push_async_callback(jupyter.stop)
+    await jupyter.start()
+
+    baselines = {
+        "papermill": papermill_measure(tmp / "papermill"),
+        "nbclient": nbclient_measure(),
+    }
+    common: dict[str, Any] = {
+        "jupyter_url": jupyter.url,
+        "jupyter_token": SecretStr(jupyter.token),
+        "log_level": "WARNING",
+    }
+
+    # Phase 1: the embedded default.
+    embedded = Config(
+        data_dir=tmp / "embedded", database_url=None, redis_url=None, **common
+    )
+    async with noteburst_service(embedded, run_worker=True) as url:
+        systems = {
+            "embedded": noteburst_measure(url, notebook, jupyter, "embedded"),
+            **baselines,
+        }
+        await run_phase("embedded", systems, args.runs, results)
+
+    # Phase 2: PostgreSQL + Redis, worker in-process on the Redis broker.
+    if not args.skip_postgres:
+        url = await stack.enter_async_context(postgres_database(args.postgres))
+        namespace = await stack.enter_async_context(redis_namespace(args.redis))
+        await migrate(url)
+        service = Config(
+            data_dir=tmp / "service",
+            database_url=url,
+            redis_url=args.redis,
+            redis_namespace=namespace,
+            **common,
+        )
+        async with noteburst_service(service, run_worker=True) as nb_url:
+            systems = {
+                "postgres": noteburst_measure(nb_url, notebook, jupyter, "postgres"),
+                **baselines,
+            }
+            await run_phase("postgres", systems, args.runs, results)
+
+
+@dataclass
+class Interrupts:
+    """Ctrl-C (or SIGTERM) handling: cancel the work once, never the cleanup.
+
+    uvicorn takes SIGINT while it serves, shuts the server down and raises
+    the signal again afterwards; the in-flight measurement then fails, and
+    this handler turns that into an orderly stop.
+    """
+
+    requested: bool = False
+    cleaning: bool = False
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if not self.requested:
+                print("\ninterrupted: stopping what was started…", file=sys.stderr)
+            self.requested = True
+            if not self.cleaning and task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+
+
+async def bench(args: argparse.Namespace, interrupts: Interrupts) -> dict[str, Any]:
+    interrupts.install()
+    results = Results()
+    stack = contextlib.AsyncExitStack()
+    try:
+        await measure_all(args, stack, results)
+    finally:
+        interrupts.cleaning = True
+        await stack.aclose()
+    output = report(results, args.runs)
+    output["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    output["machine"] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    output["raw"] = {
+        name: [
+            {"seconds": s.seconds, "phase": s.phase, "breakdown": s.breakdown}
+            for s in samples
+        ]
+        for name, samples in results.samples.items()
+    }
+    return output
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per system")
+    parser.add_argument("--json", type=Path, help="write raw numbers here")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help="admin DSN for CREATE DATABASE"
+    )
+    parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis URL")
+    parser.add_argument(
+        "--skip-postgres", action="store_true", help="measure the embedded default only"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(level="WARNING")
+    interrupts = Interrupts()
+    try:
+        output = asyncio.run(bench(args, interrupts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        if interrupts.requested:
+            print("interrupted; everything started was stopped", file=sys.stderr)
+            return 130
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        if interrupts.requested:
+            print("interrupted; everything started was stopped", file=sys.stderr)
+            return 130
+        raise
+    if args.json:
+        args.json.write_text(json.dumps(output, indent=2) + "\n")
+        print(f"\nraw numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
