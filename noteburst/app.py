@@ -90,7 +90,9 @@ def check_config(config: Config) -> None:
         raise ConfigurationError(msg)
 
 
-def create_app(config: Config | None = None, *, run_worker: bool | None = None) -> Starlette:
+def create_app(
+    config: Config | None = None, *, run_worker: bool | None = None
+) -> Starlette:
     """Create the Noteburst ASGI application.
 
     Parameters

@@ -127,7 +127,9 @@ def db_upgrade() -> None:
 
 
 @main.command()
-@click.argument("notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "notebook", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "-o",
     "--output",
@@ -135,16 +137,25 @@ def db_upgrade() -> None:
     default=None,
     help="Where to write the executed notebook [default: NOTEBOOK.out.ipynb].",
 )
-@click.option("--server", default=None, help="Noteburst URL; default: run one in-process.")
+@click.option(
+    "--server", default=None, help="Noteburst URL; default: run one in-process."
+)
 @click.option("--kernel", default=None, help="Kernel name [default: the notebook's].")
-@click.option("--timeout", type=float, default=None, help="Whole-execution timeout (s).")
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=float,
+    default=None,
+    help="Whole-execution timeout (s).",
+)
 @click.option("--show", is_flag=True, help="Print each cell's text outputs at the end.")
 def run(
+    *,
     notebook: Path,
     output: Path | None,
     server: str | None,
     kernel: str | None,
-    timeout: float | None,
+    timeout_seconds: float | None,
     show: bool,
 ) -> None:
     """Execute NOTEBOOK, show live progress, and write the executed notebook."""
@@ -153,7 +164,9 @@ def run(
     except (OSError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"cannot read {notebook}: {exc}") from exc
     target = output or notebook.with_suffix(".out.ipynb")
-    code = asyncio.run(_run(content, target, server, kernel, timeout, show=show))
+    code = asyncio.run(
+        _run(content, target, server, kernel, timeout_seconds, show=show)
+    )
     sys.exit(code)
 
 
@@ -162,13 +175,13 @@ async def _run(
     target: Path,
     server: str | None,
     kernel: str | None,
-    timeout: float | None,
+    timeout_seconds: float | None,
     *,
     show: bool,
 ) -> int:
     if server is not None:
         return await _submit_and_follow(
-            server, content, target, kernel, timeout, show=show
+            server, content, target, kernel, timeout_seconds, show=show
         )
     configure_logging(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
@@ -178,7 +191,9 @@ async def _run(
         _stderr.print("[dim]starting an embedded Noteburst…[/dim]")
         async with serve_in_background(config) as (url, server_task):
             client = asyncio.create_task(
-                _submit_and_follow(url, content, target, kernel, timeout, show=show)
+                _submit_and_follow(
+                    url, content, target, kernel, timeout_seconds, show=show
+                )
             )
             done, _ = await asyncio.wait(
                 {client, server_task}, return_when=asyncio.FIRST_COMPLETED
@@ -195,14 +210,14 @@ async def _submit_and_follow(
     content: dict[str, Any],
     target: Path,
     kernel: str | None,
-    timeout: float | None,
+    timeout_seconds: float | None,
     *,
     show: bool = False,
 ) -> int:
     client = NoteburstClient(url, timeout=120)
     try:
         execution = await client.submit(
-            content, kernel_name=kernel, timeout_seconds=timeout
+            content, kernel_name=kernel, timeout_seconds=timeout_seconds
         )
     except NoteburstClientError as exc:
         _stderr.print(f"[red]refused:[/red] {exc}")

@@ -27,32 +27,26 @@ EXECUTION_FIELDS = """
   error { code message cellIndex ename evalue traceback }
 """
 
-SUBMIT = (
-    """
+SUBMIT = """
 mutation Submit($input: SubmitExecutionInput!) {
   submitExecution(input: $input) {
     __typename
-    ... on Execution { %s }
+    ... on Execution { EXECUTION_FIELDS }
     ... on InvalidNotebook { message }
     ... on UnknownKernel { message }
     ... on InvalidInput { message }
   }
 }
-"""
-    % EXECUTION_FIELDS
-)
+""".replace("EXECUTION_FIELDS", EXECUTION_FIELDS)
 
-WATCH = (
-    """
+WATCH = """
 subscription Watch($id: ID!, $after: Int) {
   executionStatus(id: $id, afterSequence: $after) {
     sequence kind status cellIndex cellsDone
-    execution { %s }
+    execution { EXECUTION_FIELDS }
   }
 }
-"""
-    % EXECUTION_FIELDS
-)
+""".replace("EXECUTION_FIELDS", EXECUTION_FIELDS)
 
 RESULT = """
 query Result($id: ID!) { execution(id: $id) { status notebook } }

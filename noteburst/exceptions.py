@@ -61,9 +61,7 @@ class UnknownKernelError(ClientError):
 
     def __init__(self, kernel_name: str, available: list[str]) -> None:
         names = ", ".join(sorted(available)) or "none"
-        super().__init__(
-            f"unknown kernel {kernel_name!r}; available kernels: {names}"
-        )
+        super().__init__(f"unknown kernel {kernel_name!r}; available kernels: {names}")
         self.kernel_name = kernel_name
         self.available = sorted(available)
 

@@ -57,7 +57,9 @@ async def discover_kernel_names(config: Config, http: httpx.AsyncClient) -> list
     return sorted(KernelSpecManager().find_kernel_specs())
 
 
-def _rest_client(config: Config, http: httpx.AsyncClient, url: str) -> JupyterRestClient:
+def _rest_client(
+    config: Config, http: httpx.AsyncClient, url: str
+) -> JupyterRestClient:
     token = config.jupyter_token.get_secret_value() if config.jupyter_token else None
     return JupyterRestClient(
         http=http, base_url=url, token=token, timeout=config.http_timeout
@@ -155,7 +157,9 @@ class ProcessContext:
             database = Database.from_url(config.effective_database_url)
             stack.push_async_callback(database.aclose)
             token = (
-                config.jupyter_token.get_secret_value() if config.jupyter_token else None
+                config.jupyter_token.get_secret_value()
+                if config.jupyter_token
+                else None
             )
             backend = LocalLabBackend(
                 http=http,

@@ -152,7 +152,9 @@ async def test_late_and_resuming_subscribers_see_each_event_once(
         assert late[0]["sequence"] == together[-1]
         assert late[0]["status"] == "SUCCEEDED"
         # Resuming after the last event: nothing, and the stream completes.
-        assert await asyncio.wait_for(nb.watch(execution_id, after=together[-1]), 60) == []
+        assert (
+            await asyncio.wait_for(nb.watch(execution_id, after=together[-1]), 60) == []
+        )
 
 
 @pytest.mark.asyncio
@@ -189,13 +191,24 @@ BAD_INPUTS = [
     pytest.param([1, 2], "InvalidNotebook", "not a notebook", id="array"),
     pytest.param({"hello": 1}, "InvalidNotebook", "not a notebook", id="not-notebook"),
     pytest.param(
-        {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code"}]},
+        {
+            "nbformat": 4,
+            "nbformat_minor": 5,
+            "metadata": {},
+            "cells": [{"cell_type": "code"}],
+        },
         "InvalidNotebook",
         "invalid nbformat at cells/0",
         id="invalid-nbformat",
     ),
     pytest.param(
-        {"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": [], "cells": []},
+        {
+            "nbformat": 3,
+            "nbformat_minor": 0,
+            "metadata": {},
+            "worksheets": [],
+            "cells": [],
+        },
         "InvalidNotebook",
         "nbformat 3 is not supported",
         id="nbformat-3",
@@ -212,7 +225,12 @@ BAD_INPUTS = [
         "too large: ",
         id="too-large-string",
     ),
-    pytest.param(notebook("1", kernel="nope"), "UnknownKernel", "unknown kernel 'nope'", id="kernel"),
+    pytest.param(
+        notebook("1", kernel="nope"),
+        "UnknownKernel",
+        "unknown kernel 'nope'",
+        id="kernel",
+    ),
 ]
 
 
@@ -247,23 +265,25 @@ async def test_bad_timeout_is_refused(
 @pytest.mark.asyncio
 async def test_no_request_ends_in_a_500(tmp_path: Path, jupyter_server: Any) -> None:
     config = make_config(tmp_path, jupyter_server, max_notebook_bytes=1024)
-    async with running(config, run_worker=False) as nb:
-        async with httpx.AsyncClient(base_url=nb.url, timeout=30) as http:
-            # A body beyond the request limit is refused before parsing.
-            huge = b'{"query": "' + b"a" * (3 * 1024 * 1024) + b'"}'
-            response = await http.post(
-                "/graphql", content=huge, headers={"content-type": "application/json"}
-            )
-            assert response.status_code == 413
-            response = await http.post(
-                "/graphql", content=b"{", headers={"content-type": "application/json"}
-            )
-            assert response.status_code == 400
-            response = await http.post("/graphql", json={"query": "{ nope }"})
-            assert response.status_code == 200
-            assert "Cannot query field 'nope'" in response.text
-            response = await http.get("/healthz")
-            assert response.json()["status"] == "ok"
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(base_url=nb.url, timeout=30) as http,
+    ):
+        # A body beyond the request limit is refused before parsing.
+        huge = b'{"query": "' + b"a" * (3 * 1024 * 1024) + b'"}'
+        response = await http.post(
+            "/graphql", content=huge, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413
+        response = await http.post(
+            "/graphql", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400
+        response = await http.post("/graphql", json={"query": "{ nope }"})
+        assert response.status_code == 200
+        assert "Cannot query field 'nope'" in response.text
+        response = await http.get("/healthz")
+        assert response.json()["status"] == "ok"
 
 
 @pytest.mark.asyncio
@@ -282,7 +302,10 @@ async def test_embedded_restart_requeues_unfinished_executions(
         async with database.transaction() as store:
             now = datetime.now(UTC)
             assert await store.claim(
-                mid_run["id"], now=now, lease_until=now + timedelta(hours=1), max_attempts=3
+                mid_run["id"],
+                now=now,
+                lease_until=now + timedelta(hours=1),
+                max_attempts=3,
             )
     finally:
         await database.aclose()
@@ -297,4 +320,3 @@ async def test_embedded_restart_requeues_unfinished_executions(
         again = await nb.get(mid_run["id"])
         assert again is not None
         assert again["attempts"] == 2
-

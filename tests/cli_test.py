@@ -36,7 +36,14 @@ def _clean_env(home: Path) -> dict[str, str]:
 def test_run_executes_the_quickstart_notebook(tmp_path: Path) -> None:
     out = tmp_path / "hello.out.ipynb"
     result = subprocess.run(
-        [*NOTEBURST, "run", str(ROOT / "examples" / "hello.ipynb"), "-o", str(out), "--show"],
+        [
+            *NOTEBURST,
+            "run",
+            str(ROOT / "examples" / "hello.ipynb"),
+            "-o",
+            str(out),
+            "--show",
+        ],
         env=_clean_env(tmp_path),
         capture_output=True,
         text=True,
@@ -78,7 +85,9 @@ def test_run_exits_non_zero_with_the_error(tmp_path: Path) -> None:
 
 def test_run_refuses_an_invalid_notebook(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ipynb"
-    bad.write_text('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{}]}')
+    bad.write_text(
+        '{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{}]}'
+    )
     result = subprocess.run(
         [*NOTEBURST, "run", str(bad)],
         env=_clean_env(tmp_path),

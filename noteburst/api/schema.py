@@ -51,7 +51,9 @@ class SubmitExecutionInput:
     )
     kernel_name: str | None = strawberry.field(
         default=None,
-        description="Kernel to run on; default: the notebook's kernelspec, else python3.",
+        description=(
+            "Kernel to run on; default: the notebook's kernelspec, else python3."
+        ),
     )
     timeout_seconds: float | None = strawberry.field(
         default=None,
@@ -71,7 +73,7 @@ SubmitExecutionPayload = Annotated[
 @strawberry.type
 class Query:
     @strawberry.field(description="One execution, or null when the id is unknown.")
-    async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:  # noqa: A002
+    async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:
         service = info.context.factory.create_execution_service()
         found = await service.get(str(id))
         return Execution.from_domain(found) if found else None
@@ -106,7 +108,9 @@ class Query:
 class Mutation:
     @strawberry.mutation(description="Queue a notebook for execution.")
     async def submit_execution(
-        self, info: Info, input: SubmitExecutionInput  # noqa: A002
+        self,
+        info: Info,
+        input: SubmitExecutionInput,
     ) -> SubmitExecutionPayload:
         service = info.context.factory.create_execution_service()
         try:
@@ -131,7 +135,7 @@ class Subscription:
     async def execution_status(
         self,
         info: Info,
-        id: strawberry.ID,  # noqa: A002
+        id: strawberry.ID,
         after_sequence: int | None = None,
     ) -> AsyncGenerator[ExecutionEvent, None]:
         service = info.context.factory.create_execution_service()

@@ -59,7 +59,9 @@ class ExecutionError:
         description="Index in the notebook's cells of the cell involved, if any."
     )
     ename: str | None = strawberry.field(description="Exception class, for CELL_ERROR.")
-    evalue: str | None = strawberry.field(description="Exception value, for CELL_ERROR.")
+    evalue: str | None = strawberry.field(
+        description="Exception value, for CELL_ERROR."
+    )
     traceback: list[str] = strawberry.field(
         description="Traceback lines (with ANSI colours, as the kernel sent them)."
     )
@@ -77,7 +79,9 @@ class ExecutionError:
         )
 
 
-@strawberry.type(description="One submitted notebook and everything known about running it.")
+@strawberry.type(
+    description="One submitted notebook and everything known about running it."
+)
 class Execution:
     id: strawberry.ID
     status: domain.ExecutionStatus

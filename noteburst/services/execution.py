@@ -128,9 +128,7 @@ class ExecutionService:
             Raised if the timeout is out of range.
         """
         timeout = self._check_timeout(timeout_seconds)
-        accepted = accept_notebook(
-            notebook, max_bytes=self._limits.max_notebook_bytes
-        )
+        accepted = accept_notebook(notebook, max_bytes=self._limits.max_notebook_bytes)
         name = (
             kernel_name
             or kernel_name_of(accepted.notebook)

@@ -210,7 +210,7 @@ class ExecutionRunner:
             _logger.warning("Re-queued lost executions", count=len(resend))
         return len(resend)
 
-    async def _execute(
+    async def _execute(  # noqa: PLR0911 - one return per kind of outcome
         self, execution: Execution, notebook: nbformat.NotebookNode
     ) -> Outcome:
         current_cell: int | None = None
@@ -256,7 +256,9 @@ class ExecutionRunner:
         except (LabUnavailableError, JupyterError) as exc:
             return _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
         except Exception:
-            _logger.exception("Execution failed unexpectedly", execution_id=execution.id)
+            _logger.exception(
+                "Execution failed unexpectedly", execution_id=execution.id
+            )
             return _failed(
                 ErrorCode.INTERNAL,
                 "internal error in Noteburst; see the service logs",
@@ -267,7 +269,11 @@ class ExecutionRunner:
         return Outcome(ExecutionStatus.SUCCEEDED, None)
 
     async def _record(
-        self, execution_id: str, kind: EventKind, cell_index: int, cells_done: int | None
+        self,
+        execution_id: str,
+        kind: EventKind,
+        cell_index: int,
+        cells_done: int | None,
     ) -> None:
         async with self._db.transaction() as store:
             event = await store.append_event(
@@ -291,7 +297,7 @@ class ExecutionRunner:
                         lease_until=datetime.now(UTC) + self._lease,
                         attempt=attempt,
                     )
-            except Exception:  # noqa: BLE001 - keep renewing; the next try may work
+            except Exception:
                 _logger.warning("Lease renewal failed", execution_id=execution_id)
 
 
@@ -307,11 +313,12 @@ def _cell_failed(failure: CellFailure) -> Outcome:
         ExecutionStatus.FAILED,
         ExecutionError(
             code=ErrorCode.CELL_ERROR,
-            message=f"cell {failure.cell_index} raised {failure.ename}: {failure.evalue}",
+            message=(
+                f"cell {failure.cell_index} raised {failure.ename}: {failure.evalue}"
+            ),
             cell_index=failure.cell_index,
             ename=failure.ename,
             evalue=failure.evalue,
             traceback=list(failure.traceback),
         ),
     )
-

@@ -96,8 +96,8 @@ class WorkerRuntime(Middleware):
         self._context = await ProcessContext.for_worker(
             self._config, broker=broker, bus=self._bus
         )
-        await self.factory().create_runner().recover(
-            everything_running=self._recover_all
+        await (
+            self.factory().create_runner().recover(everything_running=self._recover_all)
         )
         if self._sweep_interval is not None:
             self._sweeper = asyncio.create_task(self._sweep(self._sweep_interval))

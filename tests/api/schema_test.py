@@ -20,8 +20,10 @@ def test_contract_names_are_present() -> None:
     for needle in (
         "submitExecution(input: SubmitExecutionInput!): SubmitExecutionPayload!",
         "execution(id: ID!): Execution",
-        "executions(first: Int = 20, after: String = null, status: ExecutionStatus = null): ExecutionConnection!",
+        "executions(first: Int = 20, after: String = null, "
+        "status: ExecutionStatus = null): ExecutionConnection!",
         "executionStatus(id: ID!, afterSequence: Int = null): ExecutionEvent!",
-        "union SubmitExecutionPayload = Execution | InvalidNotebook | UnknownKernel | InvalidInput",
+        "union SubmitExecutionPayload = "
+        "Execution | InvalidNotebook | UnknownKernel | InvalidInput",
     ):
         assert needle in text, needle

@@ -133,7 +133,9 @@ def make_config(
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, *, run_worker: bool = True) -> AsyncIterator[Noteburst]:
+async def running(
+    config: Config, *, run_worker: bool = True
+) -> AsyncIterator[Noteburst]:
     """Migrate the database and serve Noteburst (with an in-process worker)."""
     database = Database.from_url(config.effective_database_url)
     try:
