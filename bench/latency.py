@@ -95,24 +95,30 @@ LABELS = {
 }
 
 # Cumulative milestones of one Noteburst run, seconds after the submission
-# started.  "submit" and "subscribed" and "total" are measured by the client;
-# the others are the server's createdAt of the matching event (same clock).
+# started.  "submit", "subscribed", "total" and "kernel_gone" (polled every
+# 20 ms after the timed window) are measured by the client; the others are
+# the server's createdAt of the matching event (same host, same clock).
 MILESTONES = (
     ("submit", "submitExecution round trip returned"),
+    ("queued", "QUEUED stored (validated, committed)"),
     ("subscribed", "first event received (subscription up)"),
     ("running", "RUNNING stored (claimed by the worker)"),
     ("first_cell", "first CELL_STARTED stored (kernel ready)"),
     ("last_cell", "last CELL_FINISHED stored"),
     ("finished", "FINISHED stored (result written)"),
     ("total", "terminal event received by the client"),
+    ("kernel_gone", "kernel shut down (in the background)"),
 )
 
+# (label, from, to); "start" is the submission's start (0).
 SEGMENTS = (
-    ("queue → claim", "submit", "running"),
+    ("submit → stored", "start", "queued"),
+    ("queue → claim", "queued", "running"),
     ("kernel start + websocket", "running", "first_cell"),
     ("5 cells", "first_cell", "last_cell"),
     ("store result", "last_cell", "finished"),
     ("push to subscriber", "finished", "total"),
+    ("kernel shutdown, off the response path", "total", "kernel_gone"),
 )
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -131,6 +137,7 @@ class Sample:
     seconds: float
     phase: str
     breakdown: dict[str, float] | None = None
+    cells_span: float | None = None
 
 
 @dataclass
@@ -189,19 +196,44 @@ def check_outputs(notebook: Any, system: str) -> None:
         raise BenchError(f"{system}: unexpected outputs: {outputs}")
 
 
+def cells_span(notebook: Any) -> float | None:
+    """Seconds from the first cell's execute_input to the last cell's reply.
+
+    Read from the ``metadata.execution`` timestamps (kernel clock) that
+    nbclient, papermill and Noteburst all record: the time spent running the
+    cells, with each system's own work between cells but without kernel
+    start and shutdown.
+    """
+    try:
+        first = notebook["cells"][0]["metadata"]["execution"]["iopub.execute_input"]
+        last = notebook["cells"][-1]["metadata"]["execution"]["shell.execute_reply"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return _parse_time(last) - _parse_time(first)
+
+
+def _parse_time(value: str) -> float:
+    stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
 # -- Noteburst -----------------------------------------------------------------
 
 
 def _stamp(event: dict[str, Any], t0_wall: float) -> float:
-    created = datetime.fromisoformat(event["createdAt"])
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return created.timestamp() - t0_wall
+    return _parse_time(event["createdAt"]) - t0_wall
 
 
 async def noteburst_once(
-    url: str, notebook: dict[str, Any], *, check: bool, system: str
-) -> tuple[float, dict[str, float]]:
+    url: str,
+    notebook: dict[str, Any],
+    jupyter: LocalJupyterServer,
+    *,
+    check: bool,
+    system: str,
+) -> tuple[float, dict[str, float], float | None]:
     """Submit, subscribe, and time until the terminal event arrives."""
     client = NoteburstClient(url, timeout=60)
     t0_wall = time.time()
@@ -217,13 +249,18 @@ async def noteburst_once(
             t_first = now
         if event["status"] in TERMINAL and terminal is None:
             t_total, terminal = now, event
-    # Everything below is outside the timed window.
+    # Everything below is outside the timed window.  First wait until the
+    # kernel, shut down in the background, is gone, so that its shutdown
+    # does not run into the next measurement.
+    await wait_for_no_kernels(jupyter)
+    t_kernel_gone = time.perf_counter() - t0
     if terminal is None or t_total is None or t_first is None:
         raise BenchError(f"{system}: the subscription ended without a terminal event")
     if terminal["status"] != "SUCCEEDED":
         raise BenchError(f"{system}: execution ended {terminal['execution']}")
+    result = await client.result_notebook(execution["id"])
     if check:
-        check_outputs(await client.result_notebook(execution["id"]), system)
+        check_outputs(result, system)
     events = await replay_events(url, execution["id"])
 
     def first(kind: str) -> dict[str, Any]:
@@ -235,13 +272,15 @@ async def noteburst_once(
     breakdown = {
         "submit": t_submit,
         "subscribed": t_first,
+        "queued": _stamp(first("QUEUED"), t0_wall),
         "running": _stamp(first("RUNNING"), t0_wall),
         "first_cell": _stamp(first("CELL_STARTED"), t0_wall),
         "last_cell": _stamp(last("CELL_FINISHED"), t0_wall),
         "finished": _stamp(last("FINISHED"), t0_wall),
         "total": t_total,
+        "kernel_gone": t_kernel_gone,
     }
-    return t_total, breakdown
+    return t_total, breakdown, cells_span(result)
 
 
 REPLAY = """
@@ -308,11 +347,10 @@ def noteburst_measure(
     system: str,
 ) -> Measure:
     async def measure(phase: str, check: bool) -> Sample:
-        seconds, breakdown = await noteburst_once(
-            url, notebook, check=check, system=system
+        seconds, breakdown, span = await noteburst_once(
+            url, notebook, jupyter, check=check, system=system
         )
-        await wait_for_no_kernels(jupyter)
-        return Sample(seconds, phase, breakdown)
+        return Sample(seconds, phase, breakdown, span)
 
     return measure
 
@@ -359,10 +397,11 @@ def papermill_measure(workdir: Path) -> Measure:
         if code != 0:
             tail = log.read_text(errors="replace")[-2000:]
             raise BenchError(f"papermill exited {code}:\n{tail}")
+        executed = nbformat.read(out, as_version=4)
         if check:
-            check_outputs(nbformat.read(out, as_version=4), "papermill")
+            check_outputs(executed, "papermill")
         out.unlink()
-        return Sample(seconds, phase)
+        return Sample(seconds, phase, cells_span=cells_span(executed))
 
     return measure
 
@@ -397,7 +436,7 @@ def nbclient_measure() -> Measure:
         seconds, notebook = await asyncio.to_thread(_nbclient_run)
         if check:
             check_outputs(notebook, "nbclient")
-        return Sample(seconds, phase)
+        return Sample(seconds, phase, cells_span=cells_span(notebook))
 
     return measure
 
@@ -453,17 +492,16 @@ async def redis_namespace(redis_url: str) -> AsyncIterator[str]:
     try:
         yield namespace
     finally:
-
-        async def clean() -> None:
-            client = aioredis.Redis.from_url(redis_url)
-            try:
-                keys = [k async for k in client.scan_iter(match=f"{namespace}*")]
-                if keys:
-                    await client.delete(*keys)
-            finally:
-                await client.aclose()
-
-        await clean()
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{namespace}*")]
+            if keys:
+                await client.delete(*keys)
+        except aioredis.RedisError as exc:
+            # Do not hide the error that brought us here (e.g. no Redis).
+            print(f"could not delete Redis keys {namespace}*: {exc}", file=sys.stderr)
+        finally:
+            await client.aclose()
 
 
 async def migrate(url: str) -> None:
@@ -532,32 +570,50 @@ def report(results: Results, runs: int) -> dict[str, Any]:
             f"{_ratio(median, nbc, 'nbclient in-process')} ({nbc:.3f} s)"
         )
 
+    variants = [name for name in ("embedded", "postgres") if results.samples[name]]
     print("\nWhere Noteburst's time goes (medians, seconds after the submission):")
     breakdown: dict[str, Any] = {}
-    header = "".join(f"{name:>12}" for name in ("embedded", "postgres"))
+    header = "".join(f"{name:>12}" for name in variants)
     print(f"  {'milestone':<44}{header}")
     for key, text in MILESTONES:
         cells = []
-        for name in ("embedded", "postgres"):
+        for name in variants:
             values = [s.breakdown[key] for s in results.samples[name] if s.breakdown]
-            value = statistics.median(values) if values else float("nan")
+            value = statistics.median(values)
             breakdown.setdefault(name, {})[key] = value
             cells.append(f"{value:>11.3f}s")
         print(f"  {text:<44}{''.join(cells)}")
     print(f"  {'segment (median of per-run differences)':<44}{header}")
     for text, start, end in SEGMENTS:
         cells = []
-        for name in ("embedded", "postgres"):
+        for name in variants:
             values = [
-                s.breakdown[end] - s.breakdown[start]
+                s.breakdown[end] - s.breakdown.get(start, 0.0)
                 for s in results.samples[name]
                 if s.breakdown
             ]
-            value = statistics.median(values) if values else float("nan")
+            value = statistics.median(values)
             breakdown.setdefault(name, {})[f"segment {text}"] = value
             cells.append(f"{value:>11.3f}s")
         print(f"  {text:<44}{''.join(cells)}")
-    return {"runs": runs, "summary": summary, "ratios": ratios, "breakdown": breakdown}
+
+    print(
+        "\nThe 5 cells alone (first execute_input → last execute_reply, from the"
+        "\nexecuted notebook's metadata.execution; median, milliseconds):"
+    )
+    spans: dict[str, float] = {}
+    for name in LABELS:
+        values = [s.cells_span for s in results.samples[name] if s.cells_span]
+        if values:
+            spans[name] = statistics.median(values)
+    print("  " + ", ".join(f"{name} {1000 * v:.0f} ms" for name, v in spans.items()))
+    return {
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratios,
+        "breakdown": breakdown,
+        "cells_span_median": spans,
+    }
 
 
 # -- main ----------------------------------------------------------------------
@@ -672,7 +728,12 @@ async def bench(args: argparse.Namespace, interrupts: Interrupts) -> dict[str, A
     }
     output["raw"] = {
         name: [
-            {"seconds": s.seconds, "phase": s.phase, "breakdown": s.breakdown}
+            {
+                "seconds": s.seconds,
+                "phase": s.phase,
+                "breakdown": s.breakdown,
+                "cells_span": s.cells_span,
+            }
             for s in samples
         ]
         for name, samples in results.samples.items()

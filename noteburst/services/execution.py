@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from ..domain.execution import EventKind, Execution, ExecutionEvent, ExecutionStatus
 from ..domain.notebook import accept_notebook, code_cell_indices, kernel_name_of
 from ..exceptions import (
@@ -35,6 +37,9 @@ __all__ = [
     "SubmissionLimits",
     "WatchedEvent",
 ]
+
+
+_logger = structlog.get_logger("noteburst.executions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,16 @@ class ExecutionService:
             execution = await store.get(execution_id)
         assert execution is not None
         self._bus.announce(execution_id, event.sequence)
-        await self._queue.enqueue_execution(execution_id)
+        try:
+            await self._queue.enqueue_execution(execution_id)
+        except Exception:
+            # The execution is stored and stays queued: the workers' recovery
+            # sweep sends it again once the queue answers, so the caller gets
+            # its execution rather than an error for work that is not lost.
+            _logger.exception(
+                "Queue unavailable; execution left for the recovery sweep",
+                execution_id=execution_id,
+            )
         return execution
 
     async def get(self, execution_id: str) -> Execution | None:
