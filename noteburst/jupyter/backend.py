@@ -47,7 +47,9 @@ class LabBackend(Protocol):
         """Return the names of the kernelspecs the lab offers."""
         ...
 
-    def kernel(self, kernel_name: str) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
+    def kernel(
+        self, kernel_name: str
+    ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Start a fresh kernel and open its websocket, for one notebook.
 
         On exit the websocket is closed and the kernel shut down in the
@@ -140,7 +142,9 @@ class LocalLabBackend:
             return
         url, token = self._url, self._token
         if url is None:
-            server = LocalJupyterServer(root_dir=self.root_dir, start_timeout=self.start_timeout)
+            server = LocalJupyterServer(
+                root_dir=self.root_dir, start_timeout=self.start_timeout
+            )
             await server.start()
             self._server = server
             url, token = server.url, server.token
@@ -158,7 +162,9 @@ class LocalLabBackend:
         """Return the kernelspec names the server offers."""
         return await self.rest.kernelspecs()
 
-    def kernel(self, kernel_name: str) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
+    def kernel(
+        self, kernel_name: str
+    ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Start a fresh kernel and open its websocket, for one notebook.
 
         Parameters
@@ -198,7 +204,9 @@ class LocalLabBackend:
         finally:
             self._retire(rest, kernel_id, conn)
 
-    def _retire(self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None) -> None:
+    def _retire(
+        self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
+    ) -> None:
         task = asyncio.create_task(
             _shutdown_kernel(rest, kernel_id, conn), name=f"kernel-shutdown-{kernel_id}"
         )
@@ -220,7 +228,9 @@ class LocalLabBackend:
                 for task in pending:
                     task.cancel()
                 if pending:
-                    _log.warning("%d kernel shutdowns did not finish in time", len(pending))
+                    _log.warning(
+                        "%d kernel shutdowns did not finish in time", len(pending)
+                    )
                     await asyncio.wait(pending)
         finally:
             self._rest = None

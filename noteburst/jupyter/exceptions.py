@@ -141,7 +141,9 @@ class JupyterWebError(JupyterError):
         return text
 
     @classmethod
-    def from_response(cls, response: httpx.Response, message: str | None = None) -> JupyterWebError:
+    def from_response(
+        cls, response: httpx.Response, message: str | None = None
+    ) -> JupyterWebError:
         """Build the error for an unexpected HTTP response.
 
         Parameters
@@ -170,7 +172,9 @@ class JupyterWebError(JupyterError):
         )
 
     @classmethod
-    def from_exception(cls, exc: httpx.HTTPError, message: str | None = None) -> JupyterWebError:
+    def from_exception(
+        cls, exc: httpx.HTTPError, message: str | None = None
+    ) -> JupyterWebError:
         """Build the error for an httpx exception (transport error, timeout).
 
         Parameters

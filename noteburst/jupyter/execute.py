@@ -174,7 +174,10 @@ async def _run_cell(
 
 
 async def _collect(
-    conn: KernelConnection, folder: NotebookOutputFolder, msg_id: str, iopub_timeout: float
+    conn: KernelConnection,
+    folder: NotebookOutputFolder,
+    msg_id: str,
+    iopub_timeout: float,
 ) -> None:
     while not folder.cell_done:
         if not folder.reply_received:

@@ -71,6 +71,8 @@ class KernelConnection:
         Client session id of this connection.
     protocol : WireProtocol
         The framing the server agreed to.
+    username : str
+        Username recorded in request headers.
     """
 
     def __init__(
@@ -164,7 +166,11 @@ class KernelConnection:
             ) from exc
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
-            body = exc.response.body.decode(errors="replace") if exc.response.body else None
+            body = (
+                exc.response.body.decode(errors="replace")
+                if exc.response.body
+                else None
+            )
             if status in _GONE_STATUSES:
                 raise LabUnavailableError(
                     "Jupyter server unavailable for kernel websocket",
@@ -176,7 +182,11 @@ class KernelConnection:
             raise KernelStartError(
                 f"server refused the websocket of kernel {kernel_id}: HTTP {status}"
             ) from exc
-        except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
+        except (
+            OSError,
+            websockets.InvalidHandshake,
+            websockets.ConnectionClosed,
+        ) as exc:
             raise LabUnavailableError(
                 f"cannot open kernel websocket: {type(exc).__name__}: {exc}",
                 method="GET",
@@ -296,7 +306,9 @@ class KernelConnection:
         Bound it with `asyncio.timeout`.
         """
         msg_id = await self.request(
-            protocol.kernel_info_request(session=self.session_id, username=self.username)
+            protocol.kernel_info_request(
+                session=self.session_id, username=self.username
+            )
         )
         try:
             while True:
@@ -337,8 +349,9 @@ class KernelConnection:
                 await self._ws.close()
         finally:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            # wait() neither raises the reader's CancelledError nor swallows
+            # a cancellation of aclose() itself.
+            await asyncio.wait([self._reader])
 
     async def __aenter__(self) -> Self:
         return self
@@ -373,8 +386,8 @@ class KernelConnection:
     def _dispatch(self, msg: Message) -> None:
         if protocol.is_death_status(msg):
             state = msg["content"]["execution_state"]
-            for queue in self._queues.values():
-                queue.put_nowait(msg)
+            for pending in self._queues.values():
+                pending.put_nowait(msg)
             self._fail(KernelDiedError(f"kernel {self.kernel_id} {state}"))
             return
         parent = protocol.parent_msg_id(msg)

@@ -1,4 +1,4 @@
-"""Run a private jupyter_server on loopback, for development, tests and small deployments.
+"""Run a private jupyter_server on loopback: development, tests, small deployments.
 
 :class:`LocalJupyterServer` starts ``python -m jupyter_server`` as a child
 process with the settings measured to matter (``jupyter-on-loopback.md``):
@@ -23,7 +23,10 @@ The process runs in its own process group with its output in a log file
 (no pipe to drain).  :meth:`LocalJupyterServer.stop` sends SIGTERM, which
 makes jupyter_server shut its kernels down, and SIGKILLs the group only as a
 last resort; a finalizer does the same at interpreter exit if ``stop`` was
-never called.  The object is not tied to an event loop: ``start`` and
+never called.  Exit handlers do not run when this process is killed
+(SIGKILL, or a SIGTERM nobody handles), so the server also carries a
+lifeline (:mod:`.server_settings`): it stops itself within a second once
+its parent is gone.  The object is not tied to an event loop: ``start`` and
 ``stop`` may run on different loops.
 """
 
@@ -59,7 +62,10 @@ _DISABLED_EXTENSIONS: Final = (
     "jupyter_server_terminals",
     "voila",
 )
-_CONNECTION_CLASS: Final = "noteburst.jupyter.server_settings.NoDelayConnection"
+_SETTINGS_MODULE: Final = "noteburst.jupyter.server_settings"
+_CONNECTION_CLASS: Final = f"{_SETTINGS_MODULE}.NoDelayConnection"
+_PARENT_PID_ENV: Final = "NOTEBURST_JUPYTER_PARENT_PID"
+"""Same as ``server_settings.PARENT_PID_ENV`` (that module imports jupyter_server)."""
 _PORT_ATTEMPTS: Final = 3
 _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL: Final = 2000
@@ -110,7 +116,9 @@ class LocalJupyterServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_start = 0
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: (
+            weakref.finalize[[subprocess.Popen[bytes]], LocalJupyterServer] | None
+        ) = None
 
     @property
     def url(self) -> str:
@@ -208,6 +216,7 @@ class LocalJupyterServer:
                 "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime"),
                 "IPYTHONDIR": str(self.state_dir / "ipython"),
                 "JUPYTER_PLATFORM_DIRS": "1",
+                _PARENT_PID_ENV: str(os.getpid()),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -215,7 +224,10 @@ class LocalJupyterServer:
         return env
 
     def _command(self, port: int) -> list[str]:
-        extensions = "{" + ", ".join(f"{name!r}: False" for name in _DISABLED_EXTENSIONS) + "}"
+        # A Python literal, not JSON (G15); the last entry is the lifeline.
+        switches = [f"{name!r}: False" for name in _DISABLED_EXTENSIONS]
+        switches.append(f"{_SETTINGS_MODULE!r}: True")
+        extensions = "{" + ", ".join(switches) + "}"
         command = [
             self.python,
             "-m",
@@ -253,7 +265,9 @@ class LocalJupyterServer:
         assert self._process is not None
         process = self._process
         async with httpx.AsyncClient(trust_env=False) as http:
-            rest = JupyterRestClient(http=http, base_url=self.url, token=self._token, timeout=2)
+            rest = JupyterRestClient(
+                http=http, base_url=self.url, token=self._token, timeout=2
+            )
             while True:
                 if process.poll() is not None:
                     tail = self.log_tail()
@@ -314,7 +328,7 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
 
 
 def _emergency_stop(process: subprocess.Popen[bytes]) -> None:
-    """Finalizer and atexit safeguard: never leave the server running."""
+    """Stop the server from a finalizer or at exit, so it never outlives us."""
     if process.poll() is not None:
         return
     _signal_group(process, signal.SIGTERM)

@@ -38,9 +38,10 @@ import logging
 import re
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any, Final
 
 import nbformat
@@ -65,8 +66,8 @@ __all__ = [
     "execute_request",
     "is_death_status",
     "kernel_info_request",
-    "new_message",
     "nbclient_timestamp",
+    "new_message",
     "parent_msg_id",
 ]
 
@@ -106,19 +107,11 @@ class WireProtocol(enum.Enum):
 # -- framing ---------------------------------------------------------------
 
 
-def _normalize(
-    channel: str,
-    header: Any,
-    parent_header: Any,
-    metadata: Any,
-    content: Any,
-    buffers: list[bytes],
-) -> Message:
-    for name, part in zip(
-        _MESSAGE_PARTS, (header, parent_header, metadata, content), strict=True
-    ):
+def _normalize(channel: str, parts: Sequence[Any], buffers: list[bytes]) -> Message:
+    for name, part in zip(_MESSAGE_PARTS, parts, strict=True):
         if not isinstance(part, dict):
             raise KernelProtocolError(f"message {name} is not a JSON object")
+    header, parent_header, metadata, content = parts
     if "msg_type" not in header or "msg_id" not in header:
         raise KernelProtocolError("message header lacks msg_type or msg_id")
     return {
@@ -200,7 +193,7 @@ def decode_v1(data: bytes) -> Message:
     offsets = struct.unpack_from(f"<{count}Q", data, 8)
     if offsets[0] != 8 * (count + 1) or offsets[-1] != len(data):
         raise KernelProtocolError("v1 frame offsets do not match its length")
-    if any(b < a for a, b in zip(offsets, offsets[1:], strict=False)):
+    if any(b < a for a, b in pairwise(offsets)):
         raise KernelProtocolError("v1 frame offsets are not increasing")
     view = memoryview(data)
     try:
@@ -208,11 +201,12 @@ def decode_v1(data: bytes) -> Message:
     except UnicodeDecodeError as exc:
         raise KernelProtocolError("v1 frame channel is not UTF-8") from exc
     chunks = [view[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
-    header, parent, metadata, content = (
-        _json_part(chunk, name) for chunk, name in zip(chunks[:4], _MESSAGE_PARTS, strict=True)
-    )
+    parts = [
+        _json_part(chunk, name)
+        for chunk, name in zip(chunks[:4], _MESSAGE_PARTS, strict=True)
+    ]
     buffers = [bytes(chunk) for chunk in chunks[4:]]
-    return _normalize(channel, header, parent, metadata, content, buffers)
+    return _normalize(channel, parts, buffers)
 
 
 def encode_legacy(msg: Mapping[str, Any]) -> str | bytes:
@@ -271,23 +265,24 @@ def decode_legacy(data: str | bytes) -> Message:
             raise KernelProtocolError("legacy binary frame is truncated")
         (count,) = struct.unpack_from("!I", data)
         if not 1 <= count <= _MAX_V1_OFFSETS or 4 * (count + 1) > len(data):
-            raise KernelProtocolError(f"legacy binary frame has an invalid count {count}")
+            raise KernelProtocolError(
+                f"legacy binary frame has an invalid count {count}"
+            )
         offsets = [*struct.unpack_from(f"!{count}I", data, 4), len(data)]
-        if any(b < a for a, b in zip(offsets, offsets[1:], strict=False)):
+        if offsets[0] != 4 * (count + 1) or any(b < a for a, b in pairwise(offsets)):
             raise KernelProtocolError("legacy binary frame offsets are not increasing")
-        chunks = [data[a:b] for a, b in zip(offsets, offsets[1:], strict=False)]
+        chunks = [data[a:b] for a, b in pairwise(offsets)]
         body = _json_part(chunks[0], "body")
         buffers = chunks[1:]
     if not isinstance(body, dict):
         raise KernelProtocolError("legacy frame is not a JSON object")
-    return _normalize(
-        str(body.get("channel", "")),
+    parts = [
         body.get("header"),
         body.get("parent_header") or {},
         body.get("metadata") or {},
         body.get("content"),
-        buffers,
-    )
+    ]
+    return _normalize(str(body.get("channel", "")), parts, buffers)
 
 
 def encode(msg: Mapping[str, Any], protocol: WireProtocol) -> str | bytes:
@@ -495,7 +490,9 @@ def nbclient_timestamp(msg: Mapping[str, Any] | None) -> str:
 
 _RGX_CARRIAGERETURN = re.compile(r".*\r(?=[^\n])")
 _RGX_BACKSPACE = re.compile(r"[^\n]\b")
-_OUTPUT_MSG_TYPES: Final = frozenset({"execute_result", "display_data", "update_display_data"})
+_OUTPUT_MSG_TYPES: Final = frozenset(
+    {"execute_result", "display_data", "update_display_data"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,7 +629,9 @@ class NotebookOutputFolder:
     @property
     def cell_done(self) -> bool:
         """Whether both the ``execute_reply`` and the iopub ``idle`` arrived."""
-        return self._cell is not None and self._cell.reply is not None and self._cell.idle
+        return (
+            self._cell is not None and self._cell.reply is not None and self._cell.idle
+        )
 
     @property
     def reply_received(self) -> bool:
@@ -667,7 +666,9 @@ class NotebookOutputFolder:
                 running.reply = msg
                 if self.record_timing:
                     cell = self.nb.cells[running.index]
-                    cell["metadata"]["execution"]["shell.execute_reply"] = nbclient_timestamp(msg)
+                    cell["metadata"]["execution"]["shell.execute_reply"] = (
+                        nbclient_timestamp(msg)
+                    )
         elif channel == "iopub" and not running.idle:
             running.idle = self._process_message(msg, running.index)
 
@@ -759,7 +760,11 @@ class NotebookOutputFolder:
         return False
 
     def _output(
-        self, outs: list[NotebookNode], msg: Message, display_id: str | None, cell_index: int
+        self,
+        outs: list[NotebookNode],
+        msg: Message,
+        display_id: str | None,
+        cell_index: int,
     ) -> None:
         try:
             out = nbformat.v4.output_from_msg(msg)
@@ -775,7 +780,9 @@ class NotebookOutputFolder:
             cell_map.setdefault(cell_index, []).append(len(outs))
         outs.append(out)
 
-    def _clear_output(self, outs: list[NotebookNode], msg: Message, cell_index: int) -> None:
+    def _clear_output(
+        self, outs: list[NotebookNode], msg: Message, cell_index: int
+    ) -> None:
         if msg["content"].get("wait"):
             self._clear_before_next_output = True
         else:
@@ -813,13 +820,20 @@ class NotebookOutputFolder:
             if data.get("buffer_paths"):
                 buffers = self._widget_buffers.setdefault(comm_id, {})
                 buffers.update(
-                    {tuple(k["path"]): k for k in _buffer_data(data["buffer_paths"], msg)}
+                    {
+                        tuple(k["path"]): k
+                        for k in _buffer_data(data["buffer_paths"], msg)
+                    }
                 )
 
 
 def _buffer_data(paths: Iterable[Any], msg: Message) -> list[dict[str, Any]]:
     return [
-        {"data": base64.b64encode(buffer).decode("utf-8"), "encoding": "base64", "path": path}
+        {
+            "data": base64.b64encode(buffer).decode("utf-8"),
+            "encoding": "base64",
+            "path": path,
+        }
         for path, buffer in zip(paths, msg.get("buffers") or [], strict=False)
     ]
 
@@ -834,7 +848,7 @@ def _serialize_widget_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _coalesce_streams(outputs: list[NotebookNode]) -> list[NotebookNode]:
-    """nbclient's ``coalesce_streams`` post-processing, verbatim."""
+    """Nbclient's ``coalesce_streams`` post-processing, verbatim."""
     new_outputs: list[NotebookNode] = []
     streams: dict[str, NotebookNode] = {}
     for output in outputs:
@@ -856,7 +870,7 @@ def _coalesce_streams(outputs: list[NotebookNode]) -> list[NotebookNode]:
         if (
             output["output_type"] == "stream"
             and output["name"] == "stderr"
-            and len(new_outputs) >= i + 2  # noqa: PLR2004
+            and len(new_outputs) >= i + 2
             and new_outputs[i + 1]["output_type"] == "stream"
             and new_outputs[i + 1]["name"] == "stdout"
         ):

@@ -123,7 +123,9 @@ class JupyterRestClient:
         response = await self._request("GET", "api/kernelspecs", expected={200})
         specs = _json_object(response).get("kernelspecs")
         if not isinstance(specs, dict):
-            raise JupyterWebError.from_response(response, "kernelspecs document without specs")
+            raise JupyterWebError.from_response(
+                response, "kernelspecs document without specs"
+            )
         return list(specs)
 
     async def create_kernel(self, name: str) -> str:
@@ -220,7 +222,8 @@ class JupyterRestClient:
 
     def _forget_cookies(self, response: httpx.Response) -> None:
         names = {
-            header.split("=", 1)[0].strip() for header in response.headers.get_list("set-cookie")
+            header.split("=", 1)[0].strip()
+            for header in response.headers.get_list("set-cookie")
         }
         if not names:
             return
@@ -234,7 +237,9 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         value = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JupyterWebError.from_response(response, f"response is not JSON: {exc}") from exc
+        raise JupyterWebError.from_response(
+            response, f"response is not JSON: {exc}"
+        ) from exc
     if not isinstance(value, dict):
         raise JupyterWebError.from_response(response, "response is not a JSON object")
     return value

@@ -19,25 +19,66 @@ environment (or this file on its ``PYTHONPATH``)::
     ]
 
 The second argument matters as much: with the default IOPub rate limits the
-server silently drops large outputs (G3).  This module imports
-jupyter_server, so nothing else in :mod:`noteburst.jupyter` imports it.
+server silently drops large outputs (G3).
+
+The module is also a tiny server extension, the *lifeline*, which
+:class:`~.local.LocalJupyterServer` enables: the server stops itself (and so
+its kernels) when the process that started it is gone, even if that process
+was SIGKILLed and never ran its exit handlers.  It does nothing unless the
+``NOTEBURST_JUPYTER_PARENT_PID`` environment variable is set.
+
+This module imports jupyter_server, so nothing else in
+:mod:`noteburst.jupyter` imports it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Final
 
 from jupyter_server.services.kernels.connection.channels import (
     ZMQChannelsWebsocketConnection,
 )
+from tornado.ioloop import PeriodicCallback
 
-__all__ = ["NoDelayConnection"]
+__all__ = ["PARENT_PID_ENV", "NoDelayConnection"]
+
+PARENT_PID_ENV: Final = "NOTEBURST_JUPYTER_PARENT_PID"
+"""Environment variable with the pid the lifeline watches."""
+
+_LIFELINE_INTERVAL_MS: Final = 1000
 
 
-class NoDelayConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
+class NoDelayConnection(ZMQChannelsWebsocketConnection):
     """Kernel websocket connection with ``TCP_NODELAY`` set on the socket."""
 
     def connect(self) -> Any:
         """Turn Nagle's algorithm off, then connect as usual."""
         self.websocket_handler.set_nodelay(True)
         return super().connect()
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Declare this module as a jupyter_server extension (the lifeline)."""
+    return [{"module": __name__}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Stop ``serverapp`` once its parent process is gone.
+
+    When the parent dies the server is re-parented, so ``os.getppid()``
+    changes; checking it every second is what ipykernel does for kernels.
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:
+        return
+    parent = int(expected)
+
+    def check_parent() -> None:
+        if os.getppid() != parent:
+            serverapp.log.critical("Parent process %s is gone, stopping", parent)
+            lifeline.stop()
+            serverapp.stop()
+
+    lifeline = PeriodicCallback(check_parent, _LIFELINE_INTERVAL_MS)
+    lifeline.start()

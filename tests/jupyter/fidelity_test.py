@@ -70,7 +70,8 @@ async def legacy_backend(
 
 
 def read(path: Path) -> NotebookNode:
-    return nbformat.read(path, as_version=4)
+    nb: NotebookNode = nbformat.read(path, as_version=4)
+    return nb
 
 
 async def run_with_nbclient(nb: NotebookNode) -> CellExecutionError | None:
@@ -117,7 +118,9 @@ async def test_same_notebook_as_nbclient(
 
     async with asyncio.timeout(90), asyncio.TaskGroup() as tasks:
         nbclient_run = tasks.create_task(run_with_nbclient(reference))
-        v1_run = tasks.create_task(run_with_noteburst(jupyter_backend, over_v1, WireProtocol.V1))
+        v1_run = tasks.create_task(
+            run_with_noteburst(jupyter_backend, over_v1, WireProtocol.V1)
+        )
         legacy_run = tasks.create_task(
             run_with_noteburst(legacy_backend, over_legacy, WireProtocol.LEGACY)
         )
@@ -144,7 +147,9 @@ async def test_same_notebook_as_nbclient(
                 evalue,
                 cell_index,
             )
-            assert failure.traceback == over_v1.cells[cell_index].outputs[-1]["traceback"]
+            assert (
+                failure.traceback == over_v1.cells[cell_index].outputs[-1]["traceback"]
+            )
     else:
         assert nbclient_error is None
         assert failure_v1 is None
@@ -154,7 +159,10 @@ async def test_same_notebook_as_nbclient(
 def test_every_feature_is_covered() -> None:
     """The notebooks keep exercising what the fidelity test is about."""
     sources = "\n".join(
-        cell.source for path in NOTEBOOKS for cell in read(path).cells if cell.cell_type == "code"
+        cell.source
+        for path in NOTEBOOKS
+        for cell in read(path).cells
+        if cell.cell_type == "code"
     )
     for needle in (
         "file=sys.stderr",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import sys
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def is_running(server: LocalJupyterServer) -> bool:
+    return server.running
+
+
+def command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 @pytest.mark.asyncio
 async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     server = LocalJupyterServer(root_dir=tmp_path, start_timeout=60)
@@ -43,7 +53,7 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
         await server.start()
 
     # The token is in the environment, never on the command line.
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    cmdline = command_line(pid)
     assert server.token.encode() not in cmdline
     assert b"--ServerApp.port_retries=0" in cmdline
     if os.geteuid() == 0:
@@ -52,12 +62,18 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list((server.state_dir / "runtime").iterdir())
 
     async with httpx.AsyncClient(trust_env=False) as http:
-        rest = JupyterRestClient(http=http, base_url=server.url, token=server.token, timeout=30)
+        rest = JupyterRestClient(
+            http=http, base_url=server.url, token=server.token, timeout=30
+        )
         assert "python3" in await rest.kernelspecs()
         kernel_id = await rest.create_kernel("python3")
         async with await KernelConnection.open(rest, kernel_id) as conn:
             nb = nbformat.v4.new_notebook(
-                cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid(), os.getcwd())")]
+                cells=[
+                    nbformat.v4.new_code_cell(
+                        "import os\nprint(os.getpid(), os.getcwd())"
+                    )
+                ]
             )
             async with asyncio.timeout(WAIT):
                 assert await execute_notebook(conn, nb) is None
@@ -68,7 +84,7 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
 
         # Stop with a kernel still running: the server shuts it down.
         await server.stop()
-        assert not server.running
+        assert not is_running(server)
         assert server.pid is None
         assert not alive(pid)
         assert not alive(kernel_pid)
@@ -82,9 +98,10 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_early_exit_fails_fast_with_the_log(tmp_path: Path) -> None:
     server = LocalJupyterServer(
-        root_dir=tmp_path, start_timeout=60, extra_args=["--ServerApp.no_such_option=1x"]
+        root_dir=tmp_path,
+        start_timeout=60,
+        extra_args=["--ServerApp.port=not-a-number"],
     )
-    server.extra_args = ["--ServerApp.port=not-a-number"]
     async with asyncio.timeout(WAIT):
         with pytest.raises(LabUnavailableError) as caught:
             await server.start()
@@ -104,37 +121,103 @@ async def test_start_timeout_stops_the_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_taken_port_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A port taken between choosing and binding it makes the start retry (G19)."""
-    import socket
+async def test_taken_port_is_retried_and_finalizer_stops_a_forgotten_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port taken between choosing and binding it makes the start retry (G19).
 
+    Then the server is "forgotten": its finalizer, which also runs at
+    interpreter exit, stops it.
+    """
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
         ports = iter([taken])
         real_free_port = local._free_port
-        monkeypatch.setattr(local, "_free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(
+            local, "_free_port", lambda: next(ports, None) or real_free_port()
+        )
 
         server = LocalJupyterServer(root_dir=tmp_path, start_timeout=60)
         await server.start()
         try:
             assert server.url != f"http://127.0.0.1:{taken}/"
             assert "is not available" in server.log_tail(100_000)
+            process = server._process
+            finalizer = server._finalizer
+            assert process is not None
+            assert finalizer is not None
+            assert finalizer.atexit
+            await asyncio.to_thread(finalizer)
+            assert process.poll() is not None
+            assert not alive(process.pid)
         finally:
             await server.stop()
 
 
-def test_finalizer_kills_a_forgotten_server(tmp_path: Path) -> None:
-    """If stop() is never called, the finalizer (also run at exit) stops the process."""
-    server = LocalJupyterServer(root_dir=tmp_path, start_timeout=60)
-    asyncio.run(server.start())
-    process = server._process
-    assert process is not None
-    finalizer = server._finalizer
-    assert finalizer is not None
-    assert finalizer.atexit
-    finalizer()
-    assert process.poll() is not None
-    assert not alive(process.pid)
-    asyncio.run(server.stop())
+ORPHAN_PARENT = """
+import asyncio, sys
+from pathlib import Path
+import httpx, nbformat
+from noteburst.jupyter import LocalLabBackend, execute_notebook
+
+async def main():
+    async with httpx.AsyncClient() as http:
+        backend = LocalLabBackend(http=http, root_dir=Path(sys.argv[1]))
+        await backend.start()
+        async with backend.kernel("python3") as conn:
+            nb = nbformat.v4.new_notebook(
+                cells=[nbformat.v4.new_code_cell("import os; print(os.getpid())")]
+            )
+            await execute_notebook(conn, nb)
+            print(backend.server.pid, nb.cells[0].outputs[0].text.strip(), flush=True)
+            await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def wait_for_exit(pid: int) -> None:
+    """Wait until a process that is not our child exits (pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(fd, exited.set_result, None)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+@pytest.mark.asyncio
+async def test_server_and_kernels_stop_when_the_parent_is_killed(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL runs no exit handler; the server's lifeline stops it anyway."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        ORPHAN_PARENT,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            line = await parent.stdout.readline()
+        server_pid, kernel_pid = (int(word) for word in line.split())
+        assert alive(server_pid)
+        assert alive(kernel_pid)
+    finally:
+        parent.kill()
+        await parent.wait()
+    async with asyncio.timeout(WAIT):
+        await wait_for_exit(server_pid)
+        await wait_for_exit(kernel_pid)
+    log = (tmp_path / ".noteburst-jupyter" / "jupyter-server.log").read_text()
+    assert "is gone, stopping" in log

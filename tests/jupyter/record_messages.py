@@ -26,6 +26,7 @@ import httpx
 import nbformat
 import websockets
 from nbformat import NotebookNode
+from websockets.asyncio.client import ClientConnection
 
 from noteburst.jupyter import protocol
 from noteburst.jupyter.exceptions import JupyterWebError
@@ -52,72 +53,93 @@ def frame_to_json(frame: str | bytes) -> dict[str, str]:
     return {"type": "binary", "data": base64.b64encode(frame).decode()}
 
 
+class Recorder:
+    """A raw websocket that keeps every frame it receives."""
+
+    def __init__(self, ws: ClientConnection, wire_protocol: WireProtocol) -> None:
+        self.ws = ws
+        self.wire_protocol = wire_protocol
+        self.session = "recorded-session"
+        self.frames: list[str | bytes] = []
+
+    async def receive(self) -> protocol.Message:
+        async with asyncio.timeout(WAIT):
+            frame = await self.ws.recv()
+        self.frames.append(frame)
+        return protocol.decode(frame, self.wire_protocol)
+
+    async def send(self, msg: protocol.Message) -> str:
+        await self.ws.send(protocol.encode(msg, self.wire_protocol))
+        msg_id: str = msg["msg_id"]
+        return msg_id
+
+    async def kernel_info(self) -> str:
+        info_id = await self.send(protocol.kernel_info_request(session=self.session))
+        while True:
+            msg = await self.receive()
+            if msg["msg_type"] == "kernel_info_reply" and (
+                protocol.parent_msg_id(msg) == info_id
+            ):
+                return info_id
+
+    async def run_cell(self, source: str) -> tuple[str, str | None]:
+        """Send a cell; return its msg_id and reply status (None: kernel died)."""
+        msg_id = await self.send(protocol.execute_request(source, session=self.session))
+        reply: protocol.Message | None = None
+        idle = False
+        while reply is None or not idle:
+            msg = await self.receive()
+            if protocol.is_death_status(msg):
+                return msg_id, None
+            if protocol.parent_msg_id(msg) != msg_id:
+                continue
+            if msg["msg_type"] == "execute_reply":
+                reply = msg
+            elif msg["msg_type"] == "status":
+                idle = idle or msg["content"]["execution_state"] == "idle"
+        return msg_id, reply["content"]["status"]
+
+
 async def record(
-    rest: JupyterRestClient, nb: NotebookNode, wire_protocol: WireProtocol, *, death: bool
+    rest: JupyterRestClient,
+    nb: NotebookNode,
+    wire_protocol: WireProtocol,
+    *,
+    death: bool,
 ) -> dict[str, Any]:
     kernel_id = await rest.create_kernel("python3")
-    session = "recorded-session"
-    frames: list[str | bytes] = []
     subprotocols = (
         [websockets.Subprotocol(protocol.V1_SUBPROTOCOL)]
         if wire_protocol is WireProtocol.V1
         else None
     )
+    requests: list[dict[str, Any]] = []
     try:
         async with websockets.connect(
-            rest.ws_url(kernel_id, session),
+            rest.ws_url(kernel_id, "recorded-session"),
             additional_headers=rest.auth_headers,
             subprotocols=subprotocols,
             max_size=None,
         ) as ws:
-
-            async def receive() -> protocol.Message:
-                async with asyncio.timeout(WAIT):
-                    frame = await ws.recv()
-                frames.append(frame)
-                return protocol.decode(frame, wire_protocol)
-
-            async def send(msg: protocol.Message) -> str:
-                await ws.send(protocol.encode(msg, wire_protocol))
-                msg_id: str = msg["msg_id"]
-                return msg_id
-
-            info_id = await send(protocol.kernel_info_request(session=session))
-            while True:
-                msg = await receive()
-                if msg["msg_type"] == "kernel_info_reply" and protocol.parent_msg_id(msg) == info_id:
-                    break
-
-            requests: list[dict[str, Any]] = []
+            recorder = Recorder(ws, wire_protocol)
+            info_id = await recorder.kernel_info()
             for index, cell in enumerate(nb.cells):
                 if not NotebookOutputFolder.should_execute(cell):
                     continue
-                msg_id = await send(protocol.execute_request(cell.source, session=session))
+                msg_id, status = await recorder.run_cell(cell.source)
                 requests.append({"cell_index": index, "msg_id": msg_id})
-                reply: protocol.Message | None = None
-                idle = False
-                while reply is None or not idle:
-                    msg = await receive()
-                    if protocol.is_death_status(msg):
-                        break
-                    if protocol.parent_msg_id(msg) != msg_id:
-                        continue
-                    if msg["msg_type"] == "execute_reply":
-                        reply = msg
-                    elif msg["msg_type"] == "status":
-                        idle = idle or msg["content"]["execution_state"] == "idle"
-                else:
-                    if reply["content"]["status"] == "error":
-                        break
-                    continue
-                break
+                if status != "ok":
+                    break
     finally:
         try:
             await rest.delete_kernel(kernel_id)
         except JupyterWebError as exc:  # a kernel that is restarting answers 500
-            print(f"could not delete kernel {kernel_id}: {exc}")  # noqa: T201
+            print(f"could not delete kernel {kernel_id}: {exc}")
+    frames = recorder.frames
     if death:
-        assert any(protocol.is_death_status(protocol.decode(f, wire_protocol)) for f in frames)
+        assert any(
+            protocol.is_death_status(protocol.decode(f, wire_protocol)) for f in frames
+        )
     return {
         "protocol": wire_protocol.name.lower(),
         "notebook": nb,
@@ -146,11 +168,12 @@ async def main() -> None:
                     for wire_protocol in WireProtocol:
                         recording = await record(rest, nb, wire_protocol, death=death)
                         target = OUT / f"{name}.{recording['protocol']}.json"
-                        target.write_text(json.dumps(recording, indent=1, ensure_ascii=False) + "\n")
-                        print(f"{target}: {len(recording['frames'])} frames")  # noqa: T201
+                        target.write_text(
+                            json.dumps(recording, indent=1, ensure_ascii=False) + "\n"
+                        )
+                        print(f"{target}: {len(recording['frames'])} frames")
         finally:
             await server.stop()
-            print(server.log_tail(6000))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @pytest.fixture(scope="session")
-def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServerInfo]:
+def jupyter_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JupyterServerInfo]:
     """Start one jupyter_server for the session; stop it at the end."""
     root_dir = tmp_path_factory.mktemp("jupyter-server")
     server = LocalJupyterServer(root_dir=root_dir, start_timeout=60)
@@ -83,7 +85,7 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
 async def jupyter_backend(
     jupyter_server: JupyterServerInfo, tmp_path: Path
 ) -> AsyncIterator[LocalLabBackend]:
-    """A started backend on the session server; closed (kernels shut down) after the test."""
+    """A started backend on the session server; closed after the test."""
     async with httpx.AsyncClient(trust_env=False) as http:
         backend = LocalLabBackend(
             http=http,
