@@ -24,9 +24,9 @@ import asyncio
 from logging.config import fileConfig
 from typing import Any, Literal
 
+from alembic import context
 from sqlalchemy import Connection, text
 
-from alembic import context
 from noteburst.config import Config
 from noteburst.dbschema import Base, UTCDateTime
 from noteburst.storage.database import MIGRATION_LOCK_KEY, make_engine

@@ -14,7 +14,6 @@ Create Date: 2026-11-25 18:03:13.333594+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "6bb1ef447f42"

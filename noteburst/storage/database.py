@@ -68,6 +68,7 @@ __all__ = [
     "make_engine",
 ]
 
+
 def _find_migrations() -> Path:
     package = Path(__file__).resolve().parents[1]
     installed = package / "_alembic"  # where the wheel puts them
