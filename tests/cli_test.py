@@ -20,7 +20,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from tests.support.app import Noteburst
+from tests.support.app import Noteburst, make_config, running
 from tests.support.notebooks import notebook
 
 ROOT = Path(__file__).parents[1]
@@ -163,3 +163,63 @@ async def test_serve_runs_everything_in_one_process(tmp_path: Path) -> None:
         ["pgrep", "-g", str(process.pid)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == ""
+
+
+@pytest.mark.asyncio
+async def test_separate_worker_process_on_postgres_and_redis(
+    tmp_path: Path, jupyter_server: Any, postgres_url: str, redis_url: str
+) -> None:
+    """The deployed shape: `db upgrade`, an API process, a worker process."""
+    env = _clean_env(tmp_path)
+    env.update(
+        NOTEBURST_DATABASE_URL=postgres_url,
+        NOTEBURST_REDIS_URL=redis_url,
+        NOTEBURST_REDIS_NAMESPACE=f"nbtest-{tmp_path.name}",
+        NOTEBURST_DATA_DIR=str(tmp_path / "data"),
+        NOTEBURST_JUPYTER_URL=jupyter_server.url,
+        NOTEBURST_JUPYTER_TOKEN=jupyter_server.token,
+    )
+    upgrade = subprocess.run(
+        [*NOTEBURST, "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    worker = subprocess.Popen(
+        [*NOTEBURST, "worker"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        await _wait_for_line(worker.stderr, "worker running", 120)
+        config = make_config(
+            tmp_path,
+            jupyter_server,
+            database_url=postgres_url,
+            redis_url=redis_url,
+        )
+        # The API process runs no worker: events reach it only via NOTIFY.
+        async with running(config, run_worker=False) as nb:
+            submitted = await nb.submit(notebook("import os; print(os.getpid())"))
+            events = await asyncio.wait_for(nb.watch(submitted["id"], after=0), 120)
+            assert events[-1]["status"] == "SUCCEEDED"
+            fetched = await nb.get(submitted["id"])
+            assert fetched is not None
+            printed = fetched["notebook"]["cells"][0]["outputs"][0]["text"]
+            assert int(printed) not in {os.getpid(), worker.pid}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+            assert worker.stderr is not None
+            worker.stderr.close()
+    assert worker.returncode == 0
