@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from . import __version__
 from .api.context import GraphQLContext
@@ -144,7 +145,11 @@ def create_app(
                 await asyncio.to_thread(worker.stop)
             await context.aclose()
 
-    graphql_app = _GraphQLApp(schema)
+    # Only graphql-transport-ws: it is the protocol of the contract, and the
+    # legacy graphql-ws protocol has been the channel of past auth bypasses.
+    graphql_app = _GraphQLApp(
+        schema, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+    )
     return Starlette(
         routes=[
             Route("/graphql", graphql_app),

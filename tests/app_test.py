@@ -18,6 +18,9 @@ import httpx
 import nbformat
 import pytest
 from gql.transport.exceptions import TransportQueryError
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from noteburst.storage.database import Database
 from tests.support.app import LIST, make_config, running
@@ -320,3 +323,18 @@ async def test_embedded_restart_requeues_unfinished_executions(
         again = await nb.get(mid_run["id"])
         assert again is not None
         assert again["attempts"] == 2
+
+
+@pytest.mark.asyncio
+async def test_only_graphql_transport_ws_is_spoken(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    config = make_config(tmp_path, jupyter_server)
+    async with running(config, run_worker=False) as nb:
+        async with connect(
+            nb.ws_url, subprotocols=[Subprotocol("graphql-ws")], open_timeout=30
+        ) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 30)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4406

@@ -13,9 +13,11 @@ from collections.abc import AsyncGenerator
 from typing import Annotated
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
 from ..domain.execution import ExecutionStatus
 from ..exceptions import ClientError
@@ -146,7 +148,20 @@ class Subscription:
             raise UserFacingError(exc) from exc
 
 
-schema = strawberry.Schema(
+class _Schema(strawberry.Schema):
+    """Log only unexpected errors; client and validation errors are answers."""
+
+    def process_errors(
+        self,
+        errors: list[GraphQLError],
+        execution_context: ExecutionContext | None = None,
+    ) -> None:
+        super().process_errors(
+            [e for e in errors if should_mask_error(e)], execution_context
+        )
+
+
+schema = _Schema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
