@@ -8,11 +8,13 @@ the rest of Noteburst sees only domain objects.
 
 from .base import NAMING_CONVENTION, Base, UTCDateTime
 from .execution import ExecutionEventRow, ExecutionRow
+from .identity import LabIdentityRow
 
 __all__ = [
     "NAMING_CONVENTION",
     "Base",
     "ExecutionEventRow",
     "ExecutionRow",
+    "LabIdentityRow",
     "UTCDateTime",
 ]

@@ -58,6 +58,7 @@ from sqlalchemy.pool import StaticPool
 from noteburst.exceptions import ConfigurationError
 
 from .execution import ExecutionStore
+from .identity import IdentityLeaseStore
 
 __all__ = [
     "ALEMBIC_SCRIPT_LOCATION",
@@ -283,6 +284,13 @@ class Database:
         self._check_loop()
         async with self._sessionmaker() as session, session.begin():
             yield ExecutionStore(session)
+
+    @asynccontextmanager
+    async def lease_transaction(self) -> AsyncIterator[IdentityLeaseStore]:
+        """Like :meth:`transaction`, for the bot identity leases."""
+        self._check_loop()
+        async with self._sessionmaker() as session, session.begin():
+            yield IdentityLeaseStore(session)
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision (``alembic upgrade head``).
