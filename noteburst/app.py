@@ -81,6 +81,13 @@ def check_config(config: Config) -> None:
         Raised if Redis is set without a Postgres database: separate worker
         processes could not push events to the API through SQLite.
     """
+    hub_configured = config.hub_url and config.hub_token
+    if config.lab_backend == "jupyterhub" and not hub_configured:
+        msg = (
+            "NOTEBURST_LAB_BACKEND=jupyterhub needs NOTEBURST_HUB_URL and "
+            "NOTEBURST_HUB_TOKEN"
+        )
+        raise ConfigurationError(msg)
     if config.redis_url and not (
         config.database_url and config.database_url.startswith("postgresql")
     ):

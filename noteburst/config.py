@@ -72,6 +72,37 @@ class Config(BaseSettings):
     jupyter_start_timeout: float = Field(
         60.0, gt=0, description="Seconds to wait for the local server to start."
     )
+    lab_backend: Literal["local", "jupyterhub"] = Field(
+        "local",
+        description=(
+            "Where kernels run: `local` (a jupyter_server Noteburst starts, or "
+            "jupyter_url) or `jupyterhub` (labs spawned for bot users)."
+        ),
+    )
+    hub_url: str | None = Field(
+        None,
+        description=(
+            "JupyterHub's public URL (the proxy), e.g. http://hub.example/. "
+            "Required with lab_backend=jupyterhub."
+        ),
+    )
+    hub_token: SecretStr | None = Field(
+        None,
+        description=(
+            "JupyterHub service token with scopes admin:users, admin:servers, "
+            "access:servers (sent as a header, never logged)."
+        ),
+    )
+    hub_identities: list[str] = Field(
+        default_factory=lambda: [f"noteburst-bot-{i:02d}" for i in range(1, 9)],
+        description=(
+            "Bot users workers drive labs as (JSON list); each worker process "
+            "leases one. Needs at least as many names as worker processes."
+        ),
+    )
+    spawn_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for JupyterHub to start a lab."
+    )
     kernel_names: list[str] | None = Field(
         None,
         description=(

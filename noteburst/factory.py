@@ -17,6 +17,9 @@ context there with :meth:`ProcessContext.for_worker`.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
 from .jupyter.backend import LabBackend, LocalLabBackend
+from .jupyter.hub import HubLabBackend
 from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
+from .services.identity import IdentityLease
 from .services.runner import ExecutionRunner
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
@@ -161,15 +166,19 @@ class ProcessContext:
                 if config.jupyter_token
                 else None
             )
-            backend = LocalLabBackend(
-                http=http,
-                root_dir=Path(config.data_dir) / "jupyter",
-                url=config.jupyter_url,
-                token=token,
-                start_timeout=config.jupyter_start_timeout,
-                kernel_start_timeout=config.kernel_start_timeout,
-                request_timeout=config.http_timeout,
-            )
+            backend: LabBackend
+            if config.lab_backend == "jupyterhub":
+                backend = await _hub_backend(config, http, database, stack)
+            else:
+                backend = LocalLabBackend(
+                    http=http,
+                    root_dir=Path(config.data_dir) / "jupyter",
+                    url=config.jupyter_url,
+                    token=token,
+                    start_timeout=config.jupyter_start_timeout,
+                    kernel_start_timeout=config.kernel_start_timeout,
+                    request_timeout=config.http_timeout,
+                )
             await backend.start()
             stack.push_async_callback(backend.aclose)
         except BaseException:
@@ -188,6 +197,39 @@ class ProcessContext:
     async def aclose(self) -> None:
         """Release every resource, in reverse order of creation."""
         await self._closers.aclose()
+
+
+async def _hub_backend(
+    config: Config,
+    http: httpx.AsyncClient,
+    database: Database,
+    stack: contextlib.AsyncExitStack,
+) -> HubLabBackend:
+    """Lease a bot identity for this worker and drive its lab.
+
+    The lease is released after the lab is stopped (the exit stack unwinds
+    in reverse), so no other worker can pick the identity up while this one
+    still drives it.
+    """
+    assert config.hub_url is not None
+    assert config.hub_token is not None
+    lease = IdentityLease(
+        database=database,
+        pool=config.hub_identities,
+        holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        lease_seconds=config.worker_lease_seconds,
+    )
+    username = await lease.acquire()
+    stack.push_async_callback(lease.release)
+    return HubLabBackend(
+        http=http,
+        hub_url=config.hub_url,
+        token=config.hub_token.get_secret_value(),
+        username=username,
+        spawn_timeout=config.spawn_timeout,
+        kernel_start_timeout=config.kernel_start_timeout,
+        request_timeout=config.http_timeout,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -9,3 +9,10 @@ if ! python3 -m uv --version >/dev/null 2>&1; then
 fi
 uv() { python3 -m uv "$@"; }
 uv sync --locked --quiet
+# Node packages: configurable-http-proxy for the JupyterHub tests, and the
+# GraphiQL sources the vendored assets are regenerated from.  `npm ci` only
+# when the lock file changed since the last install.
+if [ -f package-lock.json ] && ! cmp -s package-lock.json node_modules/.noteburst-lock 2>/dev/null; then
+    npm ci --no-audit --no-fund --loglevel=error
+    cp package-lock.json node_modules/.noteburst-lock
+fi

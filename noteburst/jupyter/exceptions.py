@@ -13,6 +13,8 @@ The hierarchy::
     │   └── LabUnavailableError the server is unreachable or gone (connection
     │                           refused, 302/424 from the hub proxy, websocket
     │                           dropped)
+    ├── LabSpawnError           JupyterHub could not start a lab (its message,
+    │                           or a spawn timeout)
     ├── KernelStartError        a kernel could not be started, including an
     │                           unknown kernel name (jupyter_server answers
     │                           500 for that)
@@ -43,6 +45,7 @@ __all__ = [
     "KernelDiedError",
     "KernelProtocolError",
     "KernelStartError",
+    "LabSpawnError",
     "LabUnavailableError",
     "sanitize_url",
 ]
@@ -280,3 +283,24 @@ class CellTimeoutError(JupyterError, TimeoutError):
         super().__init__(f"cell {cell_index} did not finish within {timeout} s")
         self.cell_index = cell_index
         self.timeout = timeout
+
+
+class LabSpawnError(JupyterError):
+    """A lab (JupyterHub user server) could not be started.
+
+    Raised when the hub reports the spawn as failed (its message, such as
+    ``Spawn failed: Server at ... didn't respond in 10 seconds``, is the
+    error's text), when the spawn does not finish within the caller's
+    timeout, or when the hub refuses to start the server.
+
+    Parameters
+    ----------
+    message
+        What went wrong.
+    username
+        The hub user whose server failed to start.
+    """
+
+    def __init__(self, message: str, *, username: str | None = None) -> None:
+        super().__init__(message)
+        self.username = username

@@ -1,0 +1,824 @@
+"""Labs on JupyterHub: the hub's REST API, and a lab backend per bot user.
+
+:class:`JupyterHubClient` speaks the part of the hub API Noteburst needs
+(users, the default server, its spawn progress), and :class:`HubLabBackend`
+uses it to implement :class:`~.backend.LabBackend` for one bot user's lab:
+``start`` creates the user and spawns (or finds) its server, ``kernel``
+takes fresh kernels from it through the hub proxy, exactly as
+:class:`~.backend.LocalLabBackend` does on a local server.
+
+The rules come from what was measured (``jupyter-on-loopback.md``):
+
+* The token travels in the ``Authorization: token ...`` header, never in a
+  URL (the hub answers 403) and never as a cookie.  Redirects are not
+  followed: the proxy answers 302 (424 if followed) for a server that is
+  gone, which is :class:`~.exceptions.LabUnavailableError`.
+* Starting a server does not block: with the hub's ``slow_spawn_timeout``
+  at 0 the POST answers 202 at once, and the spawn is followed on the
+  progress event stream, bounded by a timeout.  A spawn that fails there
+  (bad command, server never answering within the spawner's
+  ``http_timeout``) is :class:`LabSpawnError` with the hub's message.
+* Usernames are URL-escaped in routes (G14): the lab URL is taken from the
+  hub's user model, not built from the name.
+* The service token needs the scopes ``admin:users`` (create the bot user),
+  ``servers`` or ``admin:servers`` (start, stop, progress) and
+  ``access:servers`` (use the lab); the same token works on the lab.
+
+A lab is reused across notebooks.  When it disappears (stopped, culled,
+crashed), the kernel in use fails with
+:class:`~.exceptions.LabUnavailableError`, and the next :meth:`kernel` call
+spawns a new lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote, urljoin
+
+import httpx
+
+from .backend import _shutdown_kernel
+from .exceptions import (
+    JupyterError,
+    JupyterWebError,
+    KernelDiedError,
+    KernelStartError,
+    LabSpawnError,
+    LabUnavailableError,
+)
+from .kernel import KernelConnection
+from .protocol import WireProtocol
+from .rest import JupyterRestClient
+
+__all__ = [
+    "HubLabBackend",
+    "JupyterHubClient",
+    "LabSpawnError",
+    "ProgressCallback",
+    "SpawnProgress",
+]
+
+_log = logging.getLogger(__name__)
+
+_UNAVAILABLE_STATUSES: Final = frozenset({502, 503, 504})
+"""Gateway errors: the proxy is up but the hub behind it is not."""
+
+_STOP_POLL_INTERVAL: Final = 0.1
+"""Seconds between looks at a server that is still stopping (the hub has no
+event for the end of a stop)."""
+
+_PROBE_TIMEOUT: Final = 5.0
+"""Upper bound in seconds of the status probe after a kernel failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnProgress:
+    """One event of a spawn's progress stream.
+
+    Attributes
+    ----------
+    progress
+        Percentage the spawner reports (0-100), if any.
+    message
+        Human-readable text, e.g. ``Spawning server...``.
+    ready
+        Whether this is the final event of a successful spawn.
+    failed
+        Whether this is the final event of a failed spawn.
+    url
+        Path of the ready server (``/user/NAME/``), on the ready event.
+    raw
+        The event as the hub sent it.
+    """
+
+    progress: int | None
+    message: str
+    ready: bool = False
+    failed: bool = False
+    url: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> SpawnProgress:
+        """Build the progress from a decoded event-stream ``data`` object."""
+        progress = event.get("progress")
+        url = event.get("url")
+        return cls(
+            progress=int(progress) if isinstance(progress, int | float) else None,
+            message=str(event.get("message") or ""),
+            ready=bool(event.get("ready")),
+            failed=bool(event.get("failed")),
+            url=url if isinstance(url, str) else None,
+            raw=dict(event),
+        )
+
+
+class JupyterHubClient:
+    """Client for the JupyterHub REST API (users and their default server).
+
+    Parameters
+    ----------
+    http
+        Shared HTTP client (not closed here).  Its cookie jar is not used.
+    hub_url
+        Base URL of the hub, under which ``hub/api/`` lives, e.g.
+        ``https://hub.example/`` (the proxy's public URL) or
+        ``http://hub-internal:8081/``.
+    token
+        API token of the service, sent as ``Authorization: token ...``.
+    timeout
+        Timeout in seconds of every request (the progress stream is
+        bounded separately).
+    proxy_url
+        Public URL of the hub proxy, where user servers are reached; the
+        server paths the hub reports (``/user/NAME/``) are joined to it.
+        Defaults to ``hub_url``.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        hub_url: str,
+        token: str,
+        timeout: float,
+        proxy_url: str | None = None,
+    ) -> None:
+        self._http = http
+        self.hub_url = hub_url.rstrip("/") + "/"
+        self.proxy_url = (proxy_url or hub_url).rstrip("/") + "/"
+        self._token = token
+        self.timeout = timeout
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request (to the hub or a lab)."""
+        return {"Authorization": f"token {self._token}"}
+
+    def api_url(self, path: str) -> str:
+        """Return the absolute URL of ``path`` under ``hub/api/``."""
+        return f"{self.hub_url}hub/api/{path.lstrip('/')}"
+
+    async def user(self, name: str) -> dict[str, Any] | None:
+        """Return the user model, or `None` if the user does not exist.
+
+        With ``admin:server_state`` (part of ``admin:servers``) each server's
+        ``state`` is included, e.g. ``{"pid": 1234}`` for local spawners.
+        """
+        response = await self._request("GET", _user_path(name), expected={200, 404})
+        if response.status_code == 404:  # noqa: PLR2004
+            return None
+        return _json_object(response)
+
+    async def ensure_user(self, name: str) -> None:
+        """Create the user unless it exists.
+
+        Raises
+        ------
+        LabUnavailableError
+            If the hub cannot be reached.
+        JupyterWebError
+            If the hub refuses (e.g. the token lacks ``admin:users``).
+        """
+        await self._request("POST", _user_path(name), expected={201, 409})
+
+    async def delete_user(self, name: str) -> None:
+        """Delete the user (the hub stops its servers first); absent is fine."""
+        await self._request("DELETE", _user_path(name), expected={204, 404})
+
+    async def start_server(
+        self, name: str, *, user_options: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Ask the hub to start the user's default server; do not wait for it.
+
+        Parameters
+        ----------
+        name
+            Hub username (the user must exist).
+        user_options
+            Options for the spawner (the JSON body of the request).
+
+        Returns
+        -------
+        bool
+            `True` if a spawn was requested or is already pending (202, or
+            201 if it finished at once), `False` if the server was already
+            running.  A server the hub believed running but that died is
+            noticed here, and spawned again.
+
+        Raises
+        ------
+        LabSpawnError
+            If the hub refuses to start it (unknown user, a stop still
+            pending: ``exc.__cause__`` is the `JupyterWebError`).
+        LabUnavailableError
+            If the hub cannot be reached.
+        """
+        path = f"{_user_path(name)}/server"
+        body = dict(user_options) if user_options else None
+        try:
+            response = await self._request(
+                "POST", path, json=body, expected={201, 202, 400}
+            )
+        except LabUnavailableError:
+            raise
+        except JupyterWebError as exc:
+            raise LabSpawnError(
+                f"hub refused to start the server of {name}: {exc}", username=name
+            ) from exc
+        if response.status_code != 400:  # noqa: PLR2004
+            return True
+        message = _hub_message(response)
+        if "already running" in message:
+            return False
+        error = JupyterWebError.from_response(response)
+        raise LabSpawnError(
+            f"hub refused to start the server of {name}: {message}", username=name
+        ) from error
+
+    async def follow_spawn(
+        self,
+        name: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the bound spans many awaits and yields
+    ) -> AsyncGenerator[SpawnProgress, None]:
+        """Yield the progress events of the user's spawn until it is ready.
+
+        The last event yielded is the ready one; a server that is already
+        running gives just that event.  Consume it with
+        `contextlib.aclosing` if you may stop early.
+
+        Parameters
+        ----------
+        name
+            Hub username.
+        timeout
+            Seconds the whole spawn may take (time spent by the consumer
+            between events counts too).
+
+        Raises
+        ------
+        LabSpawnError
+            If the spawn failed (the hub's message), did not finish within
+            ``timeout``, or is not happening (never started, or stopped).
+        LabUnavailableError
+            If the hub cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        url = self.api_url(f"{_user_path(name)}/server/progress")
+        request = self._http.build_request(
+            "GET",
+            url,
+            headers={**self.auth_headers, "Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self.timeout, read=None),
+        )
+        request.headers.pop("Cookie", None)
+        last: SpawnProgress | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._http.send(
+                        request, stream=True, follow_redirects=False
+                    )
+                    stack.push_async_callback(response.aclose)
+                    if response.status_code != 200:  # noqa: PLR2004
+                        await response.aread()
+                        raise _progress_refused(name, response)
+                events = await stack.enter_async_context(
+                    contextlib.aclosing(_sse_events(response.aiter_lines()))
+                )
+                while True:
+                    async with asyncio.timeout_at(deadline):
+                        data = await anext(events, None)
+                    if data is None:
+                        raise LabSpawnError(
+                            f"progress stream of {name} ended before the server "
+                            f"was ready (last: {_describe(last)})",
+                            username=name,
+                        )
+                    event = _parse_event(data)
+                    if event is None:
+                        continue
+                    last = event
+                    if event.failed:
+                        raise LabSpawnError(
+                            event.message or f"spawn of {name} failed", username=name
+                        )
+                    yield event
+                    if event.ready:
+                        return
+        except TimeoutError as exc:
+            raise LabSpawnError(
+                f"server of {name} not ready after {timeout} s "
+                f"(last progress: {_describe(last)})",
+                username=name,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise LabUnavailableError.from_exception(exc) from exc
+        except httpx.HTTPError as exc:
+            raise JupyterWebError.from_exception(exc) from exc
+
+    async def server_url(self, name: str) -> str | None:
+        """Return the URL of the user's default server if it is ready.
+
+        The path comes from the user model (``servers[""].url``, URL-escaped
+        by the hub), joined with ``proxy_url``.  `None` if the user does not
+        exist or the server is not running or not ready yet.
+        """
+        user = await self.user(name)
+        servers = user.get("servers") if user else None
+        server = servers.get("") if isinstance(servers, dict) else None
+        if not isinstance(server, dict) or not server.get("ready"):
+            return None
+        path = server.get("url")
+        if not isinstance(path, str) or not path:
+            return None
+        return urljoin(self.proxy_url, path)
+
+    async def stop_server(self, name: str) -> bool:
+        """Stop the user's default server (a pending spawn is cancelled).
+
+        Returns
+        -------
+        bool
+            `True` if the server is stopped (or was not running, or the user
+            does not exist), `False` if the stop is still in progress (202).
+        """
+        response = await self._request(
+            "DELETE", f"{_user_path(name)}/server", expected={202, 204, 404}
+        )
+        return response.status_code != 202  # noqa: PLR2004
+
+    async def server_pending(self, name: str) -> str | None:
+        """Return the pending action of the default server (``spawn``, ``stop``)."""
+        user = await self.user(name)
+        servers = user.get("servers") if user else None
+        server = servers.get("") if isinstance(servers, dict) else None
+        pending = server.get("pending") if isinstance(server, dict) else None
+        return pending if isinstance(pending, str) else None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        expected: set[int],
+        json: Any = None,
+    ) -> httpx.Response:
+        request = self._http.build_request(
+            method,
+            self.api_url(path),
+            json=json,
+            headers=self.auth_headers,
+            timeout=self.timeout,
+        )
+        request.headers.pop("Cookie", None)
+        try:
+            response = await self._http.send(request, follow_redirects=False)
+        except httpx.TransportError as exc:
+            raise LabUnavailableError.from_exception(exc) from exc
+        except httpx.HTTPError as exc:
+            raise JupyterWebError.from_exception(exc) from exc
+        if response.status_code in expected:
+            return response
+        if response.status_code in _UNAVAILABLE_STATUSES:
+            raise LabUnavailableError.from_response(
+                response, f"JupyterHub unavailable (HTTP {response.status_code})"
+            )
+        raise JupyterWebError.from_response(response)
+
+
+ProgressCallback = Callable[[SpawnProgress], Awaitable[None]]
+
+
+class HubLabBackend:
+    """Kernels from one bot user's lab on JupyterHub.
+
+    Parameters
+    ----------
+    http
+        Shared HTTP client (not closed by the backend).
+    hub_url
+        Base URL of the hub (``hub/api/`` lives under it).
+    token
+        Service token with ``admin:users``, ``admin:servers`` (or
+        ``servers``) and ``access:servers``; used on the lab as well.
+    username
+        The bot user whose default server is the lab (``[a-z0-9-]``).
+    proxy_url
+        Public URL of the hub proxy; defaults to ``hub_url``.
+    spawn_timeout
+        Seconds a spawn (request, progress, first answer) may take.
+    kernel_start_timeout
+        Seconds a kernel may take from creation until its websocket is open.
+    request_timeout
+        Timeout in seconds of each REST request (hub and lab).
+    shutdown_timeout
+        Seconds :meth:`aclose` waits for background kernel shutdowns.
+    wire_protocol
+        Preferred kernel websocket framing.
+    user_options
+        Spawner options sent with each spawn request.
+    on_progress
+        Awaited with every spawn progress event (including the final ready
+        one); keep it quick, it runs inside the spawn timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        hub_url: str,
+        token: str,
+        username: str,
+        proxy_url: str | None = None,
+        spawn_timeout: float = 120,
+        kernel_start_timeout: float = 60,
+        request_timeout: float = 30,
+        shutdown_timeout: float = 10,
+        wire_protocol: WireProtocol = WireProtocol.V1,
+        user_options: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self._http = http
+        self._token = token
+        self.username = username
+        self.spawn_timeout = spawn_timeout
+        self.kernel_start_timeout = kernel_start_timeout
+        self.request_timeout = request_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.wire_protocol = wire_protocol
+        self.user_options = dict(user_options) if user_options else None
+        self.on_progress = on_progress
+        self.hub = JupyterHubClient(
+            http=http,
+            hub_url=hub_url,
+            token=token,
+            timeout=request_timeout,
+            proxy_url=proxy_url,
+        )
+        self._rest: JupyterRestClient | None = None
+        self._lab_lock = asyncio.Lock()
+        self._spawns = 0
+        self._last_progress: SpawnProgress | None = None
+        # Same bookkeeping as LocalLabBackend (see the report for sharing it).
+        self._shutdowns: set[asyncio.Task[None]] = set()
+
+    @property
+    def rest(self) -> JupyterRestClient:
+        """REST client of the current lab (after :meth:`start`)."""
+        if self._rest is None:
+            raise JupyterError("HubLabBackend has no lab: call start()")
+        return self._rest
+
+    @property
+    def lab_url(self) -> str | None:
+        """Base URL of the current lab, if the backend has one."""
+        return self._rest.base_url if self._rest else None
+
+    @property
+    def spawns(self) -> int:
+        """How many spawns this backend has requested (finding one running is none)."""
+        return self._spawns
+
+    @property
+    def pending_shutdowns(self) -> int:
+        """Number of kernel shutdowns still running in the background."""
+        return len(self._shutdowns)
+
+    async def start(self) -> None:
+        """Make sure the bot user exists and its lab runs and answers.
+
+        Idempotent while the lab is known to be up; spawns a new lab if the
+        previous one was found gone.
+
+        Raises
+        ------
+        LabSpawnError
+            If the spawn fails or does not finish within ``spawn_timeout``.
+        LabUnavailableError
+            If the hub, or the new lab, cannot be reached.
+        """
+        await self._lab()
+
+    async def kernel_names(self) -> list[str]:
+        """Return the kernelspec names the lab offers (spawning it if needed)."""
+        rest = await self._lab()
+        try:
+            return await rest.kernelspecs()
+        except JupyterWebError:
+            if not await self._lab_is_gone(rest):
+                raise
+            self._forget_lab(rest)
+            return await (await self._lab()).kernelspecs()
+
+    def kernel(
+        self, kernel_name: str
+    ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
+        """Start a fresh kernel in the lab and open its websocket.
+
+        If the lab is gone (found now, or by an earlier failure), a new one
+        is spawned first.
+
+        Parameters
+        ----------
+        kernel_name
+            Kernelspec name, e.g. ``python3``.
+
+        Returns
+        -------
+        contextlib.AbstractAsyncContextManager[KernelConnection]
+            Yields the open connection; on exit (also on error or
+            cancellation) closes it and shuts the kernel down in the
+            background.  If the block fails because the lab went away
+            (including a kernel reported dead because its server stopped),
+            the error is `LabUnavailableError` and the next call spawns a
+            new lab.
+
+        Raises
+        ------
+        KernelStartError
+            If the kernel cannot be started (unknown name, start timeout).
+        LabUnavailableError
+            If the lab is gone (and could not be replaced).
+        LabSpawnError
+            If a new lab was needed and could not be spawned.
+        """
+        return self._kernel(kernel_name)
+
+    @contextlib.asynccontextmanager
+    async def _kernel(self, kernel_name: str) -> AsyncIterator[KernelConnection]:
+        rest = await self._lab()
+        try:
+            kernel_id = await rest.create_kernel(kernel_name)
+        except JupyterWebError:
+            # A stopped lab answers a GET with 302, but a POST reaches the
+            # hub itself, which refuses it with 403 (no XSRF token): ask.
+            if not await self._lab_is_gone(rest):
+                raise
+            self._forget_lab(rest)
+            rest = await self._lab()
+            kernel_id = await rest.create_kernel(kernel_name)
+        conn: KernelConnection | None = None
+        try:
+            conn = await KernelConnection.open(
+                rest,
+                kernel_id,
+                wire_protocol=self.wire_protocol,
+                open_timeout=self.kernel_start_timeout,
+            )
+            yield conn
+        except (LabUnavailableError, KernelDiedError, KernelStartError) as exc:
+            if not await self._lab_is_gone(rest):
+                raise
+            self._forget_lab(rest)
+            if isinstance(exc, LabUnavailableError):
+                raise
+            raise LabUnavailableError(
+                f"lab of {self.username} went away: {exc}", url=rest.base_url
+            ) from exc
+        finally:
+            self._retire(rest, kernel_id, conn)
+
+    async def aclose(self, stop_lab: bool = True) -> None:
+        """Wait (bounded) for background kernel shutdowns, then stop the lab.
+
+        Parameters
+        ----------
+        stop_lab
+            Whether to stop the bot user's server; `False` leaves it running
+            for the next backend (or the hub's culler).
+        """
+        try:
+            if self._shutdowns:
+                _done, pending = await asyncio.wait(
+                    set(self._shutdowns), timeout=self.shutdown_timeout
+                )
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    _log.warning(
+                        "%d kernel shutdowns did not finish in time", len(pending)
+                    )
+                    await asyncio.wait(pending)
+        finally:
+            had_lab, self._rest = self._rest is not None, None
+            if stop_lab and (had_lab or self._spawns):
+                try:
+                    await self.hub.stop_server(self.username)
+                except JupyterError as exc:
+                    _log.warning("Could not stop the lab of %s: %s", self.username, exc)
+
+    # -- internals -----------------------------------------------------------
+
+    async def _lab(self) -> JupyterRestClient:
+        """Return the lab's REST client, spawning the lab if there is none."""
+        rest = self._rest
+        if rest is not None:
+            return rest
+        async with self._lab_lock:
+            if self._rest is None:
+                self._rest = await self._spawn_lab()
+            return self._rest
+
+    async def _spawn_lab(self) -> JupyterRestClient:
+        """Spawn (or find) the lab, bounded by ``spawn_timeout``."""
+        name = self.username
+        self._last_progress = None
+        try:
+            async with asyncio.timeout(self.spawn_timeout) as scope:
+                return await self._spawn_lab_unbounded(scope)
+        except TimeoutError as exc:
+            await self._cancel_spawn()
+            raise LabSpawnError(
+                f"lab of {name} not ready after {self.spawn_timeout} s "
+                f"(last progress: {_describe(self._last_progress)})",
+                username=name,
+            ) from exc
+        except LabSpawnError:
+            await self._cancel_spawn()
+            raise
+
+    async def _spawn_lab_unbounded(self, scope: asyncio.Timeout) -> JupyterRestClient:
+        hub, name = self.hub, self.username
+        await hub.ensure_user(name)
+        if await self._request_spawn():
+            self._spawns += 1
+        deadline = scope.when()
+        assert deadline is not None
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        # follow_spawn bounds itself (and says so in its error); the
+        # enclosing scope is the backstop for the whole start.
+        async with contextlib.aclosing(
+            hub.follow_spawn(name, timeout=remaining)
+        ) as events:
+            async for event in events:
+                self._last_progress = event
+                if self.on_progress is not None:
+                    await self.on_progress(event)
+        url = await hub.server_url(name)
+        if url is None:
+            raise LabUnavailableError(
+                f"hub reported the lab of {name} ready, but it has no URL"
+            )
+        rest = JupyterRestClient(
+            http=self._http,
+            base_url=url,
+            token=self._token,
+            timeout=self.request_timeout,
+        )
+        await rest.status()
+        _log.info("Lab of %s ready at %s", name, rest.base_url)
+        return rest
+
+    async def _request_spawn(self) -> bool:
+        """POST the spawn; if a stop is still pending, wait for it first."""
+        while True:
+            try:
+                return await self.hub.start_server(
+                    self.username, user_options=self.user_options
+                )
+            except LabSpawnError as exc:
+                cause = exc.__cause__
+                stopping = (
+                    isinstance(cause, JupyterWebError)
+                    and cause.status == 400  # noqa: PLR2004
+                    and "pending stop" in str(cause)
+                )
+                if not stopping:
+                    raise
+            # The hub signals nothing when a stop ends: poll, bounded by the
+            # caller's spawn timeout.
+            while True:
+                if await self.hub.server_pending(self.username) != "stop":
+                    break
+                await asyncio.sleep(_STOP_POLL_INTERVAL)
+
+    async def _cancel_spawn(self) -> None:
+        """Stop a spawn that failed or timed out (best effort, bounded)."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await self.hub.stop_server(self.username)
+        except (JupyterError, TimeoutError) as exc:
+            _log.warning("Could not cancel the spawn of %s: %s", self.username, exc)
+
+    def _forget_lab(self, rest: JupyterRestClient) -> None:
+        """Drop ``rest`` as the current lab (unless it was already replaced)."""
+        if self._rest is rest:
+            _log.warning("Lab of %s at %s is gone", self.username, rest.base_url)
+            self._rest = None
+
+    async def _lab_is_gone(self, rest: JupyterRestClient) -> bool:
+        if self._rest is not rest:
+            return True
+        try:
+            async with asyncio.timeout(min(self.request_timeout, _PROBE_TIMEOUT)):
+                await rest.status()
+        except LabUnavailableError:
+            return True
+        except (JupyterError, TimeoutError):
+            return False
+        return False
+
+    def _retire(
+        self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
+    ) -> None:
+        if self._rest is rest:
+            coro = _shutdown_kernel(rest, kernel_id, conn)
+        elif conn is not None:
+            coro = conn.aclose()  # the lab is gone: nothing to DELETE
+        else:
+            return
+        task = asyncio.create_task(coro, name=f"kernel-shutdown-{kernel_id}")
+        self._shutdowns.add(task)
+        task.add_done_callback(self._shutdowns.discard)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _user_path(name: str) -> str:
+    return f"users/{quote(name, safe='')}"
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """Yield the ``data`` of each server-sent event (blank keepalives too)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        # "event:", "id:", "retry:" and ":" comments carry nothing we need.
+    if data:
+        yield "\n".join(data)
+
+
+def _parse_event(data: str) -> SpawnProgress | None:
+    if not data.strip():
+        return None  # keepalive
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError:
+        _log.warning("Undecodable spawn progress event: %.200s", data)
+        return None
+    if not isinstance(event, dict):
+        return None
+    return SpawnProgress.from_event(event)
+
+
+def _hub_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:500]
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return response.text[:500]
+
+
+def _progress_refused(name: str, response: httpx.Response) -> JupyterError:
+    if response.status_code in _UNAVAILABLE_STATUSES:
+        return LabUnavailableError.from_response(
+            response, f"JupyterHub unavailable (HTTP {response.status_code})"
+        )
+    if response.status_code in {400, 404}:
+        error = LabSpawnError(
+            f"server of {name} is not starting: {_hub_message(response)}",
+            username=name,
+        )
+        error.__cause__ = JupyterWebError.from_response(response)
+        return error
+    return JupyterWebError.from_response(response)
+
+
+def _describe(event: SpawnProgress | None) -> str:
+    if event is None:
+        return "none"
+    return f"{event.progress}% {event.message}"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        value = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise JupyterWebError.from_response(
+            response, f"response is not JSON: {exc}"
+        ) from exc
+    if not isinstance(value, dict):
+        raise JupyterWebError.from_response(response, "response is not a JSON object")
+    return value

@@ -1,0 +1,393 @@
+"""HubLabBackend and JupyterHubClient against a real JupyterHub.
+
+One hub runs for the session (``tests.support.hub``); each test uses its own
+bot users, so labs are never shared between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nbformat
+import pytest
+import pytest_asyncio
+
+from noteburst.jupyter.backend import LabBackend
+from noteburst.jupyter.exceptions import KernelStartError, LabUnavailableError
+from noteburst.jupyter.execute import execute_notebook
+from noteburst.jupyter.hub import (
+    HubLabBackend,
+    JupyterHubClient,
+    LabSpawnError,
+    SpawnProgress,
+)
+from tests.support.hub import HubInfo
+
+WAIT = 60
+"""Upper bound of any one step that spawns a lab or runs a notebook."""
+LAB_GONE_WITHIN = 15
+"""A lab that disappears must surface as an error within this many seconds."""
+
+
+def bot_name() -> str:
+    return f"bot-{uuid.uuid4().hex[:10]}"
+
+
+def make_backend(
+    http: httpx.AsyncClient, hub: HubInfo, username: str, **kwargs: Any
+) -> HubLabBackend:
+    options: dict[str, Any] = {
+        "spawn_timeout": 30,
+        "kernel_start_timeout": 30,
+        "request_timeout": 10,
+    }
+    options.update(kwargs)
+    return HubLabBackend(
+        http=http,
+        hub_url=hub.hub_url,
+        proxy_url=hub.proxy_url,
+        token=hub.token,
+        username=username,
+        **options,
+    )
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def hub_client(
+    http: httpx.AsyncClient, jupyterhub: HubInfo
+) -> AsyncIterator[JupyterHubClient]:
+    yield JupyterHubClient(
+        http=http, hub_url=jupyterhub.hub_url, token=jupyterhub.token, timeout=10
+    )
+
+
+async def server_pid(hub: JupyterHubClient, name: str) -> int:
+    user = await hub.user(name)
+    assert user is not None
+    pid = user["servers"][""]["state"]["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+async def delete_users(hub: JupyterHubClient, *names: str) -> None:
+    async with asyncio.timeout(WAIT):
+        for name in names:
+            await hub.delete_user(name)
+
+
+def small_notebook(*sources: str) -> nbformat.NotebookNode:
+    nb: nbformat.NotebookNode = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in sources]
+    )
+    return nb
+
+
+@pytest.mark.asyncio
+async def test_spawn_execute_and_reuse_the_lab(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    name = bot_name()
+    events: list[SpawnProgress] = []
+
+    async def record(event: SpawnProgress) -> None:
+        events.append(event)
+
+    backend = make_backend(http, jupyterhub, name, on_progress=record)
+    assert isinstance(backend, LabBackend)
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(WAIT):
+            await backend.start()
+        spawn_seconds = time.monotonic() - started
+        print(f"spawn took {spawn_seconds:.2f} s")
+        assert backend.spawns == 1
+        assert events, "no progress events"
+        assert events[-1].ready
+        assert events[-1].url == f"/user/{name}/"
+        assert any(not event.ready for event in events), events
+        assert backend.lab_url == f"{jupyterhub.proxy_url}user/{name}/"
+        assert await hub_client.server_url(name) == backend.lab_url
+
+        await backend.start()  # idempotent: no second spawn
+        assert "python3" in await backend.kernel_names()
+
+        async with asyncio.timeout(WAIT):
+            async with backend.kernel("python3") as first:
+                nb = small_notebook("leak = 1", "print('hello', leak)")
+                assert await execute_notebook(first, nb) is None
+                assert nb.cells[1].outputs[0].text == "hello 1\n"
+            async with backend.kernel("python3") as second:
+                assert second.kernel_id != first.kernel_id
+                nb = small_notebook("'leak' in dir()")
+                assert await execute_notebook(second, nb) is None
+                assert nb.cells[0].outputs[0].data["text/plain"] == "False"
+        assert backend.spawns == 1  # the lab was reused
+
+        with pytest.raises(KernelStartError):  # the lab stays usable
+            async with asyncio.timeout(WAIT), backend.kernel("no-such-kernel"):
+                pass
+        assert backend.lab_url is not None
+
+        lab_url = backend.lab_url
+        async with asyncio.timeout(WAIT):
+            await backend.aclose(stop_lab=False)
+        assert backend.pending_shutdowns == 0
+        assert await hub_client.server_url(name) == lab_url  # left running
+
+        # Another backend for the same bot user finds the lab: no spawn.
+        backend = make_backend(http, jupyterhub, name, on_progress=record)
+        events.clear()
+        async with asyncio.timeout(WAIT):
+            async with backend.kernel("python3") as conn:
+                nb = small_notebook("1 + 1")
+                assert await execute_notebook(conn, nb) is None
+            assert backend.spawns == 0
+            assert backend.lab_url == lab_url
+            assert [event.ready for event in events] == [True]
+            await backend.aclose()
+        assert await hub_client.server_url(name) is None  # stopped
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
+
+
+@pytest.mark.asyncio
+async def test_two_bot_users_at_once(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    names = [bot_name(), bot_name()]
+    backends = [make_backend(http, jupyterhub, name) for name in names]
+
+    async def run(backend: HubLabBackend) -> str:
+        async with backend.kernel("python3") as conn:
+            nb = small_notebook("import os", "os.environ['HOME']")
+            assert await execute_notebook(conn, nb) is None
+            home: str = nb.cells[1].outputs[0].data["text/plain"]
+            return home.strip("'")
+
+    try:
+        async with asyncio.timeout(WAIT):
+            homes = await asyncio.gather(*(run(backend) for backend in backends))
+        assert homes == [str(jupyterhub.homes / name) for name in names]
+        assert [backend.spawns for backend in backends] == [1, 1]
+        assert backends[0].lab_url != backends[1].lab_url
+    finally:
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*(backend.aclose() for backend in backends))
+        await delete_users(hub_client, *names)
+
+
+async def stop_with_hub_api(hub: JupyterHubClient, name: str) -> None:
+    assert await hub.stop_server(name)
+
+
+async def kill_server_process(hub: JupyterHubClient, name: str) -> None:
+    os.kill(await server_pid(hub, name), signal.SIGKILL)
+
+
+Kill = Callable[[JupyterHubClient, str], Awaitable[None]]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kill", [stop_with_hub_api, kill_server_process])
+async def test_lab_gone_mid_execution_then_next_kernel_respawns(
+    http: httpx.AsyncClient,
+    jupyterhub: HubInfo,
+    hub_client: JupyterHubClient,
+    kill: Kill,
+) -> None:
+    name = bot_name()
+    backend = make_backend(http, jupyterhub, name)
+    try:
+        async with asyncio.timeout(WAIT):
+            await backend.start()
+        first_pid = await server_pid(hub_client, name)
+        sleeping = asyncio.Event()
+
+        async def cell_started(index: int) -> None:
+            if index == 1:
+                sleeping.set()
+
+        nb = small_notebook("x = 1", "import time; time.sleep(120)")
+        raw: list[BaseException] = []
+        killed = 0.0
+
+        async def run_and_lose_the_lab() -> None:
+            nonlocal killed
+            async with asyncio.timeout(WAIT), backend.kernel("python3") as conn:
+                run = asyncio.create_task(
+                    execute_notebook(conn, nb, on_cell_started=cell_started)
+                )
+                await sleeping.wait()
+                await kill(hub_client, name)
+                killed = time.monotonic()
+                try:
+                    async with asyncio.timeout(LAB_GONE_WITHIN):
+                        await run
+                except BaseException as exc:
+                    raw.append(exc)
+                    raise
+
+        with pytest.raises(LabUnavailableError) as caught:
+            await run_and_lose_the_lab()
+        noticed = time.monotonic() - killed
+        print(
+            f"{kill.__name__}: execute_notebook raised {raw[0]!r} after "
+            f"{noticed:.2f} s; the backend raised {caught.value!r}"
+        )
+        assert noticed < LAB_GONE_WITHIN
+        assert backend.lab_url is None  # forgotten: the next kernel respawns
+
+        async with asyncio.timeout(WAIT), backend.kernel("python3") as conn:
+            nb = small_notebook("1 + 1")
+            assert await execute_notebook(conn, nb) is None
+            assert nb.cells[0].outputs[0].data["text/plain"] == "2"
+        assert backend.spawns == 2
+        second_pid = await server_pid(hub_client, name)
+        assert second_pid != first_pid
+
+        # A lab lost between executions is noticed by the next kernel().
+        await kill(hub_client, name)
+        async with asyncio.timeout(WAIT), backend.kernel("python3") as conn:
+            nb = small_notebook("2 + 2")
+            assert await execute_notebook(conn, nb) is None
+            assert nb.cells[0].outputs[0].data["text/plain"] == "4"
+        assert backend.spawns == 3
+        assert await server_pid(hub_client, name) not in {first_pid, second_pid}
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
+
+
+@pytest.mark.asyncio
+async def test_hub_client_spawn_cycle(hub_client: JupyterHubClient) -> None:
+    name = bot_name()
+    try:
+        async with asyncio.timeout(WAIT):
+            assert await hub_client.user(name) is None
+            assert await hub_client.server_url(name) is None
+            await hub_client.ensure_user(name)
+            await hub_client.ensure_user(name)  # 409: fine
+            with pytest.raises(LabSpawnError, match="not starting"):
+                async for _event in hub_client.follow_spawn(name, timeout=5):
+                    pass
+            assert await hub_client.start_server(name) is True
+            assert await hub_client.start_server(name) is True  # still pending
+            events = [
+                event async for event in hub_client.follow_spawn(name, timeout=30)
+            ]
+            assert events[-1].ready
+            assert all(not event.failed for event in events)
+            assert await hub_client.start_server(name) is False  # running
+            ready = [event async for event in hub_client.follow_spawn(name, timeout=5)]
+            assert len(ready) == 1  # already running: at once
+            assert ready[0].ready
+            url = await hub_client.server_url(name)
+            assert url == f"{hub_client.proxy_url}user/{name}/"
+            assert await hub_client.stop_server(name) is True
+            assert await hub_client.server_url(name) is None
+    finally:
+        await delete_users(hub_client, name)
+
+
+@dataclass(frozen=True)
+class SpawnFailure:
+    user_options: dict[str, Any]
+    spawn_timeout: float
+    message: str
+    progress: bool
+    """Whether progress events arrive before the failure."""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            SpawnFailure(
+                {"cmd": ["/nonexistent/jupyterhub-singleuser"]},
+                spawn_timeout=30,
+                message="Spawn failed: .*No such file or directory",
+                progress=False,  # fails before the progress stream is read
+            ),
+            id="missing-command",
+        ),
+        pytest.param(
+            SpawnFailure(
+                {
+                    "cmd": [sys.executable, "-c", "raise SystemExit(3)"],
+                    "http_timeout": 2,
+                },
+                spawn_timeout=30,
+                message="Spawn failed: .*didn't respond in 2 seconds",
+                progress=True,
+            ),
+            id="server-exits",
+        ),
+        pytest.param(
+            SpawnFailure(
+                {"cmd": [sys.executable, "-c", "import time; time.sleep(60)"]},
+                spawn_timeout=1.5,
+                message="not ready after 1.5 s",
+                progress=True,
+            ),
+            id="spawn-timeout",
+        ),
+    ],
+)
+async def test_spawn_failure(
+    http: httpx.AsyncClient,
+    jupyterhub: HubInfo,
+    hub_client: JupyterHubClient,
+    case: SpawnFailure,
+) -> None:
+    name = bot_name()
+    events: list[SpawnProgress] = []
+
+    async def record(event: SpawnProgress) -> None:
+        events.append(event)
+
+    backend = make_backend(
+        http,
+        jupyterhub,
+        name,
+        user_options=case.user_options,
+        spawn_timeout=case.spawn_timeout,
+        on_progress=record,
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(LabSpawnError, match=case.message) as caught:
+            async with asyncio.timeout(WAIT):
+                await backend.start()
+        elapsed = time.monotonic() - started
+        print(f"{caught.value} after {elapsed:.2f} s")
+        assert elapsed < case.spawn_timeout + 10  # + cancelling a pending spawn
+        assert caught.value.username == name
+        assert bool(events) == case.progress, events
+        assert not any(event.ready for event in events)
+        assert backend.lab_url is None
+        async with asyncio.timeout(WAIT):
+            assert await hub_client.server_pending(name) is None  # nothing left
+            assert await hub_client.server_url(name) is None
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
