@@ -187,7 +187,13 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
         # A private instance: its own data folder, so it can never pick up
         # (and "recover") executions of a `noteburst serve` on this machine.
-        config = Config(data_dir=Path(data_dir), database_url=None, redis_url=None)
+        # One notebook: a warm kernel would only be started to be thrown away.
+        config = Config(
+            data_dir=Path(data_dir),
+            database_url=None,
+            redis_url=None,
+            warm_kernels={},
+        )
         _stderr.print("[dim]starting an embedded Noteburst…[/dim]")
         async with serve_in_background(config) as (url, server_task):
             client = asyncio.create_task(

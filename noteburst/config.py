@@ -114,6 +114,21 @@ class Config(BaseSettings):
         DEFAULT_KERNEL_NAME,
         description="Kernel used when neither the request nor the notebook names one.",
     )
+    warm_kernels: dict[str, int] = Field(
+        default_factory=lambda: {"python3": 1},
+        description=(
+            "Started kernels each worker keeps ready per kernel name (JSON "
+            'object, e.g. {"python3": 2}); an execution takes one and a '
+            "replacement starts in the background. {} turns the pool off."
+        ),
+    )
+    warm_up_code: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Code run in each pooled kernel before it is handed out, per "
+            'kernel name (JSON object, e.g. {"python3": "import numpy"}).'
+        ),
+    )
     kernel_start_timeout: float = Field(
         60.0, gt=0, description="Seconds to wait for a kernel to start."
     )

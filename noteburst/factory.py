@@ -16,6 +16,7 @@ context there with :meth:`ProcessContext.for_worker`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -26,10 +27,12 @@ from pathlib import Path
 
 import dramatiq
 import httpx
+import structlog
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
 from .jupyter.backend import LabBackend, LocalLabBackend
+from .jupyter.exceptions import JupyterError
 from .jupyter.hub import HubLabBackend
 from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
@@ -40,6 +43,9 @@ from .storage.events import EventBus, LocalEventBus, PostgresEventBus
 from .storage.taskqueue import TaskQueue, build_broker
 
 __all__ = ["Factory", "ProcessContext", "create_broker", "discover_kernel_names"]
+
+
+_logger = structlog.get_logger("noteburst.factory")
 
 
 def create_broker(config: Config) -> dramatiq.Broker:
@@ -178,8 +184,12 @@ class ProcessContext:
                     start_timeout=config.jupyter_start_timeout,
                     kernel_start_timeout=config.kernel_start_timeout,
                     request_timeout=config.http_timeout,
+                    warm_kernels=config.warm_kernels,
+                    warm_up_code=config.warm_up_code,
                 )
             await backend.start()
+            if isinstance(backend, LocalLabBackend):
+                await _wait_for_warm_kernels(backend, config.kernel_start_timeout)
             stack.push_async_callback(backend.aclose)
         except BaseException:
             await stack.aclose()
@@ -197,6 +207,17 @@ class ProcessContext:
     async def aclose(self) -> None:
         """Release every resource, in reverse order of creation."""
         await self._closers.aclose()
+
+
+async def _wait_for_warm_kernels(backend: LocalLabBackend, limit: float) -> None:
+    """Let the first executions find warm kernels; never fail start over it."""
+    if backend.pool is None:
+        return
+    try:
+        async with asyncio.timeout(limit):
+            await backend.pool.wait_full()
+    except (TimeoutError, JupyterError) as exc:
+        _logger.warning("Warm kernel pool not ready; starting anyway", error=str(exc))
 
 
 async def _hub_backend(

@@ -338,3 +338,39 @@ async def test_only_graphql_transport_ws_is_spoken(
                 await asyncio.wait_for(ws.recv(), 30)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4406
+
+
+@pytest.mark.asyncio
+async def test_warm_kernels_are_fresh_and_warmed_up(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        warm_kernels={"python3": 1},
+        warm_up_code={"python3": "import colorsys\n_warmed = True"},
+    )
+    source = notebook(
+        "import os, sys; leaked = 'mine' in globals(); mine = 1",
+        "print(os.getpid(), 'colorsys' in sys.modules, "
+        "globals().get('_warmed', False), leaked)",
+    )
+    async with running(config) as nb:
+        seen = []
+        for run in range(3):
+            submitted = await nb.submit(source)
+            events = await asyncio.wait_for(nb.watch(submitted["id"], after=0), 120)
+            assert events[-1]["status"] == "SUCCEEDED", events[-1]
+            fetched = await nb.get(submitted["id"])
+            assert fetched is not None
+            cells = fetched["notebook"]["cells"]
+            assert cells[0]["execution_count"] == 1
+            pid, warmed_import, warmed, leaked = cells[1]["outputs"][0]["text"].split()
+            assert leaked == "False"
+            if run == 0:
+                # The worker waited for its pool at start, so the first
+                # execution surely got a warmed-up kernel; later ones may
+                # race the refill and start cold, by design.
+                assert (warmed_import, warmed) == ("True", "True")
+            seen.append(pid)
+    assert len(set(seen)) == 3, "a kernel served two executions"

@@ -44,6 +44,7 @@ from .exceptions import (
 from .execute import CellFailure, execute_notebook
 from .kernel import KernelConnection
 from .local import LocalJupyterServer
+from .pool import KernelPool, PoolStats
 from .protocol import NotebookOutputFolder, WireProtocol
 from .rest import JupyterRestClient
 
@@ -55,6 +56,7 @@ __all__ = [
     "JupyterWebError",
     "KernelConnection",
     "KernelDiedError",
+    "KernelPool",
     "KernelProtocolError",
     "KernelStartError",
     "LabBackend",
@@ -62,6 +64,7 @@ __all__ = [
     "LocalJupyterServer",
     "LocalLabBackend",
     "NotebookOutputFolder",
+    "PoolStats",
     "WireProtocol",
     "execute_notebook",
 ]

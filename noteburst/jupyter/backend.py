@@ -11,6 +11,11 @@ Kernels are shut down in the background: a kernel DELETE usually takes
 ~0.1 s but sometimes ~3.5 s, which does not belong on the response path.
 The backend tracks these shutdowns and :meth:`LabBackend.aclose` waits for
 them, bounded.  A backend is used from one event loop.
+
+:class:`LocalLabBackend` can keep a :class:`~.pool.KernelPool` of started,
+warmed-up kernels per kernel name (``warm_kernels``), so that ``kernel()``
+hands out a ready connection without waiting for a start; when the pool is
+empty it starts one on demand, as without a pool.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
@@ -27,6 +32,7 @@ import httpx
 from .exceptions import JupyterError, JupyterWebError
 from .kernel import KernelConnection
 from .local import LocalJupyterServer
+from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
 
@@ -90,6 +96,18 @@ class LocalLabBackend:
         Seconds :meth:`aclose` waits for background kernel shutdowns.
     wire_protocol
         Preferred kernel websocket framing.
+    warm_kernels
+        Number of started kernels to keep ready per kernel name (see
+        :class:`~.pool.KernelPool`); `None` or 0 for none (start on demand).
+        :meth:`start` begins filling the pool without waiting for it; await
+        ``backend.pool.wait_full()`` (under `asyncio.timeout`) to wait.
+    warm_up_code
+        Code run (silently, outside the history) in each pooled kernel of a
+        kernel name before it is handed out, e.g. ``import numpy``.
+    warm_up_max_failures
+        Consecutive failed pooled starts (warm-up errors included) after
+        which a kernel name's pool gives up and kernels are started on
+        demand.
     """
 
     def __init__(
@@ -104,6 +122,9 @@ class LocalLabBackend:
         request_timeout: float = 30,
         shutdown_timeout: float = 10,
         wire_protocol: WireProtocol = WireProtocol.V1,
+        warm_kernels: Mapping[str, int] | None = None,
+        warm_up_code: Mapping[str, str] | None = None,
+        warm_up_max_failures: int = 5,
     ) -> None:
         self._http = http
         self.root_dir = root_dir
@@ -117,6 +138,17 @@ class LocalLabBackend:
         self._server: LocalJupyterServer | None = None
         self._rest: JupyterRestClient | None = None
         self._shutdowns: set[asyncio.Task[None]] = set()
+        self.warm_kernels = {
+            name: size for name, size in (warm_kernels or {}).items() if size > 0
+        }
+        self.warm_up_code = dict(warm_up_code or {})
+        self.warm_up_max_failures = warm_up_max_failures
+        self._pool: KernelPool | None = None
+
+    @property
+    def pool(self) -> KernelPool | None:
+        """The warm kernel pool (after :meth:`start`, if ``warm_kernels``)."""
+        return self._pool
 
     @property
     def rest(self) -> JupyterRestClient:
@@ -132,6 +164,8 @@ class LocalLabBackend:
 
     async def start(self) -> None:
         """Start the server (unless ``url`` was given) and check it answers.
+
+        Then begins filling the warm kernel pool, if any, without waiting.
 
         Raises
         ------
@@ -157,6 +191,17 @@ class LocalLabBackend:
             await self._stop_server()
             raise
         self._rest = rest
+        if self.warm_kernels:
+            self._pool = KernelPool(
+                rest=rest,
+                retire=lambda kernel_id, conn: self._retire(rest, kernel_id, conn),
+                sizes=self.warm_kernels,
+                warm_up_code=self.warm_up_code,
+                wire_protocol=self.wire_protocol,
+                start_timeout=self.kernel_start_timeout,
+                max_failures=self.warm_up_max_failures,
+            )
+            self._pool.start()
 
     async def kernel_names(self) -> list[str]:
         """Return the kernelspec names the server offers."""
@@ -166,6 +211,10 @@ class LocalLabBackend:
         self, kernel_name: str
     ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Start a fresh kernel and open its websocket, for one notebook.
+
+        With a warm pool for ``kernel_name``, a ready pooled kernel (never
+        used before) is handed out instead, and a replacement starts in the
+        background; if none is ready, one is started on demand.
 
         Parameters
         ----------
@@ -191,6 +240,13 @@ class LocalLabBackend:
     @contextlib.asynccontextmanager
     async def _kernel(self, kernel_name: str) -> AsyncIterator[KernelConnection]:
         rest = self.rest
+        pooled = self._pool.take(kernel_name) if self._pool is not None else None
+        if pooled is not None:
+            try:
+                yield pooled
+            finally:
+                self._retire(rest, pooled.kernel_id, pooled)
+            return
         kernel_id = await rest.create_kernel(kernel_name)
         conn: KernelConnection | None = None
         try:
@@ -219,8 +275,11 @@ class LocalLabBackend:
         return len(self._shutdowns)
 
     async def aclose(self) -> None:
-        """Wait for background kernel shutdowns (bounded), then stop our server."""
+        """Close the pool, wait (bounded) for kernel shutdowns, stop our server."""
         try:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.aclose(grace=self.shutdown_timeout)
             if self._shutdowns:
                 _done, pending = await asyncio.wait(
                     set(self._shutdowns), timeout=self.shutdown_timeout

@@ -42,6 +42,7 @@ async def test_kernels_are_fresh_and_shut_down_in_the_background(
         await backend.start()
         await backend.start()  # idempotent
         assert backend.server is None
+        assert backend.pool is None  # no warm_kernels: kernels start on demand
         assert "python3" in await backend.kernel_names()
 
         async with asyncio.timeout(WAIT):

@@ -1,0 +1,568 @@
+"""A pool of started, ready kernels, so a notebook does not wait for one.
+
+A kernel start costs 0.25 to 0.9 s (more with heavy imports); the run of a
+small notebook costs ~25 ms.  :class:`KernelPool` keeps, per kernel name, a
+configured number of kernels started ahead of time, each with its websocket
+open, its ``kernel_info`` answered and, optionally, warm-up code for that
+kernel name already run (``import numpy``), so heavy imports are paid ahead
+of time.
+
+Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
+
+* A kernel is handed out once (:meth:`KernelPool.take`) and never comes
+  back; the caller retires it.  Each take starts a replacement at once.
+* Warm-up code runs with ``silent=True, store_history=False``: the
+  notebook's first cell still gets ``execution_count`` 1 and the warm-up's
+  messages are dropped (they are routed by their own ``msg_id``).  What it
+  imports or defines stays visible to the notebook; that is its point.
+* A start that fails (also an error reply to the warm-up) retires its
+  kernel, is logged, and is retried after a growing pause; after
+  ``max_failures`` consecutive failures the kernel name's pool gives up and
+  records the error (:meth:`KernelPool.error`, raised by
+  :meth:`KernelPool.wait_full`).  :meth:`KernelPool.take` then returns
+  `None` and the caller starts kernels on demand, as without a pool.
+* An idle pooled kernel is watched for free, without polling: each keeps
+  the queue of its ``kernel_info`` request open, and a watcher task waits
+  on it.  The connection's reader fails every queue when the websocket
+  closes (server gone, keepalive ping timeout) or jupyter_server reports
+  the kernel ``dead``/``restarting`` (its process died), so the watcher
+  wakes, and the kernel is evicted and replaced.  A kernel deleted through
+  the REST API (by someone else, or a culler) is subtler: jupyter_server
+  keeps its websocket open and silent; the only sign is the kernel's
+  ``shutdown_reply``, broadcast on iopub.  The pool's connections treat that
+  message as death while they are idle in the pool.  :meth:`KernelPool.take`
+  also checks ``conn.failure`` (an attribute read, no round trip) in case
+  the watcher has not run yet.  A kernel that dies in the last instant
+  before it is taken fails the notebook's first request, as a cold kernel
+  would.
+
+The pool is used from one event loop and does not depend on the backend:
+it gets the REST client and a ``retire`` callback that shuts a kernel down
+in the background (the backend's tracked shutdown path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from . import protocol
+from .exceptions import JupyterError, KernelDiedError, KernelStartError
+from .kernel import KernelConnection
+from .protocol import Message, WireProtocol
+from .rest import JupyterRestClient
+
+__all__ = ["DEFAULT_BACKOFF", "KernelPool", "PoolStats", "RetireCallback"]
+
+_log = logging.getLogger(__name__)
+
+RetireCallback = Callable[[str, KernelConnection | None], None]
+"""Shut kernel ``kernel_id`` down (closing ``conn`` if given) in the background."""
+
+DEFAULT_BACKOFF: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Pauses after the 1st, 2nd, ... consecutive failed start (the last repeats)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of one kernel name's pool.
+
+    Attributes
+    ----------
+    target
+        Configured number of ready kernels.
+    ready
+        Kernels ready to be taken.
+    starting
+        Starts in progress (including pauses after a failure).
+    handed_out
+        Kernels given out by :meth:`KernelPool.take`.
+    started
+        Kernels that became ready (including ones evicted later).
+    failed
+        Starts that failed (kernel start, ``kernel_info`` or warm-up), plus
+        ready kernels lost while idle (the ``evicted`` ones the watcher saw).
+    evicted
+        Ready kernels dropped because they died or their websocket closed.
+    consecutive_failures
+        Failures since the last successful start.
+    error
+        Why the pool gave up on this kernel name, if it did.
+    """
+
+    target: int
+    ready: int
+    starting: int
+    handed_out: int
+    started: int
+    failed: int
+    evicted: int
+    consecutive_failures: int
+    error: JupyterError | None
+
+
+class _PoolConnection(KernelConnection):
+    """A connection that, while idle in the pool, fails on a shutdown.
+
+    jupyter_server neither closes the websocket of a kernel deleted through
+    its REST API nor sends a ``dead`` status; the kernel's iopub
+    ``shutdown_reply`` (to the server's own request, so no parent of ours)
+    is the only sign.  Once handed out, the connection behaves exactly like
+    any other :class:`~.kernel.KernelConnection`.
+    """
+
+    idle_in_pool = False
+
+    def _dispatch(self, msg: Message) -> None:
+        if self.idle_in_pool and msg.get("msg_type") == "shutdown_reply":
+            self._fail(KernelDiedError(f"kernel {self.kernel_id} was shut down"))
+            return
+        super()._dispatch(msg)
+
+
+@dataclass(eq=False)
+class _Pooled:
+    conn: KernelConnection
+    watch_id: str
+    watcher: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Lane:
+    name: str
+    target: int
+    warm_up_code: str | None
+    ready: deque[_Pooled] = field(default_factory=deque)
+    starting: int = 0
+    handed_out: int = 0
+    started: int = 0
+    failed: int = 0
+    evicted: int = 0
+    consecutive_failures: int = 0
+    error: JupyterError | None = None
+
+
+class KernelPool:
+    """Ready kernels per kernel name, started ahead of demand.
+
+    Parameters
+    ----------
+    rest
+        REST client of the server that runs the kernels.
+    retire
+        Called with ``(kernel_id, conn)`` for every kernel the pool drops
+        (failed start, dead while idle, :meth:`aclose`); it must shut the
+        kernel down in the background and not raise.
+    sizes
+        Number of ready kernels to keep per kernel name; names with 0 (or
+        absent) have no pool.
+    warm_up_code
+        Code to run in each new kernel of a kernel name before it is pooled.
+    wire_protocol
+        Preferred websocket framing.
+    start_timeout
+        Seconds one start may take: kernel creation, websocket handshake,
+        ``kernel_info`` and warm-up together.
+    max_failures
+        Consecutive failed starts of a kernel name after which its pool
+        gives up.
+    backoff
+        Pauses in seconds after the 1st, 2nd, ... consecutive failure; the
+        last one repeats.
+    username
+        Username recorded in request headers.
+    """
+
+    def __init__(
+        self,
+        *,
+        rest: JupyterRestClient,
+        retire: RetireCallback,
+        sizes: Mapping[str, int],
+        warm_up_code: Mapping[str, str] | None = None,
+        wire_protocol: WireProtocol = WireProtocol.V1,
+        start_timeout: float = 60,
+        max_failures: int = 5,
+        backoff: Sequence[float] = DEFAULT_BACKOFF,
+        username: str = "noteburst",
+    ) -> None:
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        if not backoff:
+            raise ValueError("backoff needs at least one pause")
+        code = dict(warm_up_code or {})
+        self._lanes: dict[str, _Lane] = {}
+        for name, size in sizes.items():
+            if size < 0:
+                raise ValueError(f"negative pool size for {name!r}")
+            if size > 0:
+                self._lanes[name] = _Lane(name, size, code.get(name) or None)
+        self._rest = rest
+        self._retire = retire
+        self.wire_protocol = wire_protocol
+        self.start_timeout = start_timeout
+        self.max_failures = max_failures
+        self.backoff = tuple(backoff)
+        self.username = username
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starts: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._started = False
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def kernel_names(self) -> list[str]:
+        """Kernel names that have a pool (size > 0)."""
+        return list(self._lanes)
+
+    def start(self) -> None:
+        """Begin filling every pool in the background; idempotent.
+
+        Does not wait: use :meth:`wait_full` for that.
+        """
+        if self._started or self._closed.is_set():
+            return
+        self._started = True
+        for lane in self._lanes.values():
+            self._top_up(lane)
+
+    def take(self, kernel_name: str) -> KernelConnection | None:
+        """Hand out a ready kernel, or `None` if none is ready.
+
+        Never waits and never makes a request.  The kernel is the caller's
+        from now on (it must be retired after use) and a replacement starts
+        at once.  `None` means: start a kernel on demand.
+        """
+        lane = self._lanes.get(kernel_name)
+        if lane is None:
+            return None
+        conn: KernelConnection | None = None
+        while lane.ready:
+            pooled = lane.ready.popleft()
+            self._unwatch(pooled)
+            if pooled.conn.failure is None:
+                conn = pooled.conn
+                lane.handed_out += 1
+                break
+            self._evict(lane, pooled, pooled.conn.failure)
+        self._top_up(lane)
+        self._notify()
+        return conn
+
+    def size(self, kernel_name: str) -> int:
+        """Return the number of ready kernels for ``kernel_name``."""
+        lane = self._lanes.get(kernel_name)
+        return len(lane.ready) if lane is not None else 0
+
+    def handed_out(self, kernel_name: str) -> int:
+        """Return how many kernels :meth:`take` gave out for ``kernel_name``."""
+        lane = self._lanes.get(kernel_name)
+        return lane.handed_out if lane is not None else 0
+
+    def ready_kernel_ids(self, kernel_name: str) -> list[str]:
+        """Return the ids of the ready kernels of ``kernel_name``, oldest first."""
+        lane = self._lanes.get(kernel_name)
+        return [p.conn.kernel_id for p in lane.ready] if lane is not None else []
+
+    def error(self, kernel_name: str) -> JupyterError | None:
+        """Why the pool of ``kernel_name`` gave up, if it did."""
+        lane = self._lanes.get(kernel_name)
+        return lane.error if lane is not None else None
+
+    def stats(self, kernel_name: str) -> PoolStats:
+        """Return a snapshot of the counters of ``kernel_name``'s pool."""
+        lane = self._lanes.get(kernel_name) or _Lane(kernel_name, 0, None)
+        return PoolStats(
+            target=lane.target,
+            ready=len(lane.ready),
+            starting=lane.starting,
+            handed_out=lane.handed_out,
+            started=lane.started,
+            failed=lane.failed,
+            evicted=lane.evicted,
+            consecutive_failures=lane.consecutive_failures,
+            error=lane.error,
+        )
+
+    async def wait_full(self, kernel_name: str | None = None) -> None:
+        """Wait until the pool of ``kernel_name`` (or of every name) is full.
+
+        Waits without limit; bound it with `asyncio.timeout`.  A kernel name
+        without a pool counts as full.
+
+        Parameters
+        ----------
+        kernel_name
+            The kernel name; `None` for all of them.
+
+        Raises
+        ------
+        KernelStartError
+            If a waited-for pool gave up (too many failed starts), or the
+            pool is closed.
+        """
+        lanes = (
+            list(self._lanes.values())
+            if kernel_name is None
+            else [self._lanes[kernel_name]]
+            if kernel_name in self._lanes
+            else []
+        )
+
+        def full() -> bool:
+            for lane in lanes:
+                if lane.error is not None:
+                    raise lane.error
+            if self._closed.is_set():
+                raise KernelStartError("kernel pool is closed")
+            return all(len(lane.ready) >= lane.target for lane in lanes)
+
+        await self.wait_for(full)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` is true.
+
+        It is checked now and after every change of the pool (a kernel
+        ready, taken, evicted, a start failed); exceptions it raises
+        propagate.  Waits without limit; bound it with `asyncio.timeout`.
+        """
+        while not predicate():
+            await self._changed.wait()
+
+    async def aclose(self, grace: float = 10) -> None:
+        """Stop refilling and shut every pooled kernel down; idempotent.
+
+        Starts in progress get ``grace`` seconds to finish (their kernel is
+        then retired, so none is left behind on the server) before they are
+        cancelled.  The shutdowns themselves run through ``retire``.
+        """
+        self._closed.set()
+        self._notify()
+        if self._starts:
+            _done, pending = await asyncio.wait(set(self._starts), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                _log.warning("%d kernel pool starts cancelled", len(pending))
+                await asyncio.wait(pending)
+        for lane in self._lanes.values():
+            while lane.ready:
+                pooled = lane.ready.popleft()
+                self._unwatch(pooled)
+                self._retire(pooled.conn.kernel_id, pooled.conn)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- filling -------------------------------------------------------------
+
+    def _top_up(self, lane: _Lane) -> None:
+        if not self._started or self._closed.is_set() or lane.error is not None:
+            return
+        while len(lane.ready) + lane.starting < lane.target:
+            lane.starting += 1
+            task = asyncio.create_task(
+                self._start_one(lane), name=f"kernel-pool-start-{lane.name}"
+            )
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
+
+    async def _start_one(self, lane: _Lane) -> None:
+        try:
+            try:
+                pooled = await self._start_kernel(lane)
+            except Exception as exc:  # every failure is counted
+                await self._record_failure(lane, exc)
+                return
+            lane.consecutive_failures = 0
+            lane.started += 1
+            if self._closed.is_set():
+                self._retire(pooled.conn.kernel_id, pooled.conn)
+                return
+            lane.ready.append(pooled)
+            pooled.watcher = self._spawn(
+                self._watch(lane, pooled), f"kernel-pool-watch-{pooled.conn.kernel_id}"
+            )
+        finally:
+            lane.starting -= 1
+            self._top_up(lane)
+            self._notify()
+
+    async def _start_kernel(self, lane: _Lane) -> _Pooled:
+        """Create, connect, ``kernel_info`` and warm up one kernel."""
+        kernel_id: str | None = None
+        conn: KernelConnection | None = None
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                kernel_id = await self._rest.create_kernel(lane.name)
+                conn = await _PoolConnection.open(
+                    self._rest,
+                    kernel_id,
+                    wire_protocol=self.wire_protocol,
+                    open_timeout=self.start_timeout,
+                    username=self.username,
+                )
+                assert isinstance(conn, _PoolConnection)
+                watch_id = await self._kernel_info(conn)
+                if lane.warm_up_code is not None:
+                    await self._warm_up(conn, lane)
+            conn.idle_in_pool = True
+            return _Pooled(conn, watch_id)
+        except BaseException as exc:
+            if kernel_id is not None:
+                self._retire(kernel_id, conn)
+            if isinstance(exc, TimeoutError):
+                raise KernelStartError(
+                    f"pooled {lane.name} kernel not ready after {self.start_timeout} s",
+                    kernel_name=lane.name,
+                ) from exc
+            raise
+
+    async def _kernel_info(self, conn: KernelConnection) -> str:
+        """Ask for ``kernel_info``; return its ``msg_id``, still collected.
+
+        The queue of this request stays open for the watcher.
+        """
+        msg_id = await conn.request(
+            protocol.kernel_info_request(
+                session=conn.session_id, username=conn.username
+            )
+        )
+        try:
+            while (await conn.receive(msg_id))["msg_type"] != "kernel_info_reply":
+                pass
+        except BaseException:
+            conn.forget(msg_id)
+            raise
+        return msg_id
+
+    async def _warm_up(self, conn: KernelConnection, lane: _Lane) -> None:
+        """Run the warm-up code silently; raise if it fails."""
+        assert lane.warm_up_code is not None
+        msg_id = await conn.request(
+            protocol.execute_request(
+                lane.warm_up_code,
+                session=conn.session_id,
+                username=conn.username,
+                silent=True,
+                store_history=False,
+                stop_on_error=False,
+            )
+        )
+        try:
+            reply: protocol.Message | None = None
+            idle = False
+            while reply is None or not idle:
+                msg = await conn.receive(msg_id)
+                if msg["msg_type"] == "execute_reply":
+                    reply = msg
+                elif (
+                    msg["msg_type"] == "status"
+                    and msg["content"].get("execution_state") == "idle"
+                ):
+                    idle = True
+        finally:
+            conn.forget(msg_id)
+        content = reply["content"]
+        if content.get("status") != "ok":
+            raise KernelStartError(
+                f"warm-up code of {lane.name} failed: "
+                f"{content.get('ename', content.get('status'))}: "
+                f"{content.get('evalue', '')}",
+                kernel_name=lane.name,
+            )
+
+    async def _record_failure(self, lane: _Lane, exc: Exception) -> None:
+        lane.failed += 1
+        lane.consecutive_failures += 1
+        count = lane.consecutive_failures
+        if count >= self.max_failures:
+            if lane.error is None:
+                lane.error = KernelStartError(
+                    f"kernel pool for {lane.name} gave up after {count} "
+                    f"consecutive failures; last: {exc}",
+                    kernel_name=lane.name,
+                )
+                lane.error.__cause__ = exc
+                _log.error(
+                    "Kernel pool for %s gave up after %d failures in a row; kernels "
+                    "will be started on demand: %s",
+                    lane.name,
+                    count,
+                    exc,
+                )
+            return
+        delay = self.backoff[min(count, len(self.backoff)) - 1]
+        _log.warning(
+            "Pooled %s kernel failed or lost (%d in a row), replacing in %s s: %s",
+            lane.name,
+            count,
+            delay,
+            exc,
+        )
+        self._notify()
+        # A pause, not synchronisation: it ends early when the pool closes.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closed.wait()
+
+    # -- watching ------------------------------------------------------------
+
+    async def _watch(self, lane: _Lane, pooled: _Pooled) -> None:
+        """Wait until the idle connection fails; then evict it."""
+        try:
+            while True:
+                await pooled.conn.receive(pooled.watch_id)
+        except JupyterError as exc:
+            if pooled not in lane.ready:
+                return
+            lane.ready.remove(pooled)
+            pooled.conn.forget(pooled.watch_id)
+            self._evict(lane, pooled, exc)
+            # A kernel lost while idle counts as a failure, so one that keeps
+            # dying after its warm-up backs off and gives up too.  Its slot
+            # stays reserved during the pause.
+            lane.starting += 1
+            try:
+                await self._record_failure(lane, exc)
+            finally:
+                lane.starting -= 1
+                self._top_up(lane)
+                self._notify()
+
+    def _unwatch(self, pooled: _Pooled) -> None:
+        if isinstance(pooled.conn, _PoolConnection):
+            pooled.conn.idle_in_pool = False
+        if pooled.watcher is not None:
+            pooled.watcher.cancel()
+            pooled.watcher = None
+        pooled.conn.forget(pooled.watch_id)
+
+    def _evict(self, lane: _Lane, pooled: _Pooled, reason: BaseException) -> None:
+        lane.evicted += 1
+        _log.warning(
+            "Pooled %s kernel %s is gone (%s); replacing it",
+            lane.name,
+            pooled.conn.kernel_id,
+            reason,
+        )
+        self._retire(pooled.conn.kernel_id, pooled.conn)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_full` waiter to re-check."""
+        self._changed.set()
+        self._changed = asyncio.Event()

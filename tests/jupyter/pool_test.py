@@ -1,0 +1,348 @@
+"""KernelPool through LocalLabBackend: fresh warm kernels, refill, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import nbformat
+import pytest
+from nbformat import NotebookNode
+
+from noteburst.jupyter.backend import LabBackend, LocalLabBackend
+from noteburst.jupyter.exceptions import KernelStartError
+from noteburst.jupyter.execute import execute_notebook
+from noteburst.jupyter.pool import DEFAULT_BACKOFF, KernelPool
+from tests.jupyter.backend_test import kernel_ids
+from tests.jupyter.fidelity_test import (
+    EXPECTED_FAILURES,
+    NOTEBOOKS,
+    nbclient_env,  # noqa: F401 - fixture used by name
+    normalize,
+    read,
+    run_with_nbclient,
+)
+from tests.support.jupyter import JupyterServerInfo
+
+WAIT = 60
+PY = "python3"
+
+BackendFactory = Callable[..., AbstractAsyncContextManager[LocalLabBackend]]
+
+
+@pytest.fixture
+def pooled_backend(jupyter_server: JupyterServerInfo, tmp_path: Path) -> BackendFactory:
+    """Make a started backend with a pool on the session server; closed after."""
+
+    @asynccontextmanager
+    async def make(
+        warm_kernels: Mapping[str, int],
+        warm_up_code: Mapping[str, str] | None = None,
+        **kwargs: object,
+    ) -> AsyncIterator[LocalLabBackend]:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            backend = LocalLabBackend(
+                http=http,
+                root_dir=tmp_path,
+                url=jupyter_server.url,
+                token=jupyter_server.token,
+                warm_kernels=warm_kernels,
+                warm_up_code=warm_up_code,
+                **kwargs,  # type: ignore[arg-type]
+            )
+            assert isinstance(backend, LabBackend)
+            await backend.start()
+            try:
+                yield backend
+            finally:
+                async with asyncio.timeout(WAIT):
+                    await backend.aclose()
+
+    return make
+
+
+def pool_of(backend: LocalLabBackend) -> KernelPool:
+    pool = backend.pool
+    assert pool is not None
+    return pool
+
+
+def notebook(*sources: str) -> NotebookNode:
+    nb: NotebookNode = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in sources]
+    )
+    return nb
+
+
+def text(nb: NotebookNode, index: int) -> str:
+    value: str = nb.cells[index].outputs[0].data["text/plain"]
+    return value
+
+
+@pytest.mark.asyncio
+async def test_no_kernel_serves_two_executions(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend({PY: 2}) as backend:
+        pool = pool_of(backend)
+        seen: list[str] = []
+        async with asyncio.timeout(WAIT):
+            for _ in range(6):
+                await pool.wait_full(PY)
+                ready = pool.ready_kernel_ids(PY)
+                async with backend.kernel(PY) as conn:
+                    assert conn.kernel_id == ready[0]  # served from the pool
+                    nb = notebook("'leak' in dir()", "leak = 1")
+                    assert await execute_notebook(conn, nb) is None
+                    assert text(nb, 0) == "False"
+                    assert nb.cells[0].execution_count == 1
+                seen.append(conn.kernel_id)
+                assert conn.kernel_id not in pool.ready_kernel_ids(PY)
+        assert len(set(seen)) == 6
+        assert pool.handed_out(PY) == 6
+        stats = pool.stats(PY)
+        assert stats.failed == stats.evicted == 0
+        assert stats.error is None
+
+
+@pytest.mark.asyncio
+async def test_pool_refills_after_takes_and_bursts_start_on_demand(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend({PY: 2}) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            assert pool.size(PY) == 2
+            first = pool.ready_kernel_ids(PY)
+
+            # A burst of 4 while 2 are ready: 2 from the pool, 2 on demand.
+            async def run() -> str:
+                async with backend.kernel(PY) as conn:
+                    nb = notebook("1 + 1")
+                    assert await execute_notebook(conn, nb) is None
+                    assert text(nb, 0) == "2"
+                    return conn.kernel_id
+
+            ids = await asyncio.gather(*(run() for _ in range(4)))
+            assert len(set(ids)) == 4
+            assert set(first) <= set(ids)
+            assert pool.handed_out(PY) == 2
+
+            await pool.wait_full(PY)
+            assert pool.size(PY) == 2
+            assert not set(pool.ready_kernel_ids(PY)) & set(ids)
+            assert pool.stats(PY).started == 4
+
+
+@pytest.mark.asyncio
+async def test_size_zero_means_no_pool(pooled_backend: BackendFactory) -> None:
+    async with pooled_backend({PY: 0}) as backend:
+        assert backend.pool is None
+        async with asyncio.timeout(WAIT), backend.kernel(PY) as conn:
+            nb = notebook("6 * 7")
+            assert await execute_notebook(conn, nb) is None
+        assert text(nb, 0) == "42"
+
+
+WARM_UP = "import colorsys\n_noteburst_warm = 1\nprint('warming up')\n_noteburst_warm"
+PROBE = (
+    "import sys\n"
+    "('colorsys' in sys.modules, '_noteburst_warm' in dir(), len(In), len(Out))"
+)
+
+
+@pytest.mark.asyncio
+async def test_warm_up_has_run_silently(
+    pooled_backend: BackendFactory, jupyter_backend: LocalLabBackend
+) -> None:
+    async with pooled_backend({PY: 1}, {PY: WARM_UP}) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            async with backend.kernel(PY) as conn:
+                warm = notebook(PROBE, "print('cell 2')")
+                assert await execute_notebook(conn, warm) is None
+            assert pool.handed_out(PY) == 1
+            async with jupyter_backend.kernel(PY) as conn:
+                cold = notebook(PROBE, "print('cell 2')")
+                assert await execute_notebook(conn, cold) is None
+        # The imports and names of the warm-up are there ...
+        assert text(warm, 0) == "(True, True, 2, 0)"
+        assert text(cold, 0) == "(False, False, 2, 0)"
+        # ... but nothing else: no output, no history, counts start at 1.
+        for nb in (warm, cold):
+            assert [cell.execution_count for cell in nb.cells] == [1, 2]
+            assert len(nb.cells[0].outputs) == 1
+            assert nb.cells[1].outputs[0].text == "cell 2\n"
+        assert warm.cells[1].outputs == cold.cells[1].outputs
+        assert warm.metadata.language_info == cold.metadata.language_info
+
+
+async def run_pooled(backend: LocalLabBackend, nb: NotebookNode) -> object:
+    pool = pool_of(backend)
+    await pool.wait_full(PY)
+    async with backend.kernel(PY) as conn:
+        assert pool.handed_out(PY) == 1
+        return await execute_notebook(conn, nb, cell_timeout=30)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.usefixtures("nbclient_env")
+async def test_pooled_kernel_gives_nbclient_outputs(
+    pooled_backend: BackendFactory, path: Path
+) -> None:
+    reference, pooled = read(path), read(path)
+    async with (
+        pooled_backend({PY: 1}, {PY: "import json, decimal"}) as backend,
+        asyncio.timeout(90),
+        asyncio.TaskGroup() as tasks,
+    ):
+        nbclient_run = tasks.create_task(run_with_nbclient(reference))
+        pooled_run = tasks.create_task(run_pooled(backend, pooled))
+    assert normalize(pooled) == normalize(reference)
+    nbformat.validate(pooled)
+    failure = pooled_run.result()
+    if path.stem in EXPECTED_FAILURES:
+        assert nbclient_run.result() is not None
+        assert failure is not None
+    else:
+        assert nbclient_run.result() is None
+        assert failure is None
+
+
+@pytest.mark.asyncio
+async def test_failing_warm_up_is_retried_with_backoff_then_given_up(
+    pooled_backend: BackendFactory,
+    jupyter_server: JupyterServerInfo,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="noteburst.jupyter.pool")
+    async with httpx.AsyncClient(trust_env=False) as http:
+        before = await kernel_ids(http, jupyter_server)
+        async with pooled_backend(
+            {PY: 1},
+            {PY: "raise RuntimeError('broken warm-up')"},
+            warm_up_max_failures=3,
+        ) as backend:
+            pool = pool_of(backend)
+            began = time.monotonic()
+            async with asyncio.timeout(WAIT):
+                with pytest.raises(KernelStartError, match="gave up after 3"):
+                    await pool.wait_full(PY)
+            elapsed = time.monotonic() - began
+            # Two pauses (after the 1st and 2nd failure), none after the 3rd.
+            assert elapsed >= sum(DEFAULT_BACKOFF[:2])
+            stats = pool.stats(PY)
+            assert (stats.failed, stats.started, stats.ready) == (3, 0, 0)
+            assert stats.starting == 0  # no further attempt
+            assert stats.error is not None
+            assert "broken warm-up" in str(stats.error)
+            assert pool.take(PY) is None
+
+            # The kernel name still works: kernels are started on demand.
+            async with asyncio.timeout(WAIT), backend.kernel(PY) as conn:
+                nb = notebook("'ok'")
+                assert await execute_notebook(conn, nb) is None
+            assert text(nb, 0) == "'ok'"
+            assert pool.handed_out(PY) == 0
+        assert await kernel_ids(http, jupyter_server) <= before
+    failures = [r for r in caplog.records if "in a row), replacing" in r.getMessage()]
+    assert len(failures) == 2
+    assert "RuntimeError: broken warm-up" in failures[0].getMessage()
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_idle_kernel_killed_behind_the_pools_back_is_replaced(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend({PY: 1}) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            (victim,) = pool.ready_kernel_ids(PY)
+            await backend.rest.delete_kernel(victim)
+            await pool.wait_for(lambda: pool.stats(PY).evicted == 1)
+            await pool.wait_full(PY)
+            (replacement,) = pool.ready_kernel_ids(PY)
+            assert replacement != victim
+            async with backend.kernel(PY) as conn:
+                assert conn.kernel_id == replacement
+                assert conn.failure is None
+                nb = notebook("1 + 1")
+                assert await execute_notebook(conn, nb) is None
+        assert text(nb, 0) == "2"
+        assert pool.handed_out(PY) == 1
+
+
+@pytest.mark.asyncio
+async def test_take_skips_a_failed_connection(
+    pooled_backend: BackendFactory,
+) -> None:
+    """take() checks conn.failure even if the watcher has not run yet."""
+    async with pooled_backend({PY: 2}) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            victim, survivor = pool.ready_kernel_ids(PY)
+            # Silence the first one's watcher, then break its connection:
+            # only the take-time check of conn.failure can catch it now.
+            pooled = pool._lanes[PY].ready[0]  # white box
+            assert pooled.conn.kernel_id == victim
+            assert pooled.watcher is not None
+            pooled.watcher.cancel()
+            pooled.watcher = None
+            await pooled.conn.aclose()
+            assert pooled.conn.failure is not None
+            assert pool.size(PY) == 2
+            conn = pool.take(PY)
+            assert conn is not None
+            assert conn.kernel_id == survivor
+            assert conn.failure is None
+            assert pool.stats(PY).evicted == 1  # and retired (shut down)
+            assert pool.handed_out(PY) == 1
+            await conn.aclose()
+            await backend.rest.delete_kernel(conn.kernel_id)
+
+
+@pytest.mark.asyncio
+async def test_aclose_leaves_no_kernels_on_the_server(
+    jupyter_server: JupyterServerInfo, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        before = await kernel_ids(http, jupyter_server)
+        backend = LocalLabBackend(
+            http=http,
+            root_dir=tmp_path,
+            url=jupyter_server.url,
+            token=jupyter_server.token,
+            warm_kernels={PY: 2},
+            warm_up_code={PY: "import json"},
+        )
+        await backend.start()
+        pool = pool_of(backend)
+        try:
+            async with asyncio.timeout(WAIT):
+                await pool.wait_full()
+                ours = set(pool.ready_kernel_ids(PY))
+                assert ours <= await kernel_ids(http, jupyter_server) - before
+                async with backend.kernel(PY) as conn:
+                    ours.add(conn.kernel_id)
+                # A replacement is starting right now; aclose must catch it.
+                assert pool.stats(PY).starting == 1
+        finally:
+            async with asyncio.timeout(WAIT):
+                await backend.aclose()
+        assert backend.pool is None
+        assert backend.pending_shutdowns == 0
+        assert pool.size(PY) == 0
+        assert await kernel_ids(http, jupyter_server) <= before
+        with pytest.raises(KernelStartError, match="closed"):
+            await pool.wait_full(PY)
