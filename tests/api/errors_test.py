@@ -10,7 +10,7 @@ import pytest
 from noteburst.api.schema import schema
 
 
-class _Boom(RuntimeError):
+class _BoomError(RuntimeError):
     pass
 
 
@@ -19,7 +19,7 @@ class _BrokenFactory:
     """A fault a real component cannot produce on demand: a bug in a service."""
 
     def create_execution_service(self) -> Any:
-        raise _Boom("secret internal detail: password=hunter2")
+        raise _BoomError("secret internal detail: password=hunter2")
 
 
 @dataclass

@@ -30,8 +30,9 @@ def notebook(*cells: str) -> NotebookNode:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("pipelined", [True, False])
 async def test_callbacks_get_indices_into_cells(
-    jupyter_backend: LocalLabBackend,
+    jupyter_backend: LocalLabBackend, *, pipelined: bool
 ) -> None:
     nb = notebook(
         "md:title", "x = 1", "", "md:more", "print(x)", "raise KeyError('k')", "x"
@@ -49,7 +50,11 @@ async def test_callbacks_get_indices_into_cells(
 
     async with jupyter_backend.kernel("python3") as conn, asyncio.timeout(WAIT):
         failure = await execute_notebook(
-            conn, nb, on_cell_started=started, on_cell_finished=finished
+            conn,
+            nb,
+            on_cell_started=started,
+            on_cell_finished=finished,
+            pipelined=pipelined,
         )
 
     assert events == [
@@ -70,8 +75,9 @@ async def test_callbacks_get_indices_into_cells(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("pipelined", [True, False])
 async def test_cell_timeout_keeps_partial_outputs(
-    jupyter_backend: LocalLabBackend,
+    jupyter_backend: LocalLabBackend, *, pipelined: bool
 ) -> None:
     nb = notebook(
         "print('fast')", "print('slow', flush=True)\nimport time\ntime.sleep(60)", "1"
@@ -86,7 +92,11 @@ async def test_cell_timeout_keeps_partial_outputs(
         with pytest.raises(CellTimeoutError) as caught:
             async with asyncio.timeout(WAIT):
                 await execute_notebook(
-                    conn, nb, on_cell_started=started, cell_timeout=1.0
+                    conn,
+                    nb,
+                    on_cell_started=started,
+                    cell_timeout=1.0,
+                    pipelined=pipelined,
                 )
     assert reached.is_set()
     assert isinstance(caught.value, TimeoutError)
@@ -97,8 +107,9 @@ async def test_cell_timeout_keeps_partial_outputs(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("pipelined", [True, False])
 async def test_cancellation_keeps_outputs_and_leaks_no_task(
-    jupyter_backend: LocalLabBackend,
+    jupyter_backend: LocalLabBackend, *, pipelined: bool
 ) -> None:
     nb = notebook(
         "print('one')",
@@ -117,7 +128,7 @@ async def test_cancellation_keeps_outputs_and_leaks_no_task(
 
         conn.receive = spying_receive  # type: ignore[method-assign]
         before = asyncio.all_tasks()
-        task = asyncio.create_task(execute_notebook(conn, nb))
+        task = asyncio.create_task(execute_notebook(conn, nb, pipelined=pipelined))
         async with asyncio.timeout(WAIT):
             await partial_output.wait()
         task.cancel()
