@@ -1,20 +1,30 @@
-"""Latency of one small notebook: Noteburst against papermill and nbclient.
+"""Latency of one small notebook: Noteburst against a floor, papermill, nbclient.
 
 Run with ``uv run python bench/latency.py [--runs N] [--json PATH]``.
 
 One 5-cell trivial notebook is executed, from submission to terminal
-result, through four systems in one run of this script:
+result, through these systems in one run of this script:
 
-``embedded``
-    Noteburst's embedded default (SQLite, in-process broker and worker),
-    served in-process with :func:`noteburst.app.serve_in_background`.  Timed
+``embedded-cold``
+    Noteburst's embedded default (SQLite, in-process broker and worker)
+    with the kernel pool off (``warm_kernels={}``): a fresh kernel per run.
+    Served in-process with :func:`noteburst.app.serve_in_background`.  Timed
     from the ``submitExecution`` HTTP mutation to the terminal event received
     over the graphql-transport-ws subscription (subscribed with
     ``afterSequence: 0`` right after the submission returns), with the
     project's own :class:`noteburst.client.NoteburstClient`.
-``postgres``
+``embedded-warm``
+    The same with a pool of one warm kernel (``warm_kernels={"python3": 1}``,
+    the default).
+``postgres-warm``
     The same on PostgreSQL (a throwaway database) and Redis (a unique key
-    namespace), with an in-process Dramatiq worker on the Redis broker.
+    namespace), with an in-process Dramatiq worker on the Redis broker and
+    a pool of one warm kernel.
+``floor``
+    No Noteburst: the 5 cells sent down the websocket of one warm kernel
+    (started once, reused for every run) with
+    :func:`noteburst.jupyter.execute.execute_notebook`, i.e. what executing
+    the notebook on an already started kernel costs at the least.
 ``papermill``
     ``papermill in.ipynb out.ipynb`` as a subprocess: a cold process and a
     cold kernel per run.
@@ -23,17 +33,21 @@ result, through four systems in one run of this script:
     (warm) process, on a worker thread: a fresh kernel per run, shut down
     before ``execute`` returns.
 
-Both Noteburst instances use one jupyter_server started here with
-:class:`noteburst.jupyter.local.LocalJupyterServer` (what the embedded
-default would start itself), so the script can wait, outside the timed
-window, until the kernel Noteburst shuts down in the background is gone.
+Every Noteburst instance and the floor kernel use one jupyter_server started
+here with :class:`noteburst.jupyter.local.LocalJupyterServer` (what the
+embedded default would start itself), so the script can wait, outside the
+timed window, until the kernels Noteburst shuts down and starts in the
+background have settled: for the cold variant until no kernel is left, for
+the warm variants until the pool has refilled (exactly the pool size of
+kernels, all idle, the used one gone).
 
-The systems are measured in two phases, one per Noteburst instance (only
-one Dramatiq worker may run per process).  In each phase the Noteburst
-variant, papermill and nbclient are interleaved round by round (the order
-rotates), after one warm-up run of each, so that the ratios compare runs made
-at the same time on this shared machine.  Each Noteburst variant is compared
-with the baseline medians of its own phase.
+The systems are measured in phases, one per Noteburst instance (only one
+Dramatiq worker may run per process).  In each phase the Noteburst variant,
+the floor (warm phases), papermill and nbclient are interleaved round by
+round (the order rotates), after one warm-up run of each system.  Papermill
+and nbclient are slow (~3 s and ~1 s a run), so they get fewer runs
+(``--baseline-runs`` in all, spread over the phases), and every ratio is
+taken against the medians pooled over all phases.
 
 Everything started here is stopped, and the database and Redis keys are
 removed, also on error or Ctrl-C.  Nothing asserts on timing.
@@ -44,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -73,7 +88,10 @@ from pydantic import SecretStr
 from noteburst.app import serve_in_background
 from noteburst.client import NoteburstClient
 from noteburst.config import Config
+from noteburst.jupyter.execute import execute_notebook
+from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.local import LocalJupyterServer
+from noteburst.jupyter.rest import JupyterRestClient
 from noteburst.logs import configure_logging
 from noteburst.storage.database import Database
 
@@ -88,14 +106,23 @@ CELLS = (
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 LABELS = {
-    "embedded": "noteburst embedded (SQLite, in-process queue)",
-    "postgres": "noteburst postgres + redis",
+    "embedded-cold": "noteburst embedded, no pool (fresh kernel)",
+    "embedded-warm": "noteburst embedded, pool of 1",
+    "postgres-warm": "noteburst postgres + redis, pool of 1",
+    "floor": "floor: 5 cells on one warm kernel, no Noteburst",
     "papermill": "papermill CLI (cold process + kernel)",
     "nbclient": "nbclient in-process (fresh kernel)",
 }
+NOTEBURST = ("embedded-cold", "embedded-warm", "postgres-warm")
+WARM = ("embedded-warm", "postgres-warm")
+POOL_SIZE = 1
+
+# Goals being tracked (printed, never asserted).
+GOAL_FLOOR_RATIO = 2.0  # warm p50 within 2x the floor p50
+GOAL_NBCLIENT_SPEEDUP = 15.0  # warm p50 at least 15x faster than nbclient
 
 # Cumulative milestones of one Noteburst run, seconds after the submission
-# started.  "submit", "subscribed", "total" and "kernel_gone" (polled every
+# started.  "submit", "subscribed", "total" and "settled" (polled every
 # 20 ms after the timed window) are measured by the client; the others are
 # the server's createdAt of the matching event (same host, same clock).
 MILESTONES = (
@@ -107,23 +134,23 @@ MILESTONES = (
     ("last_cell", "last CELL_FINISHED stored"),
     ("finished", "FINISHED stored (result written)"),
     ("total", "terminal event received by the client"),
-    ("kernel_gone", "kernel shut down (in the background)"),
+    ("settled", "kernel gone / pool refilled (background)"),
 )
 
 # (label, from, to); "start" is the submission's start (0).
 SEGMENTS = (
     ("submit → stored", "start", "queued"),
     ("queue → claim", "queued", "running"),
-    ("kernel start + websocket", "running", "first_cell"),
+    ("kernel ready (start, or take from pool)", "running", "first_cell"),
     ("5 cells", "first_cell", "last_cell"),
     ("store result", "last_cell", "finished"),
     ("push to subscriber", "finished", "total"),
-    ("kernel shutdown, off the response path", "total", "kernel_gone"),
+    ("shutdown / refill, off the response path", "total", "settled"),
 )
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-KERNEL_GONE_SECONDS = 15.0
+SETTLE_SECONDS = 15.0
 
 
 class BenchError(Exception):
@@ -155,6 +182,7 @@ class Results:
 
 
 Measure = Callable[[str, bool], Awaitable[Sample]]
+Settle = Callable[[], Awaitable[None]]
 
 
 # -- the notebook and checks ---------------------------------------------------
@@ -229,7 +257,7 @@ def _stamp(event: dict[str, Any], t0_wall: float) -> float:
 async def noteburst_once(
     url: str,
     notebook: dict[str, Any],
-    jupyter: LocalJupyterServer,
+    settle: Settle,
     *,
     check: bool,
     system: str,
@@ -250,10 +278,10 @@ async def noteburst_once(
         if event["status"] in TERMINAL and terminal is None:
             t_total, terminal = now, event
     # Everything below is outside the timed window.  First wait until the
-    # kernel, shut down in the background, is gone, so that its shutdown
-    # does not run into the next measurement.
-    await wait_for_no_kernels(jupyter)
-    t_kernel_gone = time.perf_counter() - t0
+    # kernels shut down or started in the background have settled, so that
+    # this work does not run into the next measurement.
+    await settle()
+    t_settled = time.perf_counter() - t0
     if terminal is None or t_total is None or t_first is None:
         raise BenchError(f"{system}: the subscription ended without a terminal event")
     if terminal["status"] != "SUCCEEDED":
@@ -278,7 +306,7 @@ async def noteburst_once(
         "last_cell": _stamp(last("CELL_FINISHED"), t0_wall),
         "finished": _stamp(last("FINISHED"), t0_wall),
         "total": t_total,
-        "kernel_gone": t_kernel_gone,
+        "settled": t_settled,
     }
     return t_total, breakdown, cells_span(result)
 
@@ -311,19 +339,32 @@ async def replay_events(url: str, execution_id: str) -> list[dict[str, Any]]:
     return events
 
 
-async def wait_for_no_kernels(jupyter: LocalJupyterServer) -> None:
-    """Wait until the jupyter_server has shut every kernel down (untimed)."""
-    deadline = time.monotonic() + KERNEL_GONE_SECONDS
+async def wait_for_kernels(
+    jupyter: LocalJupyterServer, count: int, ignore: frozenset[str]
+) -> None:
+    """Wait until the server lists ``count`` kernels, all idle (untimed).
+
+    Kernels in ``ignore`` (the floor's) are left out.  ``count=0``: every
+    kernel Noteburst started is shut down.  ``count`` = the pool size: the
+    used kernel is gone and its replacement has started and gone idle.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
     headers = {"Authorization": f"token {jupyter.token}"}
+    kernels: list[dict[str, Any]] = []
     async with httpx.AsyncClient(timeout=5) as http:
         while time.monotonic() < deadline:
             response = await http.get(jupyter.url + "api/kernels", headers=headers)
             response.raise_for_status()
-            if not response.json():
+            kernels = [k for k in response.json() if k.get("id") not in ignore]
+            if len(kernels) == count and all(
+                k.get("execution_state") == "idle" for k in kernels
+            ):
                 return
             await asyncio.sleep(0.02)
+    states = [k.get("execution_state") for k in kernels]
     print(
-        f"  (warning: a kernel was still running after {KERNEL_GONE_SECONDS:g} s)",
+        f"  (warning: expected {count} idle kernel(s) after {SETTLE_SECONDS:g} s, "
+        f"found {states})",
         file=sys.stderr,
     )
 
@@ -343,14 +384,42 @@ async def noteburst_service(config: Config, *, run_worker: bool) -> AsyncIterato
 def noteburst_measure(
     url: str,
     notebook: dict[str, Any],
-    jupyter: LocalJupyterServer,
+    settle: Settle,
     system: str,
 ) -> Measure:
     async def measure(phase: str, check: bool) -> Sample:
         seconds, breakdown, span = await noteburst_once(
-            url, notebook, jupyter, check=check, system=system
+            url, notebook, settle, check=check, system=system
         )
         return Sample(seconds, phase, breakdown, span)
+
+    return measure
+
+
+def settler(jupyter: LocalJupyterServer, count: int, ignore: frozenset[str]) -> Settle:
+    async def settle() -> None:
+        await wait_for_kernels(jupyter, count, ignore)
+
+    return settle
+
+
+# -- the floor -----------------------------------------------------------------
+
+
+def floor_measure(conn: KernelConnection) -> Measure:
+    """The 5 cells on one warm kernel's websocket, nothing around them."""
+    template = make_notebook()
+
+    async def measure(phase: str, check: bool) -> Sample:
+        notebook = copy.deepcopy(template)
+        t0 = time.perf_counter()
+        failure = await execute_notebook(conn, notebook)
+        seconds = time.perf_counter() - t0
+        if failure is not None:
+            raise BenchError(f"floor: a cell failed: {failure}")
+        if check:
+            check_outputs(notebook, "floor")
+        return Sample(seconds, phase, cells_span=cells_span(notebook))
 
     return measure
 
@@ -446,23 +515,42 @@ def nbclient_measure() -> Measure:
 
 async def run_phase(
     phase: str,
-    systems: dict[str, Measure],
-    runs: int,
+    systems: dict[str, tuple[Measure, int]],
     results: Results,
+    warmed: set[str],
 ) -> None:
-    names = list(systems)
-    print(f"[{phase}] warm-up: {', '.join(names)}", flush=True)
-    for name in names:
-        await systems[name](phase, True)
-    for i in range(runs):
-        shift = i % len(names)
-        order = names[shift:] + names[:shift]
+    """Interleave the systems round by round, each for its number of runs.
+
+    A system with fewer runs than the phase has rounds runs in evenly
+    spread rounds.  Each system gets one checked warm-up run, the first
+    time it appears.
+    """
+    names = [name for name, (_, runs) in systems.items() if runs > 0]
+    fresh = [name for name in names if name not in warmed]
+    if fresh:
+        print(f"[{phase}] warm-up: {', '.join(fresh)}", flush=True)
+    for name in fresh:
+        await systems[name][0](phase, True)
+        warmed.add(name)
+    rounds = max(systems[name][1] for name in names)
+    for i in range(rounds):
+        due = [
+            name
+            for name in names
+            if (i + 1) * systems[name][1] // rounds > i * systems[name][1] // rounds
+        ]
+        shift = i % len(due)
         line = []
-        for name in order:
-            sample = await systems[name](phase, False)
+        for name in due[shift:] + due[:shift]:
+            sample = await systems[name][0](phase, False)
             results.samples[name].append(sample)
             line.append(f"{name} {sample.seconds:.3f}")
-        print(f"[{phase}] run {i + 1}/{runs}: " + ", ".join(line), flush=True)
+        print(f"[{phase}] run {i + 1}/{rounds}: " + ", ".join(line), flush=True)
+
+
+def spread(total: int, parts: int) -> list[int]:
+    """Split ``total`` runs over ``parts`` phases as evenly as possible."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 @contextlib.asynccontextmanager
@@ -521,81 +609,45 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[18]
 
 
-def _ratio(system_median: float, baseline_median: float, baseline: str) -> str:
-    if system_median <= baseline_median:
-        return f"{baseline_median / system_median:.1f}x faster than {baseline}"
-    return f"{system_median / baseline_median:.1f}x slower than {baseline}"
+def _faster(system_p50: float, baseline_p50: float, baseline: str) -> str:
+    if system_p50 <= baseline_p50:
+        return f"{baseline_p50 / system_p50:.1f}x faster than {baseline}"
+    return f"{system_p50 / baseline_p50:.1f}x slower than {baseline}"
 
 
-def report(results: Results, runs: int) -> dict[str, Any]:
+def _median_of(results: Results, name: str) -> float | None:
+    values = results.seconds(name)
+    return statistics.median(values) if values else None
+
+
+def report(results: Results, args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     print()
-    print(f"{'system':<48} {'n':>3} {'median':>8} {'p95':>8} {'min':>8}")
+    print(f"{'system':<50} {'n':>4} {'p50':>8} {'p95':>8} {'min':>8}")
     for name, label in LABELS.items():
         values = results.seconds(name)
         if not values:
             continue
         row = {
             "n": len(values),
-            "median": statistics.median(values),
+            "p50": statistics.median(values),
             "p95": p95(values),
             "min": min(values),
         }
         summary[name] = row
         print(
-            f"{label:<48} {row['n']:>3} {row['median']:>7.3f}s "
+            f"{label:<50} {row['n']:>4} {row['p50']:>7.3f}s "
             f"{row['p95']:>7.3f}s {row['min']:>7.3f}s"
         )
-    print("(papermill and nbclient: pooled over both phases)")
+    print(
+        f"(papermill and nbclient: {args.baseline_runs} timed runs each in all,"
+        "\n fewer than the others as each costs seconds, interleaved with the"
+        "\n others and spread over the phases; the floor runs in the warm phases;"
+        "\n every ratio below is against medians pooled over all phases)"
+    )
 
-    print("\nRatios (each Noteburst variant against the baselines of its own phase):")
-    ratios: dict[str, Any] = {}
-    for name in ("embedded", "postgres"):
-        values = results.seconds(name)
-        if not values:
-            continue
-        median = statistics.median(values)
-        paper = statistics.median(results.seconds("papermill", name))
-        nbc = statistics.median(results.seconds("nbclient", name))
-        ratios[name] = {
-            "median": median,
-            "papermill_median_same_phase": paper,
-            "nbclient_median_same_phase": nbc,
-            "speedup_vs_papermill": paper / median,
-            "speedup_vs_nbclient": nbc / median,
-        }
-        print(
-            f"  {name}: {median:.3f} s median = "
-            f"{_ratio(median, paper, 'papermill CLI')} ({paper:.3f} s), "
-            f"{_ratio(median, nbc, 'nbclient in-process')} ({nbc:.3f} s)"
-        )
-
-    variants = [name for name in ("embedded", "postgres") if results.samples[name]]
-    print("\nWhere Noteburst's time goes (medians, seconds after the submission):")
-    breakdown: dict[str, Any] = {}
-    header = "".join(f"{name:>12}" for name in variants)
-    print(f"  {'milestone':<44}{header}")
-    for key, text in MILESTONES:
-        cells = []
-        for name in variants:
-            values = [s.breakdown[key] for s in results.samples[name] if s.breakdown]
-            value = statistics.median(values)
-            breakdown.setdefault(name, {})[key] = value
-            cells.append(f"{value:>11.3f}s")
-        print(f"  {text:<44}{''.join(cells)}")
-    print(f"  {'segment (median of per-run differences)':<44}{header}")
-    for text, start, end in SEGMENTS:
-        cells = []
-        for name in variants:
-            values = [
-                s.breakdown[end] - s.breakdown.get(start, 0.0)
-                for s in results.samples[name]
-                if s.breakdown
-            ]
-            value = statistics.median(values)
-            breakdown.setdefault(name, {})[f"segment {text}"] = value
-            cells.append(f"{value:>11.3f}s")
-        print(f"  {text:<44}{''.join(cells)}")
+    ratios = report_ratios(results)
+    breakdown = report_breakdown(results)
 
     print(
         "\nThe 5 cells alone (first execute_input → last execute_reply, from the"
@@ -608,12 +660,91 @@ def report(results: Results, runs: int) -> dict[str, Any]:
             spans[name] = statistics.median(values)
     print("  " + ", ".join(f"{name} {1000 * v:.0f} ms" for name, v in spans.items()))
     return {
-        "runs": runs,
+        "runs": args.runs,
+        "cold_runs": args.cold_runs,
+        "baseline_runs": args.baseline_runs,
         "summary": summary,
         "ratios": ratios,
         "breakdown": breakdown,
         "cells_span_median": spans,
     }
+
+
+def _goal(name: str, met: bool, text: str) -> str:
+    if name not in WARM:
+        return ""
+    return f" [goal {text}: {'met' if met else 'NOT met'}]"
+
+
+def report_ratios(results: Results) -> dict[str, Any]:
+    floor = _median_of(results, "floor")
+    nbc = _median_of(results, "nbclient")
+    paper = _median_of(results, "papermill")
+    print(
+        f"\nRatios (p50s) — goals for the warm variants: p50 within "
+        f"{GOAL_FLOOR_RATIO:g}x the floor, ≥ {GOAL_NBCLIENT_SPEEDUP:g}x faster "
+        "than nbclient in-process:"
+    )
+    ratios: dict[str, Any] = {}
+    for name in NOTEBURST:
+        median = _median_of(results, name)
+        if median is None:
+            continue
+        entry: dict[str, Any] = {"p50": median}
+        parts = [f"{median * 1000:.0f} ms p50"]
+        if floor is not None:
+            met = median / floor <= GOAL_FLOOR_RATIO
+            entry["times_floor"] = median / floor
+            goal = _goal(name, met, f"≤ {GOAL_FLOOR_RATIO:g}x")
+            parts.append(f"{median / floor:.1f}x the floor{goal}")
+        if nbc is not None:
+            met = nbc / median >= GOAL_NBCLIENT_SPEEDUP
+            entry["speedup_vs_nbclient"] = nbc / median
+            goal = _goal(name, met, f"≥ {GOAL_NBCLIENT_SPEEDUP:g}x")
+            parts.append(_faster(median, nbc, "nbclient in-process") + goal)
+        if paper is not None:
+            entry["speedup_vs_papermill"] = paper / median
+            parts.append(_faster(median, paper, "papermill CLI"))
+        ratios[name] = entry
+        print(f"  {name}: " + "; ".join(parts))
+    if floor is not None:
+        print(f"  (floor p50 {floor * 1000:.0f} ms", end="")
+        if nbc is not None:
+            print(f", nbclient p50 {nbc * 1000:.0f} ms", end="")
+        if paper is not None:
+            print(f", papermill p50 {paper * 1000:.0f} ms", end="")
+        print(")")
+    return ratios
+
+
+def report_breakdown(results: Results) -> dict[str, Any]:
+    variants = [name for name in NOTEBURST if results.samples[name]]
+    print("\nWhere Noteburst's time goes (medians, seconds after the submission):")
+    breakdown: dict[str, Any] = {}
+    header = "".join(f"{name:>15}" for name in variants)
+    print(f"  {'milestone':<44}{header}")
+    for key, text in MILESTONES:
+        cells = []
+        for name in variants:
+            values = [s.breakdown[key] for s in results.samples[name] if s.breakdown]
+            value = statistics.median(values)
+            breakdown.setdefault(name, {})[key] = value
+            cells.append(f"{value:>14.3f}s")
+        print(f"  {text:<44}{''.join(cells)}")
+    print(f"  {'segment (median of per-run differences)':<44}{header}")
+    for text, start, end in SEGMENTS:
+        cells = []
+        for name in variants:
+            values = [
+                s.breakdown[end] - s.breakdown.get(start, 0.0)
+                for s in results.samples[name]
+                if s.breakdown
+            ]
+            value = statistics.median(values)
+            breakdown.setdefault(name, {})[f"segment {text}"] = value
+            cells.append(f"{value:>14.3f}s")
+        print(f"  {text:<44}{''.join(cells)}")
+    return breakdown
 
 
 # -- main ----------------------------------------------------------------------
@@ -642,6 +773,20 @@ async def measure_all(
     stack.push_async_callback(jupyter.stop)
     await jupyter.start()
 
+    # The floor's kernel: started once, reused by every floor run, and left
+    # out of the kernel counts that decide when Noteburst has settled.
+    http = await stack.enter_async_context(httpx.AsyncClient())
+    rest = JupyterRestClient(
+        http=http, base_url=jupyter.url, token=jupyter.token, timeout=30
+    )
+    floor_kernel = await rest.create_kernel("python3")
+    stack.push_async_callback(rest.delete_kernel, floor_kernel)
+    conn = await KernelConnection.open(rest, floor_kernel)
+    stack.push_async_callback(conn.aclose)
+    ignore = frozenset({floor_kernel})
+    no_kernels = settler(jupyter, 0, ignore)
+    pool_full = settler(jupyter, POOL_SIZE, ignore)
+
     baselines = {
         "papermill": papermill_measure(tmp / "papermill"),
         "nbclient": nbclient_measure(),
@@ -651,19 +796,48 @@ async def measure_all(
         "jupyter_token": SecretStr(jupyter.token),
         "log_level": "WARNING",
     }
+    phases = 2 if args.skip_postgres else 3
+    baseline_share = iter(spread(args.baseline_runs, phases))
+    warmed: set[str] = set()
 
-    # Phase 1: the embedded default.
-    embedded = Config(
-        data_dir=tmp / "embedded", database_url=None, redis_url=None, **common
+    def with_baselines(
+        systems: dict[str, tuple[Measure, int]],
+    ) -> dict[str, tuple[Measure, int]]:
+        share = next(baseline_share)
+        return systems | {name: (m, share) for name, m in baselines.items()}
+
+    # Phase 1: the embedded default without a pool (a fresh kernel per run).
+    cold = Config(
+        data_dir=tmp / "embedded-cold",
+        database_url=None,
+        redis_url=None,
+        warm_kernels={},
+        **common,
     )
-    async with noteburst_service(embedded, run_worker=True) as url:
-        systems = {
-            "embedded": noteburst_measure(url, notebook, jupyter, "embedded"),
-            **baselines,
-        }
-        await run_phase("embedded", systems, args.runs, results)
+    async with noteburst_service(cold, run_worker=True) as url:
+        measure = noteburst_measure(url, notebook, no_kernels, "embedded-cold")
+        systems = with_baselines({"embedded-cold": (measure, args.cold_runs)})
+        await run_phase("embedded-cold", systems, results, warmed)
+    await no_kernels()
 
-    # Phase 2: PostgreSQL + Redis, worker in-process on the Redis broker.
+    # Phase 2: the embedded default with a pool of one warm kernel.
+    warm = Config(
+        data_dir=tmp / "embedded-warm",
+        database_url=None,
+        redis_url=None,
+        warm_kernels={"python3": POOL_SIZE},
+        **common,
+    )
+    floor = floor_measure(conn)
+    async with noteburst_service(warm, run_worker=True) as url:
+        measure = noteburst_measure(url, notebook, pool_full, "embedded-warm")
+        systems = with_baselines(
+            {"embedded-warm": (measure, args.runs), "floor": (floor, args.runs)}
+        )
+        await run_phase("embedded-warm", systems, results, warmed)
+    await no_kernels()
+
+    # Phase 3: PostgreSQL + Redis, worker in-process on the Redis broker.
     if not args.skip_postgres:
         url = await stack.enter_async_context(postgres_database(args.postgres))
         namespace = await stack.enter_async_context(redis_namespace(args.redis))
@@ -673,14 +847,16 @@ async def measure_all(
             database_url=url,
             redis_url=args.redis,
             redis_namespace=namespace,
+            warm_kernels={"python3": POOL_SIZE},
             **common,
         )
         async with noteburst_service(service, run_worker=True) as nb_url:
-            systems = {
-                "postgres": noteburst_measure(nb_url, notebook, jupyter, "postgres"),
-                **baselines,
-            }
-            await run_phase("postgres", systems, args.runs, results)
+            measure = noteburst_measure(nb_url, notebook, pool_full, "postgres-warm")
+            systems = with_baselines(
+                {"postgres-warm": (measure, args.runs), "floor": (floor, args.runs)}
+            )
+            await run_phase("postgres-warm", systems, results, warmed)
+        await no_kernels()
 
 
 @dataclass
@@ -719,7 +895,7 @@ async def bench(args: argparse.Namespace, interrupts: Interrupts) -> dict[str, A
     finally:
         interrupts.cleaning = True
         await stack.aclose()
-    output = report(results, args.runs)
+    output = report(results, args)
     output["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     output["machine"] = {
         "platform": platform.platform(),
@@ -743,7 +919,21 @@ async def bench(args: argparse.Namespace, interrupts: Interrupts) -> dict[str, A
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per system")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=50,
+        help="timed runs of each warm Noteburst variant, and of the floor per phase",
+    )
+    parser.add_argument(
+        "--cold-runs", type=int, default=10, help="timed runs of embedded-cold"
+    )
+    parser.add_argument(
+        "--baseline-runs",
+        type=int,
+        default=10,
+        help="timed runs of papermill and of nbclient, in all (spread over phases)",
+    )
     parser.add_argument("--json", type=Path, help="write raw numbers here")
     parser.add_argument(
         "--postgres", default=DEFAULT_POSTGRES, help="admin DSN for CREATE DATABASE"
@@ -753,8 +943,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-postgres", action="store_true", help="measure the embedded default only"
     )
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    for option in ("runs", "cold_runs", "baseline_runs"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args
 
 
