@@ -40,9 +40,12 @@ from ..storage.database import Database
 from ..storage.events import EventBus
 from ..storage.taskqueue import TaskQueue
 
-__all__ = ["ExecutionRunner", "Outcome"]
+__all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome"]
 
 _logger = structlog.get_logger("noteburst.runner")
+
+RETRY_BASE_SECONDS = 1.0
+"""Backoff before the first retry after a lost lab; doubles per attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class Outcome:
 
     status: ExecutionStatus
     error: ExecutionError | None
+    retryable: bool = False
+    """An infrastructure failure (the lab went away): worth another attempt."""
 
 
 class ExecutionRunner:
@@ -131,6 +136,9 @@ class ExecutionRunner:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+        if outcome.retryable and execution.attempts < self._max_attempts:
+            await self._retry_later(execution, outcome)
+            return outcome
         result_text = json.dumps(notebook, ensure_ascii=False, separators=(",", ":"))
         async with self._db.transaction() as store:
             final = await store.finish(
@@ -151,6 +159,32 @@ class ExecutionRunner:
             error_code=outcome.error.code.value if outcome.error else None,
         )
         return outcome
+
+    async def _retry_later(self, execution: Execution, outcome: Outcome) -> None:
+        """Queue an execution again after an infrastructure failure.
+
+        A cell error is never retried (it is an answer, not a fault); a lab
+        that went away is, with exponential backoff, up to ``max_attempts``
+        starts, after which the failure is final.  The attempt count is on
+        the execution, and the new QUEUED event tells subscribers.
+        """
+        delay = min(RETRY_BASE_SECONDS * 2 ** (execution.attempts - 1), 30.0)
+        now = datetime.now(UTC)
+        async with self._db.transaction() as store:
+            event = await store.requeue(
+                execution.id, now=now, lease_expired_before=now + timedelta(days=36500)
+            )
+        if event is None:
+            return  # taken over meanwhile; the other worker owns it
+        self._bus.announce(execution.id, event.sequence)
+        await self._queue.enqueue_execution(execution.id, delay_seconds=delay)
+        _logger.warning(
+            "Execution will be retried",
+            execution_id=execution.id,
+            attempt=execution.attempts,
+            delay_seconds=delay,
+            reason=outcome.error.message if outcome.error else None,
+        )
 
     async def recover(self, *, everything_running: bool = False) -> int:
         """Queue again what a lost worker or a lost message left behind.
@@ -253,7 +287,10 @@ class ExecutionRunner:
             return _failed(ErrorCode.KERNEL_START_FAILED, str(exc), None)
         except KernelDiedError as exc:
             return _failed(ErrorCode.KERNEL_DIED, str(exc), current_cell)
-        except (LabUnavailableError, JupyterError) as exc:
+        except LabUnavailableError as exc:
+            failed = _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
+            return Outcome(failed.status, failed.error, retryable=True)
+        except JupyterError as exc:
             return _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
         except Exception:
             _logger.exception(

@@ -76,14 +76,19 @@ class TaskQueue:
         """The underlying Dramatiq broker."""
         return self._broker
 
-    async def enqueue_execution(self, execution_id: str) -> None:
+    async def enqueue_execution(
+        self, execution_id: str, *, delay_seconds: float | None = None
+    ) -> None:
         """Ask a worker to run an execution.
 
         Parameters
         ----------
         execution_id
             The id of a committed, queued execution.
+        delay_seconds
+            Deliver no earlier than this (a retry's backoff).
         """
+        delay = None if delay_seconds is None else int(delay_seconds * 1000)
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=EXECUTION_QUEUE,
             actor_name=EXECUTE_ACTOR_NAME,
@@ -92,8 +97,8 @@ class TaskQueue:
             options={},
         )
         if isinstance(self._broker, StubBroker):
-            self._broker.enqueue(message)
+            self._broker.enqueue(message, delay=delay)
         else:
             # redis-py is blocking; keep the event loop free.  The client's
             # socket timeouts bound the call.
-            await asyncio.to_thread(self._broker.enqueue, message)
+            await asyncio.to_thread(self._broker.enqueue, message, delay=delay)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
@@ -25,6 +26,7 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
@@ -177,3 +179,54 @@ async def test_kernel_that_cannot_start_fails_clearly(harness: Harness) -> None:
     assert outcome.error is not None
     assert outcome.error.code is ErrorCode.KERNEL_START_FAILED
     assert "no-such-kernel" in outcome.error.message
+
+
+@pytest.mark.asyncio
+async def test_a_lost_lab_is_retried_then_fails_clearly(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The lab's server is gone (stopped under us): retried with backoff, then final."""
+    execution = await harness.service.submit(notebook("1"))
+    harness.broker.flush_all()
+    async with httpx.AsyncClient() as http:
+        backend = LocalLabBackend(
+            http=http, root_dir=tmp_path / "lab", start_timeout=60, request_timeout=5
+        )
+        await backend.start()
+        assert backend.server is not None
+        await backend.server.stop()  # the lab dies while the worker lives
+        runner = ExecutionRunner(
+            database=harness.api.database,
+            bus=harness.api.bus,
+            backend=backend,
+            queue=harness.api.queue,
+            lease_seconds=30,
+            max_attempts=2,
+        )
+        first = await asyncio.wait_for(runner.run(execution.id), 60)
+        assert first is not None
+        assert first.retryable
+        requeued = await harness.service.get(execution.id)
+        assert requeued is not None
+        assert requeued.status is ExecutionStatus.QUEUED
+        assert requeued.attempts == 1
+        # The retry was sent with a backoff (a delayed message).
+        assert harness.broker.queues[f"{EXECUTION_QUEUE}.DQ"].qsize() == 1
+
+        second = await asyncio.wait_for(runner.run(execution.id), 60)
+        assert second is not None
+        await backend.aclose()
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.FAILED
+    assert final.attempts == 2
+    assert final.error is not None
+    assert final.error.code is ErrorCode.LAB_UNAVAILABLE
+    kinds = [e.kind for e in await _events(harness, execution.id)]
+    assert kinds == [
+        EventKind.QUEUED,
+        EventKind.RUNNING,
+        EventKind.QUEUED,
+        EventKind.RUNNING,
+        EventKind.FINISHED,
+    ]
