@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import httpx
 
@@ -36,7 +36,7 @@ from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["LabBackend", "LocalLabBackend"]
+__all__ = ["KernelShutdowns", "LabBackend", "LocalLabBackend"]
 
 _log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class LocalLabBackend:
         self.wire_protocol = wire_protocol
         self._server: LocalJupyterServer | None = None
         self._rest: JupyterRestClient | None = None
-        self._shutdowns: set[asyncio.Task[None]] = set()
+        self._shutdowns = KernelShutdowns()
         self.warm_kernels = {
             name: size for name, size in (warm_kernels or {}).items() if size > 0
         }
@@ -263,11 +263,7 @@ class LocalLabBackend:
     def _retire(
         self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
     ) -> None:
-        task = asyncio.create_task(
-            _shutdown_kernel(rest, kernel_id, conn), name=f"kernel-shutdown-{kernel_id}"
-        )
-        self._shutdowns.add(task)
-        task.add_done_callback(self._shutdowns.discard)
+        self._shutdowns.retire(rest, kernel_id, conn)
 
     @property
     def pending_shutdowns(self) -> int:
@@ -280,17 +276,7 @@ class LocalLabBackend:
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.aclose(grace=self.shutdown_timeout)
-            if self._shutdowns:
-                _done, pending = await asyncio.wait(
-                    set(self._shutdowns), timeout=self.shutdown_timeout
-                )
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    _log.warning(
-                        "%d kernel shutdowns did not finish in time", len(pending)
-                    )
-                    await asyncio.wait(pending)
+            await self._shutdowns.drain(self.shutdown_timeout)
         finally:
             self._rest = None
             await self._stop_server()
@@ -299,6 +285,43 @@ class LocalLabBackend:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
+
+
+class KernelShutdowns:
+    """Kernel shutdowns running in the background, off the response path.
+
+    Both backends hand finished kernels here; ``drain`` waits for them at
+    close, bounded, cancelling what does not finish in time.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, kernel_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` (the shutdown of ``kernel_id``) in the background."""
+        task = asyncio.create_task(coro, name=f"kernel-shutdown-{kernel_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def retire(
+        self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
+    ) -> None:
+        """Close the websocket and DELETE the kernel in the background."""
+        self.add(kernel_id, _shutdown_kernel(rest, kernel_id, conn))
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline for callers
+        """Wait up to ``timeout`` seconds for every shutdown; cancel the rest."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            _log.warning("%d kernel shutdowns did not finish in time", len(pending))
+            await asyncio.wait(pending)
 
 
 _DELETE_RETRY_DELAYS: Final = (0.25, 0.5, 1.0, 2.0)

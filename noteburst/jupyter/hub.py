@@ -49,7 +49,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from .backend import _shutdown_kernel
+from .backend import KernelShutdowns
 from .exceptions import (
     JupyterError,
     JupyterWebError,
@@ -475,7 +475,7 @@ class HubLabBackend:
         self._spawns = 0
         self._last_progress: SpawnProgress | None = None
         # Same bookkeeping as LocalLabBackend (see the report for sharing it).
-        self._shutdowns: set[asyncio.Task[None]] = set()
+        self._shutdowns = KernelShutdowns()
 
     @property
     def rest(self) -> JupyterRestClient:
@@ -603,17 +603,7 @@ class HubLabBackend:
             for the next backend (or the hub's culler).
         """
         try:
-            if self._shutdowns:
-                _done, pending = await asyncio.wait(
-                    set(self._shutdowns), timeout=self.shutdown_timeout
-                )
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    _log.warning(
-                        "%d kernel shutdowns did not finish in time", len(pending)
-                    )
-                    await asyncio.wait(pending)
+            await self._shutdowns.drain(self.shutdown_timeout)
         finally:
             had_lab, self._rest = self._rest is not None, None
             if stop_lab and (had_lab or self._spawns):
@@ -737,14 +727,10 @@ class HubLabBackend:
         self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
     ) -> None:
         if self._rest is rest:
-            coro = _shutdown_kernel(rest, kernel_id, conn)
+            self._shutdowns.retire(rest, kernel_id, conn)
         elif conn is not None:
-            coro = conn.aclose()  # the lab is gone: nothing to DELETE
-        else:
-            return
-        task = asyncio.create_task(coro, name=f"kernel-shutdown-{kernel_id}")
-        self._shutdowns.add(task)
-        task.add_done_callback(self._shutdowns.discard)
+            # The lab is gone: nothing to DELETE, only the websocket to close.
+            self._shutdowns.add(kernel_id, conn.aclose())
 
 
 # -- helpers -----------------------------------------------------------------
