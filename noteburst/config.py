@@ -103,6 +103,24 @@ class Config(BaseSettings):
     spawn_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for JupyterHub to start a lab."
     )
+    identity_wait_seconds: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "Seconds a starting worker waits for a free bot identity when all "
+            "are leased (a crashed worker's lease expires after "
+            "worker_lease_seconds); then it fails to start."
+        ),
+    )
+    lab_idle_seconds: float | None = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Seconds a JupyterHub lab may sit with no execution before the "
+            "worker stops it (the next execution spawns it again). Unset: "
+            "never."
+        ),
+    )
     kernel_names: list[str] | None = Field(
         None,
         description=(
