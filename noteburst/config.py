@@ -10,7 +10,7 @@ docs/configuration.md; a test keeps that page in step with this class.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,6 +102,13 @@ class Config(BaseSettings):
     )
     spawn_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for JupyterHub to start a lab."
+    )
+    hub_user_options: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Spawner options sent with every spawn request (JSON object), "
+            "e.g. a KubeSpawner profile or image."
+        ),
     )
     identity_wait_seconds: float = Field(
         120.0,

@@ -34,9 +34,10 @@ from .config import Config
 from .jupyter.backend import LabBackend, LocalLabBackend
 from .jupyter.exceptions import JupyterError
 from .jupyter.hub import HubLabBackend
+from .jupyter.pool import KernelPool
 from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
-from .services.identity import IdentityLease
+from .services.identity import IdentityLease, NoIdentityAvailableError
 from .services.runner import ExecutionRunner
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
@@ -46,6 +47,9 @@ __all__ = ["Factory", "ProcessContext", "create_broker", "discover_kernel_names"
 
 
 _logger = structlog.get_logger("noteburst.factory")
+
+IDENTITY_RETRY_SECONDS = 5.0
+"""Pause before trying again to lease an identity when none was free."""
 
 
 def create_broker(config: Config) -> dramatiq.Broker:
@@ -172,7 +176,7 @@ class ProcessContext:
                 if config.jupyter_token
                 else None
             )
-            backend: LabBackend
+            backend: LocalLabBackend | HubLabBackend
             if config.lab_backend == "jupyterhub":
                 backend = await _hub_backend(config, http, database, stack)
             else:
@@ -187,10 +191,8 @@ class ProcessContext:
                     warm_kernels=config.warm_kernels,
                     warm_up_code=config.warm_up_code,
                 )
-            await backend.start()
-            if isinstance(backend, LocalLabBackend):
-                await _wait_for_warm_kernels(backend, config.kernel_start_timeout)
             stack.push_async_callback(backend.aclose)
+            await _start_backend(backend, config)
         except BaseException:
             await stack.aclose()
             raise
@@ -209,13 +211,37 @@ class ProcessContext:
         await self._closers.aclose()
 
 
-async def _wait_for_warm_kernels(backend: LocalLabBackend, limit: float) -> None:
+async def _start_backend(
+    backend: LocalLabBackend | HubLabBackend, config: Config
+) -> None:
+    """Start the lab ahead of the first execution, and let its pool fill.
+
+    A local server that does not start is fatal (nothing could run).  A hub
+    lab that does not spawn is not: the worker still serves, and each
+    execution tries to spawn the lab again and, failing, ends with the
+    hub's reason, which is where a user sees it.
+    """
+    try:
+        await backend.start()
+    except JupyterError as exc:
+        if isinstance(backend, LocalLabBackend):
+            raise
+        _logger.error(
+            "Lab not started; executions will try again",
+            identity=backend.username,
+            error=str(exc),
+        )
+        return
+    await _wait_for_warm_kernels(backend.pool, config.kernel_start_timeout)
+
+
+async def _wait_for_warm_kernels(pool: KernelPool | None, limit: float) -> None:
     """Let the first executions find warm kernels; never fail start over it."""
-    if backend.pool is None:
+    if pool is None:
         return
     try:
         async with asyncio.timeout(limit):
-            await backend.pool.wait_full()
+            await pool.wait_full()
     except (TimeoutError, JupyterError) as exc:
         _logger.warning("Warm kernel pool not ready; starting anyway", error=str(exc))
 
@@ -230,7 +256,9 @@ async def _hub_backend(
 
     The lease is released after the lab is stopped (the exit stack unwinds
     in reverse), so no other worker can pick the identity up while this one
-    still drives it.
+    still drives it.  If another worker takes the identity over (this one
+    stalled past its lease), the backend surrenders the lab at once and
+    drives the lab of a newly leased identity.
     """
     assert config.hub_url is not None
     assert config.hub_token is not None
@@ -242,7 +270,7 @@ async def _hub_backend(
     )
     username = await lease.acquire()
     stack.push_async_callback(lease.release)
-    return HubLabBackend(
+    backend = HubLabBackend(
         http=http,
         hub_url=config.hub_url,
         token=config.hub_token.get_secret_value(),
@@ -250,7 +278,42 @@ async def _hub_backend(
         spawn_timeout=config.spawn_timeout,
         kernel_start_timeout=config.kernel_start_timeout,
         request_timeout=config.http_timeout,
+        user_options=config.hub_user_options,
+        warm_kernels=config.warm_kernels,
+        warm_up_code=config.warm_up_code,
+        idle_timeout=config.lab_idle_seconds,
     )
+    follower = asyncio.create_task(
+        _follow_identity(lease, backend), name="identity-follower"
+    )
+    stack.push_async_callback(_cancel, follower)
+    return backend
+
+
+async def _follow_identity(lease: IdentityLease, backend: HubLabBackend) -> None:
+    """Surrender a lab whose identity was taken over; lease another one."""
+    while True:
+        await lease.lost.wait()
+        backend.surrender_identity(
+            f"another worker took over the lease on {backend.username}"
+        )
+        while True:
+            try:
+                name = await lease.acquire()
+            except NoIdentityAvailableError as exc:
+                # Executions meanwhile fail over (LAB_UNAVAILABLE is retried
+                # elsewhere); keep trying, acquire() bounds each wait.
+                _logger.error("No bot identity to drive labs as", error=str(exc))
+                await asyncio.sleep(IDENTITY_RETRY_SECONDS)
+                continue
+            backend.assume_identity(name)
+            break
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @contextlib.asynccontextmanager

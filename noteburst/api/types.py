@@ -148,6 +148,12 @@ class ExecutionEvent:
         description="For cell events: index of the cell in the notebook's cells."
     )
     cells_done: int
+    message: str | None = strawberry.field(
+        description=(
+            "Human-readable detail: for LAB_STARTING, how far the start of "
+            "the lab the execution waits for has got."
+        )
+    )
     created_at: datetime
     execution: Annotated[Execution, strawberry.field(description="The execution.")]
 
@@ -162,6 +168,7 @@ class ExecutionEvent:
             status=event.status,
             cell_index=event.cell_index,
             cells_done=event.cells_done,
+            message=event.message,
             created_at=event.created_at,
             execution=Execution.from_domain(execution),
         )

@@ -87,4 +87,6 @@ class ExecutionEventRow(Base):
     """The execution's status after this event."""
     cell_index: Mapped[int | None] = mapped_column(Integer)
     cells_done: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str | None] = mapped_column(Text)
+    """Human-readable detail (a lab's spawn progress), or NULL."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

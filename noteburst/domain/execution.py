@@ -44,6 +44,8 @@ class EventKind(enum.StrEnum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    LAB_STARTING = "lab_starting"
+    """The execution waits for its lab to start; the message says how far."""
     CELL_STARTED = "cell_started"
     CELL_FINISHED = "cell_finished"
     FINISHED = "finished"
@@ -151,3 +153,5 @@ class ExecutionEvent:
     created_at: datetime
     cell_index: int | None = None
     cells_done: int = 0
+    message: str | None = None
+    """Human-readable detail, e.g. a lab's spawn progress."""

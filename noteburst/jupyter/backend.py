@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -36,9 +36,12 @@ from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["KernelShutdowns", "LabBackend", "LocalLabBackend"]
+__all__ = ["KernelShutdowns", "LabBackend", "LabProgressCallback", "LocalLabBackend"]
 
 _log = logging.getLogger(__name__)
+
+LabProgressCallback = Callable[[str], Awaitable[None]]
+"""Told, in a line of text, how the lab an execution waits for is coming up."""
 
 
 @runtime_checkable
@@ -54,11 +57,16 @@ class LabBackend(Protocol):
         ...
 
     def kernel(
-        self, kernel_name: str
+        self,
+        kernel_name: str,
+        *,
+        on_progress: LabProgressCallback | None = None,
     ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Start a fresh kernel and open its websocket, for one notebook.
 
-        On exit the websocket is closed and the kernel shut down in the
+        ``on_progress`` is awaited with a line of text for each step of a
+        lab start this call has to wait for (a spawn on JupyterHub).  On
+        exit the websocket is closed and the kernel shut down in the
         background, tracked so that :meth:`aclose` can await it.
         """
         ...
@@ -208,7 +216,10 @@ class LocalLabBackend:
         return await self.rest.kernelspecs()
 
     def kernel(
-        self, kernel_name: str
+        self,
+        kernel_name: str,
+        *,
+        on_progress: LabProgressCallback | None = None,
     ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Start a fresh kernel and open its websocket, for one notebook.
 
@@ -220,6 +231,9 @@ class LocalLabBackend:
         ----------
         kernel_name
             Kernelspec name, e.g. ``python3``.
+        on_progress
+            Unused: the local server is started by :meth:`start`, before
+            any execution waits for it.
 
         Returns
         -------

@@ -49,7 +49,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from .backend import KernelShutdowns
+from .backend import KernelShutdowns, LabProgressCallback
 from .exceptions import (
     JupyterError,
     JupyterWebError,
@@ -59,6 +59,7 @@ from .exceptions import (
     LabUnavailableError,
 )
 from .kernel import KernelConnection
+from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
 
@@ -404,8 +405,25 @@ class JupyterHubClient:
 ProgressCallback = Callable[[SpawnProgress], Awaitable[None]]
 
 
+@dataclass(eq=False)
+class _Lab:
+    """One spawned lab: its REST client and its warm kernels."""
+
+    rest: JupyterRestClient
+    pool: KernelPool | None = None
+    gone: bool = False
+    """The server is stopped or vanished: its kernels went with it."""
+
+
 class HubLabBackend:
     """Kernels from one bot user's lab on JupyterHub.
+
+    The lab is spawned on first use and reused; several executions use it
+    at once, one kernel each (as many as the worker runs at once).  With
+    ``warm_kernels`` it keeps started kernels ready, as
+    :class:`~.backend.LocalLabBackend` does; the pool belongs to one lab and
+    is dropped with it.  After ``idle_timeout`` seconds without a kernel in
+    use the lab is stopped, and the next kernel spawns it again.
 
     Parameters
     ----------
@@ -435,6 +453,16 @@ class HubLabBackend:
     on_progress
         Awaited with every spawn progress event (including the final ready
         one); keep it quick, it runs inside the spawn timeout.
+    warm_kernels
+        Started kernels to keep ready per kernel name in each lab.
+    warm_up_code
+        Code run in each pooled kernel of a kernel name before it is used.
+    warm_up_max_failures
+        Consecutive failed pooled starts after which a kernel name's pool
+        gives up (kernels are then started on demand).
+    idle_timeout
+        Seconds without a kernel in use after which the lab is stopped;
+        `None` to keep it until :meth:`aclose`.
     """
 
     def __init__(
@@ -452,6 +480,10 @@ class HubLabBackend:
         wire_protocol: WireProtocol = WireProtocol.V1,
         user_options: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        warm_kernels: Mapping[str, int] | None = None,
+        warm_up_code: Mapping[str, str] | None = None,
+        warm_up_max_failures: int = 5,
+        idle_timeout: float | None = None,
     ) -> None:
         self._http = http
         self._token = token
@@ -463,6 +495,12 @@ class HubLabBackend:
         self.wire_protocol = wire_protocol
         self.user_options = dict(user_options) if user_options else None
         self.on_progress = on_progress
+        self.warm_kernels = {
+            name: size for name, size in (warm_kernels or {}).items() if size > 0
+        }
+        self.warm_up_code = dict(warm_up_code or {})
+        self.warm_up_max_failures = warm_up_max_failures
+        self.idle_timeout = idle_timeout
         self.hub = JupyterHubClient(
             http=http,
             hub_url=hub_url,
@@ -470,29 +508,48 @@ class HubLabBackend:
             timeout=request_timeout,
             proxy_url=proxy_url,
         )
-        self._rest: JupyterRestClient | None = None
+        self._current: _Lab | None = None
         self._lab_lock = asyncio.Lock()
         self._spawns = 0
+        self._idle_stops = 0
         self._last_progress: SpawnProgress | None = None
-        # Same bookkeeping as LocalLabBackend (see the report for sharing it).
+        self._listeners: set[LabProgressCallback] = set()
+        self._in_use = 0
+        self._idle_timer: asyncio.Task[None] | None = None
+        self._surrendered: str | None = None
         self._shutdowns = KernelShutdowns()
 
     @property
     def rest(self) -> JupyterRestClient:
         """REST client of the current lab (after :meth:`start`)."""
-        if self._rest is None:
+        if self._current is None:
             raise JupyterError("HubLabBackend has no lab: call start()")
-        return self._rest
+        return self._current.rest
 
     @property
     def lab_url(self) -> str | None:
         """Base URL of the current lab, if the backend has one."""
-        return self._rest.base_url if self._rest else None
+        return self._current.rest.base_url if self._current else None
+
+    @property
+    def pool(self) -> KernelPool | None:
+        """Warm kernels of the current lab (with ``warm_kernels``)."""
+        return self._current.pool if self._current else None
 
     @property
     def spawns(self) -> int:
         """How many spawns this backend has requested (finding one running is none)."""
         return self._spawns
+
+    @property
+    def idle_stops(self) -> int:
+        """How many times the lab was stopped for being idle."""
+        return self._idle_stops
+
+    @property
+    def kernels_in_use(self) -> int:
+        """Kernels handed out by :meth:`kernel` and not yet given back."""
+        return self._in_use
 
     @property
     def pending_shutdowns(self) -> int:
@@ -503,40 +560,49 @@ class HubLabBackend:
         """Make sure the bot user exists and its lab runs and answers.
 
         Idempotent while the lab is known to be up; spawns a new lab if the
-        previous one was found gone.
+        previous one was found gone.  Starts filling the warm pool without
+        waiting for it.
 
         Raises
         ------
         LabSpawnError
             If the spawn fails or does not finish within ``spawn_timeout``.
         LabUnavailableError
-            If the hub, or the new lab, cannot be reached.
+            If the hub, or the new lab, cannot be reached, or the identity
+            was surrendered.
         """
         await self._lab()
 
     async def kernel_names(self) -> list[str]:
         """Return the kernelspec names the lab offers (spawning it if needed)."""
-        rest = await self._lab()
+        lab = await self._lab()
         try:
-            return await rest.kernelspecs()
+            return await lab.rest.kernelspecs()
         except JupyterWebError:
-            if not await self._lab_is_gone(rest):
+            if not await self._lab_is_gone(lab):
                 raise
-            self._forget_lab(rest)
-            return await (await self._lab()).kernelspecs()
+            self._forget_lab(lab, gone=True)
+            return await (await self._lab()).rest.kernelspecs()
 
     def kernel(
-        self, kernel_name: str
+        self,
+        kernel_name: str,
+        *,
+        on_progress: LabProgressCallback | None = None,
     ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
-        """Start a fresh kernel in the lab and open its websocket.
+        """Hand out a fresh kernel in the lab, with its websocket open.
 
-        If the lab is gone (found now, or by an earlier failure), a new one
-        is spawned first.
+        A warm kernel from the pool if one is ready (never used before),
+        else one started now.  If the lab is gone (found now, or by an
+        earlier failure), a new one is spawned first.
 
         Parameters
         ----------
         kernel_name
             Kernelspec name, e.g. ``python3``.
+        on_progress
+            Awaited with a line of text for each spawn progress event while
+            this call waits for a lab to be spawned.
 
         Returns
         -------
@@ -553,76 +619,152 @@ class HubLabBackend:
         KernelStartError
             If the kernel cannot be started (unknown name, start timeout).
         LabUnavailableError
-            If the lab is gone (and could not be replaced).
+            If the lab is gone (and could not be replaced), or the identity
+            was surrendered.
         LabSpawnError
             If a new lab was needed and could not be spawned.
         """
-        return self._kernel(kernel_name)
+        return self._kernel(kernel_name, on_progress)
 
-    @contextlib.asynccontextmanager
-    async def _kernel(self, kernel_name: str) -> AsyncIterator[KernelConnection]:
-        rest = await self._lab()
-        try:
-            kernel_id = await rest.create_kernel(kernel_name)
-        except JupyterWebError:
-            # A stopped lab answers a GET with 302, but a POST reaches the
-            # hub itself, which refuses it with 403 (no XSRF token): ask.
-            if not await self._lab_is_gone(rest):
-                raise
-            self._forget_lab(rest)
-            rest = await self._lab()
-            kernel_id = await rest.create_kernel(kernel_name)
-        conn: KernelConnection | None = None
-        try:
-            conn = await KernelConnection.open(
-                rest,
-                kernel_id,
-                wire_protocol=self.wire_protocol,
-                open_timeout=self.kernel_start_timeout,
-            )
-            yield conn
-        except (LabUnavailableError, KernelDiedError, KernelStartError) as exc:
-            if not await self._lab_is_gone(rest):
-                raise
-            self._forget_lab(rest)
-            if isinstance(exc, LabUnavailableError):
-                raise
-            raise LabUnavailableError(
-                f"lab of {self.username} went away: {exc}", url=rest.base_url
-            ) from exc
-        finally:
-            self._retire(rest, kernel_id, conn)
+    def surrender_identity(self, reason: str) -> None:
+        """Stop driving this user's lab: another worker holds the identity.
+
+        The lab is left running for its new holder; warm kernels are shut
+        down and kernels in use finish normally.  Until
+        :meth:`assume_identity`, :meth:`kernel` raises `LabUnavailableError`
+        (a retryable failure: the execution is queued again).
+        """
+        _log.error("Surrendering the lab of %s: %s", self.username, reason)
+        self._surrendered = reason
+        self._cancel_idle_timer()
+        if self._current is not None:
+            self._forget_lab(self._current, gone=False)
+
+    def assume_identity(self, username: str) -> None:
+        """Drive the lab of ``username`` from now on (after a surrender)."""
+        if self._current is not None:
+            self._forget_lab(self._current, gone=False)
+        self.username = username
+        self._surrendered = None
+        _log.info("Now driving the lab of %s", username)
 
     async def aclose(self, stop_lab: bool = True) -> None:
-        """Wait (bounded) for background kernel shutdowns, then stop the lab.
+        """Drop the warm pool, wait (bounded) for shutdowns, stop the lab.
 
         Parameters
         ----------
         stop_lab
             Whether to stop the bot user's server; `False` leaves it running
-            for the next backend (or the hub's culler).
+            for the next backend (or the hub's culler).  A surrendered lab
+            is never stopped: it belongs to another worker.
         """
+        self._cancel_idle_timer()
+        lab, self._current = self._current, None
         try:
+            if lab is not None and lab.pool is not None:
+                await lab.pool.aclose(grace=self.shutdown_timeout)
             await self._shutdowns.drain(self.shutdown_timeout)
         finally:
-            had_lab, self._rest = self._rest is not None, None
-            if stop_lab and (had_lab or self._spawns):
-                try:
-                    await self.hub.stop_server(self.username)
-                except JupyterError as exc:
-                    _log.warning("Could not stop the lab of %s: %s", self.username, exc)
+            stop = stop_lab and self._surrendered is None
+            if stop and (lab is not None or self._spawns):
+                await self._stop_server()
 
     # -- internals -----------------------------------------------------------
 
-    async def _lab(self) -> JupyterRestClient:
-        """Return the lab's REST client, spawning the lab if there is none."""
-        rest = self._rest
-        if rest is not None:
-            return rest
+    @contextlib.asynccontextmanager
+    async def _kernel(
+        self, kernel_name: str, on_progress: LabProgressCallback | None
+    ) -> AsyncIterator[KernelConnection]:
+        self._in_use += 1
+        self._cancel_idle_timer()
+        try:
+            lab = await self._lab_for(on_progress)
+            pooled = lab.pool.take(kernel_name) if lab.pool is not None else None
+            if pooled is not None:
+                kernel_id = pooled.kernel_id
+            else:
+                lab, kernel_id = await self._create_kernel(
+                    lab, kernel_name, on_progress
+                )
+            conn: KernelConnection | None = pooled
+            try:
+                if conn is None:
+                    conn = await KernelConnection.open(
+                        lab.rest,
+                        kernel_id,
+                        wire_protocol=self.wire_protocol,
+                        open_timeout=self.kernel_start_timeout,
+                    )
+                yield conn
+            except (LabUnavailableError, KernelDiedError, KernelStartError) as exc:
+                if not await self._lab_is_gone(lab):
+                    raise
+                self._forget_lab(lab, gone=True)
+                raise LabUnavailableError(
+                    f"lab of {self.username} went away: {exc}", url=lab.rest.base_url
+                ) from exc
+            finally:
+                self._retire(lab, kernel_id, conn)
+        finally:
+            self._in_use -= 1
+            if self._in_use == 0:
+                self._arm_idle_timer()
+
+    async def _create_kernel(
+        self, lab: _Lab, kernel_name: str, on_progress: LabProgressCallback | None
+    ) -> tuple[_Lab, str]:
+        try:
+            return lab, await lab.rest.create_kernel(kernel_name)
+        except JupyterWebError:
+            # A stopped lab answers a GET with 302, but a POST reaches the
+            # hub itself, which refuses it with 403 (no XSRF token): ask.
+            if not await self._lab_is_gone(lab):
+                raise
+            self._forget_lab(lab, gone=True)
+        lab = await self._lab_for(on_progress)
+        return lab, await lab.rest.create_kernel(kernel_name)
+
+    async def _lab_for(self, on_progress: LabProgressCallback | None) -> _Lab:
+        """Return the lab; ``on_progress`` hears of a spawn this waits for."""
+        if on_progress is None or self._current is not None:
+            return await self._lab()
+        self._listeners.add(on_progress)
+        try:
+            return await self._lab()
+        finally:
+            self._listeners.discard(on_progress)
+
+    async def _lab(self) -> _Lab:
+        """Return the current lab, spawning one if there is none."""
+        if self._surrendered is not None:
+            raise LabUnavailableError(
+                f"this worker no longer holds the identity {self.username}: "
+                f"{self._surrendered}"
+            )
+        lab = self._current
+        if lab is not None:
+            return lab
         async with self._lab_lock:
-            if self._rest is None:
-                self._rest = await self._spawn_lab()
-            return self._rest
+            if self._current is None:
+                self._current = self._open_lab(await self._spawn_lab())
+            return self._current
+
+    def _open_lab(self, rest: JupyterRestClient) -> _Lab:
+        """Wrap a ready lab; start filling its warm pool (without waiting)."""
+        lab = _Lab(rest)
+        if self.warm_kernels:
+            lab.pool = KernelPool(
+                rest=rest,
+                retire=lambda kernel_id, conn: self._retire(lab, kernel_id, conn),
+                sizes=self.warm_kernels,
+                warm_up_code=self.warm_up_code,
+                wire_protocol=self.wire_protocol,
+                start_timeout=self.kernel_start_timeout,
+                max_failures=self.warm_up_max_failures,
+                username=self.username,
+            )
+            lab.pool.start()
+        return lab
 
     async def _spawn_lab(self) -> JupyterRestClient:
         """Spawn (or find) the lab, bounded by ``spawn_timeout``."""
@@ -638,9 +780,13 @@ class HubLabBackend:
                 f"(last progress: {_describe(self._last_progress)})",
                 username=name,
             ) from exc
-        except LabSpawnError:
+        except LabSpawnError as exc:
             await self._cancel_spawn()
-            raise
+            if name in str(exc):
+                raise
+            raise LabSpawnError(
+                f"lab of {name} could not be started: {exc}", username=name
+            ) from exc
 
     async def _spawn_lab_unbounded(self, scope: asyncio.Timeout) -> JupyterRestClient:
         hub, name = self.hub, self.username
@@ -657,8 +803,7 @@ class HubLabBackend:
         ) as events:
             async for event in events:
                 self._last_progress = event
-                if self.on_progress is not None:
-                    await self.on_progress(event)
+                await self._tell_progress(event)
         url = await hub.server_url(name)
         if url is None:
             raise LabUnavailableError(
@@ -673,6 +818,18 @@ class HubLabBackend:
         await rest.status()
         _log.info("Lab of %s ready at %s", name, rest.base_url)
         return rest
+
+    async def _tell_progress(self, event: SpawnProgress) -> None:
+        if self.on_progress is not None:
+            await self.on_progress(event)
+        text = _progress_text(self.username, event)
+        for listener in list(self._listeners):
+            try:
+                await listener(text)
+            except Exception:
+                # A listener records progress for one execution; its failure
+                # must not fail the spawn every waiting execution needs.
+                _log.exception("Spawn progress listener failed")
 
     async def _request_spawn(self) -> bool:
         """POST the spawn; if a stop is still pending, wait for it first."""
@@ -705,32 +862,82 @@ class HubLabBackend:
         except (JupyterError, TimeoutError) as exc:
             _log.warning("Could not cancel the spawn of %s: %s", self.username, exc)
 
-    def _forget_lab(self, rest: JupyterRestClient) -> None:
-        """Drop ``rest`` as the current lab (unless it was already replaced)."""
-        if self._rest is rest:
-            _log.warning("Lab of %s at %s is gone", self.username, rest.base_url)
-            self._rest = None
+    async def _stop_server(self) -> None:
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await self.hub.stop_server(self.username)
+        except (JupyterError, TimeoutError) as exc:
+            _log.warning("Could not stop the lab of %s: %s", self.username, exc)
 
-    async def _lab_is_gone(self, rest: JupyterRestClient) -> bool:
-        if self._rest is not rest:
+    def _forget_lab(self, lab: _Lab, *, gone: bool) -> None:
+        """Drop ``lab`` as the current lab and its warm pool, in the background.
+
+        ``gone``: the server is stopped or vanished, so its kernels need no
+        DELETE (only their websockets are closed).
+        """
+        lab.gone = lab.gone or gone
+        if self._current is lab:
+            if gone:
+                _log.warning(
+                    "Lab of %s at %s is gone", self.username, lab.rest.base_url
+                )
+            self._current = None
+        pool, lab.pool = lab.pool, None
+        if pool is not None:
+            self._shutdowns.add(
+                f"pool-{id(pool)}", pool.aclose(grace=self.shutdown_timeout)
+            )
+
+    async def _lab_is_gone(self, lab: _Lab) -> bool:
+        if lab.gone or self._current is not lab:
             return True
         try:
             async with asyncio.timeout(min(self.request_timeout, _PROBE_TIMEOUT)):
-                await rest.status()
+                await lab.rest.status()
         except LabUnavailableError:
             return True
         except (JupyterError, TimeoutError):
             return False
         return False
 
-    def _retire(
-        self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
-    ) -> None:
-        if self._rest is rest:
-            self._shutdowns.retire(rest, kernel_id, conn)
+    def _retire(self, lab: _Lab, kernel_id: str, conn: KernelConnection | None) -> None:
+        if not lab.gone:
+            self._shutdowns.retire(lab.rest, kernel_id, conn)
         elif conn is not None:
             # The lab is gone: nothing to DELETE, only the websocket to close.
             self._shutdowns.add(kernel_id, conn.aclose())
+
+    # -- idleness ------------------------------------------------------------
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_timeout is None or self._current is None:
+            return
+        self._cancel_idle_timer()
+        self._idle_timer = asyncio.create_task(
+            self._stop_when_idle(self.idle_timeout), name=f"lab-idle-{self.username}"
+        )
+
+    def _cancel_idle_timer(self) -> None:
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _stop_when_idle(self, delay: float) -> None:
+        # A timer, not a synchronisation: any kernel() cancels it.
+        await asyncio.sleep(delay)
+        async with self._lab_lock:
+            lab = self._current
+            if lab is None or self._in_use:
+                return
+            _log.info(
+                "Stopping the lab of %s after %g s without executions",
+                self.username,
+                delay,
+            )
+            self._idle_stops += 1
+            self._forget_lab(lab, gone=True)
+            await self._stop_server()
+        self._idle_timer = None
 
 
 # -- helpers -----------------------------------------------------------------
@@ -790,6 +997,15 @@ def _progress_refused(name: str, response: httpx.Response) -> JupyterError:
         error.__cause__ = JupyterWebError.from_response(response)
         return error
     return JupyterWebError.from_response(response)
+
+
+def _progress_text(name: str, event: SpawnProgress) -> str:
+    if event.ready:
+        return f"lab of {name} is ready"
+    if event.failed:
+        return f"lab of {name} failed to start: {event.message}"
+    percent = f" ({event.progress}%)" if event.progress is not None else ""
+    return f"starting the lab of {name}: {event.message or 'spawning'}{percent}"
 
 
 def _describe(event: SpawnProgress | None) -> str:

@@ -260,9 +260,22 @@ class ExecutionRunner:
             cells_done += 1
             await self._record(execution.id, EventKind.CELL_FINISHED, index, cells_done)
 
+        async def lab_starting(message: str) -> None:
+            async with self._db.transaction() as store:
+                event = await store.append_event(
+                    execution.id,
+                    kind=EventKind.LAB_STARTING,
+                    status=ExecutionStatus.RUNNING,
+                    message=message,
+                    now=datetime.now(UTC),
+                )
+            self._bus.announce(execution.id, event.sequence)
+
         try:
             async with asyncio.timeout(execution.timeout_seconds) as scope:
-                async with self._backend.kernel(execution.kernel_name) as kernel:
+                async with self._backend.kernel(
+                    execution.kernel_name, on_progress=lab_starting
+                ) as kernel:
                     failure = await execute_notebook(
                         kernel,
                         notebook,

@@ -79,6 +79,7 @@ _EVENT_COLUMNS = (
     _EV.status,
     _EV.cell_index,
     _EV.cells_done,
+    _EV.message,
     _EV.created_at,
 )
 
@@ -175,6 +176,7 @@ def _event_to_domain(row: _AnyRow) -> ExecutionEvent:
         created_at=row.created_at,
         cell_index=row.cell_index,
         cells_done=row.cells_done,
+        message=row.message,
     )
 
 
@@ -454,12 +456,14 @@ class ExecutionStore:
         status: ExecutionStatus,
         cell_index: int | None = None,
         cells_done: int | None = None,
+        message: str | None = None,
         now: datetime,
     ) -> ExecutionEvent:
         """Record a change of an unfinished execution and its event.
 
         Sets the execution's status to ``status`` and, if given,
-        ``cells_done``; allocates the next sequence; on Postgres sends the
+        ``cells_done``; stores ``message`` (human-readable detail) on the
+        event; allocates the next sequence; on Postgres sends the
         notification (delivered on commit).  Use :meth:`finish` to finish.
 
         Returns
@@ -486,6 +490,7 @@ class ExecutionStore:
             kind=kind,
             status=status,
             cell_index=cell_index,
+            message=message,
             now=now,
         )
         if event is None:
@@ -674,6 +679,7 @@ class ExecutionStore:
         status: ExecutionStatus,
         cell_index: int | None,
         now: datetime,
+        message: str | None = None,
     ) -> ExecutionEvent | None:
         """Conditionally update the row, allocating a sequence, and log it."""
         statement = (
@@ -693,6 +699,7 @@ class ExecutionStore:
             status=status,
             cell_index=cell_index,
             cells_done=row.cells_done,
+            message=message,
             now=now,
         )
 
@@ -706,6 +713,7 @@ class ExecutionStore:
         cell_index: int | None,
         cells_done: int,
         now: datetime,
+        message: str | None = None,
     ) -> ExecutionEvent:
         event = ExecutionEvent(
             execution_id=execution_id,
@@ -715,6 +723,7 @@ class ExecutionStore:
             created_at=_utc(now),
             cell_index=cell_index,
             cells_done=cells_done,
+            message=message,
         )
         await self._session.execute(
             insert(_EV).values(
@@ -724,6 +733,7 @@ class ExecutionStore:
                 status=status.value,
                 cell_index=cell_index,
                 cells_done=cells_done,
+                message=message,
                 created_at=event.created_at,
             )
         )

@@ -391,3 +391,179 @@ async def test_spawn_failure(
         async with asyncio.timeout(WAIT):
             await backend.aclose()
         await delete_users(hub_client, name)
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``predicate`` (a hub or backend state, with no event to wait on)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while not await predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting until {what}")
+
+
+WARM_UP = "import colorsys as _noteburst_warm"
+
+
+@pytest.mark.asyncio
+async def test_warm_pool_in_the_lab(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    name = bot_name()
+    backend = make_backend(
+        http,
+        jupyterhub,
+        name,
+        warm_kernels={"python3": 1},
+        warm_up_code={"python3": WARM_UP},
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            await backend.start()
+            pool = backend.pool
+            assert pool is not None
+            await pool.wait_full("python3")
+            seen: set[str] = set()
+            for round_ in range(3):
+                ready = pool.ready_kernel_ids("python3")
+                assert len(ready) == 1
+                async with backend.kernel("python3") as conn:
+                    # The warm kernel is handed out, never one used before.
+                    assert conn.kernel_id == ready[0]
+                    assert conn.kernel_id not in seen
+                    seen.add(conn.kernel_id)
+                    nb = small_notebook(
+                        "'_noteburst_warm' in dir(), len(Out)", f"leak{round_} = 1"
+                    )
+                    assert await execute_notebook(conn, nb) is None
+                    assert nb.cells[0].outputs[0].data["text/plain"] == "(True, 0)"
+                await pool.wait_full("python3")  # refilled
+            assert pool.handed_out("python3") == 3
+        assert backend.spawns == 1
+
+        async def settled() -> bool:
+            return backend.pending_shutdowns == 0
+
+        # Used kernels are shut down: the lab keeps only the warm one.
+        await wait_until(settled, "used kernels are shut down")
+        running = await http.get(
+            f"{backend.lab_url}api/kernels", headers=hub_client.auth_headers
+        )
+        assert [kernel["id"] for kernel in running.json()] == (
+            pool.ready_kernel_ids("python3")
+        )
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
+
+
+@pytest.mark.asyncio
+async def test_several_executions_share_the_lab_at_once(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    name = bot_name()
+    backend = make_backend(http, jupyterhub, name)
+    both_running = asyncio.Barrier(2)
+
+    async def run() -> tuple[str, str]:
+        async with backend.kernel("python3") as conn:
+            # Both kernels are in use at the same time before either ends.
+            async with asyncio.timeout(WAIT):
+                await both_running.wait()
+            assert backend.kernels_in_use == 2
+            nb = small_notebook("import os; os.getpid()")
+            assert await execute_notebook(conn, nb) is None
+            return conn.kernel_id, nb.cells[0].outputs[0].data["text/plain"]
+
+    try:
+        async with asyncio.timeout(WAIT):
+            (id1, pid1), (id2, pid2) = await asyncio.gather(run(), run())
+        assert id1 != id2
+        assert pid1 != pid2
+        assert backend.spawns == 1
+        assert backend.kernels_in_use == 0
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
+
+
+@pytest.mark.asyncio
+async def test_idle_lab_is_stopped_and_respawned_on_demand(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    name = bot_name()
+    backend = make_backend(
+        http, jupyterhub, name, idle_timeout=0.5, warm_kernels={"python3": 1}
+    )
+
+    async def stopped() -> bool:
+        return backend.idle_stops == 1 and await hub_client.server_url(name) is None
+
+    try:
+        async with asyncio.timeout(WAIT), backend.kernel("python3") as conn:
+            assert await execute_notebook(conn, small_notebook("1")) is None
+        await wait_until(stopped, "the idle lab is stopped")
+        assert backend.lab_url is None
+        assert backend.pool is None
+
+        lines: list[str] = []
+
+        async def record(line: str) -> None:
+            lines.append(line)
+
+        async with asyncio.timeout(WAIT):
+            async with backend.kernel("python3", on_progress=record) as conn:
+                assert await execute_notebook(conn, small_notebook("2")) is None
+                # In use: the timer is off, however long the execution takes.
+                assert backend.idle_stops == 1
+        assert backend.spawns == 2
+        # The execution that waited for the spawn was told how it went.
+        assert lines, "no spawn progress reported"
+        assert lines[-1] == f"lab of {name} is ready"
+        assert any(line.startswith(f"starting the lab of {name}") for line in lines)
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+        await delete_users(hub_client, name)
+
+
+@pytest.mark.asyncio
+async def test_surrendered_identity_leaves_the_lab_to_its_new_holder(
+    http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
+) -> None:
+    first, second = bot_name(), bot_name()
+    backend = make_backend(http, jupyterhub, first, warm_kernels={"python3": 1})
+
+    async def whoami() -> str:
+        async with backend.kernel("python3") as conn:
+            nb = small_notebook("import os; os.environ['JUPYTERHUB_USER']")
+            assert await execute_notebook(conn, nb) is None
+            user: str = nb.cells[0].outputs[0].data["text/plain"]
+            return user.strip("'")
+
+    try:
+        async with asyncio.timeout(WAIT):
+            assert await whoami() == first
+            first_url = backend.lab_url
+            backend.surrender_identity("taken over by another worker")
+            with pytest.raises(LabUnavailableError, match="no longer holds"):
+                await whoami()
+            backend.assume_identity(second)
+            assert await whoami() == second
+            await backend.aclose()
+            # The surrendered lab is left running for its new holder, and
+            # its warm kernel was shut down.
+            assert await hub_client.server_url(first) == first_url
+            kernels = await http.get(
+                f"{first_url}api/kernels", headers=hub_client.auth_headers
+            )
+            assert kernels.json() == []
+    finally:
+        async with asyncio.timeout(WAIT):
+            await backend.aclose()
+            await hub_client.stop_server(first)
+            await hub_client.stop_server(second)
+        await delete_users(hub_client, first, second)

@@ -42,7 +42,7 @@ mutation Submit($input: SubmitExecutionInput!) {{
 WATCH = f"""
 subscription Watch($id: ID!, $after: Int) {{
   executionStatus(id: $id, afterSequence: $after) {{
-    sequence kind status cellIndex cellsDone
+    sequence kind status cellIndex cellsDone message
     execution {{ {EXECUTION_FIELDS} }}
   }}
 }}
