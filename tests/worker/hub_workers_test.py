@@ -42,7 +42,7 @@ from tests.support.hub import HubInfo
 from tests.support.notebooks import notebook
 
 NOTEBURST = [sys.executable, "-m", "noteburst.cli"]
-SHORT_LEASE = 3.0
+SHORT_LEASE = 5.0
 """So a killed worker's identity (and execution) frees up within seconds."""
 LONG_LEASE = 300.0
 """So that no recovery sweep sends a queued execution again during a test."""
