@@ -40,6 +40,7 @@ from .logs import configure_logging
 from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
+from .worker.runtime import WorkerStartupError
 
 __all__ = ["main"]
 
@@ -95,7 +96,10 @@ def worker() -> None:
     broker = create_broker(config)
     # Events go out through NOTIFY in each transaction; this bus has no
     # subscribers and only satisfies the announce-after-commit interface.
-    running = start_worker(config, broker, bus=LocalEventBus(), embedded=False)
+    try:
+        running = start_worker(config, broker, bus=LocalEventBus(), embedded=False)
+    except WorkerStartupError as exc:
+        raise click.ClickException(f"the worker could not start: {exc}") from exc
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -268,7 +268,7 @@ async def _hub_backend(
         holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         lease_seconds=config.worker_lease_seconds,
     )
-    username = await lease.acquire()
+    username = await lease.acquire(wait_seconds=config.identity_wait_seconds)
     stack.push_async_callback(lease.release)
     backend = HubLabBackend(
         http=http,

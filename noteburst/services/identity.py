@@ -6,6 +6,10 @@ background while the worker lives, and releases it on a clean stop.  If a
 renewal finds that another worker took the identity over (this one stalled
 past its lease), the lease reports itself lost so the worker stops driving
 that lab instead of sharing it.
+
+A worker that starts while every identity is leased waits (bounded) rather
+than failing at once: the usual cause is a worker that just crashed or is
+being replaced, whose lease frees up within one lease period.
 """
 
 from __future__ import annotations
@@ -68,31 +72,64 @@ class IdentityLease:
             raise RuntimeError(msg)
         return self._name
 
-    async def acquire(self) -> str:
+    async def acquire(self, *, wait_seconds: float = 0.0) -> str:
         """Claim an identity and start renewing it.
+
+        Parameters
+        ----------
+        wait_seconds
+            How long to keep trying when every identity is held: the claim
+            is retried every third of the lease (at most every second), so
+            an identity released, or whose holder stopped renewing, is taken
+            soon after.  0 tries once.
 
         Raises
         ------
         NoIdentityAvailableError
-            Raised if every identity is held by a live worker: the pool is
-            smaller than the number of workers.
+            Raised if every identity is still held by a live worker after
+            ``wait_seconds``: the pool is smaller than the number of workers.
         """
-        now = datetime.now(UTC)
-        async with self._db.lease_transaction() as leases:
-            name = await leases.claim(
-                self._pool, holder=self._holder, now=now, lease_until=now + self._lease
-            )
-        if name is None:
-            msg = (
-                f"all {len(self._pool)} bot identities are held by live workers; "
-                "add identities to the pool or run fewer workers"
-            )
-            raise NoIdentityAvailableError(msg)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        interval = min(1.0, self._lease.total_seconds() / 3)
+        waiting = False
+        while (name := await self._claim()) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoIdentityAvailableError(self._exhausted_message(wait_seconds))
+            if not waiting:
+                waiting = True
+                _logger.warning(
+                    "Every bot identity is leased; waiting for one",
+                    identities=len(self._pool),
+                    wait_seconds=wait_seconds,
+                    holder=self._holder,
+                )
+            await asyncio.sleep(min(interval, remaining))
         self._name = name
         self.lost.clear()
         self._renewer = asyncio.create_task(self._renew_forever(name))
         _logger.info("Claimed bot identity", identity=name, holder=self._holder)
         return name
+
+    async def _claim(self) -> str | None:
+        now = datetime.now(UTC)
+        async with self._db.lease_transaction() as leases:
+            return await leases.claim(
+                self._pool, holder=self._holder, now=now, lease_until=now + self._lease
+            )
+
+    def _exhausted_message(self, wait_seconds: float) -> str:
+        waited = (
+            f" (waited {wait_seconds:g} s for one to be released or to expire)"
+            if wait_seconds > 0
+            else ""
+        )
+        return (
+            f"all {len(self._pool)} bot identities are held by live workers"
+            f"{waited}; add names to NOTEBURST_HUB_IDENTITIES or run fewer "
+            "workers (each worker process leases one identity)"
+        )
 
     async def release(self) -> None:
         """Stop renewing and give the identity back (if still ours)."""

@@ -5,7 +5,8 @@ one process, and by ``noteburst worker``, which runs only a worker.  The
 Dramatiq CLI is not used because Noteburst builds its broker from its own
 configuration and wants a short idle poll (Dramatiq's Redis consumer sleeps
 up to ``worker_timeout`` when idle, 1 s by default, which a page view would
-feel).
+feel).  Each worker fetches only as many messages as it has threads, so
+work goes to idle workers instead of queueing behind a busy one.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import dramatiq
 from ..config import Config
 from ..storage.events import EventBus
 from .actors import declare_actors
-from .runtime import WorkerRuntime
+from .runtime import WorkerRuntime, WorkerStartupError
 
 __all__ = ["IDLE_POLL_MS", "start_worker"]
 
 IDLE_POLL_MS = 100
 """Longest an idle Redis consumer waits before fetching again."""
+
+STOP_AFTER_FAILED_START_MS = 10_000
+"""Bound on stopping a worker whose start failed (it has no threads yet)."""
 
 
 def start_worker(
@@ -48,6 +52,12 @@ def start_worker(
     -------
     dramatiq.Worker
         The started worker; call ``stop()`` to stop it.
+
+    Raises
+    ------
+    WorkerStartupError
+        If the worker could not build its context (e.g. no bot identity
+        became free in time); nothing is left running.
     """
     runtime = WorkerRuntime(
         config,
@@ -62,5 +72,15 @@ def start_worker(
     worker = dramatiq.Worker(
         broker, worker_threads=config.worker_threads, worker_timeout=IDLE_POLL_MS
     )
-    worker.start()
+    # Dramatiq prefetches twice as many messages as there are threads.  A
+    # notebook may run for hours, and a prefetched message would wait behind
+    # it while another worker sits idle: take only what can start at once.
+    worker.queue_prefetch = config.worker_threads
+    try:
+        worker.start()
+    except WorkerStartupError:
+        # The AsyncIO middleware's loop thread (not a daemon) is already
+        # running; stop it, or a worker that cannot start never exits.
+        worker.stop(timeout=STOP_AFTER_FAILED_START_MS)
+        raise
     return worker

@@ -24,9 +24,21 @@ from ..config import Config
 from ..factory import Factory, ProcessContext
 from ..storage.events import EventBus
 
-__all__ = ["WorkerRuntime", "WorkerStartupError"]
+__all__ = ["WorkerRuntime", "WorkerStartupError", "boot_timeout"]
 
 _logger = structlog.get_logger("noteburst.worker")
+
+
+def boot_timeout(config: Config) -> float:
+    """Seconds a worker's start (or stop) may take before it is abandoned.
+
+    Covers the slowest configured start: on JupyterHub, the wait for a free
+    bot identity and then the lab's spawn; locally, the Jupyter server's
+    start.  A minute on top covers the rest (database, warm kernels).
+    """
+    if config.lab_backend == "jupyterhub":
+        return config.identity_wait_seconds + config.spawn_timeout + 60
+    return config.jupyter_start_timeout + 60
 
 
 class WorkerStartupError(MiddlewareError):
@@ -125,7 +137,7 @@ class WorkerRuntime(Middleware):
             raise WorkerStartupError(msg)
         future = asyncio.run_coroutine_threadsafe(coro, thread.loop)
         try:
-            future.result(timeout=self._config.jupyter_start_timeout + 60)
+            future.result(timeout=boot_timeout(self._config))
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             msg = "worker start or stop timed out"
