@@ -284,13 +284,16 @@ async def _hub_backend(
         idle_timeout=config.lab_idle_seconds,
     )
     follower = asyncio.create_task(
-        _follow_identity(lease, backend), name="identity-follower"
+        _follow_identity(lease, backend, config.identity_wait_seconds),
+        name="identity-follower",
     )
     stack.push_async_callback(_cancel, follower)
     return backend
 
 
-async def _follow_identity(lease: IdentityLease, backend: HubLabBackend) -> None:
+async def _follow_identity(
+    lease: IdentityLease, backend: HubLabBackend, wait_seconds: float
+) -> None:
     """Surrender a lab whose identity was taken over; lease another one."""
     while True:
         await lease.lost.wait()
@@ -299,7 +302,7 @@ async def _follow_identity(lease: IdentityLease, backend: HubLabBackend) -> None
         )
         while True:
             try:
-                name = await lease.acquire()
+                name = await lease.acquire(wait_seconds=wait_seconds)
             except NoIdentityAvailableError as exc:
                 # Executions meanwhile fail over (LAB_UNAVAILABLE is retried
                 # elsewhere); keep trying, acquire() bounds each wait.
