@@ -8,6 +8,8 @@ The hierarchy::
     │   ├── InvalidNotebookError    not JSON, not a notebook, invalid nbformat,
     │   │                           too large
     │   ├── UnknownKernelError      no such kernel on this deployment
+    │   ├── InvalidParametersError  a parameter name or value the notebook
+    │   │                           cannot take
     │   ├── InvalidInputError       any other bad argument (timeout <= 0, ...)
     │   └── ExecutionNotFoundError  no execution with that id
     └── ConfigurationError          the deployment is misconfigured; raised at
@@ -29,6 +31,7 @@ __all__ = [
     "ExecutionNotFoundError",
     "InvalidInputError",
     "InvalidNotebookError",
+    "InvalidParametersError",
     "NoteburstError",
     "UnknownKernelError",
 ]
@@ -64,6 +67,16 @@ class UnknownKernelError(ClientError):
         super().__init__(f"unknown kernel {kernel_name!r}; available kernels: {names}")
         self.kernel_name = kernel_name
         self.available = sorted(available)
+
+
+class InvalidParametersError(ClientError):
+    """A parameter is not an identifier, or its value has the wrong type."""
+
+    code = "invalid_parameters"
+
+    def __init__(self, *, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class InvalidInputError(ClientError):

@@ -31,6 +31,7 @@ import structlog
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
+from .domain.rendering import HtmlVariant
 from .jupyter.backend import LabBackend, LocalLabBackend
 from .jupyter.exceptions import JupyterError
 from .jupyter.hub import HubLabBackend
@@ -38,6 +39,7 @@ from .jupyter.pool import KernelPool
 from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
+from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
@@ -92,6 +94,10 @@ class ProcessContext:
     http: httpx.AsyncClient
     kernel_names: list[str] = field(default_factory=list)
     backend: LabBackend | None = None
+    renders: dict[tuple[str, HtmlVariant], asyncio.Future[str | None]] = field(
+        default_factory=dict
+    )
+    """HTML renders in progress in this process (one per execution and variant)."""
     _closers: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack
     )
@@ -349,6 +355,12 @@ class Factory:
                 default_kernel_name=config.default_kernel_name,
                 kernel_names=self._context.kernel_names,
             ),
+        )
+
+    def create_rendering_service(self) -> RenderingService:
+        """Service behind ``Execution.html``."""
+        return RenderingService(
+            database=self._context.database, in_flight=self._context.renders
         )
 
     def create_runner(self) -> ExecutionRunner:

@@ -18,12 +18,14 @@ from ..exceptions import (
     ClientError,
     InvalidInputError,
     InvalidNotebookError,
+    InvalidParametersError,
     UnknownKernelError,
 )
 
 __all__ = [
     "InvalidInput",
     "InvalidNotebook",
+    "InvalidParameters",
     "UnknownKernel",
     "UserFacingError",
     "payload_for",
@@ -54,7 +56,19 @@ class InvalidInput:
     field: str = strawberry.field(description="The input field at fault.")
 
 
-ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput
+@strawberry.type(
+    description=(
+        "A parameter cannot be given to this notebook: its name is not an "
+        "identifier, or its value does not fit the type of the default in "
+        "the notebook's parameters cell."
+    )
+)
+class InvalidParameters:
+    message: str
+    name: str = strawberry.field(description="The parameter at fault.")
+
+
+ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters
 
 
 def payload_for(error: ClientError) -> ErrorPayload:
@@ -76,6 +90,8 @@ def payload_for(error: ClientError) -> ErrorPayload:
         )
     if isinstance(error, InvalidInputError):
         return InvalidInput(message=error.message, field=error.field)
+    if isinstance(error, InvalidParametersError):
+        return InvalidParameters(message=error.message, name=error.name)
     raise error
 
 

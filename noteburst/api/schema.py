@@ -25,6 +25,7 @@ from .context import GraphQLContext
 from .errors import (
     InvalidInput,
     InvalidNotebook,
+    InvalidParameters,
     UnknownKernel,
     UserFacingError,
     payload_for,
@@ -61,10 +62,20 @@ class SubmitExecutionInput:
         default=None,
         description="Timeout for the whole execution; default from configuration.",
     )
+    parameters: JSON | None = strawberry.field(
+        default=None,
+        description=(
+            "Values for the notebook's parameters (a JSON object), injected as "
+            "papermill does: a cell tagged injected-parameters after the cell "
+            "tagged parameters (at the top when there is none). Values keep "
+            "their JSON types; one that does not fit the type of a literal "
+            "default in the parameters cell is refused (InvalidParameters)."
+        ),
+    )
 
 
 SubmitExecutionPayload = Annotated[
-    Execution | InvalidNotebook | UnknownKernel | InvalidInput,
+    Execution | InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters,
     strawberry.union(
         "SubmitExecutionPayload",
         description="The queued execution, or why the submission was refused.",
@@ -120,6 +131,7 @@ class Mutation:
                 input.notebook,
                 kernel_name=input.kernel_name,
                 timeout_seconds=input.timeout_seconds,
+                parameters=input.parameters,
             )
         except ClientError as exc:
             return payload_for(exc)

@@ -112,6 +112,28 @@ class Execution:
         service = info.context.factory.create_execution_service()
         return cast("JSON", await service.get_notebook(str(self.id)))
 
+    @strawberry.field(
+        description=(
+            "The executed notebook as a standalone HTML page (nbconvert's lab "
+            "template), once terminal; null before. Rendered on first request "
+            "and stored, per variant."
+        )
+    )
+    async def html(
+        self,
+        info: strawberry.Info[GraphQLContext, None],
+        hide_code: Annotated[
+            bool,
+            strawberry.argument(
+                description="Leave out code cells' input (outputs only)."
+            ),
+        ] = False,
+    ) -> str | None:
+        if not self.status.is_terminal:
+            return None
+        service = info.context.factory.create_rendering_service()
+        return await service.html(str(self.id), hide_code=hide_code)
+
     @classmethod
     def from_domain(cls, execution: domain.Execution) -> Execution:
         """Convert a domain execution."""

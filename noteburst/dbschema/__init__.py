@@ -9,11 +9,13 @@ the rest of Noteburst sees only domain objects.
 from .base import NAMING_CONVENTION, Base, UTCDateTime
 from .execution import ExecutionEventRow, ExecutionRow
 from .identity import LabIdentityRow
+from .rendering import ExecutionRenderingRow
 
 __all__ = [
     "NAMING_CONVENTION",
     "Base",
     "ExecutionEventRow",
+    "ExecutionRenderingRow",
     "ExecutionRow",
     "LabIdentityRow",
     "UTCDateTime",

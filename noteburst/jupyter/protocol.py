@@ -52,10 +52,12 @@ from .exceptions import KernelDiedError, KernelProtocolError
 __all__ = [
     "DEATH_STATES",
     "PROTOCOL_VERSION",
+    "TRUNCATION_MARKER",
     "V1_SUBPROTOCOL",
     "CellOutcome",
     "Message",
     "NotebookOutputFolder",
+    "OutputLimits",
     "WireProtocol",
     "decode",
     "decode_legacy",
@@ -519,6 +521,34 @@ class CellOutcome:
         return self.status == "error"
 
 
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    """Byte budgets for outputs, applied as messages arrive.
+
+    A cell printing without end must not grow the notebook (nor the memory
+    of the process folding it) without bound, and a reader must see that
+    something was cut.  Sizes are UTF-8 bytes of text and of each MIME
+    value's JSON.
+
+    Attributes
+    ----------
+    max_output_bytes
+        Largest single output: a longer stream is cut with a marker, larger
+        rich data is replaced by a marker; `None` for no limit.
+    max_total_bytes
+        Budget of all outputs of the notebook: once spent, further outputs
+        are dropped and one marker per cell says so (errors are still
+        recorded, so a failure stays explained); `None` for no limit.
+    """
+
+    max_output_bytes: int | None = None
+    max_total_bytes: int | None = None
+
+
+TRUNCATION_MARKER: Final = "[Noteburst: output truncated"
+"""How every marker of dropped output begins (for readers and tests)."""
+
+
 @dataclass(slots=True)
 class _RunningCell:
     index: int
@@ -554,6 +584,9 @@ class NotebookOutputFolder:
     store_widget_state
         Save widget state from comm messages in ``metadata.widgets``
         (nbclient's default: on).
+    limits
+        Output byte budgets (see :class:`OutputLimits`); `None` for none.
+        :attr:`outputs_truncated` tells whether any output was cut.
     """
 
     def __init__(
@@ -563,6 +596,7 @@ class NotebookOutputFolder:
         record_timing: bool = True,
         coalesce_streams: bool = False,
         store_widget_state: bool = True,
+        limits: OutputLimits | None = None,
     ) -> None:
         self.nb = nb
         self.record_timing = record_timing
@@ -574,6 +608,11 @@ class NotebookOutputFolder:
         self._widget_buffers: dict[str, dict[tuple[str, ...], dict[str, str]]] = {}
         self._clear_before_next_output = False
         self._cell: _RunningCell | None = None
+        self.limits = limits or OutputLimits()
+        self.outputs_truncated = False
+        """Whether any output was cut or dropped under :attr:`limits`."""
+        self._total_bytes = 0
+        self._dropped_in: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -772,9 +811,34 @@ class NotebookOutputFolder:
             _log.debug("Ignoring iopub message of type %s", msg["msg_type"])
             return
         if self._clear_before_next_output:
+            self._forget_outputs(outs, cell_index)
             outs[:] = []
             self._clear_display_id_mapping(cell_index)
             self._clear_before_next_output = False
+        out = self._within_output_limit(out)
+        size = _output_size(out)
+        budget = self.limits.max_total_bytes
+        if (
+            budget is not None
+            and self._total_bytes + size > budget
+            and out["output_type"] != "error"
+        ):
+            self.outputs_truncated = True
+            if cell_index not in self._dropped_in:
+                self._dropped_in.add(cell_index)
+                outs.append(
+                    nbformat.v4.new_output(
+                        "stream",
+                        name="stderr",
+                        text=(
+                            f"{TRUNCATION_MARKER}: the notebook's outputs reached "
+                            f"the limit of {budget} bytes; further output of "
+                            "this cell was dropped]\n"
+                        ),
+                    )
+                )
+            return
+        self._total_bytes += size
         if display_id:
             cell_map = self._display_id_map.setdefault(display_id, {})
             cell_map.setdefault(cell_index, []).append(len(outs))
@@ -786,8 +850,39 @@ class NotebookOutputFolder:
         if msg["content"].get("wait"):
             self._clear_before_next_output = True
         else:
+            self._forget_outputs(outs, cell_index)
             outs[:] = []
             self._clear_display_id_mapping(cell_index)
+
+    def _forget_outputs(self, outs: list[NotebookNode], cell_index: int) -> None:
+        """Give the budget of outputs about to be cleared back."""
+        if self.limits.max_total_bytes is not None:
+            self._total_bytes -= sum(_output_size(out) for out in outs)
+            self._dropped_in.discard(cell_index)
+
+    def _within_output_limit(self, out: NotebookNode) -> NotebookNode:
+        limit = self.limits.max_output_bytes
+        if limit is None:
+            return out
+        size = _output_size(out)
+        if size <= limit:
+            return out
+        self.outputs_truncated = True
+        marker = (
+            f"{TRUNCATION_MARKER}: {size} bytes exceed the limit of {limit} "
+            "bytes per output]"
+        )
+        kind = out["output_type"]
+        if kind == "stream":
+            kept = out["text"].encode("utf-8")[:limit].decode("utf-8", "ignore")
+            out["text"] = f"{kept}\n{marker}\n"
+        elif kind == "error":
+            # Keep the end of the traceback: it names the failing line.
+            out["traceback"] = [marker, *_tail_within(out["traceback"], limit)]
+        else:
+            out["data"] = {"text/plain": marker}
+            out["metadata"] = {}
+        return out
 
     def _clear_display_id_mapping(self, cell_index: int) -> None:
         for cell_map in self._display_id_map.values():
@@ -805,6 +900,7 @@ class NotebookOutputFolder:
             out = nbformat.v4.output_from_msg(msg)
         except ValueError:
             return
+        out = self._within_output_limit(out)
         for cell_idx, output_indices in self._display_id_map[display_id].items():
             outputs = self.nb.cells[cell_idx]["outputs"]
             for output_idx in output_indices:
@@ -845,6 +941,31 @@ def _serialize_widget_state(state: dict[str, Any]) -> dict[str, Any]:
         "model_module_version": state.get("_model_module_version"),
         "state": state,
     }
+
+
+def _output_size(out: Mapping[str, Any]) -> int:
+    """Bytes an output holds: its text, traceback or MIME values."""
+    kind = out.get("output_type")
+    if kind == "stream":
+        return len(str(out.get("text", "")).encode("utf-8"))
+    if kind == "error":
+        return sum(len(line.encode("utf-8")) for line in out.get("traceback", []))
+    size = 0
+    for value in (out.get("data") or {}).values():
+        text = value if isinstance(value, str) else json.dumps(value)
+        size += len(text.encode("utf-8"))
+    return size
+
+
+def _tail_within(lines: Sequence[str], limit: int) -> list[str]:
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        used += len(line.encode("utf-8"))
+        if used > limit:
+            break
+        kept.append(line)
+    return kept[::-1]
 
 
 def _coalesce_streams(outputs: list[NotebookNode]) -> list[NotebookNode]:

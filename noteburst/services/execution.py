@@ -10,9 +10,10 @@ each stored event exactly once in sequence order, however late it joined.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ import structlog
 
 from ..domain.execution import EventKind, Execution, ExecutionEvent, ExecutionStatus
 from ..domain.notebook import accept_notebook, code_cell_indices, kernel_name_of
+from ..domain.parameters import check_parameters, inject_parameters, parameter_defaults
 from ..exceptions import (
     ExecutionNotFoundError,
     InvalidInputError,
@@ -105,6 +107,7 @@ class ExecutionService:
         *,
         kernel_name: str | None = None,
         timeout_seconds: float | None = None,
+        parameters: object = None,
     ) -> Execution:
         """Check a notebook, store it as a queued execution and enqueue it.
 
@@ -117,6 +120,10 @@ class ExecutionService:
             deployment's default kernel.
         timeout_seconds
             Whole-execution timeout; default from configuration.
+        parameters
+            Values injected as papermill does (a cell tagged
+            ``injected-parameters`` after the cell tagged ``parameters``, or
+            at the top), checked against the parameters cell's defaults.
 
         Returns
         -------
@@ -130,7 +137,11 @@ class ExecutionService:
         UnknownKernelError
             Raised if the kernel is not available here.
         InvalidInputError
-            Raised if the timeout is out of range.
+            Raised if the timeout is out of range, or parameters is not an
+            object.
+        InvalidParametersError
+            Raised if a parameter is not an identifier or its value does not
+            fit its default's type.
         """
         timeout = self._check_timeout(timeout_seconds)
         accepted = accept_notebook(notebook, max_bytes=self._limits.max_notebook_bytes)
@@ -141,14 +152,24 @@ class ExecutionService:
         )
         if name not in self._limits.kernel_names:
             raise UnknownKernelError(name, list(self._limits.kernel_names))
+        source, source_text = accepted.notebook, accepted.text
+        if parameters is not None:
+            if not isinstance(parameters, Mapping):
+                raise InvalidInputError("parameters", "must be a JSON object")
+            check_parameters(parameters, parameter_defaults(source))
+            if parameters:
+                source = inject_parameters(source, parameters, name)
+                source_text = json.dumps(
+                    source, ensure_ascii=False, separators=(",", ":")
+                )
         execution_id = str(uuid.uuid4())
-        cells_total = _runnable_cell_count(accepted.notebook)
+        cells_total = _runnable_cell_count(source)
         async with self._db.transaction() as store:
             event = await store.add(
                 execution_id=execution_id,
                 kernel_name=name,
                 timeout_seconds=timeout,
-                source_text=accepted.text,
+                source_text=source_text,
                 cells_total=cells_total,
                 now=datetime.now(UTC),
             )

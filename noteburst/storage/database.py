@@ -59,6 +59,7 @@ from noteburst.exceptions import ConfigurationError
 
 from .execution import ExecutionStore
 from .identity import IdentityLeaseStore
+from .rendering import RenderingStore
 
 __all__ = [
     "ALEMBIC_SCRIPT_LOCATION",
@@ -291,6 +292,13 @@ class Database:
         self._check_loop()
         async with self._sessionmaker() as session, session.begin():
             yield IdentityLeaseStore(session)
+
+    @asynccontextmanager
+    async def rendering_transaction(self) -> AsyncIterator[RenderingStore]:
+        """Like :meth:`transaction`, for stored renderings."""
+        self._check_loop()
+        async with self._sessionmaker() as session, session.begin():
+            yield RenderingStore(session)
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision (``alembic upgrade head``).

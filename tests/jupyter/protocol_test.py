@@ -32,9 +32,11 @@ from nbformat import NotebookNode
 from noteburst.jupyter import protocol
 from noteburst.jupyter.exceptions import KernelDiedError, KernelProtocolError
 from noteburst.jupyter.protocol import (
+    TRUNCATION_MARKER,
     CellOutcome,
     Message,
     NotebookOutputFolder,
+    OutputLimits,
     WireProtocol,
 )
 
@@ -570,3 +572,98 @@ def test_should_execute() -> None:
     assert not NotebookOutputFolder.should_execute(nbformat.v4.new_code_cell(" \n"))
     assert not NotebookOutputFolder.should_execute(nbformat.v4.new_markdown_cell("x"))
     assert not NotebookOutputFolder.should_execute(nbformat.v4.new_raw_cell("x"))
+
+
+# -- output limits ------------------------------------------------------------------
+
+
+def stream(text: str, parent: str = "a") -> Message:
+    return iopub("stream", {"name": "stdout", "text": text}, parent)
+
+
+def display(data: dict[str, Any], parent: str = "a", display_id: str = "") -> Message:
+    content: dict[str, Any] = {"data": data, "metadata": {}}
+    if display_id:
+        content["transient"] = {"display_id": display_id}
+    return iopub("display_data", content, parent)
+
+
+def error(traceback: list[str], parent: str = "a") -> Message:
+    content = {"ename": "ValueError", "evalue": "bad", "traceback": traceback}
+    return iopub("error", content, parent)
+
+
+def test_no_limits_by_default() -> None:
+    nb = empty_notebook("flood()")
+    folder = NotebookOutputFolder(nb)
+    folder.begin_cell(0, "a")
+    for _ in range(100):
+        folder.feed(stream("x" * 10_000))
+    assert len(nb.cells[0].outputs) == 100
+    assert not folder.outputs_truncated
+
+
+def test_an_output_over_its_limit_is_cut_with_a_marker() -> None:
+    nb = empty_notebook("big()")
+    folder = NotebookOutputFolder(nb, limits=OutputLimits(max_output_bytes=100))
+    folder.begin_cell(0, "a")
+    folder.feed(stream("é" * 80))  # 160 bytes: cut on a character boundary
+    folder.feed(display({"text/plain": "p" * 50, "text/html": "h" * 100}))
+    folder.feed(display({"text/plain": "small"}))
+    outputs = nb.cells[0].outputs
+    assert outputs[0].text.startswith("é" * 50 + "\n" + TRUNCATION_MARKER)
+    assert "160 bytes exceed the limit of 100 bytes per output" in outputs[0].text
+    assert list(outputs[1].data) == ["text/plain"]
+    assert outputs[1].data["text/plain"].startswith(TRUNCATION_MARKER)
+    assert outputs[2].data == {"text/plain": "small"}
+    assert folder.outputs_truncated
+
+
+def test_a_long_traceback_keeps_its_end() -> None:
+    nb = empty_notebook("fail()")
+    folder = NotebookOutputFolder(nb, limits=OutputLimits(max_output_bytes=25))
+    folder.begin_cell(0, "a")
+    folder.feed(error([f"frame {i:02d}" for i in range(10)]))  # 8 bytes each
+    traceback = nb.cells[0].outputs[0].traceback
+    assert traceback[0].startswith(TRUNCATION_MARKER)
+    assert traceback[1:] == ["frame 07", "frame 08", "frame 09"]
+
+
+def test_output_past_the_notebook_budget_is_dropped_once_marked() -> None:
+    nb = empty_notebook("flood()", "more()", "fail()")
+    folder = NotebookOutputFolder(nb, limits=OutputLimits(max_total_bytes=1000))
+    folder.begin_cell(0, "a")
+    for _ in range(10_000):  # 1 MB offered, 1 kB kept
+        folder.feed(stream("y" * 99 + "\n"))
+    folder.feed(iopub("status", {"execution_state": "idle"}, "a"))
+    folder.feed({**iopub("execute_reply", {"status": "ok"}, "a"), "channel": "shell"})
+    folder.finish_cell()
+    first = nb.cells[0].outputs
+    assert len(first) == 11  # 10 x 100 bytes, then one marker
+    assert first[-1].name == "stderr"
+    assert first[-1].text.startswith(TRUNCATION_MARKER)
+    assert "limit of 1000 bytes" in first[-1].text
+    # Later cells get one marker each; an error is still recorded.
+    folder.begin_cell(1, "b")
+    folder.feed(stream("z", "b"))
+    folder.feed(stream("z", "b"))
+    assert [out.text[: len(TRUNCATION_MARKER)] for out in nb.cells[1].outputs] == [
+        TRUNCATION_MARKER
+    ]
+    folder.abandon_cell()
+    folder.begin_cell(2, "c")
+    folder.feed(error(["Traceback", "ValueError: bad"], "c"))
+    assert nb.cells[2].outputs[-1].output_type == "error"
+    assert folder.outputs_truncated
+
+
+def test_cleared_output_gives_its_budget_back() -> None:
+    nb = empty_notebook("progress()")
+    folder = NotebookOutputFolder(nb, limits=OutputLimits(max_total_bytes=250))
+    folder.begin_cell(0, "a")
+    for step in range(100):  # a progress bar: clear, then print
+        folder.feed(iopub("clear_output", {"wait": step % 2 == 0}, "a"))
+        folder.feed(stream(f"{step:3d}% " + "#" * 100))
+    assert len(nb.cells[0].outputs) == 1
+    assert nb.cells[0].outputs[0].text.startswith(" 99%")
+    assert not folder.outputs_truncated

@@ -35,6 +35,7 @@ mutation Submit($input: SubmitExecutionInput!) {{
     ... on InvalidNotebook {{ message }}
     ... on UnknownKernel {{ message kernelName availableKernels }}
     ... on InvalidInput {{ message field }}
+    ... on InvalidParameters {{ message name }}
   }}
 }}
 """
