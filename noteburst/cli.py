@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,27 @@ def db_upgrade() -> None:
     default=None,
     help="Whole-execution timeout (s).",
 )
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help=(
+        "A parameter, typed as papermill's -p types it (True, False, None, "
+        "integers, floats, else a string); repeatable."
+    ),
+)
+@click.option(
+    "-r",
+    "--parameter-raw",
+    "raw_parameters",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="A parameter passed as a string, whatever it looks like; repeatable.",
+)
 @click.option("--show", is_flag=True, help="Print each cell's text outputs at the end.")
 def run(
     *,
@@ -160,6 +182,8 @@ def run(
     server: str | None,
     kernel: str | None,
     timeout_seconds: float | None,
+    parameters: tuple[tuple[str, str], ...],
+    raw_parameters: tuple[tuple[str, str], ...],
     show: bool,
 ) -> None:
     """Execute NOTEBOOK, show live progress, and write the executed notebook."""
@@ -167,26 +191,49 @@ def run(
         content = json.loads(notebook.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"cannot read {notebook}: {exc}") from exc
-    target = output or notebook.with_suffix(".out.ipynb")
-    code = asyncio.run(
-        _run(content, target, server, kernel, timeout_seconds, show=show)
+    values: dict[str, Any] = {name: _papermill_type(v) for name, v in parameters}
+    values.update(dict(raw_parameters))
+    request = _Request(
+        content=content,
+        target=output or notebook.with_suffix(".out.ipynb"),
+        kernel=kernel,
+        timeout_seconds=timeout_seconds,
+        parameters=values,
     )
-    sys.exit(code)
+    sys.exit(asyncio.run(_run(request, server, show=show)))
 
 
-async def _run(
-    content: dict[str, Any],
-    target: Path,
-    server: str | None,
-    kernel: str | None,
-    timeout_seconds: float | None,
-    *,
-    show: bool,
-) -> int:
+def _papermill_type(value: str) -> Any:
+    """Type a ``-p`` value exactly as papermill's command line does.
+
+    papermill keeps this rule in a private function of its CLI module, so
+    it is restated here rather than imported.
+    """
+    literals: dict[str, Any] = {"True": True, "False": False, "None": None}
+    if value in literals:
+        return literals[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What ``noteburst run`` submits, and where the result goes."""
+
+    content: dict[str, Any]
+    target: Path
+    kernel: str | None
+    timeout_seconds: float | None
+    parameters: dict[str, Any]
+
+
+async def _run(request: _Request, server: str | None, *, show: bool) -> int:
     if server is not None:
-        return await _submit_and_follow(
-            server, content, target, kernel, timeout_seconds, show=show
-        )
+        return await _submit_and_follow(server, request, show=show)
     configure_logging(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
         # A private instance: its own data folder, so it can never pick up
@@ -200,11 +247,7 @@ async def _run(
         )
         _stderr.print("[dim]starting an embedded Noteburst…[/dim]")
         async with serve_in_background(config) as (url, server_task):
-            client = asyncio.create_task(
-                _submit_and_follow(
-                    url, content, target, kernel, timeout_seconds, show=show
-                )
-            )
+            client = asyncio.create_task(_submit_and_follow(url, request, show=show))
             done, _ = await asyncio.wait(
                 {client, server_task}, return_when=asyncio.FIRST_COMPLETED
             )
@@ -215,19 +258,15 @@ async def _run(
             return client.result()
 
 
-async def _submit_and_follow(
-    url: str,
-    content: dict[str, Any],
-    target: Path,
-    kernel: str | None,
-    timeout_seconds: float | None,
-    *,
-    show: bool = False,
-) -> int:
+async def _submit_and_follow(url: str, request: _Request, *, show: bool) -> int:
     client = NoteburstClient(url, timeout=120)
+    target = request.target
     try:
         execution = await client.submit(
-            content, kernel_name=kernel, timeout_seconds=timeout_seconds
+            request.content,
+            kernel_name=request.kernel,
+            timeout_seconds=request.timeout_seconds,
+            parameters=request.parameters,
         )
     except NoteburstClientError as exc:
         _stderr.print(f"[red]refused:[/red] {exc}")
@@ -249,6 +288,8 @@ async def _submit_and_follow(
             description = status
             if event["kind"] == "CELL_STARTED":
                 description = f"running cell {event['cellIndex']}"
+            elif event["kind"] == "LAB_STARTING" and event.get("message"):
+                description = event["message"]
             progress.update(task, description=description, completed=event["cellsDone"])
             final = event["execution"]
     notebook = await client.result_notebook(execution_id)

@@ -35,6 +35,7 @@ mutation Submit($input: SubmitExecutionInput!) {
     ... on InvalidNotebook { message }
     ... on UnknownKernel { message }
     ... on InvalidInput { message }
+    ... on InvalidParameters { message }
   }
 }
 """.replace("EXECUTION_FIELDS", EXECUTION_FIELDS)
@@ -42,7 +43,7 @@ mutation Submit($input: SubmitExecutionInput!) {
 WATCH = """
 subscription Watch($id: ID!, $after: Int) {
   executionStatus(id: $id, afterSequence: $after) {
-    sequence kind status cellIndex cellsDone
+    sequence kind status cellIndex cellsDone message
     execution { EXECUTION_FIELDS }
   }
 }
@@ -94,6 +95,7 @@ class NoteburstClient:
         *,
         kernel_name: str | None = None,
         timeout_seconds: float | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Submit a notebook; return the queued execution's fields.
 
@@ -107,6 +109,8 @@ class NoteburstClient:
             payload["kernelName"] = kernel_name
         if timeout_seconds is not None:
             payload["timeoutSeconds"] = timeout_seconds
+        if parameters:
+            payload["parameters"] = parameters
         data = await self._post(SUBMIT, {"input": payload})
         result: dict[str, Any] = data["submitExecution"]
         if result["__typename"] != "Execution":

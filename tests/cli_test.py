@@ -8,6 +8,7 @@ database, in-process queue and local Jupyter server.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -81,6 +82,43 @@ def test_run_exits_non_zero_with_the_error(tmp_path: Path) -> None:
     executed = nbformat.read(out, as_version=4)
     assert executed.cells[0].outputs[0]["text"] == "about to fail\n"
     assert executed.cells[1].outputs[0]["ename"] == "ValueError"
+
+
+def test_run_with_parameters_as_papermill_types_them(tmp_path: Path) -> None:
+    source = notebook(
+        'year = 2000\nratio = 0.5\nlabel = "x"\nflag = False\ncode = "0"',
+        "print(repr(year), repr(ratio), repr(label), repr(flag), repr(code))",
+    )
+    source["cells"][0]["metadata"]["tags"] = ["parameters"]
+    path = tmp_path / "params.ipynb"
+    path.write_text(json.dumps(source))
+    out = tmp_path / "params.out.ipynb"
+    common = [*NOTEBURST, "run", str(path), "-o", str(out)]
+    given = ["-p", "year", "2026", "-p", "ratio", "1.5", "-p", "label", "hi"]
+    result = subprocess.run(
+        [*common, *given, "-p", "flag", "True", "-r", "code", "007"],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    executed = nbformat.read(out, as_version=4)
+    assert executed.cells[1].metadata["tags"] == ["injected-parameters"]
+    assert executed.cells[2].outputs[0]["text"] == "2026 1.5 'hi' True '007'\n"
+
+    refused = subprocess.run(
+        [*common, "-p", "year", "soon"],
+        env=_clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "InvalidParameters" in refused.stderr
+    assert "'year' expects an integer" in refused.stderr
 
 
 def test_run_refuses_an_invalid_notebook(tmp_path: Path) -> None:
