@@ -28,7 +28,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from . import __version__
 from .api.context import GraphQLContext
 from .api.graphiql import render_graphiql, static_routes
-from .api.schema import schema
+from .api.schema import QueryLimits, create_schema
 from .config import Config
 from .exceptions import ConfigurationError
 from .factory import Factory, ProcessContext, create_broker
@@ -154,8 +154,13 @@ def create_app(
 
     # Only graphql-transport-ws: it is the protocol of the contract, and the
     # legacy graphql-ws protocol has been the channel of past auth bypasses.
+    limits = QueryLimits(
+        max_depth=cfg.graphql_max_depth,
+        max_aliases=cfg.graphql_max_aliases,
+        max_tokens=cfg.graphql_max_tokens,
+    )
     graphql_app = _GraphQLApp(
-        schema, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+        create_schema(limits), subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
     )
     return Starlette(
         routes=[

@@ -177,6 +177,26 @@ class Config(BaseSettings):
         description="Largest timeoutSeconds a submission may ask for.",
     )
 
+    graphql_max_depth: int = Field(
+        12,
+        ge=1,
+        description=(
+            "Deepest selection a GraphQL operation may have (introspection "
+            "not counted)."
+        ),
+    )
+    graphql_max_aliases: int = Field(
+        30, ge=0, description="Most aliases one GraphQL operation may use."
+    )
+    graphql_max_tokens: int = Field(
+        20_000,
+        ge=100,
+        description=(
+            "Most tokens a GraphQL document may have; pass notebooks as "
+            "variables, which do not count."
+        ),
+    )
+
     worker_threads: int = Field(
         4, ge=1, description="Executions one worker process runs at once."
     )

@@ -10,11 +10,17 @@ The SDL is exported to the repository's ``schema.graphql`` by
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import (
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+)
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
@@ -173,10 +179,38 @@ class _Schema(strawberry.Schema):
         )
 
 
-schema = _Schema(
-    query=Query,
-    mutation=Mutation,
-    subscription=Subscription,
-    extensions=[lambda: MaskErrors(should_mask_error=should_mask_error)],
-    config=StrawberryConfig(),
-)
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """How big a GraphQL document may be, so none can exhaust the server.
+
+    Introspection fields do not count towards the depth (GraphiQL's
+    introspection query is deep but harmless).  Notebooks belong in
+    variables, which are not tokens; a notebook written inline as a GraphQL
+    literal counts every bracket and word.
+    """
+
+    max_depth: int = 12
+    max_aliases: int = 30
+    max_tokens: int = 20_000
+
+
+def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
+    """Build the schema with its error masking and document limits."""
+    limits = limits or QueryLimits()
+    return _Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[
+            lambda: MaskErrors(should_mask_error=should_mask_error),
+            # Factories, not instances: an extension keeps per-operation state.
+            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
+            lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
+            lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
+        ],
+        config=StrawberryConfig(),
+    )
+
+
+schema = create_schema()
+"""The schema with default limits (what ``schema.graphql`` is exported from)."""
