@@ -1,0 +1,172 @@
+"""Fuzzing the GraphQL API with schemathesis: no input takes it down.
+
+schemathesis reads the schema by introspection and sends queries and
+mutations with generated arguments (every field, every argument, random
+notebooks, parameters and ids) to a real ``noteburst serve`` process on
+the embedded default.  Whatever arrives, the answer must be a GraphQL
+answer: never an HTTP 5xx, never the masked "Unexpected error." that an
+exception inside Noteburst turns into.  The number of examples is bounded
+so the run stays a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from graphql import language as ast
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.notebooks import notebook
+
+EXAMPLES_PER_OPERATION = 25
+START_TIMEOUT = 60.0
+
+
+def _to_node(value: Any) -> ast.ValueNode:  # noqa: PLR0911 - one per JSON type
+    """A JSON value as a GraphQL literal (how schemathesis sends scalars)."""
+    if value is None:
+        return ast.NullValueNode()
+    if isinstance(value, bool):
+        return ast.BooleanValueNode(value=value)
+    if isinstance(value, int):
+        return ast.IntValueNode(value=str(value))
+    if isinstance(value, float):
+        return ast.FloatValueNode(value=repr(value))
+    if isinstance(value, str):
+        return ast.StringValueNode(value=value)
+    if isinstance(value, list):
+        return ast.ListValueNode(values=tuple(_to_node(item) for item in value))
+    return ast.ObjectValueNode(
+        fields=tuple(
+            ast.ObjectFieldNode(name=ast.NameNode(value=key), value=_to_node(item))
+            for key, item in value.items()
+        )
+    )
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+# Random JSON, and now and then a notebook that is valid (it then runs).
+schemathesis.graphql.scalar(
+    "JSON",
+    (
+        _JSON_VALUES
+        | st.just(notebook("1 + 1"))
+        | st.just(notebook("raise ValueError"))
+    ).map(_to_node),
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server_url(
+    tmp_path_factory: pytest.TempPathFactory, jupyter_server: Any
+) -> Iterator[str]:
+    """A ``noteburst serve`` process (embedded default, the session's Jupyter)."""
+    home = tmp_path_factory.mktemp("fuzz")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBURST_")}
+    env.update(
+        HOME=str(home),
+        NOTEBURST_DATA_DIR=str(home / "data"),
+        NOTEBURST_JUPYTER_URL=jupyter_server.url,
+        NOTEBURST_JUPYTER_TOKEN=jupyter_server.token,
+        NOTEBURST_WARM_KERNELS="{}",
+        NOTEBURST_LOG_LEVEL="WARNING",
+    )
+    log = (home / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noteburst.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert process.poll() is None, (home / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "noteburst serve did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+def _fuzz(operation: Any) -> int:
+    """Send generated cases for one operation; return how many were sent."""
+    sent = 0
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def check(case: Any) -> None:
+        nonlocal sent
+        sent += 1
+        response = case.call(timeout=30)
+        assert response.status_code < 500, response.text[:2000]
+        body = response.json()
+        messages = [error.get("message") for error in body.get("errors") or []]
+        assert "Unexpected error." not in messages, (case.body, body)
+
+    check()
+    return sent
+
+
+def test_no_input_breaks_the_api(server_url: str) -> None:
+    schema = schemathesis.graphql.from_url(f"{server_url}/graphql")
+    operations: list[Any] = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    sent = {operation.label: _fuzz(operation) for operation in operations}
+    print(sent)
+    assert set(sent) >= {
+        "Query.execution",
+        "Query.executions",
+        "Mutation.submitExecution",
+    }
+    assert all(count >= EXAMPLES_PER_OPERATION // 2 for count in sent.values())
