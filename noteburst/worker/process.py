@@ -20,7 +20,11 @@ from .runtime import WorkerRuntime
 __all__ = ["IDLE_POLL_MS", "start_worker"]
 
 IDLE_POLL_MS = 100
-"""Longest an idle Redis consumer waits before fetching again."""
+"""Longest an idle Redis consumer waits before fetching again.
+
+An enqueue wakes it sooner (see :mod:`noteburst.storage.taskqueue`); this is
+the fallback for a lost wake-up.
+"""
 
 
 def start_worker(
