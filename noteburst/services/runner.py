@@ -28,6 +28,7 @@ from ..domain.execution import (
     ExecutionError,
     ExecutionStatus,
 )
+from ..exceptions import ExecutionNotFoundError
 from ..jupyter.backend import LabBackend
 from ..jupyter.exceptions import (
     JupyterError,
@@ -449,7 +450,9 @@ async def _append_unwritten(
     """Write the progress events a stopped writer left, if still allowed."""
     if not unwritten:
         return
-    with contextlib.suppress(ExecutionFinishedError):
+    # Refused only if the execution is gone or finished: its end is then
+    # refused too, as the progress writes would have been.
+    with contextlib.suppress(ExecutionFinishedError, ExecutionNotFoundError):
         await store.append_events(execution_id, unwritten)
 
 
