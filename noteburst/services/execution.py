@@ -6,8 +6,6 @@ message is sent, so a worker never sees an id it cannot read.  Watching is
 "subscribe, then read": the subscriber registers with the event bus before
 reading stored events, and then re-reads after every wake-up, so it sees
 each stored event exactly once in sequence order, however late it joined.
-Reads use read-only transactions (``Database.read``), which on SQLite do
-not queue behind the worker's writes.
 """
 
 from __future__ import annotations
@@ -171,12 +169,12 @@ class ExecutionService:
 
     async def get(self, execution_id: str) -> Execution | None:
         """Return an execution (without its notebook), or `None`."""
-        async with self._db.read() as store:
+        async with self._db.transaction() as store:
             return await store.get(execution_id)
 
     async def get_notebook(self, execution_id: str) -> dict[str, Any] | None:
         """Return the executed notebook, once the execution is terminal."""
-        async with self._db.read() as store:
+        async with self._db.transaction() as store:
             return await store.get_result_notebook(execution_id)
 
     async def list(
@@ -199,7 +197,7 @@ class ExecutionService:
             raise InvalidInputError(
                 "first", f"must be between 0 and {self._limits.max_page_size}"
             )
-        async with self._db.read() as store:
+        async with self._db.transaction() as store:
             executions, has_next = await store.list(
                 first=size, after=after, status=status
             )
@@ -229,7 +227,7 @@ class ExecutionService:
         if after_sequence is not None and after_sequence < 0:
             raise InvalidInputError("afterSequence", "must not be negative")
         async with self._bus.subscribe(execution_id) as signal:
-            async with self._db.read() as store:
+            async with self._db.transaction() as store:
                 execution = await store.get(execution_id)
                 latest = await store.latest_event(execution_id)
             if execution is None or latest is None:
@@ -242,7 +240,7 @@ class ExecutionService:
             else:
                 last_seen = after_sequence
             while True:
-                async with self._db.read() as store:
+                async with self._db.transaction() as store:
                     events = await store.events_after(execution_id, last_seen)
                     if events:
                         execution = await store.get(execution_id)

@@ -19,8 +19,7 @@ SQLite (the embedded default) is configured for a web loop and a worker loop
 writing to one file: WAL journaling (readers never block the writer), a
 ``busy_timeout`` (a writer waits for the other instead of failing with
 "database is locked"), foreign keys on (for ``ON DELETE CASCADE``), and every
-transaction opened with ``BEGIN IMMEDIATE`` (except :meth:`Database.read`'s,
-which only read and need no lock in WAL mode).  The last one matters: a
+transaction opened with ``BEGIN IMMEDIATE``.  The last one matters: a
 deferred transaction that reads and then writes can fail immediately with
 ``SQLITE_BUSY`` when another connection wrote in between, which
 ``busy_timeout`` does not retry; taking the write lock at ``BEGIN`` turns
@@ -88,9 +87,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another before "database is locked"."""
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
-
-_READ_ONLY = "noteburst_read_only"
-"""Execution option marking a read-only transaction (plain ``BEGIN`` on SQLite)."""
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
@@ -165,10 +161,7 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        if connection.get_execution_options().get(_READ_ONLY):
-            connection.exec_driver_sql("BEGIN")
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -290,22 +283,6 @@ class Database:
         """
         self._check_loop()
         async with self._sessionmaker() as session, session.begin():
-            yield ExecutionStore(session)
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[ExecutionStore]:
-        """Like :meth:`transaction`, for a unit of work that only reads.
-
-        On SQLite it opens a plain (deferred) transaction instead of taking
-        the write lock: in WAL mode a reader needs no lock and sees one
-        consistent snapshot, so readers (the API's queries and watchers)
-        and the worker's writes no longer queue for each other, and nobody
-        sleeps in SQLite's busy handler (1, 2, 5, 10 ms...) meanwhile.  The
-        store must not be used to write.
-        """
-        self._check_loop()
-        async with self._sessionmaker() as session, session.begin():
-            await session.connection(execution_options={_READ_ONLY: True})
             yield ExecutionStore(session)
 
     @asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -130,27 +129,3 @@ async def test_one_database_per_loop_share_a_file(sqlite_url: str) -> None:
         assert await asyncio.to_thread(asyncio.run, worker()) == 0
     finally:
         await web.aclose()
-
-
-@pytest.mark.asyncio
-async def test_a_reader_does_not_wait_for_a_writer(database: Database) -> None:
-    """read() takes no write lock on SQLite, so it runs beside a transaction.
-
-    With ``BEGIN IMMEDIATE`` the read would wait for the writer to commit
-    (``busy_timeout``, 30 s), past the bound below.
-    """
-    async with database.transaction() as writer:
-        await writer.add(
-            execution_id="00000000-0000-0000-0000-000000000001",
-            kernel_name="python3",
-            timeout_seconds=60.0,
-            source_text="{}",
-            cells_total=0,
-            now=datetime.now(UTC),
-        )
-        async with asyncio.timeout(5), database.read() as reader:
-            page, more = await reader.list(first=10, after=None, status=None)
-        assert (page, more) == ([], False)  # the uncommitted row is not seen
-    async with asyncio.timeout(5), database.read() as reader:
-        page, _ = await reader.list(first=10, after=None, status=None)
-    assert [e.id for e in page] == ["00000000-0000-0000-0000-000000000001"]

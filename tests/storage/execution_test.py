@@ -505,7 +505,7 @@ async def test_finish_logs_pending_progress_first(database: Database) -> None:
         )
     assert refused is None
     assert final is not None
-    async with database.read() as store:
+    async with database.transaction() as store:
         events = await store.events_after(execution_id, 0)
         execution = await store.get(execution_id)
     assert [(e.sequence, e.kind, e.cell_index, e.cells_done) for e in events] == [
