@@ -108,18 +108,26 @@ class ExecutionRunner:
         log = _logger.bind(execution_id=execution_id)
         now = datetime.now(UTC)
         async with self._db.transaction() as store:
-            started = await store.claim_and_start(
+            execution = await store.claim(
                 execution_id,
                 now=now,
                 lease_until=now + self._lease,
                 max_attempts=self._max_attempts,
             )
-        if started is None:
-            log.info("Execution not claimable; duplicate delivery ignored")
-            return None
-        execution, source, event = started
+            if execution is None:
+                log.info("Execution not claimable; duplicate delivery ignored")
+                return None
+            source = await store.get_source_notebook(execution_id)
+            event = await store.append_event(
+                execution_id,
+                kind=EventKind.RUNNING,
+                status=ExecutionStatus.RUNNING,
+                cells_done=0,
+                now=now,
+            )
         self._bus.announce(execution_id, event.sequence)
         log.info("Execution started", attempt=execution.attempts)
+        assert source is not None
         notebook = nbformat.from_dict(source)
         renewer = asyncio.create_task(
             self._keep_lease(execution_id, execution.attempts)
@@ -148,6 +156,7 @@ class ExecutionRunner:
                 notebook, ensure_ascii=False, separators=(",", ":")
             )
             async with self._db.transaction() as store:
+                await _append_unwritten(store, execution_id, unwritten)
                 final = await store.finish(
                     execution_id,
                     status=outcome.status,
@@ -157,7 +166,6 @@ class ExecutionRunner:
                     # If the lease lapsed and another worker took over, its
                     # result wins; this one is dropped.
                     attempt=execution.attempts,
-                    progress=unwritten,
                 )
             if final is not None:
                 self._bus.announce(execution_id, final.sequence)

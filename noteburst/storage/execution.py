@@ -22,7 +22,6 @@ import asyncio
 import base64
 import binascii
 import builtins
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -175,24 +174,6 @@ async def _parse_json(text: str | None) -> dict[str, Any] | None:
         msg = "stored notebook is not a JSON object"
         raise TypeError(msg)
     return parsed
-
-
-def _numbered(
-    execution_id: str, events: Sequence[NewEvent], first_sequence: int
-) -> builtins.list[ExecutionEvent]:
-    """Return the stored form of new events, numbered from ``first_sequence``."""
-    return [
-        ExecutionEvent(
-            execution_id=execution_id,
-            sequence=first_sequence + offset,
-            kind=new.kind,
-            status=new.status,
-            created_at=_utc(new.created_at),
-            cell_index=new.cell_index,
-            cells_done=new.cells_done,
-        )
-        for offset, new in enumerate(events)
-    ]
 
 
 def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Execution:
@@ -449,73 +430,6 @@ class ExecutionStore:
         row = (await self._session.execute(statement)).one_or_none()
         return None if row is None else _to_domain(row)
 
-    async def claim_and_start(
-        self,
-        execution_id: str,
-        *,
-        now: datetime,
-        lease_until: datetime,
-        max_attempts: int,
-    ) -> tuple[Execution, dict[str, Any], ExecutionEvent] | None:
-        """:meth:`claim`, load the submitted notebook and append ``RUNNING``.
-
-        What a worker does first, in two statements instead of four: the
-        conditional ``UPDATE`` of :meth:`claim` also allocates the event's
-        sequence and returns the notebook, and one ``INSERT`` logs the
-        event (on Postgres, with its notification).
-
-        Returns
-        -------
-        tuple of (Execution, dict, ExecutionEvent) or None
-            The claimed execution (as :meth:`claim` returns it), its
-            submitted notebook and the ``RUNNING`` event; None when
-            :meth:`claim` would return None.
-        """
-        now, lease_until = _utc(now), _utc(lease_until)
-        statement = (
-            update(_E)
-            .where(
-                _E.id == execution_id,
-                _E.attempts < max_attempts,
-                or_(
-                    _E.status == ExecutionStatus.QUEUED.value,
-                    and_(
-                        _E.status == ExecutionStatus.RUNNING.value,
-                        _E.lease_expires_at < now,
-                    ),
-                ),
-            )
-            .values(
-                status=ExecutionStatus.RUNNING.value,
-                attempts=_E.attempts + 1,
-                started_at=now,
-                lease_expires_at=lease_until,
-                cells_done=0,
-                last_sequence=_E.last_sequence + 1,
-            )
-            .returning(*_SUMMARY_COLUMNS, _E.source_notebook)
-            .execution_options(synchronize_session=False)
-        )
-        row = (await self._session.execute(statement)).one_or_none()
-        if row is None:
-            return None
-        source = await _parse_json(row.source_notebook)
-        assert source is not None
-        event = await self._insert_event(
-            execution_id,
-            sequence=row.last_sequence,
-            kind=EventKind.RUNNING,
-            status=ExecutionStatus.RUNNING,
-            cell_index=None,
-            cells_done=0,
-            now=now,
-        )
-        # As claim() returns it: before the RUNNING event was appended.
-        execution = dataclasses.replace(
-            _to_domain(row), last_sequence=row.last_sequence - 1
-        )
-        return execution, source, event
-
     async def renew_lease(
         self,
         execution_id: str,
@@ -650,8 +564,36 @@ class ExecutionStore:
             if await self._missing(execution_id):
                 raise ExecutionNotFoundError(execution_id)
             raise ExecutionFinishedError(execution_id)
-        stored = _numbered(execution_id, events, row.last_sequence - len(events) + 1)
-        await self._insert_events(stored)
+        first_sequence = row.last_sequence - len(events) + 1
+        stored = [
+            ExecutionEvent(
+                execution_id=execution_id,
+                sequence=first_sequence + offset,
+                kind=new.kind,
+                status=new.status,
+                created_at=_utc(new.created_at),
+                cell_index=new.cell_index,
+                cells_done=new.cells_done,
+            )
+            for offset, new in enumerate(events)
+        ]
+        await self._session.execute(
+            insert(_EV).values(
+                [
+                    {
+                        "execution_id": execution_id,
+                        "sequence": event.sequence,
+                        "kind": event.kind.value,
+                        "status": event.status.value,
+                        "cell_index": event.cell_index,
+                        "cells_done": event.cells_done,
+                        "created_at": event.created_at,
+                    }
+                    for event in stored
+                ]
+            )
+        )
+        await self._notify_event(execution_id, stored[-1].sequence)
         return stored
 
     async def finish(
@@ -663,7 +605,6 @@ class ExecutionStore:
         error: ExecutionError | None,
         now: datetime,
         attempt: int | None = None,
-        progress: Sequence[NewEvent] = (),
     ) -> ExecutionEvent | None:
         """Finish an execution, once.
 
@@ -685,11 +626,6 @@ class ExecutionStore:
         attempt
             If given, finish only if this is still the current attempt (see
             :meth:`renew_lease`).
-        progress
-            Progress events not recorded yet, logged just before ``FINISHED``
-            (and only if the execution is finished here), in the same
-            statements, as :meth:`append_events` would; ``cells_done`` is
-            the last one's.
 
         Returns
         -------
@@ -723,7 +659,6 @@ class ExecutionStore:
             status=status,
             cell_index=None,
             now=now,
-            before=progress,
         )
 
     async def requeue(
@@ -841,56 +776,27 @@ class ExecutionStore:
         status: ExecutionStatus,
         cell_index: int | None,
         now: datetime,
-        before: Sequence[NewEvent] = (),
     ) -> ExecutionEvent | None:
-        """Conditionally update the row, allocating a sequence, and log it.
-
-        ``before``: progress events to log first, in the same statements.
-        """
-        if before:
-            values = {**values, "cells_done": before[-1].cells_done}
+        """Conditionally update the row, allocating a sequence, and log it."""
         statement = (
             update(_E)
             .where(_E.id == execution_id, *conditions)
-            .values({**values, "last_sequence": _E.last_sequence + 1 + len(before)})
+            .values({**values, "last_sequence": _E.last_sequence + 1})
             .returning(_E.last_sequence, _E.cells_done)
             .execution_options(synchronize_session=False)
         )
         row = (await self._session.execute(statement)).one_or_none()
         if row is None:
             return None
-        event = ExecutionEvent(
-            execution_id=execution_id,
+        return await self._insert_event(
+            execution_id,
             sequence=row.last_sequence,
             kind=kind,
             status=status,
-            created_at=_utc(now),
             cell_index=cell_index,
             cells_done=row.cells_done,
+            now=now,
         )
-        first = row.last_sequence - len(before)
-        await self._insert_events([*_numbered(execution_id, before, first), event])
-        return event
-
-    async def _insert_events(self, events: Sequence[ExecutionEvent]) -> None:
-        """Log events of one execution in one statement, and notify once."""
-        await self._session.execute(
-            insert(_EV).values(
-                [
-                    {
-                        "execution_id": event.execution_id,
-                        "sequence": event.sequence,
-                        "kind": event.kind.value,
-                        "status": event.status.value,
-                        "cell_index": event.cell_index,
-                        "cells_done": event.cells_done,
-                        "created_at": event.created_at,
-                    }
-                    for event in events
-                ]
-            )
-        )
-        await self._notify_event(events[-1].execution_id, events[-1].sequence)
 
     async def _insert_event(
         self,
@@ -912,7 +818,18 @@ class ExecutionStore:
             cell_index=cell_index,
             cells_done=cells_done,
         )
-        await self._insert_events([event])
+        await self._session.execute(
+            insert(_EV).values(
+                execution_id=execution_id,
+                sequence=sequence,
+                kind=kind.value,
+                status=status.value,
+                cell_index=cell_index,
+                cells_done=cells_done,
+                created_at=event.created_at,
+            )
+        )
+        await self._notify_event(execution_id, sequence)
         return event
 
     async def _notify_event(self, execution_id: str, sequence: int) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -250,47 +249,6 @@ async def test_claim_only_once(database: Database) -> None:
 
 
 @pytest.mark.asyncio
-async def test_claim_and_start_is_claim_plus_source_plus_running(
-    database: Database,
-) -> None:
-    first, second = await add(database), await add(database)
-    now = T0 + timedelta(seconds=1)
-    claimed = await claim(database, first, now=now)
-    async with database.transaction() as store:
-        started = await store.claim_and_start(
-            second, now=now, lease_until=now + LEASE, max_attempts=3
-        )
-        again = await store.claim_and_start(
-            second, now=now, lease_until=now + LEASE, max_attempts=3
-        )
-        unknown = await store.claim_and_start(
-            str(uuid.uuid4()), now=now, lease_until=now + LEASE, max_attempts=3
-        )
-    assert again is None
-    assert unknown is None
-    assert started is not None
-    execution, source, event = started
-    assert claimed is not None
-    # The same execution as claim() returns, for another id.
-    assert dataclasses.replace(execution, id=first) == claimed
-    assert source == NOTEBOOK
-    assert (event.sequence, event.kind, event.status, event.cells_done) == (
-        2,
-        EventKind.RUNNING,
-        ExecutionStatus.RUNNING,
-        0,
-    )
-    assert event.created_at == now
-    async with database.transaction() as store:
-        events = await store.events_after(second, 0)
-        stored = await store.get(second)
-    assert events[-1] == event
-    assert stored is not None
-    assert stored.last_sequence == 2
-    assert stored.status is ExecutionStatus.RUNNING
-
-
-@pytest.mark.asyncio
 async def test_concurrent_claims_one_wins(database: Database) -> None:
     ids = [await add(database) for _ in range(10)]
     for execution_id in ids:
@@ -472,53 +430,6 @@ async def test_append_events_writes_a_batch_in_order(database: Database) -> None
         with pytest.raises(ExecutionNotFoundError):
             await store.append_events(str(uuid.uuid4()), batch)
     assert (await get(database, execution_id)).last_sequence == 7
-
-
-@pytest.mark.asyncio
-async def test_finish_logs_pending_progress_first(database: Database) -> None:
-    execution_id = await add(database)
-    claimed = await claim(database, execution_id)
-    assert claimed is not None
-    progress = [
-        NewEvent(EventKind.CELL_STARTED, ExecutionStatus.RUNNING, 0, T0, 0),
-        NewEvent(EventKind.CELL_FINISHED, ExecutionStatus.RUNNING, 1, T0, 0),
-    ]
-    async with database.transaction() as store:
-        # Another attempt's finish is refused, its progress with it.
-        refused = await store.finish(
-            execution_id,
-            status=ExecutionStatus.SUCCEEDED,
-            result_text=None,
-            error=None,
-            now=T0,
-            attempt=claimed.attempts + 1,
-            progress=progress,
-        )
-        final = await store.finish(
-            execution_id,
-            status=ExecutionStatus.SUCCEEDED,
-            result_text="{}",
-            error=None,
-            now=T0 + timedelta(seconds=1),
-            attempt=claimed.attempts,
-            progress=progress,
-        )
-    assert refused is None
-    assert final is not None
-    async with database.transaction() as store:
-        events = await store.events_after(execution_id, 0)
-        execution = await store.get(execution_id)
-    assert [(e.sequence, e.kind, e.cell_index, e.cells_done) for e in events] == [
-        (1, EventKind.QUEUED, None, 0),
-        (2, EventKind.CELL_STARTED, 0, 0),
-        (3, EventKind.CELL_FINISHED, 0, 1),
-        (4, EventKind.FINISHED, None, 1),
-    ]
-    assert events[-1] == final
-    assert execution is not None
-    assert execution.last_sequence == 4
-    assert execution.progress.cells_done == 1
-    assert execution.status is ExecutionStatus.SUCCEEDED
 
 
 @pytest.mark.asyncio
