@@ -20,6 +20,16 @@ result, through these systems in one run of this script:
     The same on PostgreSQL (a throwaway database) and Redis (a unique key
     namespace), with an in-process Dramatiq worker on the Redis broker and
     a pool of one warm kernel.
+``hub-warm``
+    The same as ``postgres-warm`` (its own throwaway database and Redis
+    namespace), but on the JupyterHub lab backend: a real JupyterHub with
+    configurable-http-proxy, started here with the tests' fixture
+    (:class:`tests.support.hub.TestHub`), and one bot identity whose lab the
+    worker spawns; kernels are reached through the proxy.  It uses the
+    configuration's ``warm_kernels`` like the others, so it has a warm pool
+    exactly when the hub backend has one.  Its lab is found through the hub
+    API (the user's server URL), and runs are settled on that lab's kernel
+    list (see :func:`hub_settler`).  ``--skip-hub`` leaves it out.
 ``floor``
     No Noteburst: the 5 cells sent down the websocket of one warm kernel
     (started once, reused for every run) with
@@ -69,7 +79,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +104,7 @@ from noteburst.jupyter.local import LocalJupyterServer
 from noteburst.jupyter.rest import JupyterRestClient
 from noteburst.logs import configure_logging
 from noteburst.storage.database import Database
+from tests.support.hub import HubInfo, TestHub
 
 CELLS = (
     "x = 1",
@@ -109,12 +120,13 @@ LABELS = {
     "embedded-cold": "noteburst embedded, no pool (fresh kernel)",
     "embedded-warm": "noteburst embedded, pool of 1",
     "postgres-warm": "noteburst postgres + redis, pool of 1",
+    "hub-warm": "noteburst postgres + redis + JupyterHub lab",
     "floor": "floor: 5 cells on one warm kernel, no Noteburst",
     "papermill": "papermill CLI (cold process + kernel)",
     "nbclient": "nbclient in-process (fresh kernel)",
 }
-NOTEBURST = ("embedded-cold", "embedded-warm", "postgres-warm")
-WARM = ("embedded-warm", "postgres-warm")
+NOTEBURST = ("embedded-cold", "embedded-warm", "postgres-warm", "hub-warm")
+WARM = ("embedded-warm", "postgres-warm", "hub-warm")
 POOL_SIZE = 1
 
 # Goals being tracked (printed, never asserted).
@@ -151,6 +163,8 @@ SEGMENTS = (
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 SETTLE_SECONDS = 15.0
+HUB_STEADY_SECONDS = 1.5
+"""How long a hub lab's kernel list must stay the same to count as steady."""
 
 
 class BenchError(Exception):
@@ -340,13 +354,20 @@ async def replay_events(url: str, execution_id: str) -> list[dict[str, Any]]:
 
 
 async def wait_for_kernels(
-    jupyter: LocalJupyterServer, count: int, ignore: frozenset[str]
-) -> None:
+    jupyter: LocalJupyterServer,
+    count: int,
+    ignore: frozenset[str],
+    gone: frozenset[str] = frozenset(),
+) -> frozenset[str]:
     """Wait until the server lists ``count`` kernels, all idle (untimed).
 
     Kernels in ``ignore`` (the floor's) are left out.  ``count=0``: every
     kernel Noteburst started is shut down.  ``count`` = the pool size: the
-    used kernel is gone and its replacement has started and gone idle.
+    used kernel is gone and its replacement has started and gone idle; the
+    kernels in ``gone`` (the pool before the run) must no longer be listed,
+    as the pool now starts the replacement only once the used kernel is
+    retired, so for a moment the list holds just the used kernel, idle.
+    Returns the ids listed at the end.
     """
     deadline = time.monotonic() + SETTLE_SECONDS
     headers = {"Authorization": f"token {jupyter.token}"}
@@ -354,12 +375,20 @@ async def wait_for_kernels(
     async with httpx.AsyncClient(timeout=5) as http:
         while time.monotonic() < deadline:
             response = await http.get(jupyter.url + "api/kernels", headers=headers)
+            if response.status_code == httpx.codes.INTERNAL_SERVER_ERROR:
+                # jupyter_server fails the listing while a kernel in it is
+                # being deleted; that is "not settled yet".
+                await asyncio.sleep(0.02)
+                continue
             response.raise_for_status()
             kernels = [k for k in response.json() if k.get("id") not in ignore]
-            if len(kernels) == count and all(
-                k.get("execution_state") == "idle" for k in kernels
+            ids = frozenset(str(k.get("id")) for k in kernels)
+            if (
+                len(kernels) == count
+                and not ids & gone
+                and all(k.get("execution_state") == "idle" for k in kernels)
             ):
-                return
+                return ids
             await asyncio.sleep(0.02)
     states = [k.get("execution_state") for k in kernels]
     print(
@@ -367,15 +396,90 @@ async def wait_for_kernels(
         f"found {states})",
         file=sys.stderr,
     )
+    return frozenset(str(k.get("id")) for k in kernels)
+
+
+async def lab_kernels(
+    http: httpx.AsyncClient, hub: HubInfo, user: str
+) -> list[dict[str, Any]] | None:
+    """The kernels of ``user``'s lab, or `None` while it has no ready lab.
+
+    The lab's path comes from the hub's user model (usernames are escaped
+    in routes), and the service token works on the lab too.
+    """
+    response = await http.get(
+        f"{hub.hub_url}hub/api/users/{user}", headers=hub.auth_headers
+    )
+    if not response.is_success:
+        return None
+    server = (response.json().get("servers") or {}).get("")
+    if not server or not server.get("ready") or not server.get("url"):
+        return None
+    lab = hub.proxy_url.rstrip("/") + server["url"]
+    response = await http.get(lab + "api/kernels", headers=hub.auth_headers)
+    if not response.is_success:  # a kernel being deleted, a lab going away
+        return None
+    kernels: list[dict[str, Any]] = response.json()
+    return kernels
+
+
+def hub_settler(hub: HubInfo, user: str) -> Settle:
+    """Wait until the hub lab's kernels have settled after a run (untimed).
+
+    The bench cannot see whether the hub backend keeps a pool, so the
+    first call (after the warm-up run) learns the steady state: the lab's
+    kernel list unchanged and idle for :data:`HUB_STEADY_SECONDS` (no
+    kernel without a pool, the pool's otherwise).  Later calls wait for
+    that many idle kernels, none of them listed at the previous call (with
+    a pool of one, each run uses the pooled kernel).
+    """
+    expected: int | None = None
+    previous: frozenset[str] = frozenset()
+
+    async def settle() -> None:
+        nonlocal expected, previous
+        deadline = time.monotonic() + SETTLE_SECONDS
+        steady: tuple[frozenset[str], float] | None = None
+        async with httpx.AsyncClient(timeout=5) as http:
+            while time.monotonic() < deadline:
+                kernels = await lab_kernels(http, hub, user)
+                if kernels is not None:
+                    ids = frozenset(str(k.get("id")) for k in kernels)
+                    idle = all(k.get("execution_state") == "idle" for k in kernels)
+                    now = time.monotonic()
+                    if expected is None:
+                        if not idle or steady is None or steady[0] != ids:
+                            steady = (ids, now) if idle else None
+                        elif now - steady[1] >= HUB_STEADY_SECONDS:
+                            expected, previous = len(ids), ids
+                            return
+                    elif idle and len(ids) == expected and not ids & previous:
+                        previous = ids
+                        return
+                await asyncio.sleep(0.02)
+        print(
+            f"  (warning: the hub lab of {user} did not settle after "
+            f"{SETTLE_SECONDS:g} s)",
+            file=sys.stderr,
+        )
+
+    return settle
 
 
 @contextlib.asynccontextmanager
 async def noteburst_service(config: Config, *, run_worker: bool) -> AsyncIterator[str]:
     """Serve Noteburst in this process; yield its base URL once it answers."""
     async with serve_in_background(config, run_worker=run_worker) as (url, task):
-        # The first request waits in the listen backlog until startup is done.
+        # The first request waits in the listen backlog until startup is
+        # done; a failed startup ends the server task instead.
         async with httpx.AsyncClient(timeout=120) as http:
-            (await http.get(url + "/healthz")).raise_for_status()
+            health = asyncio.create_task(http.get(url + "/healthz"))
+            await asyncio.wait({health, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not health.done():
+                health.cancel()
+                await asyncio.wait({health})
+                raise BenchError("Noteburst failed to start (see its log above)")
+            health.result().raise_for_status()
         yield url
         if task.done():
             raise BenchError("the Noteburst server stopped during the benchmark")
@@ -397,8 +501,16 @@ def noteburst_measure(
 
 
 def settler(jupyter: LocalJupyterServer, count: int, ignore: frozenset[str]) -> Settle:
+    """Wait for ``count`` idle kernels, none of those seen at the last call.
+
+    With a pool of one, each run uses the pooled kernel listed at the end
+    of the previous settle; call it once before a phase to prime it.
+    """
+    previous: frozenset[str] = frozenset()
+
     async def settle() -> None:
-        await wait_for_kernels(jupyter, count, ignore)
+        nonlocal previous
+        previous = await wait_for_kernels(jupyter, count, ignore, previous)
 
     return settle
 
@@ -648,6 +760,12 @@ def report(results: Results, args: argparse.Namespace) -> dict[str, Any]:
 
     ratios = report_ratios(results)
     breakdown = report_breakdown(results)
+    client_setup = http_client_setup_seconds()
+    print(
+        f"\n(Of 'submit → stored', NoteburstClient's own set-up costs "
+        f"{1000 * client_setup:.0f} ms: it builds an httpx.AsyncClient, with"
+        "\n a fresh SSL context, for every request; median of 5, measured here.)"
+    )
 
     print(
         "\nThe 5 cells alone (first execute_input → last execute_reply, from the"
@@ -667,7 +785,18 @@ def report(results: Results, args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios,
         "breakdown": breakdown,
         "cells_span_median": spans,
+        "client_http_setup_median": client_setup,
     }
+
+
+def http_client_setup_seconds() -> float:
+    """Median time to build an ``httpx.AsyncClient`` (untimed diagnostic)."""
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        httpx.AsyncClient()  # nothing to close: no connection is made
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
 
 
 def _goal(name: str, met: bool, text: str) -> str:
@@ -750,11 +879,47 @@ def report_breakdown(results: Results) -> dict[str, Any]:
 # -- main ----------------------------------------------------------------------
 
 
+@dataclass
+class Run:
+    """What the phases share: options, cleanup, and the baselines' shares."""
+
+    args: argparse.Namespace
+    stack: contextlib.AsyncExitStack
+    tmp: Path
+    results: Results
+    notebook: dict[str, Any]
+    common: dict[str, Any]
+    baselines: dict[str, Measure]
+    baseline_share: Iterator[int]
+    warmed: set[str] = field(default_factory=set)
+
+    def with_baselines(
+        self, systems: dict[str, tuple[Measure, int]]
+    ) -> dict[str, tuple[Measure, int]]:
+        """Add papermill and nbclient with this phase's share of their runs."""
+        share = next(self.baseline_share)
+        return systems | {name: (m, share) for name, m in self.baselines.items()}
+
+    async def phase(self, name: str, systems: dict[str, tuple[Measure, int]]) -> None:
+        await run_phase(name, self.with_baselines(systems), self.results, self.warmed)
+
+    async def service_storage(self) -> dict[str, Any]:
+        """A throwaway PostgreSQL database and Redis namespace, as Config fields."""
+        args = self.args
+        url = await self.stack.enter_async_context(postgres_database(args.postgres))
+        namespace = await self.stack.enter_async_context(redis_namespace(args.redis))
+        await migrate(url)
+        return {
+            "database_url": url,
+            "redis_url": args.redis,
+            "redis_namespace": namespace,
+        }
+
+
 async def measure_all(
     args: argparse.Namespace, stack: contextlib.AsyncExitStack, results: Results
 ) -> None:
     """Start everything (registering its cleanup on ``stack``) and measure."""
-    notebook = json.loads(nbformat.writes(make_notebook()))
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbbench-")))
     # Hermetic Jupyter/IPython user dirs for nbclient and papermill (the
     # local jupyter_server sets its own); kernelspecs in the venv stay.
@@ -785,26 +950,26 @@ async def measure_all(
     stack.push_async_callback(conn.aclose)
     ignore = frozenset({floor_kernel})
     no_kernels = settler(jupyter, 0, ignore)
-    pool_full = settler(jupyter, POOL_SIZE, ignore)
+    floor = floor_measure(conn)
 
-    baselines = {
-        "papermill": papermill_measure(tmp / "papermill"),
-        "nbclient": nbclient_measure(),
-    }
-    common: dict[str, Any] = {
-        "jupyter_url": jupyter.url,
-        "jupyter_token": SecretStr(jupyter.token),
-        "log_level": "WARNING",
-    }
-    phases = 2 if args.skip_postgres else 3
-    baseline_share = iter(spread(args.baseline_runs, phases))
-    warmed: set[str] = set()
-
-    def with_baselines(
-        systems: dict[str, tuple[Measure, int]],
-    ) -> dict[str, tuple[Measure, int]]:
-        share = next(baseline_share)
-        return systems | {name: (m, share) for name, m in baselines.items()}
+    phases = 2 + (not args.skip_postgres) + (not args.skip_hub)
+    run = Run(
+        args=args,
+        stack=stack,
+        tmp=tmp,
+        results=results,
+        notebook=json.loads(nbformat.writes(make_notebook())),
+        common={
+            "jupyter_url": jupyter.url,
+            "jupyter_token": SecretStr(jupyter.token),
+            "log_level": "WARNING",
+        },
+        baselines={
+            "papermill": papermill_measure(tmp / "papermill"),
+            "nbclient": nbclient_measure(),
+        },
+        baseline_share=iter(spread(args.baseline_runs, phases)),
+    )
 
     # Phase 1: the embedded default without a pool (a fresh kernel per run).
     cold = Config(
@@ -812,12 +977,11 @@ async def measure_all(
         database_url=None,
         redis_url=None,
         warm_kernels={},
-        **common,
+        **run.common,
     )
     async with noteburst_service(cold, run_worker=True) as url:
-        measure = noteburst_measure(url, notebook, no_kernels, "embedded-cold")
-        systems = with_baselines({"embedded-cold": (measure, args.cold_runs)})
-        await run_phase("embedded-cold", systems, results, warmed)
+        measure = noteburst_measure(url, run.notebook, no_kernels, "embedded-cold")
+        await run.phase("embedded-cold", {"embedded-cold": (measure, args.cold_runs)})
     await no_kernels()
 
     # Phase 2: the embedded default with a pool of one warm kernel.
@@ -826,37 +990,74 @@ async def measure_all(
         database_url=None,
         redis_url=None,
         warm_kernels={"python3": POOL_SIZE},
-        **common,
+        **run.common,
     )
-    floor = floor_measure(conn)
     async with noteburst_service(warm, run_worker=True) as url:
-        measure = noteburst_measure(url, notebook, pool_full, "embedded-warm")
-        systems = with_baselines(
-            {"embedded-warm": (measure, args.runs), "floor": (floor, args.runs)}
+        pool_full = settler(jupyter, POOL_SIZE, ignore)
+        await pool_full()
+        measure = noteburst_measure(url, run.notebook, pool_full, "embedded-warm")
+        await run.phase(
+            "embedded-warm",
+            {"embedded-warm": (measure, args.runs), "floor": (floor, args.runs)},
         )
-        await run_phase("embedded-warm", systems, results, warmed)
     await no_kernels()
 
     # Phase 3: PostgreSQL + Redis, worker in-process on the Redis broker.
     if not args.skip_postgres:
-        url = await stack.enter_async_context(postgres_database(args.postgres))
-        namespace = await stack.enter_async_context(redis_namespace(args.redis))
-        await migrate(url)
         service = Config(
             data_dir=tmp / "service",
-            database_url=url,
-            redis_url=args.redis,
-            redis_namespace=namespace,
             warm_kernels={"python3": POOL_SIZE},
-            **common,
+            **(await run.service_storage()),
+            **run.common,
         )
-        async with noteburst_service(service, run_worker=True) as nb_url:
-            measure = noteburst_measure(nb_url, notebook, pool_full, "postgres-warm")
-            systems = with_baselines(
-                {"postgres-warm": (measure, args.runs), "floor": (floor, args.runs)}
+        async with noteburst_service(service, run_worker=True) as url:
+            pool_full = settler(jupyter, POOL_SIZE, ignore)
+            await pool_full()
+            measure = noteburst_measure(url, run.notebook, pool_full, "postgres-warm")
+            await run.phase(
+                "postgres-warm",
+                {"postgres-warm": (measure, args.runs), "floor": (floor, args.runs)},
             )
-            await run_phase("postgres-warm", systems, results, warmed)
         await no_kernels()
+
+    # Phase 4: the same on JupyterHub labs (a real hub and proxy).
+    if not args.skip_hub:
+        await hub_phase(run, floor)
+
+
+async def hub_phase(run: Run, floor: Measure) -> None:
+    """Start a JupyterHub (stopped by the run's stack) and measure ``hub-warm``."""
+    print("starting JupyterHub…", flush=True)
+    hub = TestHub(run.tmp / "hub")
+    # Registered first: stop() is a no-op before start() and after a
+    # failed start (which stops what it began itself).
+    run.stack.push_async_callback(asyncio.to_thread, hub.stop)
+    await asyncio.to_thread(hub.start)
+    info = hub.info()
+    user = f"nbbench-{secrets.token_hex(4)}"
+    config = Config(
+        data_dir=run.tmp / "hub-service",
+        warm_kernels={"python3": POOL_SIZE},
+        lab_backend="jupyterhub",
+        hub_url=info.hub_url,
+        hub_token=SecretStr(info.token),
+        hub_identities=[user],
+        kernel_names=["python3"],
+        **(await run.service_storage()),
+        **run.common,
+    )
+    try:
+        async with noteburst_service(config, run_worker=True) as url:
+            measure = noteburst_measure(
+                url, run.notebook, hub_settler(info, user), "hub-warm"
+            )
+            runs = run.args.runs
+            await run.phase(
+                "hub-warm", {"hub-warm": (measure, runs), "floor": (floor, runs)}
+            )
+    except Exception:
+        print(f"JupyterHub log (end):\n{hub.log_tail()}", file=sys.stderr)
+        raise
 
 
 @dataclass
@@ -940,7 +1141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis URL")
     parser.add_argument(
-        "--skip-postgres", action="store_true", help="measure the embedded default only"
+        "--skip-postgres", action="store_true", help="leave out postgres-warm"
+    )
+    parser.add_argument(
+        "--skip-hub", action="store_true", help="leave out hub-warm (no JupyterHub)"
     )
     args = parser.parse_args(argv)
     for option in ("runs", "cold_runs", "baseline_runs"):

@@ -2,7 +2,8 @@
 
 :func:`execute_notebook` is the loop nbclient runs, with nbclient's
 semantics, over a :class:`~.kernel.KernelConnection` instead of ZMQ: ask for
-``kernel_info`` (to record ``language_info``), run the non-empty code cells
+``kernel_info`` (to record ``language_info``; a pooled kernel's connection
+already has the reply, which saves that round trip), run the non-empty code cells
 in order, fold the replies into the notebook with
 :class:`~.protocol.NotebookOutputFolder`, and stop at the first cell whose
 ``execute_reply`` is an error.  All decisions about outputs live in the
@@ -204,7 +205,10 @@ async def execute_notebook(
         Pipelined, also the bound on draining the aborted requests after a
         failure.
     kernel_info_timeout
-        Limit in seconds for the initial ``kernel_info`` exchange.
+        Limit in seconds for the initial ``kernel_info`` exchange.  There is
+        none if the connection already has a ``kernel_info_reply`` (a pooled
+        kernel's, or an earlier run's): the kernel is known to answer, and
+        its ``language_info`` does not change.
     pipelined
         Send every cell's request up front (the default; see the module
         docstring), or `False` to send each cell after the previous one is
@@ -231,8 +235,10 @@ async def execute_notebook(
         Whatever a callback raised.
     """
     folder = NotebookOutputFolder(nb)
-    async with asyncio.timeout(kernel_info_timeout):
-        info = await conn.kernel_info()
+    info = conn.kernel_info_reply
+    if info is None:
+        async with asyncio.timeout(kernel_info_timeout):
+            info = await conn.kernel_info()
     folder.set_kernel_info(info)
     if not pipelined:
         return await _execute_sequential(

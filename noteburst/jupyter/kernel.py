@@ -73,6 +73,11 @@ class KernelConnection:
         The framing the server agreed to.
     username : str
         Username recorded in request headers.
+    kernel_info_reply : Message or None
+        The last ``kernel_info_reply`` received by :meth:`kernel_info` (or
+        recorded by whoever asked for one, like the kernel pool), so a
+        caller that needs the kernel's ``language_info`` does not pay
+        another round trip for it.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class KernelConnection:
         self.session_id = session_id
         self.protocol = wire_protocol
         self.username = username
+        self.kernel_info_reply: Message | None = None
         self._queues: dict[str, asyncio.Queue[Message | object]] = {}
         self._failure: JupyterError | None = None
         self._closing = False
@@ -303,7 +309,8 @@ class KernelConnection:
     async def kernel_info(self) -> Message:
         """Send a ``kernel_info_request`` and return the ``kernel_info_reply``.
 
-        Bound it with `asyncio.timeout`.
+        The reply is also kept in :attr:`kernel_info_reply`.  Bound it with
+        `asyncio.timeout`.
         """
         msg_id = await self.request(
             protocol.kernel_info_request(
@@ -314,6 +321,7 @@ class KernelConnection:
             while True:
                 msg = await self.receive(msg_id)
                 if msg["msg_type"] == "kernel_info_reply":
+                    self.kernel_info_reply = msg
                     return msg
         finally:
             self.forget(msg_id)

@@ -10,7 +10,15 @@ of time.
 Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
 
 * A kernel is handed out once (:meth:`KernelPool.take`) and never comes
-  back; the caller retires it.  Each take starts a replacement at once.
+  back; the caller retires it.  Its replacement starts when the caller
+  closes the connection (the execution is over), or after
+  :attr:`KernelPool.refill_delay` seconds if that comes first, not at the
+  take: a kernel start costs a few hundred milliseconds of CPU (a new
+  Python process importing ipykernel, and the server's work for it), and
+  started at the take it ran exactly while the taken kernel ran the
+  notebook, slowing a small notebook's first cells several times over on
+  a machine with two cores.  A long execution still gets its replacement
+  after the delay, so the pool is not empty for long.
 * Warm-up code runs with ``silent=True, store_history=False``: the
   notebook's first cell still gets ``execution_count`` 1 and the warm-up's
   messages are dropped (they are routed by their own ``msg_id``).  What it
@@ -93,6 +101,10 @@ class PoolStats:
         Failures since the last successful start.
     error
         Why the pool gave up on this kernel name, if it did.
+    deferred
+        Replacements of handed-out kernels not started yet: each starts
+        when its kernel's connection is closed, or after
+        :attr:`KernelPool.refill_delay`.
     """
 
     target: int
@@ -104,6 +116,7 @@ class PoolStats:
     evicted: int
     consecutive_failures: int
     error: JupyterError | None
+    deferred: int = 0
 
 
 class _PoolConnection(KernelConnection):
@@ -117,12 +130,28 @@ class _PoolConnection(KernelConnection):
     """
 
     idle_in_pool = False
+    on_close: Callable[[], None] | None = None
+    """Called once when the connection is first closed (the pool's refill)."""
 
     def _dispatch(self, msg: Message) -> None:
         if self.idle_in_pool and msg.get("msg_type") == "shutdown_reply":
             self._fail(KernelDiedError(f"kernel {self.kernel_id} was shut down"))
             return
         super()._dispatch(msg)
+
+    async def aclose(self) -> None:
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
+        await super().aclose()
+
+
+@dataclass(eq=False)
+class _Deferred:
+    """The replacement of one handed-out kernel, not started yet."""
+
+    lane: _Lane
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -145,6 +174,7 @@ class _Lane:
     evicted: int = 0
     consecutive_failures: int = 0
     error: JupyterError | None = None
+    deferred: set[_Deferred] = field(default_factory=set)
 
 
 class KernelPool:
@@ -176,7 +206,15 @@ class KernelPool:
         last one repeats.
     username
         Username recorded in request headers.
+
+    Attributes
+    ----------
+    refill_delay
+        Longest time in seconds a handed-out kernel's replacement waits
+        for that kernel's connection to close before it starts anyway.
     """
+
+    refill_delay: float = 2.0
 
     def __init__(
         self,
@@ -237,8 +275,10 @@ class KernelPool:
         """Hand out a ready kernel, or `None` if none is ready.
 
         Never waits and never makes a request.  The kernel is the caller's
-        from now on (it must be retired after use) and a replacement starts
-        at once.  `None` means: start a kernel on demand.
+        from now on (it must be retired after use).  Its replacement starts
+        once the caller closes the connection, or after
+        :attr:`refill_delay` (see the module docstring).  `None` means:
+        start a kernel on demand.
         """
         lane = self._lanes.get(kernel_name)
         if lane is None:
@@ -250,6 +290,7 @@ class KernelPool:
             if pooled.conn.failure is None:
                 conn = pooled.conn
                 lane.handed_out += 1
+                self._defer_refill(lane, conn)
                 break
             self._evict(lane, pooled, pooled.conn.failure)
         self._top_up(lane)
@@ -289,6 +330,7 @@ class KernelPool:
             evicted=lane.evicted,
             consecutive_failures=lane.consecutive_failures,
             error=lane.error,
+            deferred=len(lane.deferred),
         )
 
     async def wait_full(self, kernel_name: str | None = None) -> None:
@@ -344,6 +386,9 @@ class KernelPool:
         cancelled.  The shutdowns themselves run through ``retire``.
         """
         self._closed.set()
+        for lane in self._lanes.values():
+            for deferred in list(lane.deferred):
+                self._release(deferred)
         self._notify()
         if self._starts:
             _done, pending = await asyncio.wait(set(self._starts), timeout=grace)
@@ -362,10 +407,32 @@ class KernelPool:
 
     # -- filling -------------------------------------------------------------
 
+    def _defer_refill(self, lane: _Lane, conn: KernelConnection) -> None:
+        """Hold a handed-out kernel's slot until it is closed, or a delay."""
+        deferred = _Deferred(lane)
+        lane.deferred.add(deferred)
+        deferred.timer = asyncio.get_running_loop().call_later(
+            self.refill_delay, self._release, deferred
+        )
+        if isinstance(conn, _PoolConnection):
+            conn.on_close = lambda: self._release(deferred)
+
+    def _release(self, deferred: _Deferred) -> None:
+        """Free a deferred slot (idempotent) and start its replacement."""
+        lane = deferred.lane
+        if deferred not in lane.deferred:
+            return
+        lane.deferred.discard(deferred)
+        if deferred.timer is not None:
+            deferred.timer.cancel()
+            deferred.timer = None
+        self._top_up(lane)
+        self._notify()
+
     def _top_up(self, lane: _Lane) -> None:
         if not self._started or self._closed.is_set() or lane.error is not None:
             return
-        while len(lane.ready) + lane.starting < lane.target:
+        while len(lane.ready) + lane.starting + len(lane.deferred) < lane.target:
             lane.starting += 1
             task = asyncio.create_task(
                 self._start_one(lane), name=f"kernel-pool-start-{lane.name}"
@@ -435,11 +502,15 @@ class KernelPool:
             )
         )
         try:
-            while (await conn.receive(msg_id))["msg_type"] != "kernel_info_reply":
+            while (msg := await conn.receive(msg_id))["msg_type"] != (
+                "kernel_info_reply"
+            ):
                 pass
         except BaseException:
             conn.forget(msg_id)
             raise
+        # execute_notebook reads language_info from it instead of asking again.
+        conn.kernel_info_reply = msg
         return msg_id
 
     async def _warm_up(self, conn: KernelConnection, lane: _Lane) -> None:

@@ -28,6 +28,7 @@ from ..domain.execution import (
     ExecutionError,
     ExecutionStatus,
 )
+from ..exceptions import ExecutionNotFoundError
 from ..jupyter.backend import LabBackend
 from ..jupyter.exceptions import (
     JupyterError,
@@ -38,6 +39,7 @@ from ..jupyter.exceptions import (
 from ..jupyter.execute import CellFailure, execute_notebook
 from ..storage.database import Database
 from ..storage.events import EventBus
+from ..storage.execution import ExecutionFinishedError, ExecutionStore, NewEvent
 from ..storage.taskqueue import TaskQueue
 
 __all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome"]
@@ -130,29 +132,43 @@ class ExecutionRunner:
         renewer = asyncio.create_task(
             self._keep_lease(execution_id, execution.attempts)
         )
-        try:
-            outcome = await self._execute(execution, notebook)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        if outcome.retryable and execution.attempts < self._max_attempts:
-            await self._retry_later(execution, outcome)
-            return outcome
-        result_text = json.dumps(notebook, ensure_ascii=False, separators=(",", ":"))
-        async with self._db.transaction() as store:
-            final = await store.finish(
-                execution_id,
-                status=outcome.status,
-                result_text=result_text,
-                error=outcome.error,
-                now=datetime.now(UTC),
-                # If the lease lapsed and another worker took over, its
-                # result wins; this one is dropped.
-                attempt=execution.attempts,
+        progress = _ProgressWriter(self._db, self._bus, execution_id)
+        # The kernel is retired only once the result is stored and announced:
+        # its shutdown, and the pool's replacement kernel that starts when it
+        # is closed, cost CPU that would otherwise compete with storing and
+        # pushing the result.
+        async with contextlib.AsyncExitStack() as kernel_scope:
+            try:
+                outcome = await self._execute(
+                    execution, notebook, progress, kernel_scope
+                )
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                # Progress events not written yet go first into the
+                # transaction that ends this attempt, so they precede its event.
+                unwritten = await progress.stop()
+            if outcome.retryable and execution.attempts < self._max_attempts:
+                await self._retry_later(execution, outcome, unwritten)
+                return outcome
+            result_text = json.dumps(
+                notebook, ensure_ascii=False, separators=(",", ":")
             )
-        if final is not None:
-            self._bus.announce(execution_id, final.sequence)
+            async with self._db.transaction() as store:
+                await _append_unwritten(store, execution_id, unwritten)
+                final = await store.finish(
+                    execution_id,
+                    status=outcome.status,
+                    result_text=result_text,
+                    error=outcome.error,
+                    now=datetime.now(UTC),
+                    # If the lease lapsed and another worker took over, its
+                    # result wins; this one is dropped.
+                    attempt=execution.attempts,
+                )
+            if final is not None:
+                self._bus.announce(execution_id, final.sequence)
         log.info(
             "Execution finished",
             status=outcome.status.value,
@@ -160,7 +176,9 @@ class ExecutionRunner:
         )
         return outcome
 
-    async def _retry_later(self, execution: Execution, outcome: Outcome) -> None:
+    async def _retry_later(
+        self, execution: Execution, outcome: Outcome, unwritten: list[NewEvent]
+    ) -> None:
         """Queue an execution again after an infrastructure failure.
 
         A cell error is never retried (it is an answer, not a fault); a lab
@@ -171,6 +189,7 @@ class ExecutionRunner:
         delay = min(RETRY_BASE_SECONDS * 2 ** (execution.attempts - 1), 30.0)
         now = datetime.now(UTC)
         async with self._db.transaction() as store:
+            await _append_unwritten(store, execution.id, unwritten)
             event = await store.requeue(
                 execution.id, now=now, lease_expired_before=now + timedelta(days=36500)
             )
@@ -245,7 +264,11 @@ class ExecutionRunner:
         return len(resend)
 
     async def _execute(  # noqa: PLR0911 - one return per kind of outcome
-        self, execution: Execution, notebook: nbformat.NotebookNode
+        self,
+        execution: Execution,
+        notebook: nbformat.NotebookNode,
+        progress: _ProgressWriter,
+        kernel_scope: contextlib.AsyncExitStack,
     ) -> Outcome:
         current_cell: int | None = None
         cells_done = 0
@@ -253,12 +276,12 @@ class ExecutionRunner:
         async def started(index: int) -> None:
             nonlocal current_cell
             current_cell = index
-            await self._record(execution.id, EventKind.CELL_STARTED, index, None)
+            progress.post(EventKind.CELL_STARTED, index, cells_done)
 
         async def finished(index: int) -> None:
             nonlocal cells_done
             cells_done += 1
-            await self._record(execution.id, EventKind.CELL_FINISHED, index, cells_done)
+            progress.post(EventKind.CELL_FINISHED, index, cells_done)
 
         async def lab_starting(message: str) -> None:
             async with self._db.transaction() as store:
@@ -273,15 +296,20 @@ class ExecutionRunner:
 
         try:
             async with asyncio.timeout(execution.timeout_seconds) as scope:
-                async with self._backend.kernel(
-                    execution.kernel_name, on_progress=lab_starting
-                ) as kernel:
-                    failure = await execute_notebook(
-                        kernel,
-                        notebook,
-                        on_cell_started=started,
-                        on_cell_finished=finished,
+                # Retired when the caller leaves kernel_scope (see run).
+                kernel = await kernel_scope.enter_async_context(
+                    self._backend.kernel(
+                        execution.kernel_name, on_progress=lab_starting
                     )
+                )
+                failure = await execute_notebook(
+                    kernel,
+                    notebook,
+                    on_cell_started=started,
+                    on_cell_finished=finished,
+                )
+                # A failed progress write fails the execution, as before.
+                await progress.settle()
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -318,24 +346,6 @@ class ExecutionRunner:
             return _cell_failed(failure)
         return Outcome(ExecutionStatus.SUCCEEDED, None)
 
-    async def _record(
-        self,
-        execution_id: str,
-        kind: EventKind,
-        cell_index: int,
-        cells_done: int | None,
-    ) -> None:
-        async with self._db.transaction() as store:
-            event = await store.append_event(
-                execution_id,
-                kind=kind,
-                status=ExecutionStatus.RUNNING,
-                cell_index=cell_index,
-                cells_done=cells_done,
-                now=datetime.now(UTC),
-            )
-        self._bus.announce(execution_id, event.sequence)
-
     async def _keep_lease(self, execution_id: str, attempt: int) -> None:
         interval = self._lease.total_seconds() / 3
         while True:
@@ -349,6 +359,114 @@ class ExecutionRunner:
                     )
             except Exception:
                 _logger.warning("Lease renewal failed", execution_id=execution_id)
+
+
+class _ProgressWriter:
+    """Writes one execution's cell events from one task, batching a backlog.
+
+    The progress callbacks only :meth:`post` (never wait); the writer task
+    writes everything posted since its previous write in one transaction
+    (:meth:`ExecutionStore.append_events`) and announces it.  A trivial cell
+    takes a few milliseconds, a transaction about as long (more on a loaded
+    machine), so one write per event fell behind and held up the end of the
+    execution; batched, the backlog is one transaction, and sequences stay
+    gap-free and in posting order (the store allocates them per batch, and
+    there is only one writer).  Each event keeps the time it was posted.
+
+    A failed write is raised by the next :meth:`post` (stopping the run at
+    the next cell, as a failed inline write did) and by :meth:`settle`.
+    :meth:`stop` ends the task and hands back what is not written yet, for
+    the transaction that ends the attempt (so no extra transaction).
+    """
+
+    def __init__(self, database: Database, bus: EventBus, execution_id: str) -> None:
+        self._db = database
+        self._bus = bus
+        self._execution_id = execution_id
+        self._pending: list[NewEvent] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._error: Exception | None = None
+        self._stopped = False
+
+    def post(self, kind: EventKind, cell_index: int, cells_done: int) -> None:
+        """Queue an event for writing; raise an earlier write's failure."""
+        if self._error is not None:
+            raise self._error
+        if self._stopped:
+            msg = "progress writer already stopped"
+            raise RuntimeError(msg)
+        self._pending.append(
+            NewEvent(
+                kind=kind,
+                status=ExecutionStatus.RUNNING,
+                cells_done=cells_done,
+                created_at=datetime.now(UTC),
+                cell_index=cell_index,
+            )
+        )
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._run(), name=f"progress-writer-{self._execution_id}"
+            )
+        self._wake.set()
+
+    async def settle(self) -> None:
+        """Wait for the write in flight, if any; raise if a write failed."""
+        await self._idle.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def stop(self) -> list[NewEvent]:
+        """Stop writing (after the write in flight); return what is left.
+
+        A write that failed is not retried, and nothing is returned then
+        (the execution is failed by :meth:`settle`, or was already finished
+        by someone else).
+        """
+        self._stopped = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        pending, self._pending = self._pending, []
+        return pending if self._error is None else []
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopped:
+                return
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, []
+            self._idle.clear()
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                self._error = exc
+                return
+            finally:
+                self._idle.set()
+
+    async def _write(self, batch: list[NewEvent]) -> None:
+        async with self._db.transaction() as store:
+            events = await store.append_events(self._execution_id, batch)
+        self._bus.announce(self._execution_id, events[-1].sequence)
+
+
+async def _append_unwritten(
+    store: ExecutionStore, execution_id: str, unwritten: list[NewEvent]
+) -> None:
+    """Write the progress events a stopped writer left, if still allowed."""
+    if not unwritten:
+        return
+    # Refused only if the execution is gone or finished: its end is then
+    # refused too, as the progress writes would have been.
+    with contextlib.suppress(ExecutionFinishedError, ExecutionNotFoundError):
+        await store.append_events(execution_id, unwritten)
 
 
 def _failed(code: ErrorCode, message: str, cell_index: int | None) -> Outcome:

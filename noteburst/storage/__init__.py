@@ -18,7 +18,7 @@ from .events import (
     Signal,
     create_event_bus,
 )
-from .execution import ExecutionFinishedError, ExecutionStore, cursor_for
+from .execution import ExecutionFinishedError, ExecutionStore, NewEvent, cursor_for
 
 __all__ = [
     "Database",
@@ -26,6 +26,7 @@ __all__ = [
     "ExecutionFinishedError",
     "ExecutionStore",
     "LocalEventBus",
+    "NewEvent",
     "PostgresEventBus",
     "Signal",
     "create_event_bus",

@@ -24,6 +24,7 @@ import binascii
 import builtins
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +47,7 @@ from noteburst.exceptions import (
     NoteburstError,
 )
 
-__all__ = ["ExecutionFinishedError", "ExecutionStore", "cursor_for"]
+__all__ = ["ExecutionFinishedError", "ExecutionStore", "NewEvent", "cursor_for"]
 
 _AnyRow = Row[*tuple[Any, ...]]
 _E = ExecutionRow
@@ -96,6 +97,32 @@ class ExecutionFinishedError(NoteburstError):
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"execution {execution_id!r} has already finished")
         self.execution_id = execution_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A progress event to append with :meth:`ExecutionStore.append_events`.
+
+    Attributes
+    ----------
+    kind
+        What happened.
+    status
+        The execution's status with this event (not terminal).
+    cells_done
+        Code cells completed as of this event.
+    created_at
+        When it happened (timezone-aware); kept as the event's time, so a
+        batch written later still records when each step occurred.
+    cell_index
+        The cell concerned, if any.
+    """
+
+    kind: EventKind
+    status: ExecutionStatus
+    cells_done: int
+    created_at: datetime
+    cell_index: int | None = None
 
 
 def cursor_for(execution: Execution) -> str:
@@ -499,6 +526,81 @@ class ExecutionStore:
             raise ExecutionFinishedError(execution_id)
         return event
 
+    async def append_events(
+        self, execution_id: str, events: Sequence[NewEvent]
+    ) -> builtins.list[ExecutionEvent]:
+        """Record several progress events of an unfinished execution at once.
+
+        The same as calling :meth:`append_event` for each, in order, but with
+        one ``UPDATE`` (allocating all the sequences), one multi-row
+        ``INSERT`` and, on Postgres, one notification (for the last event):
+        a worker batches the cell events that piled up while its previous
+        write was in flight.  The execution takes the last event's status
+        and ``cells_done``.
+
+        Returns
+        -------
+        list of ExecutionEvent
+            The new events, in order (empty if ``events`` is).
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            No execution has this id.
+        ExecutionFinishedError
+            The execution already finished; nothing is recorded.
+        """
+        if not events:
+            return []
+        last = events[-1]
+        statement = (
+            update(_E)
+            .where(_E.id == execution_id, _E.status.in_(_UNFINISHED))
+            .values(
+                status=last.status.value,
+                cells_done=last.cells_done,
+                last_sequence=_E.last_sequence + len(events),
+            )
+            .returning(_E.last_sequence)
+            .execution_options(synchronize_session=False)
+        )
+        row = (await self._session.execute(statement)).one_or_none()
+        if row is None:
+            if await self._missing(execution_id):
+                raise ExecutionNotFoundError(execution_id)
+            raise ExecutionFinishedError(execution_id)
+        first_sequence = row.last_sequence - len(events) + 1
+        stored = [
+            ExecutionEvent(
+                execution_id=execution_id,
+                sequence=first_sequence + offset,
+                kind=new.kind,
+                status=new.status,
+                created_at=_utc(new.created_at),
+                cell_index=new.cell_index,
+                cells_done=new.cells_done,
+            )
+            for offset, new in enumerate(events)
+        ]
+        await self._session.execute(
+            insert(_EV).values(
+                [
+                    {
+                        "execution_id": execution_id,
+                        "sequence": event.sequence,
+                        "kind": event.kind.value,
+                        "status": event.status.value,
+                        "cell_index": event.cell_index,
+                        "cells_done": event.cells_done,
+                        "created_at": event.created_at,
+                    }
+                    for event in stored
+                ]
+            )
+        )
+        await self._notify_event(execution_id, stored[-1].sequence)
+        return stored
+
     async def finish(
         self,
         execution_id: str,
@@ -737,12 +839,16 @@ class ExecutionStore:
                 created_at=event.created_at,
             )
         )
+        await self._notify_event(execution_id, sequence)
+        return event
+
+    async def _notify_event(self, execution_id: str, sequence: int) -> None:
+        """On Postgres, send the notification (delivered on commit)."""
         if self._notify:
             payload = json.dumps(
                 {"id": execution_id, "seq": sequence}, separators=(",", ":")
             )
             await self._session.execute(select(func.pg_notify(EVENTS_CHANNEL, payload)))
-        return event
 
     async def _missing(self, execution_id: str) -> bool:
         found = await self._session.scalar(select(_E.id).where(_E.id == execution_id))

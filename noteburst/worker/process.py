@@ -21,7 +21,11 @@ from .runtime import WorkerRuntime, WorkerStartupError
 __all__ = ["IDLE_POLL_MS", "start_worker"]
 
 IDLE_POLL_MS = 100
-"""Longest an idle Redis consumer waits before fetching again."""
+"""Longest an idle Redis consumer waits before fetching again.
+
+An enqueue wakes it sooner (see :mod:`noteburst.storage.taskqueue`); this is
+the fallback for a lost wake-up.
+"""
 
 STOP_AFTER_FAILED_START_MS = 10_000
 """Bound on stopping a worker whose start failed (it has no threads yet)."""

@@ -18,6 +18,7 @@ from noteburst.jupyter.backend import LabBackend, LocalLabBackend
 from noteburst.jupyter.exceptions import KernelStartError
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.jupyter.pool import DEFAULT_BACKOFF, KernelPool
+from noteburst.jupyter.protocol import Message
 from tests.jupyter.backend_test import kernel_ids
 from tests.jupyter.fidelity_test import (
     EXPECTED_FAILURES,
@@ -138,6 +139,80 @@ async def test_pool_refills_after_takes_and_bursts_start_on_demand(
             assert pool.size(PY) == 2
             assert not set(pool.ready_kernel_ids(PY)) & set(ids)
             assert pool.stats(PY).started == 4
+
+
+@pytest.mark.asyncio
+async def test_replacement_starts_only_once_the_taken_kernel_is_closed(
+    pooled_backend: BackendFactory,
+) -> None:
+    """A kernel start must not compete with the execution on the taken kernel."""
+    async with pooled_backend({PY: 1}) as backend:
+        pool = pool_of(backend)
+        pool.refill_delay = 600  # only the close may trigger the refill
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            async with backend.kernel(PY) as conn:
+                stats = pool.stats(PY)
+                assert (stats.ready, stats.starting, stats.deferred) == (0, 0, 1)
+                nb = notebook("1 + 1")
+                assert await execute_notebook(conn, nb) is None
+                stats = pool.stats(PY)
+                assert (stats.starting, stats.deferred, stats.started) == (0, 1, 1)
+            await pool.wait_full(PY)
+            stats = pool.stats(PY)
+            assert (stats.deferred, stats.started, stats.handed_out) == (0, 2, 1)
+            assert conn.kernel_id not in pool.ready_kernel_ids(PY)
+
+
+@pytest.mark.asyncio
+async def test_replacement_starts_after_the_refill_delay_for_a_long_run(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend({PY: 1}) as backend:
+        pool = pool_of(backend)
+        pool.refill_delay = 0.2
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            async with backend.kernel(PY) as conn:
+                assert pool.stats(PY).deferred == 1
+                # Still held (a long execution): the delay starts the refill.
+                await pool.wait_full(PY)
+                assert pool.stats(PY).deferred == 0
+                assert conn.failure is None
+                assert conn.kernel_id not in pool.ready_kernel_ids(PY)
+            assert pool.stats(PY).started == 2
+
+
+@pytest.mark.asyncio
+async def test_pooled_kernel_info_is_not_asked_again(
+    pooled_backend: BackendFactory, jupyter_backend: LocalLabBackend
+) -> None:
+    """The pool's kernel_info reply gives execute_notebook its language_info."""
+
+    async def requests_of(backend: LocalLabBackend) -> tuple[list[str], NotebookNode]:
+        sent: list[str] = []
+        async with backend.kernel(PY) as conn:
+            real_request = conn.request
+
+            async def request(msg: Message) -> str:
+                sent.append(msg["header"]["msg_type"])
+                return await real_request(msg)
+
+            conn.request = request  # type: ignore[method-assign]
+            nb = notebook("1 + 1")
+            assert await execute_notebook(conn, nb) is None
+        return sent, nb
+
+    async with pooled_backend({PY: 1}) as backend, asyncio.timeout(WAIT):
+        await pool_of(backend).wait_full(PY)
+        pooled, nb = await requests_of(backend)
+        assert pooled == ["execute_request"]
+        assert nb.metadata.language_info.name == "python"
+        assert text(nb, 0) == "2"
+        # A kernel started on demand is asked, as before.
+        fresh, nb = await requests_of(jupyter_backend)
+        assert fresh == ["kernel_info_request", "execute_request"]
+        assert nb.metadata.language_info.name == "python"
 
 
 @pytest.mark.asyncio
@@ -335,8 +410,9 @@ async def test_aclose_leaves_no_kernels_on_the_server(
                 assert ours <= await kernel_ids(http, jupyter_server) - before
                 async with backend.kernel(PY) as conn:
                     ours.add(conn.kernel_id)
-                # A replacement is starting right now; aclose must catch it.
-                assert pool.stats(PY).starting == 1
+                # The replacement starts once the background shutdown has
+                # closed the connection; aclose must catch it mid-start.
+                await pool.wait_for(lambda: pool.stats(PY).starting == 1)
         finally:
             async with asyncio.timeout(WAIT):
                 await backend.aclose()

@@ -8,7 +8,7 @@ clear reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,13 +23,17 @@ from noteburst.constants import EXECUTION_QUEUE
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
+    ExecutionEvent,
     ExecutionStatus,
 )
 from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.backend import LocalLabBackend
+from noteburst.services import runner as runner_module
 from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
+from noteburst.storage.execution import ExecutionStore, NewEvent
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
 
@@ -230,3 +234,76 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
         EventKind.RUNNING,
         EventKind.FINISHED,
     ]
+
+
+@pytest.mark.asyncio
+async def test_progress_events_are_batched_without_holding_up_the_cells(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow event write neither delays the cells nor loses or reorders events.
+
+    The first progress write is held until every cell has run: the cells
+    must not wait for it, the backlog must go out in one more write, and a
+    watcher must still see every event once, in order, with no gaps.
+    """
+    cells = 12
+    execution = await harness.service.submit(
+        notebook(*(f"{i} * 2" for i in range(cells)))
+    )
+    harness.broker.flush_all()
+    all_ran = asyncio.Event()
+    batches: list[list[EventKind]] = []
+    real_append = ExecutionStore.append_events
+
+    async def held_append(
+        self: ExecutionStore, execution_id: str, events: Sequence[NewEvent]
+    ) -> list[ExecutionEvent]:
+        batches.append([event.kind for event in events])
+        if len(batches) == 1:
+            await all_ran.wait()
+        return await real_append(self, execution_id, events)
+
+    real_execute = jupyter_execute.execute_notebook
+
+    async def execute_then_release(*args: Any, **kwargs: Any) -> Any:
+        result = await real_execute(*args, **kwargs)
+        all_ran.set()
+        return result
+
+    monkeypatch.setattr(ExecutionStore, "append_events", held_append)
+    monkeypatch.setattr(runner_module, "execute_notebook", execute_then_release)
+
+    def row(event: ExecutionEvent) -> tuple[int, EventKind, int | None, int]:
+        return (event.sequence, event.kind, event.cell_index, event.cells_done)
+
+    async def watch() -> list[tuple[int, EventKind, int | None, int]]:
+        stream = harness.service.watch(execution.id, after_sequence=0)
+        return [row(watched.event) async for watched in stream]
+
+    watcher = asyncio.create_task(watch())
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    seen = await asyncio.wait_for(watcher, 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+
+    # One write held up, then the whole backlog in one more.
+    assert batches[0] == [EventKind.CELL_STARTED]
+    assert len(batches) == 2
+    assert sum(len(batch) for batch in batches) == 2 * cells
+
+    expected: list[tuple[int, EventKind, int | None, int]] = [
+        (1, EventKind.QUEUED, None, 0),
+        (2, EventKind.RUNNING, None, 0),
+    ]
+    for i in range(cells):
+        expected.append((len(expected) + 1, EventKind.CELL_STARTED, i, i))
+        expected.append((len(expected) + 1, EventKind.CELL_FINISHED, i, i + 1))
+    expected.append((len(expected) + 1, EventKind.FINISHED, None, cells))
+    assert seen == expected
+    stored = await _events(harness, execution.id)
+    assert [row(e) for e in stored] == expected
+    times = [e.created_at for e in stored]
+    assert times == sorted(times)
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.progress.cells_done == cells

@@ -19,7 +19,7 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
-from noteburst.storage import Database, ExecutionFinishedError, cursor_for
+from noteburst.storage import Database, ExecutionFinishedError, NewEvent, cursor_for
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -364,6 +364,72 @@ async def test_append_event_allocates_gap_free_sequences(database: Database) -> 
     assert execution.last_sequence == 15
     assert execution.progress.cells_done == 1
     assert none_latest is None
+
+
+@pytest.mark.asyncio
+async def test_append_events_writes_a_batch_in_order(database: Database) -> None:
+    execution_id = await add(database)
+    assert await claim(database, execution_id) is not None
+
+    def progress(kind: EventKind, index: int, done: int, second: int) -> NewEvent:
+        return NewEvent(
+            kind=kind,
+            status=ExecutionStatus.RUNNING,
+            cells_done=done,
+            created_at=T0 + timedelta(seconds=second),
+            cell_index=index,
+        )
+
+    batch = [
+        progress(EventKind.CELL_STARTED, 0, 0, 1),
+        progress(EventKind.CELL_FINISHED, 0, 1, 2),
+        progress(EventKind.CELL_STARTED, 1, 1, 3),
+    ]
+    async with database.transaction() as store:
+        assert await store.append_events(execution_id, []) == []
+        first = await store.append_events(execution_id, batch)
+        single = await store.append_event(
+            execution_id,
+            kind=EventKind.CELL_FINISHED,
+            status=ExecutionStatus.RUNNING,
+            cell_index=1,
+            cells_done=2,
+            now=T0 + timedelta(seconds=4),
+        )
+        second = await store.append_events(
+            execution_id, [progress(EventKind.CELL_STARTED, 2, 2, 5)]
+        )
+    assert [e.sequence for e in (*first, single, *second)] == [2, 3, 4, 5, 6]
+    assert [(e.kind, e.cell_index, e.cells_done) for e in first] == [
+        (EventKind.CELL_STARTED, 0, 0),
+        (EventKind.CELL_FINISHED, 0, 1),
+        (EventKind.CELL_STARTED, 1, 1),
+    ]
+    async with database.transaction() as store:
+        events = await store.events_after(execution_id, 1)
+        execution = await store.get(execution_id)
+    assert events == [*first, single, *second]
+    assert [e.created_at for e in events] == [
+        T0 + timedelta(seconds=s) for s in range(1, 6)
+    ]
+    assert execution is not None
+    assert execution.last_sequence == 6
+    assert execution.progress.cells_done == 2
+
+    async with database.transaction() as store:
+        await store.finish(
+            execution_id,
+            status=ExecutionStatus.SUCCEEDED,
+            result_text=None,
+            error=None,
+            now=T0,
+        )
+    async with database.transaction() as store:
+        with pytest.raises(ExecutionFinishedError):
+            await store.append_events(execution_id, batch)
+        with pytest.raises(ExecutionNotFoundError):
+            await store.append_events(str(uuid.uuid4()), batch)
+    assert (await get(database, execution_id)).last_sequence == 7
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,93 @@
+"""The Redis broker's wake-ups: an idle worker sees a new message at once."""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.broker import MessageProxy
+
+from noteburst.constants import EXECUTE_ACTOR_NAME, EXECUTION_QUEUE
+from noteburst.storage import taskqueue
+from noteburst.storage.taskqueue import WakingRedisBroker, build_broker
+
+WAIT = 10.0
+IDLE_MS = 120_000  # far longer than the test may take: only a wake-up helps
+
+
+def message(execution_id: str) -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=EXECUTION_QUEUE,
+        actor_name=EXECUTE_ACTOR_NAME,
+        args=(execution_id,),
+        kwargs={},
+        options={},
+    )
+
+
+def test_an_idle_consumer_wakes_when_a_message_is_enqueued(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
+    assert isinstance(broker, WakingRedisBroker)
+    consumer = broker.consume(EXECUTION_QUEUE, prefetch=1, timeout=IDLE_MS)
+
+    idle = threading.Event()
+    real_wait = taskqueue._WakingConsumer._wait  # white box: when it waits
+
+    def noted_wait(self: taskqueue._WakingConsumer) -> None:
+        idle.set()
+        real_wait(self)
+
+    monkeypatch.setattr(taskqueue._WakingConsumer, "_wait", noted_wait)
+    received: queue.Queue[MessageProxy] = queue.Queue()
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            item = next(consumer)
+            if item is not None:
+                received.put(item)
+                return
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    try:
+        # Two empty fetches: the first wait returns at once (it reads the
+        # subscription's confirmation); the second is the idle wait.
+        assert idle.wait(WAIT)
+        idle.clear()
+        assert idle.wait(WAIT)
+        broker.enqueue(message("abc"))
+        got = received.get(timeout=WAIT)
+        assert got.args == ("abc",)
+        consumer.ack(got)
+    finally:
+        stop.set()
+        broker.enqueue(message("unblock"))  # ends a wait still in progress
+        thread.join(WAIT)
+        consumer.close()
+        broker.close()
+    assert not thread.is_alive()
+
+
+def test_a_delayed_message_publishes_no_wake_up(redis_url: str) -> None:
+    broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
+    assert isinstance(broker, WakingRedisBroker)
+    listener = broker.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(broker.wake_channel)
+    try:
+        assert listener.get_message(timeout=WAIT) is None  # the confirmation
+        broker.enqueue(message("later"), delay=60_000)
+        broker.enqueue(message("now"))
+        wake = listener.get_message(timeout=WAIT)
+        assert wake is not None
+        assert wake["data"] == EXECUTION_QUEUE.encode()
+        assert listener.get_message(timeout=0.2) is None
+    finally:
+        listener.close()
+        broker.close()
