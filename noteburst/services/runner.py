@@ -302,12 +302,19 @@ class ExecutionRunner:
                         execution.kernel_name, on_progress=lab_starting
                     )
                 )
-                failure = await execute_notebook(
-                    kernel,
-                    notebook,
-                    on_cell_started=started,
-                    on_cell_finished=finished,
-                )
+                try:
+                    failure = await execute_notebook(
+                        kernel,
+                        notebook,
+                        on_cell_started=started,
+                        on_cell_finished=finished,
+                    )
+                except BaseException as exc:
+                    # Give the kernel back now, with the failure: the backend
+                    # may know better what it means (a kernel that "died"
+                    # because its lab went away is LabUnavailableError).
+                    await kernel_scope.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
                 # A failed progress write fails the execution, as before.
                 await progress.settle()
         except TimeoutError:
