@@ -50,29 +50,30 @@ a failing ``1/0`` and the machine loaded by two busy kernels, 2 or 3 runs in
 100 executed some later cells (the tail of the burst, ~25 ms long, arrived
 after the error); with the failure after 100 cells, 1 in 100.
 
-No client-side scheduling can close it entirely: nothing the kernel
-publishes says "request k+1 is queued" before cell k ends, and an
-``execute_request`` has no "only if the previous one succeeded" condition;
-a guarantee needs the kernel's cooperation (e.g. blocking it on a silent
-``input()`` until a probe proves every request is queued), which is
-language- and ipykernel-specific.  The design instead makes the race rare
-and harmless for the result:
+No client-side scheduling can close it: nothing the kernel publishes says
+"request k+1 is queued" before cell k ends, and an ``execute_request`` has
+no "only if the previous one succeeded" condition.  So for IPython kernels
+(``kernel_info_reply.implementation == "ipython"``) a silent, history-less
+request sent ahead of the first cell installs
+:data:`~.protocol.STOP_AFTER_ERROR_GUARD`: an IPython input transformer
+that, once an execution has failed, replaces the code of every later cell
+by ``raise NoteburstSkippedError``.  A request that slips past ipykernel's
+abort then fails instead of running, and its error aborts the queue again;
+no cell's code runs after the first failure, as in sequential execution
+(``tests/jupyter/pipeline_test.py`` sends a request after the error reply
+to make the race certain).  Each kernel runs one notebook, so a sticky
+failure flag is exactly stop-on-error.  Besides that:
 
 * With the window, a request is sent while 15 earlier cells are still
-  queued in the kernel, so it misses the abort only if the kernel runs
-  those 15 cells and a failure among them before the request crosses the
-  server; in the same loaded benchmarks (2 x 100 runs) no later cell ran.
-  (A collector that lags behind the kernel shrinks that margin.)
-* The folder never reads a queue past the failing cell, so a cell that ran
-  anyway cannot change the notebook or the returned :class:`CellFailure`:
-  both are exactly the sequential ones in every case.
+  queued in the kernel, so the race is rare to begin with.
+* The folder never reads a queue past the failing cell, so a late reply
+  cannot change the notebook or the returned :class:`CellFailure`.
 * After a failure the replies to the remaining requests are drained
-  (bounded by ``iopub_timeout``): this leaves the kernel quiet for a next
-  request, and a reply other than ``aborted`` is logged as an error -- the
-  only trace of the race is such a cell's side effects outside the notebook
-  (the kernel itself is discarded after a run).  Kernels that do not abort
-  queued requests at all behave the same way; for them, or when a stray
-  cell's side effects would matter, pass ``pipelined=False``.
+  (bounded by ``iopub_timeout``), leaving the kernel quiet; a reply other
+  than ``aborted`` or the guard's ``NoteburstSkippedError`` (a kernel that
+  is not IPython, which gets no guard) is logged as an error.  For such
+  kernels, when a stray cell's side effects would matter, pass
+  ``pipelined=False``.
 
 Kernel death
 ------------
@@ -258,6 +259,7 @@ async def execute_notebook(
             cell_timeout=cell_timeout,
             iopub_timeout=iopub_timeout,
             window=_WINDOW,
+            guard=protocol.guard_applies(info),
         )
     except asyncio.CancelledError:
         await callbacks.cancel()
@@ -398,9 +400,24 @@ async def _execute_pipelined(
     cell_timeout: float | None,
     iopub_timeout: float,
     window: int,
+    guard: bool,
 ) -> CellFailure | None:
     cells = [i for i, cell in enumerate(folder.nb.cells) if folder.should_execute(cell)]
     sent: list[tuple[int, str]] = []
+    guard_id: str | None = None
+    if guard and len(cells) > 1:
+        # Runs before the first cell (the kernel takes requests in order);
+        # its reply is not waited for.
+        guard_id = await conn.request(
+            protocol.execute_request(
+                protocol.STOP_AFTER_ERROR_GUARD,
+                session=conn.session_id,
+                username=conn.username,
+                silent=True,
+                store_history=False,
+                stop_on_error=False,
+            )
+        )
 
     async def send_until(count: int) -> None:
         while len(sent) < min(count, len(cells)):
@@ -444,6 +461,8 @@ async def _execute_pipelined(
     finally:
         for _, msg_id in sent:
             conn.forget(msg_id)
+        if guard_id is not None:
+            conn.forget(guard_id)
 
 
 async def _collect_pipelined(
@@ -571,8 +590,13 @@ async def _drain_aborted(
                         msg["msg_type"] == "execute_reply"
                         and protocol.parent_msg_id(msg) == msg_id
                     ):
-                        status = (msg.get("content") or {}).get("status")
-                        if status != "aborted" and index not in executed:
+                        content = msg.get("content") or {}
+                        status = content.get("status")
+                        if content.get("ename") == protocol.SKIPPED_ENAME:
+                            # Arrived late, kept from running by the guard.
+                            if index in executed:
+                                executed.remove(index)
+                        elif status != "aborted" and index not in executed:
                             executed.append(index)
                         break
                 waiting.pop(0)

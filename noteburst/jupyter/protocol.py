@@ -52,6 +52,8 @@ from .exceptions import KernelDiedError, KernelProtocolError
 __all__ = [
     "DEATH_STATES",
     "PROTOCOL_VERSION",
+    "SKIPPED_ENAME",
+    "STOP_AFTER_ERROR_GUARD",
     "TRUNCATION_MARKER",
     "V1_SUBPROTOCOL",
     "CellOutcome",
@@ -66,6 +68,7 @@ __all__ = [
     "encode_legacy",
     "encode_v1",
     "execute_request",
+    "guard_applies",
     "is_death_status",
     "kernel_info_request",
     "nbclient_timestamp",
@@ -438,6 +441,50 @@ def kernel_info_request(*, session: str, username: str = "noteburst") -> Message
         The request.
     """
     return new_message("kernel_info_request", {}, session=session, username=username)
+
+
+STOP_AFTER_ERROR_GUARD: Final = """\
+def _noteburst_install_guard():
+    # Noteburst sends cells ahead of the one running.  ipykernel aborts the
+    # requests queued when a cell fails, but one still on its way runs.  This
+    # input transformer makes every cell after a failure raise instead of
+    # running, so a notebook's cells never run past its first error.
+    shell = get_ipython()
+
+    class NoteburstSkippedError(Exception):
+        pass
+
+    shell._noteburst_skipped = NoteburstSkippedError(
+        "not run: an earlier cell of this notebook failed"
+    )
+    failed = []
+
+    def stop_after_error(lines):
+        if not shell.last_execution_succeeded:
+            failed.append(True)
+        if failed:
+            return ["raise get_ipython()._noteburst_skipped\\n"]
+        return lines
+
+    shell.input_transformers_post.append(stop_after_error)
+
+
+_noteburst_install_guard()
+del _noteburst_install_guard
+"""
+"""Code run silently in an IPython kernel before a notebook, closing the
+abort race of pipelined execution (see :mod:`.execute`): after a failed
+cell, any later request the kernel still receives raises
+``NoteburstSkippedError`` instead of running the cell's code."""
+
+SKIPPED_ENAME: Final = "NoteburstSkippedError"
+"""``ename`` of a cell the guard kept from running."""
+
+
+def guard_applies(kernel_info_reply: Mapping[str, Any]) -> bool:
+    """Whether :data:`STOP_AFTER_ERROR_GUARD` can run in this kernel (IPython)."""
+    content = kernel_info_reply.get("content") or {}
+    return content.get("implementation") == "ipython"
 
 
 def parent_msg_id(msg: Mapping[str, Any]) -> str | None:

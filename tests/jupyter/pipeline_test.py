@@ -19,7 +19,6 @@ from nbformat import NotebookNode
 from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.jupyter.exceptions import KernelDiedError
 from noteburst.jupyter.execute import CellFailure, execute_notebook
-from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.protocol import Message, parent_msg_id
 from tests.jupyter.fidelity_test import NOTEBOOKS, normalize, read
 
@@ -97,58 +96,63 @@ async def test_same_notebook_as_sequential(
     nbformat.validate(piped)
 
 
-def failing_in_the_middle(cells: int, failing: int) -> NotebookNode:
-    """``cells`` code cells that record that they ran; cell ``failing`` raises.
+def failing_in_the_middle(cells: int, failing: int, record: Path) -> NotebookNode:
+    """``cells`` code cells that record on disk that they ran; ``failing`` raises.
 
     A markdown and an empty code cell up front shift cell indices from code
-    cell numbers.
+    cell numbers.  The record, a side effect outside the notebook (what a
+    cell that ran after the failure would leave behind), holds
+    ``PID:CELL`` words, so two kernels can share it.
     """
-    sources = ["md:# Title", "", "ran = []"]
+    sources = ["md:# Title", "", "import os"]
     for i in range(cells):
-        body = f"ran.append({i})\nprint({i})"
+        body = (
+            f"with open({str(record)!r}, 'a') as f:\n"
+            f"    f.write(f'{{os.getpid()}}:{i} ')\n"
+            f"print({i})"
+        )
         if i == failing:
             body += "\nraise ValueError('bad cell')"
         sources.append(body)
     return notebook(*sources)
 
 
-async def cells_that_ran(conn: KernelConnection) -> str:
-    """What the kernel's ``ran`` holds, from a follow-up run on ``conn``."""
-    check = notebook("print(ran)")
-    async with asyncio.timeout(WAIT):
-        assert await execute_notebook(conn, check, pipelined=False) is None
-    # One print can arrive as several stream messages.
-    return "".join(str(output.text) for output in check.cells[0].outputs)
+def cells_that_ran(record: Path) -> dict[str, list[int]]:
+    """The cells each kernel (by process id) ran, in order."""
+    ran: dict[str, list[int]] = {}
+    for word in record.read_text().split():
+        pid, cell = word.split(":")
+        ran.setdefault(pid, []).append(int(cell))
+    return ran
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("attempt", range(10))
 async def test_failure_in_a_middle_cell_is_sequential(
-    jupyter_backend: LocalLabBackend, attempt: int
+    jupyter_backend: LocalLabBackend, tmp_path: Path, attempt: int
 ) -> None:
     """Stop on error: repeated, to give the abort race chances to show."""
-    make = failing_in_the_middle(20, 7)
-    piped, sequential = nbformat.from_dict(make), nbformat.from_dict(make)
 
-    async def one(
-        nb: NotebookNode, *, pipelined: bool
-    ) -> tuple[CellFailure | None, str]:
+    record = tmp_path / "ran"
+    make = failing_in_the_middle(20, 7, record)
+
+    async def one(*, pipelined: bool) -> tuple[NotebookNode, CellFailure | None]:
+        nb = nbformat.from_dict(make)
         async with jupyter_backend.kernel("python3") as conn:
-            failure = await execute_notebook(conn, nb, pipelined=pipelined)
-            return failure, await cells_that_ran(conn)
+            return nb, await execute_notebook(conn, nb, pipelined=pipelined)
 
     async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tasks:
-        piped_run = tasks.create_task(one(piped, pipelined=True))
-        sequential_run = tasks.create_task(one(sequential, pipelined=False))
+        piped_run = tasks.create_task(one(pipelined=True))
+        sequential_run = tasks.create_task(one(pipelined=False))
 
-    piped_failure, piped_ran = piped_run.result()
-    sequential_failure, sequential_ran = sequential_run.result()
+    piped, piped_failure = piped_run.result()
+    sequential, sequential_failure = sequential_run.result()
     assert comparable(piped) == comparable(sequential)
     assert piped_failure == sequential_failure
     assert isinstance(piped_failure, CellFailure)
     assert (piped_failure.cell_index, piped_failure.ename) == (3 + 7, "ValueError")
     # No cell after the failing one ran in the kernel, either way.
-    assert piped_ran == sequential_ran == f"{list(range(8))}\n"
+    assert list(cells_that_ran(record).values()) == [list(range(8))] * 2
     assert piped.cells[3 + 8].execution_count is None
     assert piped.cells[3 + 8].outputs == []
     nbformat.validate(piped)
@@ -156,19 +160,56 @@ async def test_failure_in_a_middle_cell_is_sequential(
 
 @pytest.mark.asyncio
 async def test_failure_in_the_first_cell_aborts_all_the_rest(
-    jupyter_backend: LocalLabBackend,
+    jupyter_backend: LocalLabBackend, tmp_path: Path
 ) -> None:
     """The widest race: the first cell fails, a full window queued behind it."""
-    make = failing_in_the_middle(101, 0)
-    for _ in range(3):
-        nb = nbformat.from_dict(make)
+    for attempt in range(3):
+        record = tmp_path / f"ran-{attempt}"
+        nb = failing_in_the_middle(101, 0, record)
         async with jupyter_backend.kernel("python3") as conn:
             async with asyncio.timeout(WAIT):
                 failure = await execute_notebook(conn, nb)
-            assert await cells_that_ran(conn) == "[0]\n"
+        assert list(cells_that_ran(record).values()) == [[0]]
         assert failure is not None
         assert failure.cell_index == 3
         assert all(cell.get("execution_count") is None for cell in nb.cells[4:])
+
+
+@pytest.mark.asyncio
+async def test_a_request_arriving_after_the_failure_does_not_run(
+    jupyter_backend: LocalLabBackend, tmp_path: Path
+) -> None:
+    """The abort race, made certain: a request the kernel gets only after the
+    failing cell's error (ipykernel then runs it) is kept from running."""
+    record = tmp_path / "ran"
+    nb = failing_in_the_middle(3, 1, record)
+    async with jupyter_backend.kernel("python3") as conn, asyncio.timeout(WAIT):
+        failure = await execute_notebook(conn, nb)
+        assert failure is not None
+        # Sent after the error reply came back: as late as a request can be.
+        late = await conn.execute(f"open({str(record)!r}, 'a').write('late:99 ')")
+        while True:
+            reply = await conn.receive(late)
+            if reply["msg_type"] == "execute_reply":
+                break
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "NoteburstSkippedError"
+    assert list(cells_that_ran(record).values()) == [[0, 1]]
+
+
+@pytest.mark.asyncio
+async def test_no_guard_for_a_one_cell_notebook_or_sequential_runs(
+    jupyter_backend: LocalLabBackend,
+) -> None:
+    """Nothing is sent ahead then, so nothing needs guarding; the kernel's
+    state after the run is the notebook's alone."""
+    for pipelined in (True, False):
+        nb = notebook("1/0", "print('after')") if not pipelined else notebook("1/0")
+        async with jupyter_backend.kernel("python3") as conn, asyncio.timeout(WAIT):
+            assert await execute_notebook(conn, nb, pipelined=pipelined) is not None
+            again = notebook("print('still usable')")
+            assert await execute_notebook(conn, again, pipelined=False) is None
+        assert again.cells[0].outputs[0].text == "still usable\n"
 
 
 @pytest.mark.asyncio
@@ -231,7 +272,8 @@ async def test_slow_callback_does_not_hold_up_the_kernel(
 
         async def spying_request(msg: Message) -> str:
             msg_id = await request(msg)
-            if msg["msg_type"] == "execute_request":
+            # Cells' requests only: not the silent guard sent first.
+            if msg["msg_type"] == "execute_request" and not msg["content"]["silent"]:
                 msg_ids[msg_id] = len(msg_ids)
             return msg_id
 
