@@ -259,7 +259,11 @@ async def _run(request: _Request, server: str | None, *, show: bool) -> int:
 
 
 async def _submit_and_follow(url: str, request: _Request, *, show: bool) -> int:
-    client = NoteburstClient(url, timeout=120)
+    async with NoteburstClient(url, timeout=120) as client:
+        return await _follow(client, request, show=show)
+
+
+async def _follow(client: NoteburstClient, request: _Request, *, show: bool) -> int:
     target = request.target
     try:
         execution = await client.submit(

@@ -14,7 +14,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from websockets.asyncio.client import connect
@@ -72,12 +72,28 @@ class NoteburstClient:
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         self._url = url.rstrip("/") + "/graphql"
         self._timeout = timeout
+        # One HTTP client for every request: building one (SSL context,
+        # connection pool) costs 20-40 ms, a fifth of a warm execution.
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the client can be used again after)."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     async def _post(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=self._timeout) as http:
-            response = await http.post(
-                self._url, json={"query": query, "variables": variables}
-            )
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self._timeout)
+        response = await self._http.post(
+            self._url, json={"query": query, "variables": variables}
+        )
         if response.status_code != httpx.codes.OK:
             msg = f"HTTP {response.status_code}: {response.text[:500]}"
             raise NoteburstClientError(msg)
