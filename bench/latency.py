@@ -20,6 +20,11 @@ result, through these systems in one run of this script:
     The same on PostgreSQL (a throwaway database) and Redis (a unique key
     namespace), with an in-process Dramatiq worker on the Redis broker and
     a pool of one warm kernel.
+``postgres-split``
+    The deployed shape: the same database and Redis, the API served in
+    this process with no worker, and a separate ``noteburst worker``
+    process (so the worker does not share an interpreter lock with the API
+    and the client).
 ``hub-warm``
     The same as ``postgres-warm`` (its own throwaway database and Redis
     namespace), but on the JupyterHub lab backend: a real JupyterHub with
@@ -120,13 +125,20 @@ LABELS = {
     "embedded-cold": "noteburst embedded, no pool (fresh kernel)",
     "embedded-warm": "noteburst embedded, pool of 1",
     "postgres-warm": "noteburst postgres + redis, pool of 1",
+    "postgres-split": "noteburst postgres + redis, worker process apart",
     "hub-warm": "noteburst postgres + redis + JupyterHub lab",
     "floor": "floor: 5 cells on one warm kernel, no Noteburst",
     "papermill": "papermill CLI (cold process + kernel)",
     "nbclient": "nbclient in-process (fresh kernel)",
 }
-NOTEBURST = ("embedded-cold", "embedded-warm", "postgres-warm", "hub-warm")
-WARM = ("embedded-warm", "postgres-warm", "hub-warm")
+NOTEBURST = (
+    "embedded-cold",
+    "embedded-warm",
+    "postgres-warm",
+    "postgres-split",
+    "hub-warm",
+)
+WARM = ("embedded-warm", "postgres-warm", "postgres-split", "hub-warm")
 POOL_SIZE = 1
 
 # Goals being tracked (printed, never asserted).
@@ -483,6 +495,51 @@ async def noteburst_service(config: Config, *, run_worker: bool) -> AsyncIterato
         yield url
         if task.done():
             raise BenchError("the Noteburst server stopped during the benchmark")
+
+
+def config_environment(config: Config) -> dict[str, str]:
+    """``NOTEBURST_*`` variables that configure another process like ``config``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBURST_")}
+    for name in config.model_fields_set:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, dict | list):
+            value = json.dumps(value)
+        env[f"NOTEBURST_{name.upper()}"] = str(value)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def worker_process(config: Config, log_path: Path) -> AsyncIterator[None]:
+    """Run ``noteburst worker`` configured like ``config``; stop it after."""
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "noteburst.cli",
+            "worker",
+            env=config_environment(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+            yield
+            if process.returncode is not None:
+                tail = await asyncio.to_thread(log_path.read_text, errors="replace")
+                tail = tail[-2000:]
+                raise BenchError(f"the worker process exited:\n{tail}")
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), 30)
+                except TimeoutError:
+                    await _stop_group(process)
 
 
 def noteburst_measure(
@@ -956,7 +1013,7 @@ async def measure_all(
     no_kernels = settler(jupyter, 0, ignore)
     floor = floor_measure(conn)
 
-    phases = 2 + (not args.skip_postgres) + (not args.skip_hub)
+    phases = 2 + 2 * (not args.skip_postgres) + (not args.skip_hub)
     run = Run(
         args=args,
         stack=stack,
@@ -1021,6 +1078,26 @@ async def measure_all(
             await run.phase(
                 "postgres-warm",
                 {"postgres-warm": (measure, args.runs), "floor": (floor, args.runs)},
+            )
+        await no_kernels()
+
+        # Phase 3b: the same with the worker in its own process.
+        split = Config(
+            data_dir=tmp / "split",
+            warm_kernels={"python3": POOL_SIZE},
+            **(await run.service_storage()),
+            **run.common,
+        )
+        async with (
+            noteburst_service(split, run_worker=False) as url,
+            worker_process(split, tmp / "split-worker.log"),
+        ):
+            pool_full = settler(jupyter, POOL_SIZE, ignore)
+            await pool_full()
+            measure = noteburst_measure(url, run.notebook, pool_full, "postgres-split")
+            await run.phase(
+                "postgres-split",
+                {"postgres-split": (measure, args.runs), "floor": (floor, args.runs)},
             )
         await no_kernels()
 
