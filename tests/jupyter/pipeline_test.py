@@ -138,8 +138,18 @@ async def test_failure_in_a_middle_cell_is_sequential(
 
     async def one(*, pipelined: bool) -> tuple[NotebookNode, CellFailure | None]:
         nb = nbformat.from_dict(make)
-        async with jupyter_backend.kernel("python3") as conn:
-            return nb, await execute_notebook(conn, nb, pipelined=pipelined)
+        stage = "starting the kernel"
+        try:
+            async with asyncio.timeout(WAIT - 5):
+                async with jupyter_backend.kernel("python3") as conn:
+                    stage = "running"
+                    return nb, await execute_notebook(conn, nb, pipelined=pipelined)
+        except TimeoutError:
+            done = [i for i, cell in enumerate(nb.cells) if cell.get("outputs")]
+            pytest.fail(
+                f"{'pipelined' if pipelined else 'sequential'} run stuck {stage};"
+                f" cells with outputs: {done}"
+            )
 
     async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tasks:
         piped_run = tasks.create_task(one(pipelined=True))
