@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from noteburst.jupyter.hub import JupyterHubClient
 from tests.support.app import make_config, running
 from tests.support.hub import HubInfo
 from tests.support.notebooks import notebook
+from tests.support.waiting import wait_until
 
 WAIT = 120
 """Upper bound of one execution's events (may include a lab spawn)."""
@@ -66,16 +67,6 @@ async def hub_admin(jupyterhub: HubInfo) -> AsyncIterator[JupyterHubClient]:
         yield JupyterHubClient(
             http=http, hub_url=jupyterhub.hub_url, token=jupyterhub.token, timeout=10
         )
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll a condition that has no event to wait on (a file, the hub's state)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not await predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}")
 
 
 def cell_output(execution: dict[str, Any], index: int = 0) -> str:

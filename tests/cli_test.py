@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from tests.support.app import Noteburst, make_config, running
 from tests.support.notebooks import notebook
+from tests.support.waiting import free_port
 
 ROOT = Path(__file__).parents[1]
 NOTEBURST = [sys.executable, "-m", "noteburst.cli"]
@@ -138,13 +138,6 @@ def test_run_refuses_an_invalid_notebook(tmp_path: Path) -> None:
     assert "InvalidNotebook" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _wait_for_line(stream: Any, needle: str, timeout: float) -> list[str]:
     seen: list[str] = []
 
@@ -164,7 +157,7 @@ async def _wait_for_line(stream: Any, needle: str, timeout: float) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_serve_runs_everything_in_one_process(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = _clean_env(tmp_path)
     env["NOTEBURST_DATA_DIR"] = str(tmp_path / "data")
     process = subprocess.Popen(

@@ -856,13 +856,10 @@ class HubLabBackend:
 
     async def _cancel_spawn(self) -> None:
         """Stop a spawn that failed or timed out (best effort, bounded)."""
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                await self.hub.stop_server(self.username)
-        except (JupyterError, TimeoutError) as exc:
-            _log.warning("Could not cancel the spawn of %s: %s", self.username, exc)
+        await self._stop_server()
 
     async def _stop_server(self) -> None:
+        """Stop the lab, or a spawn in progress (best effort, bounded)."""
         try:
             async with asyncio.timeout(self.request_timeout):
                 await self.hub.stop_server(self.username)

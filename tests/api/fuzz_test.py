@@ -12,7 +12,6 @@ so the run stays a few seconds.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.notebooks import notebook
+from tests.support.waiting import free_port
 
 EXAMPLES_PER_OPERATION = 25
 START_TIMEOUT = 60.0
@@ -81,20 +81,13 @@ schemathesis.graphql.scalar(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server_url(
     tmp_path_factory: pytest.TempPathFactory, jupyter_server: Any
 ) -> Iterator[str]:
     """A ``noteburst serve`` process (embedded default, the session's Jupyter)."""
     home = tmp_path_factory.mktemp("fuzz")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBURST_")}
     env.update(
         HOME=str(home),

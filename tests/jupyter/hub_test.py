@@ -31,6 +31,7 @@ from noteburst.jupyter.hub import (
     SpawnProgress,
 )
 from tests.support.hub import HubInfo
+from tests.support.waiting import wait_until
 
 WAIT = 60
 """Upper bound of any one step that spawns a lab or runs a notebook."""
@@ -393,16 +394,6 @@ async def test_spawn_failure(
         await delete_users(hub_client, name)
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``predicate`` (a hub or backend state, with no event to wait on)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not await predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}")
-
-
 WARM_UP = "import colorsys as _noteburst_warm"
 
 
@@ -446,7 +437,7 @@ async def test_warm_pool_in_the_lab(
             return backend.pending_shutdowns == 0
 
         # Used kernels are shut down: the lab keeps only the warm one.
-        await wait_until(settled, "used kernels are shut down")
+        await wait_until(settled, "used kernels are shut down", timeout=WAIT)
         running = await http.get(
             f"{backend.lab_url}api/kernels", headers=hub_client.auth_headers
         )
@@ -505,7 +496,7 @@ async def test_idle_lab_is_stopped_and_respawned_on_demand(
     try:
         async with asyncio.timeout(WAIT), backend.kernel("python3") as conn:
             assert await execute_notebook(conn, small_notebook("1")) is None
-        await wait_until(stopped, "the idle lab is stopped")
+        await wait_until(stopped, "the idle lab is stopped", timeout=WAIT)
         assert backend.lab_url is None
         assert backend.pool is None
 
