@@ -213,6 +213,22 @@ class Config(BaseSettings):
         ge=1,
         description="Times an execution is started before a lost worker fails it.",
     )
+    output_flush_seconds: float = Field(
+        0.2,
+        gt=0,
+        description=(
+            "Outputs of a running cell are gathered this long before they are "
+            "written as one CELL_OUTPUTS event (a cell's end writes them at once)."
+        ),
+    )
+    output_flush_bytes: int = Field(
+        65536,
+        ge=1,
+        description=(
+            "Outputs gathered for CELL_OUTPUTS events are written as soon as "
+            "they reach this many bytes, without waiting for output_flush_seconds."
+        ),
+    )
     redis_namespace: str = Field(
         "noteburst", description="Prefix of the Dramatiq keys in Redis."
     )

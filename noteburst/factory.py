@@ -40,7 +40,7 @@ from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
 from .services.rendering import RenderingService
-from .services.runner import ExecutionRunner
+from .services.runner import ExecutionRunner, OutputFlush
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
 from .storage.taskqueue import TaskQueue, build_broker
@@ -377,4 +377,8 @@ class Factory:
             queue=self._context.queue,
             lease_seconds=config.worker_lease_seconds,
             max_attempts=config.max_attempts,
+            output_flush=OutputFlush(
+                seconds=config.output_flush_seconds,
+                max_bytes=config.output_flush_bytes,
+            ),
         )

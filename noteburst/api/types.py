@@ -176,6 +176,29 @@ class ExecutionEvent:
             "the lab the execution waits for has got."
         )
     )
+    output_start: int | None = strawberry.field(
+        description=(
+            "For CELL_OUTPUTS: how many of the cell's outputs so far to keep "
+            "before appending `outputs` (see there)."
+        )
+    )
+    outputs: JSON | None = strawberry.field(
+        description=(
+            "For CELL_OUTPUTS: a list of nbformat v4 outputs (JSON) of the cell "
+            "`cellIndex`, as stored in the executed notebook (after output "
+            "limits). To draw a notebook while it runs, start every cell of an "
+            "attempt (at its RUNNING event) with no outputs and apply each "
+            "CELL_OUTPUTS event in sequence order: keep the cell's first "
+            "`outputStart` outputs, drop the rest, append `outputs`. "
+            "`outputStart` equal to the number of outputs held appends (new "
+            "output, streams gathered for a fraction of a second); 0 replaces "
+            "them all (clear_output); a smaller number replaces outputs from "
+            "there on (update_display_data changed one). After the FINISHED "
+            "event the cells hold exactly the executed notebook's outputs. A "
+            "cell's events come between its CELL_STARTED and CELL_FINISHED "
+            "events, except display updates, which may change a cell later."
+        )
+    )
     created_at: datetime
     execution: Annotated[Execution, strawberry.field(description="The execution.")]
 
@@ -191,6 +214,8 @@ class ExecutionEvent:
             cell_index=event.cell_index,
             cells_done=event.cells_done,
             message=event.message,
+            output_start=event.output_start,
+            outputs=cast("JSON", event.outputs),
             created_at=event.created_at,
             execution=Execution.from_domain(execution),
         )

@@ -89,4 +89,10 @@ class ExecutionEventRow(Base):
     cells_done: Mapped[int] = mapped_column(Integer)
     message: Mapped[str | None] = mapped_column(Text)
     """Human-readable detail (a lab's spawn progress), or NULL."""
+    output_start: Mapped[int | None] = mapped_column(Integer)
+    """CELL_OUTPUTS: how many of the cell's earlier outputs are kept."""
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True)
+    )
+    """CELL_OUTPUTS: the nbformat outputs replacing the rest, or NULL."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -48,6 +48,8 @@ class EventKind(enum.StrEnum):
     """The execution waits for its lab to start; the message says how far."""
     CELL_STARTED = "cell_started"
     CELL_FINISHED = "cell_finished"
+    CELL_OUTPUTS = "cell_outputs"
+    """New or changed outputs of one cell (see ``ExecutionEvent.outputs``)."""
     FINISHED = "finished"
     """The execution reached a terminal status (see the event's status)."""
 
@@ -155,3 +157,12 @@ class ExecutionEvent:
     cells_done: int = 0
     message: str | None = None
     """Human-readable detail, e.g. a lab's spawn progress."""
+    output_start: int | None = None
+    """For CELL_OUTPUTS: how many of the cell's outputs so far are kept."""
+    outputs: list[dict[str, Any]] | None = None
+    """For CELL_OUTPUTS: nbformat v4 outputs that follow the kept ones.
+
+    Replaying a run's CELL_OUTPUTS events of a cell in sequence order, each
+    doing ``outputs[output_start:] = event.outputs`` on a list that starts
+    empty at the attempt's RUNNING event, yields the cell's outputs.
+    """

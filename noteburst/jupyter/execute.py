@@ -104,6 +104,12 @@ by :func:`execute_notebook` as soon as it is noticed (while collecting, the
 collector races each wait against the helper task).  In sequential mode
 the callbacks are awaited inline, as before.
 
+``on_outputs_changed`` is different: it is called synchronously by the
+folder as each message changes a cell's outputs, in either mode, so a
+pipelined cell's outputs can be reported before its queued
+``on_cell_started`` has run.  It only says which outputs changed; the
+listener reads them from the notebook when it chooses (to batch them).
+
 Timeouts and cancellation are the caller's tools: wrap the call in
 ``asyncio.timeout(...)`` for a limit on the whole run, pass ``cell_timeout``
 for a limit per cell, or cancel the task.  The notebook is mutated in place
@@ -126,7 +132,7 @@ from nbformat import NotebookNode
 from . import protocol
 from .exceptions import CellTimeoutError, JupyterError, KernelDiedError
 from .kernel import KernelConnection
-from .protocol import CellOutcome, Message, NotebookOutputFolder
+from .protocol import CellOutcome, Message, NotebookOutputFolder, OutputsChanged
 
 __all__ = ["CellFailure", "execute_notebook"]
 
@@ -166,6 +172,7 @@ async def execute_notebook(
     *,
     on_cell_started: CellCallback | None = None,
     on_cell_finished: CellCallback | None = None,
+    on_outputs_changed: OutputsChanged | None = None,
     cell_timeout: float | None = None,
     iopub_timeout: float = 4.0,
     kernel_info_timeout: float = 60.0,
@@ -196,6 +203,14 @@ async def execute_notebook(
         the cell that failed); pipelined, on the same helper task, after the
         cell's ``on_cell_started``.  All callbacks have completed when this
         function returns.
+    on_outputs_changed
+        Called synchronously, as messages are folded, with ``(cell_index,
+        first_changed)`` whenever the outputs stored in a cell change from
+        index ``first_changed`` on (see
+        :class:`~.protocol.NotebookOutputFolder`): appended, cleared, cut by
+        a limit, or changed by a display update (also in a finished cell).
+        It runs on the cell path, so it must only take note (and not raise);
+        read the outputs from ``nb`` later, in batches.
     cell_timeout
         Limit in seconds for each cell; `None` for none.  Pipelined, a cell's
         clock starts when the previous cell is complete (the kernel cannot
@@ -235,7 +250,7 @@ async def execute_notebook(
     Exception
         Whatever a callback raised.
     """
-    folder = NotebookOutputFolder(nb)
+    folder = NotebookOutputFolder(nb, on_outputs_changed=on_outputs_changed)
     info = conn.kernel_info_reply
     if info is None:
         async with asyncio.timeout(kernel_info_timeout):

@@ -38,7 +38,7 @@ import logging
 import re
 import struct
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -60,6 +60,7 @@ __all__ = [
     "Message",
     "NotebookOutputFolder",
     "OutputLimits",
+    "OutputsChanged",
     "WireProtocol",
     "decode",
     "decode_legacy",
@@ -592,6 +593,11 @@ class OutputLimits:
     max_total_bytes: int | None = None
 
 
+OutputsChanged = Callable[[int, int], None]
+"""``(cell_index, first_changed)``: outputs of ``nb.cells[cell_index]`` from
+index ``first_changed`` on are new or different (see
+:class:`NotebookOutputFolder`)."""
+
 TRUNCATION_MARKER: Final = "[Noteburst: output truncated"
 """How every marker of dropped output begins (for readers and tests)."""
 
@@ -634,6 +640,17 @@ class NotebookOutputFolder:
     limits
         Output byte budgets (see :class:`OutputLimits`); `None` for none.
         :attr:`outputs_truncated` tells whether any output was cut.
+    on_outputs_changed
+        Told, synchronously, each time the outputs stored in a cell change:
+        ``on_outputs_changed(cell_index, first_changed)`` means that
+        ``nb.cells[cell_index].outputs[first_changed:]`` was appended,
+        replaced or cut (a cleared cell reports 0 and has fewer outputs).
+        It covers every change the folder makes, in any cell (a display
+        update also changes cells that finished), after the limits were
+        applied, except the clearing of a cell's outputs by
+        :meth:`begin_cell`, which callers know of.  It only says where to
+        look, so a listener can read the changes later, in batches; it must
+        be cheap and must not raise.
     """
 
     def __init__(
@@ -644,8 +661,10 @@ class NotebookOutputFolder:
         coalesce_streams: bool = False,
         store_widget_state: bool = True,
         limits: OutputLimits | None = None,
+        on_outputs_changed: OutputsChanged | None = None,
     ) -> None:
         self.nb = nb
+        self.on_outputs_changed = on_outputs_changed
         self.record_timing = record_timing
         self.coalesce_streams = coalesce_streams
         self.store_widget_state = store_widget_state
@@ -778,6 +797,7 @@ class NotebookOutputFolder:
             cell["execution_count"] = running.execution_count
         if self.coalesce_streams and cell.outputs:
             cell.outputs = _coalesce_streams(cell.outputs)
+            self._changed(running.index, 0)
         content = dict(running.reply.get("content") or {})
         return CellOutcome(running.index, str(content.get("status", "")), content)
 
@@ -862,6 +882,7 @@ class NotebookOutputFolder:
             outs[:] = []
             self._clear_display_id_mapping(cell_index)
             self._clear_before_next_output = False
+            self._changed(cell_index, 0)
         out = self._within_output_limit(out)
         size = _output_size(out)
         budget = self.limits.max_total_bytes
@@ -884,12 +905,14 @@ class NotebookOutputFolder:
                         ),
                     )
                 )
+                self._changed(cell_index, len(outs) - 1)
             return
         self._total_bytes += size
         if display_id:
             cell_map = self._display_id_map.setdefault(display_id, {})
             cell_map.setdefault(cell_index, []).append(len(outs))
         outs.append(out)
+        self._changed(cell_index, len(outs) - 1)
 
     def _clear_output(
         self, outs: list[NotebookNode], msg: Message, cell_index: int
@@ -900,6 +923,7 @@ class NotebookOutputFolder:
             self._forget_outputs(outs, cell_index)
             outs[:] = []
             self._clear_display_id_mapping(cell_index)
+            self._changed(cell_index, 0)
 
     def _forget_outputs(self, outs: list[NotebookNode], cell_index: int) -> None:
         """Give the budget of outputs about to be cleared back."""
@@ -953,6 +977,12 @@ class NotebookOutputFolder:
             for output_idx in output_indices:
                 outputs[output_idx]["data"] = out["data"]
                 outputs[output_idx]["metadata"] = out["metadata"]
+            if output_indices:
+                self._changed(cell_idx, min(output_indices))
+
+    def _changed(self, cell_index: int, first_changed: int) -> None:
+        if self.on_outputs_changed is not None:
+            self.on_outputs_changed(cell_index, first_changed)
 
     def _handle_comm_msg(self, msg: Message) -> None:
         content = msg["content"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import nbformat
 import structlog
@@ -42,7 +44,7 @@ from ..storage.events import EventBus
 from ..storage.execution import ExecutionFinishedError, ExecutionStore, NewEvent
 from ..storage.taskqueue import TaskQueue
 
-__all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome"]
+__all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome", "OutputFlush"]
 
 _logger = structlog.get_logger("noteburst.runner")
 
@@ -58,6 +60,22 @@ class Outcome:
     error: ExecutionError | None
     retryable: bool = False
     """An infrastructure failure (the lab went away): worth another attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFlush:
+    """When a running cell's outputs are written as a CELL_OUTPUTS event.
+
+    Outputs are gathered, not written per kernel message: a cell printing
+    in a tight loop sends thousands of messages a second.  They are written
+    ``seconds`` after the first change not yet written, as soon as the
+    changes reach ``max_bytes`` (a rough count: text and MIME values), and
+    at the end of each cell, so a cell has at most about
+    ``duration / seconds + bytes / max_bytes + 1`` such events.
+    """
+
+    seconds: float = 0.2
+    max_bytes: int = 65536
 
 
 class ExecutionRunner:
@@ -77,6 +95,8 @@ class ExecutionRunner:
         How long a claim lasts without renewal.
     max_attempts
         How many times an execution may be started.
+    output_flush
+        How cells' outputs are gathered into CELL_OUTPUTS events.
     """
 
     def __init__(
@@ -88,6 +108,7 @@ class ExecutionRunner:
         queue: TaskQueue,
         lease_seconds: float,
         max_attempts: int,
+        output_flush: OutputFlush | None = None,
     ) -> None:
         self._db = database
         self._bus = bus
@@ -95,6 +116,7 @@ class ExecutionRunner:
         self._queue = queue
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
+        self._output_flush = output_flush or OutputFlush()
 
     async def run(self, execution_id: str) -> Outcome | None:
         """Claim and run one execution.
@@ -133,6 +155,7 @@ class ExecutionRunner:
             self._keep_lease(execution_id, execution.attempts)
         )
         progress = _ProgressWriter(self._db, self._bus, execution_id)
+        outputs = _OutputStreamer(notebook, progress, self._output_flush)
         # The kernel is retired only once the result is stored and announced:
         # its shutdown, and the pool's replacement kernel that starts when it
         # is closed, cost CPU that would otherwise compete with storing and
@@ -140,12 +163,14 @@ class ExecutionRunner:
         async with contextlib.AsyncExitStack() as kernel_scope:
             try:
                 outcome = await self._execute(
-                    execution, notebook, progress, kernel_scope
+                    execution, notebook, progress, outputs, kernel_scope
                 )
             finally:
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
+                # Whatever was folded, also before a timeout or a death.
+                outputs.close()
                 # Progress events not written yet go first into the
                 # transaction that ends this attempt, so they precede its event.
                 unwritten = await progress.stop()
@@ -268,6 +293,7 @@ class ExecutionRunner:
         execution: Execution,
         notebook: nbformat.NotebookNode,
         progress: _ProgressWriter,
+        outputs: _OutputStreamer,
         kernel_scope: contextlib.AsyncExitStack,
     ) -> Outcome:
         current_cell: int | None = None
@@ -277,9 +303,11 @@ class ExecutionRunner:
             nonlocal current_cell
             current_cell = index
             progress.post(EventKind.CELL_STARTED, index, cells_done)
+            outputs.cell_started(index)
 
         async def finished(index: int) -> None:
             nonlocal cells_done
+            outputs.flush()  # the cell's outputs precede its end
             cells_done += 1
             progress.post(EventKind.CELL_FINISHED, index, cells_done)
 
@@ -308,6 +336,7 @@ class ExecutionRunner:
                         notebook,
                         on_cell_started=started,
                         on_cell_finished=finished,
+                        on_outputs_changed=outputs.changed,
                     )
                 except BaseException as exc:
                     # Give the kernel back now, with the failure: the backend
@@ -397,15 +426,18 @@ class _ProgressWriter:
         self._task: asyncio.Task[None] | None = None
         self._error: Exception | None = None
         self._stopped = False
+        self._cells_done = 0
+
+    @property
+    def cells_done(self) -> int:
+        """``cells_done`` of the last event queued (0 before any)."""
+        return self._cells_done
 
     def post(self, kind: EventKind, cell_index: int, cells_done: int) -> None:
         """Queue an event for writing; raise an earlier write's failure."""
         if self._error is not None:
             raise self._error
-        if self._stopped:
-            msg = "progress writer already stopped"
-            raise RuntimeError(msg)
-        self._pending.append(
+        self.append(
             NewEvent(
                 kind=kind,
                 status=ExecutionStatus.RUNNING,
@@ -414,6 +446,19 @@ class _ProgressWriter:
                 cell_index=cell_index,
             )
         )
+
+    def append(self, event: NewEvent) -> None:
+        """Queue ``event`` for writing, never raising an earlier write's failure.
+
+        For writers that must not raise (the output streamer runs inside
+        the folding of kernel messages); :meth:`post` and :meth:`settle`
+        still report the failure, and the events are then dropped.
+        """
+        if self._stopped:
+            msg = "progress writer already stopped"
+            raise RuntimeError(msg)
+        self._cells_done = event.cells_done
+        self._pending.append(event)
         if self._task is None:
             self._task = asyncio.create_task(
                 self._run(), name=f"progress-writer-{self._execution_id}"
@@ -462,6 +507,136 @@ class _ProgressWriter:
         async with self._db.transaction() as store:
             events = await store.append_events(self._execution_id, batch)
         self._bus.announce(self._execution_id, events[-1].sequence)
+
+
+@dataclass(slots=True)
+class _CellOutputsSent:
+    """What the CELL_OUTPUTS events written so far told of one cell."""
+
+    held: int = 0
+    """How many outputs a client replaying them holds."""
+    first_changed: int | None = None
+    """Lowest index changed since (None: nothing changed)."""
+
+
+class _OutputStreamer:
+    """Turns the folder's change notices into batched CELL_OUTPUTS events.
+
+    :meth:`changed` is the folder's ``on_outputs_changed`` hook, called for
+    every kernel message that changes outputs; it only notes the lowest
+    changed index per cell (and a rough byte count), so the cell path pays
+    no copy and no database write.  A flush reads the changed cells'
+    outputs from the notebook, which holds exactly what the folder stored
+    (after clear_output, display updates and output limits), and queues one
+    event per cell with the writer: ``outputs[output_start:]`` where
+    ``output_start`` is the lowest changed index, capped at what earlier
+    events gave.  Applying ``outputs[output_start:] = event.outputs`` in
+    order therefore rebuilds the cell's outputs; appends are the case
+    ``output_start == held``, a cleared cell starts at 0.
+
+    Flushes happen on a timer and a byte threshold (see
+    :class:`OutputFlush`), before each CELL_FINISHED, and at the end.  A
+    pipelined cell's outputs can be folded before its CELL_STARTED is
+    queued (that callback runs on a helper task); they wait for it, so a
+    cell's CELL_OUTPUTS events come after its CELL_STARTED event and before
+    its CELL_FINISHED event (display updates of finished cells aside).
+    """
+
+    def __init__(
+        self,
+        notebook: nbformat.NotebookNode,
+        writer: _ProgressWriter,
+        policy: OutputFlush,
+    ) -> None:
+        self.notebook = notebook
+        self.writer = writer
+        self.policy = policy
+        self._cells: dict[int, _CellOutputsSent] = {}
+        self._started = -1
+        self._gathered_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def changed(self, cell_index: int, first_changed: int) -> None:
+        """Note that outputs of a cell changed from ``first_changed`` on."""
+        if self._closed:
+            return
+        sent = self._cells.setdefault(cell_index, _CellOutputsSent())
+        if sent.first_changed is None or first_changed < sent.first_changed:
+            sent.first_changed = first_changed
+        outs = self.notebook.cells[cell_index].outputs
+        if first_changed < len(outs):
+            self._gathered_bytes += _rough_size(outs[first_changed])
+        if cell_index > self._started:
+            return  # flushed once its CELL_STARTED is queued
+        if self._gathered_bytes >= self.policy.max_bytes:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.policy.seconds, self._on_timer
+            )
+
+    def cell_started(self, cell_index: int) -> None:
+        """Let the outputs of cells up to ``cell_index`` be written."""
+        self._started = max(self._started, cell_index)
+        if self._timer is None and any(
+            index <= self._started and sent.first_changed is not None
+            for index, sent in self._cells.items()
+        ):
+            self._timer = asyncio.get_running_loop().call_later(
+                self.policy.seconds, self._on_timer
+            )
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Queue the changes of started cells (all cells if ``everything``)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._gathered_bytes = 0
+        for index in sorted(self._cells):
+            sent = self._cells[index]
+            if sent.first_changed is None:
+                continue
+            if index > self._started and not everything:
+                continue
+            outs = self.notebook.cells[index].outputs
+            start = min(sent.first_changed, sent.held)
+            sent.first_changed = None
+            if start == sent.held == len(outs):
+                continue
+            sent.held = len(outs)
+            self.writer.append(
+                NewEvent(
+                    kind=EventKind.CELL_OUTPUTS,
+                    status=ExecutionStatus.RUNNING,
+                    cells_done=self.writer.cells_done,
+                    created_at=datetime.now(UTC),
+                    cell_index=index,
+                    output_start=start,
+                    # A copy: later messages mutate outputs in place.
+                    outputs=copy.deepcopy(list(outs[start:])),
+                )
+            )
+
+    def close(self) -> None:
+        """Queue every change not written yet; ignore later notices."""
+        if not self._closed:
+            self.flush(everything=True)
+            self._closed = True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+
+def _rough_size(output: dict[str, Any]) -> int:
+    """Bytes of an output's text or MIME values, roughly (for batching only)."""
+    if "text" in output:
+        return len(output["text"])
+    size = 0
+    for value in (output.get("data") or {}).values():
+        size += len(value) if isinstance(value, str) else 256
+    return size + sum(len(line) for line in output.get("traceback") or ())
 
 
 async def _append_unwritten(

@@ -81,6 +81,8 @@ _EVENT_COLUMNS = (
     _EV.cell_index,
     _EV.cells_done,
     _EV.message,
+    _EV.output_start,
+    _EV.outputs,
     _EV.created_at,
 )
 
@@ -116,6 +118,8 @@ class NewEvent:
         batch written later still records when each step occurred.
     cell_index
         The cell concerned, if any.
+    output_start, outputs
+        For CELL_OUTPUTS: see :attr:`ExecutionEvent.outputs`.
     """
 
     kind: EventKind
@@ -123,6 +127,8 @@ class NewEvent:
     cells_done: int
     created_at: datetime
     cell_index: int | None = None
+    output_start: int | None = None
+    outputs: list[dict[str, Any]] | None = None
 
 
 def cursor_for(execution: Execution) -> str:
@@ -204,6 +210,8 @@ def _event_to_domain(row: _AnyRow) -> ExecutionEvent:
         cell_index=row.cell_index,
         cells_done=row.cells_done,
         message=row.message,
+        output_start=row.output_start,
+        outputs=row.outputs,
     )
 
 
@@ -579,6 +587,8 @@ class ExecutionStore:
                 created_at=_utc(new.created_at),
                 cell_index=new.cell_index,
                 cells_done=new.cells_done,
+                output_start=new.output_start,
+                outputs=new.outputs,
             )
             for offset, new in enumerate(events)
         ]
@@ -592,6 +602,8 @@ class ExecutionStore:
                         "status": event.status.value,
                         "cell_index": event.cell_index,
                         "cells_done": event.cells_done,
+                        "output_start": event.output_start,
+                        "outputs": event.outputs,
                         "created_at": event.created_at,
                     }
                     for event in stored

@@ -47,6 +47,8 @@ async def test_same_message_twice_one_execution_one_result(
         assert final.attempts == 1
         async with api.database.transaction() as store:
             kinds = [e.kind for e in await store.events_after(execution.id, 0)]
+        assert EventKind.CELL_OUTPUTS in kinds  # print('once'), as it happened
+        kinds = [kind for kind in kinds if kind is not EventKind.CELL_OUTPUTS]
         assert kinds == [
             EventKind.QUEUED,
             EventKind.RUNNING,

@@ -1,0 +1,219 @@
+"""Live outputs: the runner's CELL_OUTPUTS events rebuild the executed notebook.
+
+Real kernels, real databases (SQLite and Postgres).  Every test replays the
+stored events as the GraphQL description tells a client to and compares
+the result with the notebook the execution stored.  Flush policies are
+chosen so that event counts follow from the policy, not from timing: a
+timer of an hour never fires within a test, so only the byte threshold and
+the ends of cells flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from dramatiq.brokers.stub import StubBroker
+
+from noteburst.domain.execution import EventKind, ExecutionEvent, ExecutionStatus
+from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.jupyter.execute import execute_notebook
+from noteburst.services import runner as runner_module
+from noteburst.services.execution import ExecutionService
+from noteburst.services.runner import ExecutionRunner
+from noteburst.storage.events import LocalEventBus
+from tests.support.app import make_config
+from tests.support.notebooks import notebook
+from tests.support.outputs import (
+    OUTPUT_CASES,
+    UPDATED_LATER,
+    notebook_outputs,
+    replay_stored,
+)
+
+NEVER = 3600.0
+"""A flush timer that does not fire during a test."""
+
+
+class Instance:
+    """A service and a runner sharing one database, with a flush policy."""
+
+    def __init__(self, service: ExecutionService, runner: ExecutionRunner) -> None:
+        self.service = service
+        self.runner = runner
+
+    async def run(self, source: dict[str, Any]) -> tuple[list[ExecutionEvent], Any]:
+        """Submit and run ``source``; return its stored events and notebook."""
+        execution = await self.service.submit(source)
+        outcome = await asyncio.wait_for(self.runner.run(execution.id), 120)
+        assert outcome is not None
+        events = [
+            watched.event
+            async for watched in self.service.watch(execution.id, after_sequence=0)
+        ]
+        stored = await self.service.get_notebook(execution.id)
+        assert stored is not None
+        return events, stored
+
+
+@pytest_asyncio.fixture
+async def make_instance(
+    tmp_path: Path, jupyter_server: Any, database_url: str
+) -> AsyncIterator[Callable[..., Any]]:
+    contexts: list[ProcessContext] = []
+
+    async def make(**flush: Any) -> Instance:
+        config = make_config(
+            tmp_path, jupyter_server, database_url=database_url, **flush
+        )
+        broker = create_broker(config)
+        assert isinstance(broker, StubBroker)
+        bus = LocalEventBus()
+        api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+        contexts.append(api)
+        worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+        contexts.append(worker)
+        return Instance(
+            Factory(api).create_execution_service(), Factory(worker).create_runner()
+        )
+
+    try:
+        yield make
+    finally:
+        for context in reversed(contexts):
+            await context.aclose()
+
+
+def _outputs_events(events: list[ExecutionEvent]) -> list[ExecutionEvent]:
+    return [e for e in events if e.kind is EventKind.CELL_OUTPUTS]
+
+
+def _check_order(events: list[ExecutionEvent], final: dict[int, list[Any]]) -> None:
+    """A cell's outputs come after its start and are complete at its end."""
+    started: set[int] = set()
+    cells: dict[int, list[Any]] = {}
+    for event in events:
+        if event.kind is EventKind.CELL_STARTED:
+            assert event.cell_index is not None
+            started.add(event.cell_index)
+        elif event.kind is EventKind.CELL_OUTPUTS:
+            assert event.cell_index in started
+            assert event.outputs is not None
+            assert event.output_start is not None
+            cells.setdefault(event.cell_index, [])[event.output_start :] = event.outputs
+        elif event.kind is EventKind.CELL_FINISHED:
+            assert event.cell_index is not None
+            if event.cell_index != UPDATED_LATER:
+                assert cells.get(event.cell_index, []) == final.get(
+                    event.cell_index, []
+                ), event.cell_index
+
+
+def _nonempty(cells: dict[int, list[Any]]) -> dict[int, list[Any]]:
+    return {index: outputs for index, outputs in cells.items() if outputs}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "flush",
+    [
+        pytest.param({}, id="default"),
+        pytest.param(
+            {"output_flush_seconds": NEVER, "output_flush_bytes": 1}, id="every-change"
+        ),
+        pytest.param(
+            {"output_flush_seconds": NEVER, "output_flush_bytes": 1 << 30},
+            id="cell-ends",
+        ),
+    ],
+)
+async def test_replayed_events_rebuild_every_cell(
+    make_instance: Callable[..., Any], flush: dict[str, Any]
+) -> None:
+    instance = await make_instance(**flush)
+    events, stored = await instance.run(notebook(*OUTPUT_CASES))
+    assert events[-1].status is ExecutionStatus.FAILED
+    final = notebook_outputs(stored)
+    # Every way of changing outputs was exercised, and the failure stopped it.
+    assert set(final) == set(range(len(OUTPUT_CASES) - 1))
+    assert [o["output_type"] for o in final[7]] == ["stream", "error"]
+    assert final[UPDATED_LATER][0]["data"]["text/plain"] == "'third'"
+    assert [o["text"] for o in final[3] if o["output_type"] == "stream"] == [
+        "frame 4\n"
+    ]
+    assert _nonempty(replay_stored(events)) == final
+    _check_order(events, final)
+    outputs = _outputs_events(events)
+    # Replacements happened (clear_output, display updates), not only appends.
+    assert any(e.output_start == 0 and e.cell_index == 3 for e in outputs)
+    assert any(
+        e.cell_index == UPDATED_LATER and e.output_start == 0 for e in outputs[1:]
+    )
+    if flush.get("output_flush_bytes") == 1 << 30:
+        # Only cell ends flush: one event per cell with outputs, plus the
+        # earlier cell changed by the display update.
+        assert len(outputs) == len(final) + 1
+
+
+@pytest.mark.asyncio
+async def test_pipelined_and_sequential_give_the_same_events(
+    make_instance: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = await make_instance(
+        output_flush_seconds=NEVER, output_flush_bytes=1 << 30
+    )
+    source = notebook(*OUTPUT_CASES)
+
+    def content(events: list[ExecutionEvent]) -> list[tuple[Any, ...]]:
+        return [
+            (e.kind, e.cell_index, e.output_start, e.outputs)
+            for e in events
+            if e.kind is not EventKind.QUEUED
+        ]
+
+    pipelined, pipelined_nb = await instance.run(source)
+    monkeypatch.setattr(
+        runner_module,
+        "execute_notebook",
+        functools.partial(execute_notebook, pipelined=False),
+    )
+    sequential, sequential_nb = await instance.run(source)
+    assert content(sequential) == content(pipelined)
+    assert notebook_outputs(sequential_nb) == notebook_outputs(pipelined_nb)
+
+
+@pytest.mark.asyncio
+async def test_a_chatty_cell_is_coalesced_by_size(
+    make_instance: Callable[..., Any],
+) -> None:
+    max_bytes = 4096
+    instance = await make_instance(
+        output_flush_seconds=NEVER, output_flush_bytes=max_bytes
+    )
+    source = notebook(
+        "import time\n"
+        "for i in range(400):\n"
+        "    print('x' * 40, i, flush=True)\n"
+        "    time.sleep(0.002)"
+    )
+    events, stored = await instance.run(source)
+    final = notebook_outputs(stored)
+    assert _nonempty(replay_stored(events)) == final
+    printed = sum(len(out["text"]) for out in final[0])
+    # Flushed each time max_bytes of text gathered, and once at the end.
+    bound = printed // max_bytes + 1
+    outputs = _outputs_events(events)
+    assert 2 <= len(outputs) <= bound, (len(outputs), bound)
+    # Many kernel messages went into those few events.
+    assert len(final[0]) > 10 * len(outputs)
+    # Each event appends: it keeps all the outputs the earlier ones gave.
+    held = 0
+    for event in outputs:
+        assert event.output_start == held
+        assert event.outputs is not None
+        held += len(event.outputs)
