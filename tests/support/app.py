@@ -7,7 +7,7 @@ legacy graphql-ws protocol first otherwise, and Strawberry would pick that.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ mutation Submit($input: SubmitExecutionInput!) {{
 WATCH = f"""
 subscription Watch($id: ID!, $after: Int) {{
   executionStatus(id: $id, afterSequence: $after) {{
-    sequence kind status cellIndex cellsDone message
+    sequence kind status cellIndex cellsDone message outputStart outputs
     execution {{ {EXECUTION_FIELDS} }}
   }}
 }}
@@ -87,9 +87,18 @@ class Noteburst:
         return payload
 
     async def watch(
-        self, execution_id: str, after: int | None = None, *, limit: int | None = None
+        self,
+        execution_id: str,
+        after: int | None = None,
+        *,
+        limit: int | None = None,
+        on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Subscribe and collect events until the server completes the stream."""
+        """Subscribe and collect events until the server completes the stream.
+
+        ``on_event`` is awaited with each event as it arrives (to act while
+        the execution runs).
+        """
         transport = WebsocketsTransport(
             url=self.ws_url,
             subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
@@ -103,6 +112,8 @@ class Noteburst:
             )
             async for result in session.subscribe(request):
                 events.append(result["executionStatus"])
+                if on_event is not None:
+                    await on_event(result["executionStatus"])
                 if limit is not None and len(events) >= limit:
                     break
         return events
