@@ -217,3 +217,34 @@ async def test_a_chatty_cell_is_coalesced_by_size(
         assert event.output_start == held
         assert event.outputs is not None
         held += len(event.outputs)
+
+
+@pytest.mark.asyncio
+async def test_outputs_folded_before_a_timeout_are_kept(
+    make_instance: Callable[..., Any],
+) -> None:
+    # Nothing flushes during the cell (no timer, no size, no cell end): the
+    # outputs reach the events only through the flush at the attempt's end.
+    instance = await make_instance(
+        output_flush_seconds=NEVER, output_flush_bytes=1 << 30
+    )
+    source = notebook(
+        "print('fast')", "print('slow', flush=True)\nimport time\ntime.sleep(60)"
+    )
+    # Ample time for the print to be folded; the sleep outlasts it anyway.
+    execution = await instance.service.submit(source, timeout_seconds=8)
+    outcome = await asyncio.wait_for(instance.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    events = [
+        watched.event
+        async for watched in instance.service.watch(execution.id, after_sequence=0)
+    ]
+    stored = await instance.service.get_notebook(execution.id)
+    assert stored is not None
+    final = notebook_outputs(stored)
+    assert final[1][0]["text"] == "slow\n"
+    assert _nonempty(replay_stored(events)) == final
+    kinds = [e.kind for e in events]
+    last_outputs = len(kinds) - 1 - kinds[::-1].index(EventKind.CELL_OUTPUTS)
+    assert kinds[last_outputs + 1 :] == [EventKind.FINISHED]
