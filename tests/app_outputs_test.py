@@ -50,12 +50,12 @@ async def test_outputs_arrive_while_running_and_replay_for_late_subscribers(
     # once that print reached the subscriber: outputs arrive mid-run.
     source = notebook(
         "import pathlib, time\n"
-        "print('waiting', flush=True)\n"
+        "print('waiting\\n', end='', flush=True)\n"
         f"release = pathlib.Path({str(release)!r})\n"
         "deadline = time.monotonic() + 120\n"
         "while not release.exists() and time.monotonic() < deadline:\n"
         "    time.sleep(0.02)\n"
-        "print('released')",
+        "print('released\\n', end='')",
         *OUTPUT_CASES,
     )
     config = make_config(tmp_path, jupyter_server, **backend_urls)

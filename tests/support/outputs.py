@@ -22,12 +22,12 @@ __all__ = [
 
 OUTPUT_CASES = (
     # Prints in a loop, each its own stream message.
-    "for i in range(30):\n    print('line', i, flush=True)",
+    "for i in range(30):\n    print(f'line {i}\\n', end='', flush=True)",
     # stdout and stderr interleaved.
     "import sys\n"
-    "print('out', flush=True)\n"
-    "print('err', file=sys.stderr, flush=True)\n"
-    "print('out again')",
+    "print('out\\n', end='', flush=True)\n"
+    "print('err\\n', end='', file=sys.stderr, flush=True)\n"
+    "print('out again\\n', end='')",
     # Rich display and a result.
     "from IPython.display import HTML, clear_output, display\n"
     "display(HTML('<b>one</b>'))\n"
@@ -37,20 +37,28 @@ OUTPUT_CASES = (
     "for i in range(5):\n"
     "    clear_output(wait=True)\n"
     "    display(HTML(f'<i>frame {i}</i>'))\n"
-    "    print('frame', i, flush=True)",
+    "    print(f'frame {i}\\n', end='', flush=True)",
     # A display updated in its own cell...
     "handle = display('first', display_id=True)\n"
-    "print('between')\n"
+    "print('between\\n', end='')\n"
     "handle.update('second')",
     # ...and from a later one.
-    "handle.update('third')\nprint('later cell')",
+    "handle.update('third')\nprint('later cell\\n', end='')",
     # Cleared outright.
-    "print('gone', flush=True)\nclear_output()\nprint('stays')",
+    "print('gone\\n', end='', flush=True)\nclear_output()\nprint('stays\\n', end='')",
     # A failure ends the run with its traceback as output.
-    "print('before the error')\n1 / 0",
+    "print('before the error\\n', end='')\n1 / 0",
     "print('never')",
 )
-"""Cells whose outputs exercise every way the folder changes outputs."""
+"""Cells whose outputs exercise every way the folder changes outputs.
+
+Each print is one ``write`` (the newline included, ``end=''``): ipykernel
+sends what its buffer holds whenever a flush timer fires, and a timer
+left from an earlier write can fire between the writes of one
+``print('x')`` (``'x'``, then ``'\\n'``), splitting it into two stream
+messages.  One write per print keeps the kernel's messages, and so the
+events, the same from run to run.
+"""
 
 UPDATED_LATER = 4
 """Index in :data:`OUTPUT_CASES` of the cell a later cell's display update changes."""
