@@ -248,3 +248,18 @@ async def test_outputs_folded_before_a_timeout_are_kept(
     kinds = [e.kind for e in events]
     last_outputs = len(kinds) - 1 - kinds[::-1].index(EventKind.CELL_OUTPUTS)
     assert kinds[last_outputs + 1 :] == [EventKind.FINISHED]
+
+
+@pytest.mark.asyncio
+async def test_any_text_survives_the_events_table(
+    make_instance: Callable[..., Any],
+) -> None:
+    instance = await make_instance()
+    events, stored = await instance.run(
+        notebook(
+            "print('nul \\x00, bell \\x07, ansi \\x1b[31mred\\x1b[0m, 🎉 ünï', end='')"
+        )
+    )
+    final = notebook_outputs(stored)
+    assert final[0][0]["text"] == "nul \x00, bell \x07, ansi \x1b[31mred\x1b[0m, 🎉 ünï"
+    assert _nonempty(replay_stored(events)) == final
