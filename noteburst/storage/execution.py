@@ -792,10 +792,11 @@ class ExecutionStore:
         ----------
         now
             Current time; running executions with a lease expiring before it
-            are lost.
+            are lost, and retries whose backoff ends by then are due.
         queued_before
             Queued executions created before this may have lost their queue
-            message.
+            message (followers of a shared run have none, and retries still
+            in backoff are left to their delayed message).
 
         Returns
         -------
@@ -811,6 +812,9 @@ class ExecutionStore:
                 _E.created_at < queued_before,
                 # A follower is never claimed: its leader's message is what counts.
                 _E.shares_run_of.is_(None),
+                # A retry in backoff has its delayed message; resending now
+                # would cut the backoff short.
+                or_(_E.not_before.is_(None), _E.not_before <= now),
             )
             .order_by(_E.created_at, _E.id)
         )
@@ -1089,7 +1093,7 @@ class ExecutionStore:
             literal(queue.value),
             _E.id,
         ).where(_E.id == cached_from, _E.status == ExecutionStatus.SUCCEEDED.value)
-        result = await self._session.execute(
+        await self._session.execute(
             insert(_E).from_select(
                 [
                     _E.id,
@@ -1110,8 +1114,7 @@ class ExecutionStore:
                 source,
             )
         )
-        if getattr(result, "rowcount", 1) == 0:
-            return None
+        # None if nothing was copied (the cached execution is gone).
         cells_done = await self._session.scalar(
             select(_E.cells_done).where(_E.id == execution_id)
         )

@@ -150,6 +150,15 @@ async def test_backoff_ends_for_every_wake_up(database: Database) -> None:
             not_before=T0 + timedelta(seconds=10),
         )
     assert await claim_next(database, now=T0 + timedelta(seconds=9)) is None
+    # The sweep leaves it to its delayed message until the backoff is over.
+    async with database.transaction() as store:
+        during, _ = await store.find_orphans(
+            now=T0 + timedelta(seconds=9), queued_before=T0 + timedelta(days=1)
+        )
+        after, _ = await store.find_orphans(
+            now=T0 + timedelta(seconds=10), queued_before=T0 + timedelta(days=1)
+        )
+    assert (during, after) == ([], [retried])
     later = await claim_next(database, now=T0 + timedelta(seconds=10))
     assert later is not None
     assert later.id == retried
