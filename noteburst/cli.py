@@ -174,6 +174,29 @@ def db_upgrade() -> None:
     metavar="NAME VALUE",
     help="A parameter passed as a string, whatever it looks like; repeatable.",
 )
+@click.option(
+    "--queue",
+    type=click.Choice(["interactive", "batch"], case_sensitive=False),
+    default=None,
+    help="Queue to wait in [default: the server's, interactive].",
+)
+@click.option(
+    "--cache",
+    "cache_mode",
+    type=click.Choice(["use", "refresh", "bypass"], case_sensitive=False),
+    default=None,
+    help=(
+        "Result cache: reuse a stored success or share an identical run "
+        "(use), run and store (refresh), or neither [default: bypass]."
+    ),
+)
+@click.option(
+    "--max-age",
+    "max_age_seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --cache use: reuse only a result at most this many seconds old.",
+)
 @click.option("--show", is_flag=True, help="Print each cell's text outputs at the end.")
 def run(
     *,
@@ -184,6 +207,9 @@ def run(
     timeout_seconds: float | None,
     parameters: tuple[tuple[str, str], ...],
     raw_parameters: tuple[tuple[str, str], ...],
+    queue: str | None,
+    cache_mode: str | None,
+    max_age_seconds: float | None,
     show: bool,
 ) -> None:
     """Execute NOTEBOOK, show live progress, and write the executed notebook."""
@@ -199,6 +225,9 @@ def run(
         kernel=kernel,
         timeout_seconds=timeout_seconds,
         parameters=values,
+        queue=queue,
+        cache_mode=cache_mode,
+        max_age_seconds=max_age_seconds,
     )
     sys.exit(asyncio.run(_run(request, server, show=show)))
 
@@ -229,6 +258,9 @@ class _Request:
     kernel: str | None
     timeout_seconds: float | None
     parameters: dict[str, Any]
+    queue: str | None = None
+    cache_mode: str | None = None
+    max_age_seconds: float | None = None
 
 
 async def _run(request: _Request, server: str | None, *, show: bool) -> int:
@@ -271,11 +303,22 @@ async def _follow(client: NoteburstClient, request: _Request, *, show: bool) -> 
             kernel_name=request.kernel,
             timeout_seconds=request.timeout_seconds,
             parameters=request.parameters,
+            queue=request.queue,
+            cache_mode=request.cache_mode,
+            max_age_seconds=request.max_age_seconds,
         )
     except NoteburstClientError as exc:
         _stderr.print(f"[red]refused:[/red] {exc}")
         return 2
     execution_id = execution["id"]
+    if execution.get("cacheHit"):
+        _stderr.print(
+            f"[dim]cached result of execution {execution['cachedFrom']}[/dim]"
+        )
+    elif execution.get("sharesRunOf"):
+        _stderr.print(
+            f"[dim]sharing the run of execution {execution['sharesRunOf']}[/dim]"
+        )
     total = execution["progress"]["cellsTotal"]
     final: dict[str, Any] | None = None
     with Progress(

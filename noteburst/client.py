@@ -23,6 +23,7 @@ __all__ = ["NoteburstClient", "NoteburstClientError"]
 
 EXECUTION_FIELDS = """
   id status kernelName createdAt startedAt finishedAt attempts
+  queue cacheHit cachedFrom sharesRunOf
   progress { cellsTotal cellsDone }
   error { code message cellIndex ename evalue traceback }
 """
@@ -112,8 +113,15 @@ class NoteburstClient:
         kernel_name: str | None = None,
         timeout_seconds: float | None = None,
         parameters: dict[str, Any] | None = None,
+        queue: str | None = None,
+        cache_mode: str | None = None,
+        max_age_seconds: float | None = None,
     ) -> dict[str, Any]:
         """Submit a notebook; return the queued execution's fields.
+
+        ``queue`` (``INTERACTIVE``/``BATCH``) and ``cache_mode``
+        (``USE``/``REFRESH``/``BYPASS``, with ``max_age_seconds``) are sent
+        only when given, so the server's defaults apply otherwise.
 
         Raises
         ------
@@ -127,6 +135,13 @@ class NoteburstClient:
             payload["timeoutSeconds"] = timeout_seconds
         if parameters:
             payload["parameters"] = parameters
+        if queue is not None:
+            payload["queue"] = queue.upper()
+        if cache_mode is not None:
+            payload["cache"] = {
+                "mode": cache_mode.upper(),
+                "maxAgeSeconds": max_age_seconds,
+            }
         data = await self._post(SUBMIT, {"input": payload})
         result: dict[str, Any] = data["submitExecution"]
         if result["__typename"] != "Execution":

@@ -232,6 +232,15 @@ class Config(BaseSettings):
     redis_namespace: str = Field(
         "noteburst", description="Prefix of the Dramatiq keys in Redis."
     )
+    cache_environment_tag: str = Field(
+        "default",
+        max_length=200,
+        description=(
+            "Names the execution environment (image, packages, data) in the "
+            "result cache's key: change it when the environment changes, and "
+            "no result computed before is reused."
+        ),
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written."

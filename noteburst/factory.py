@@ -354,6 +354,7 @@ class Factory:
                 max_timeout_seconds=config.max_timeout_seconds,
                 default_kernel_name=config.default_kernel_name,
                 kernel_names=self._context.kernel_names,
+                cache_environment_tag=config.cache_environment_tag,
             ),
         )
 

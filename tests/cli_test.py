@@ -254,3 +254,37 @@ async def test_separate_worker_process_on_postgres_and_redis(
             assert worker.stderr is not None
             worker.stderr.close()
     assert worker.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_run_against_a_server_uses_the_cache_when_asked(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    source = tmp_path / "cached.ipynb"
+    nbformat.write(nbformat.from_dict(notebook("print(6 * 7)")), str(source))
+    async with running(make_config(tmp_path, jupyter_server)) as nb:
+
+        async def run_cli(*options: str) -> str:
+            process = await asyncio.create_subprocess_exec(
+                *NOTEBURST,
+                "run",
+                str(source),
+                "--server",
+                nb.url,
+                *options,
+                env=_clean_env(tmp_path),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, stderr = await asyncio.wait_for(process.communicate(), 180)
+            assert process.returncode == 0, stderr.decode()
+            return stderr.decode()
+
+        first = await run_cli("--cache", "use", "--queue", "batch")
+        assert "succeeded" in first
+        assert "cached result" not in first
+        second = await run_cli("--cache", "use", "--max-age", "3600")
+        assert "cached result of execution" in second
+        assert "succeeded" in second
+        third = await run_cli()  # the default bypasses the cache
+        assert "cached result" not in third

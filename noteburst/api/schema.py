@@ -25,7 +25,8 @@ from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from ..domain.execution import ExecutionStatus
+from ..domain.cache import CacheMode, CachePolicy
+from ..domain.execution import ExecutionQueue, ExecutionStatus
 from ..exceptions import ClientError
 from .context import GraphQLContext
 from .errors import (
@@ -48,6 +49,21 @@ from .types import (
 __all__ = ["Mutation", "Query", "Subscription", "schema"]
 
 Info = strawberry.Info[GraphQLContext, None]
+
+
+@strawberry.input(description="How a submission uses the result cache.")
+class CacheInput:
+    mode: CacheMode = strawberry.field(
+        default=CacheMode.BYPASS,
+        description="USE, REFRESH or BYPASS (see CacheMode).",
+    )
+    max_age_seconds: float | None = strawberry.field(
+        default=None,
+        description=(
+            "With USE: reuse only a result finished at most this many seconds "
+            "ago; null: any age."
+        ),
+    )
 
 
 @strawberry.input(description="A notebook to execute.")
@@ -76,6 +92,21 @@ class SubmitExecutionInput:
             "tagged parameters (at the top when there is none). Values keep "
             "their JSON types; one that does not fit the type of a literal "
             "default in the parameters cell is refused (InvalidParameters)."
+        ),
+    )
+    queue: ExecutionQueue = strawberry.field(
+        default=ExecutionQueue.INTERACTIVE,
+        description=(
+            "INTERACTIVE (default, so existing clients keep their latency) or "
+            "BATCH (bulk work that should give way to page views)."
+        ),
+    )
+    cache: CacheInput | None = strawberry.field(
+        default=None,
+        description=(
+            "Result cache use; default BYPASS, because a notebook may read "
+            "the clock or live data and a client that did not ask must never "
+            "get an old result."
         ),
     )
 
@@ -138,6 +169,13 @@ class Mutation:
                 kernel_name=input.kernel_name,
                 timeout_seconds=input.timeout_seconds,
                 parameters=input.parameters,
+                queue=input.queue,
+                cache=None
+                if input.cache is None
+                else CachePolicy(
+                    mode=input.cache.mode,
+                    max_age_seconds=input.cache.max_age_seconds,
+                ),
             )
         except ClientError as exc:
             return payload_for(exc)

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated, cast
 import strawberry
 from strawberry.scalars import JSON
 
+from ..domain import cache
 from ..domain import execution as domain
 
 if TYPE_CHECKING:
     from .context import GraphQLContext
 
 __all__ = [
+    "CacheMode",
     "ErrorCode",
     "EventKind",
     "Execution",
@@ -25,6 +27,7 @@ __all__ = [
     "ExecutionEdge",
     "ExecutionError",
     "ExecutionEvent",
+    "ExecutionQueue",
     "ExecutionStatus",
     "PageInfo",
     "Progress",
@@ -37,6 +40,28 @@ ExecutionStatus = strawberry.enum(
 )
 EventKind = strawberry.enum(
     domain.EventKind, name="EventKind", description="What an ExecutionEvent announces."
+)
+ExecutionQueue = strawberry.enum(
+    domain.ExecutionQueue,
+    name="ExecutionQueue",
+    description=(
+        "Which line an execution waits in: a free worker takes INTERACTIVE "
+        "(someone waits for a page) before BATCH (documentation CI, bulk "
+        "runs); within a queue, oldest first."
+    ),
+)
+CacheMode = strawberry.enum(
+    cache.CacheMode,
+    name="CacheMode",
+    description=(
+        "How a submission uses the result cache, keyed by the code cells' "
+        "source, the parameters, the kernel and the deployment's environment "
+        "tag. USE: reuse a stored success (no older than maxAgeSeconds) as a "
+        "new execution with cacheHit true, else share an identical run "
+        "already queued or running, else run and store a success. REFRESH: "
+        "run (sharing only an identical run that has not started yet) and "
+        "store a success as the cached result. BYPASS: neither."
+    ),
 )
 ErrorCode = strawberry.enum(
     domain.ErrorCode,
@@ -97,6 +122,41 @@ class Execution:
     error: ExecutionError | None = strawberry.field(
         description="Why it did not succeed; null while running and on success."
     )
+    queue: domain.ExecutionQueue = strawberry.field(
+        description="The queue it was submitted to."
+    )
+    cache_hit: bool = strawberry.field(
+        description=(
+            "Whether its result was reused from the cache (it did not run; "
+            "see cachedFrom)."
+        )
+    )
+    cached_from: strawberry.ID | None = strawberry.field(
+        description="For a cache hit: the execution whose result it reuses."
+    )
+    shares_run_of: strawberry.ID | None = strawberry.field(
+        description=(
+            "Set when an identical submission was queued or running when this "
+            "one arrived: the execution whose run this one shares. Its status, "
+            "progress, events (with that run's sequences) and result are that "
+            "run's."
+        )
+    )
+
+    @strawberry.field(
+        description=(
+            "While queued: 1 + how many queued executions a free worker will "
+            "take before this one (interactive before batch, then oldest "
+            "first); null when not queued. Read it again to see it change."
+        )
+    )
+    async def queue_position(
+        self, info: strawberry.Info[GraphQLContext, None]
+    ) -> int | None:
+        if self.status is not domain.ExecutionStatus.QUEUED:
+            return None
+        service = info.context.factory.create_execution_service()
+        return await service.queue_position(str(self.id))
 
     @strawberry.field(
         description=(
@@ -153,6 +213,14 @@ class Execution:
             error=ExecutionError.from_domain(execution.error)
             if execution.error
             else None,
+            queue=execution.queue,
+            cache_hit=execution.cache_hit,
+            cached_from=None
+            if execution.cached_from is None
+            else strawberry.ID(execution.cached_from),
+            shares_run_of=None
+            if execution.shares_run_of is None
+            else strawberry.ID(execution.shares_run_of),
         )
 
 

@@ -63,6 +63,17 @@ class ExecutionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    queue: Mapped[str] = mapped_column(String(16), server_default=text("'interactive'"))
+    """``ExecutionQueue`` value: workers claim interactive before batch."""
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """A queued retry in backoff: not claimed by other wake-ups before this."""
+    cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    """``domain.cache.cache_key`` of an execution that runs with cache mode
+    USE or REFRESH (its success is the cached result); NULL otherwise."""
+    cached_from: Mapped[str | None] = mapped_column(String(36))
+    """For a cache hit: the id of the execution whose result was copied."""
+    shares_run_of: Mapped[str | None] = mapped_column(String(36), index=True)
+    """For a single-flight follower: the id of the execution that runs."""
 
     __table_args__ = (
         # Keyset pagination newest first: ORDER BY created_at DESC, id DESC.

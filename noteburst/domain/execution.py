@@ -18,6 +18,7 @@ __all__ = [
     "Execution",
     "ExecutionError",
     "ExecutionEvent",
+    "ExecutionQueue",
     "ExecutionStatus",
     "Progress",
 ]
@@ -37,6 +38,23 @@ class ExecutionStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         """Whether no further change can happen."""
         return self not in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class ExecutionQueue(enum.StrEnum):
+    """Which line an execution waits in; a free worker serves INTERACTIVE first.
+
+    Interactive work is someone waiting for a page (a dashboard view);
+    batch work is documentation CI and other bulk runs, which care about
+    throughput, not latency.  Within one queue executions run oldest first.
+    """
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        """Claim order: lower ranks are claimed first."""
+        return 0 if self is ExecutionQueue.INTERACTIVE else 1
 
 
 class EventKind(enum.StrEnum):
@@ -138,6 +156,20 @@ class Execution:
     finished_at: datetime | None = None
     notebook: dict[str, Any] | None = None
     error: ExecutionError | None = None
+    queue: ExecutionQueue = ExecutionQueue.INTERACTIVE
+    cached_from: str | None = None
+    """For a cache hit: the execution whose stored result this one reuses."""
+    shares_run_of: str | None = None
+    """For a single-flight follower: the execution whose run it shares.
+
+    Until it finishes, a follower shows that run's status, progress and
+    event sequence; its events are that run's events.
+    """
+
+    @property
+    def cache_hit(self) -> bool:
+        """Whether the result came from the cache, without running."""
+        return self.cached_from is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,19 @@ message is sent, so a worker never sees an id it cannot read.  Watching is
 "subscribe, then read": the subscriber registers with the event bus before
 reading stored events, and then re-reads after every wake-up, so it sees
 each stored event exactly once in sequence order, however late it joined.
+
+A submission names its queue (interactive work is claimed before batch
+work) and its use of the result cache (:mod:`noteburst.domain.cache`): a
+stored success of the same computation may answer it at once, and
+identical submissions arriving while one is queued or running share that
+run ("single flight").  Deciding which, and recording it, happens in one
+transaction that holds a per-key lock, so two identical submissions never
+both start a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
@@ -20,7 +29,14 @@ from typing import Any
 
 import structlog
 
-from ..domain.execution import EventKind, Execution, ExecutionEvent, ExecutionStatus
+from ..domain.cache import CacheMode, CachePolicy, cache_key
+from ..domain.execution import (
+    EventKind,
+    Execution,
+    ExecutionEvent,
+    ExecutionQueue,
+    ExecutionStatus,
+)
 from ..domain.notebook import accept_notebook, code_cell_indices, kernel_name_of
 from ..domain.parameters import check_parameters, inject_parameters, parameter_defaults
 from ..exceptions import (
@@ -30,7 +46,7 @@ from ..exceptions import (
 )
 from ..storage.database import Database
 from ..storage.events import EventBus
-from ..storage.execution import cursor_for
+from ..storage.execution import ExecutionStore, cursor_for
 from ..storage.taskqueue import TaskQueue
 
 __all__ = [
@@ -54,6 +70,8 @@ class SubmissionLimits:
     default_kernel_name: str
     kernel_names: Sequence[str]
     max_page_size: int = 100
+    cache_environment_tag: str = "default"
+    """Part of every result cache key (see ``Config.cache_environment_tag``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +126,15 @@ class ExecutionService:
         kernel_name: str | None = None,
         timeout_seconds: float | None = None,
         parameters: object = None,
+        queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
+        cache: CachePolicy | None = None,
     ) -> Execution:
         """Check a notebook, store it as a queued execution and enqueue it.
+
+        With a cache policy other than BYPASS the execution may instead be a
+        cache hit (stored as succeeded at once, with a copy of the cached
+        result) or a follower of an identical run already queued or
+        running (no message is sent then; see :class:`CacheMode`).
 
         Parameters
         ----------
@@ -124,11 +149,18 @@ class ExecutionService:
             Values injected as papermill does (a cell tagged
             ``injected-parameters`` after the cell tagged ``parameters``, or
             at the top), checked against the parameters cell's defaults.
+        queue
+            Which queue it waits in.  Interactive is the default so that
+            clients that never heard of queues keep today's latency; bulk
+            clients (documentation CI) opt into batch.
+        cache
+            How to use the result cache; default: bypass it (see
+            :mod:`noteburst.domain.cache` for why).
 
         Returns
         -------
         Execution
-            The queued execution.
+            The queued execution (or the cache hit, or the follower).
 
         Raises
         ------
@@ -137,13 +169,14 @@ class ExecutionService:
         UnknownKernelError
             Raised if the kernel is not available here.
         InvalidInputError
-            Raised if the timeout is out of range, or parameters is not an
-            object.
+            Raised if the timeout is out of range, parameters is not an
+            object, or the cache's maximum age is negative or not finite.
         InvalidParametersError
             Raised if a parameter is not an identifier or its value does not
             fit its default's type.
         """
         timeout = self._check_timeout(timeout_seconds)
+        policy = self._check_cache(cache)
         accepted = accept_notebook(notebook, max_bytes=self._limits.max_notebook_bytes)
         name = (
             kernel_name
@@ -164,18 +197,39 @@ class ExecutionService:
                 )
         execution_id = str(uuid.uuid4())
         cells_total = _runnable_cell_count(source)
-        async with self._db.transaction() as store:
-            event = await store.add(
-                execution_id=execution_id,
+        key = None
+        if policy.mode is not CacheMode.BYPASS:
+            key = cache_key(
+                accepted.notebook,
+                parameters=parameters if isinstance(parameters, Mapping) else None,
                 kernel_name=name,
-                timeout_seconds=timeout,
-                source_text=source_text,
-                cells_total=cells_total,
-                now=datetime.now(UTC),
+                environment=self._limits.cache_environment_tag,
             )
+        new = _NewExecution(
+            id=execution_id,
+            kernel_name=name,
+            timeout_seconds=timeout,
+            source_text=source_text,
+            cells_total=cells_total,
+            queue=queue,
+            cache_key=key,
+        )
+        async with self._db.transaction() as store:
+            event, runs = await _record(store, new, policy, datetime.now(UTC))
             execution = await store.get(execution_id)
         assert execution is not None
-        self._bus.announce(execution_id, event.sequence)
+        if event is not None:
+            self._bus.announce(execution_id, event.sequence)
+        if not runs:
+            _logger.info(
+                "Execution answered by the cache"
+                if execution.cache_hit
+                else "Execution shares an identical run",
+                execution_id=execution_id,
+                cached_from=execution.cached_from,
+                shares_run_of=execution.shares_run_of,
+            )
+            return execution
         try:
             await self._queue.enqueue_execution(execution_id)
         except Exception:
@@ -236,7 +290,9 @@ class ExecutionService:
         Without ``after_sequence`` the first item is the latest stored event
         (the current state); with it, every stored event after that sequence
         is replayed first.  Live events follow, each exactly once, and the
-        iterator ends after the terminal event.
+        iterator ends after the terminal event.  A follower of a shared run
+        yields that run's events (their sequences are the run's), each with
+        the follower as its execution.
 
         Raises
         ------
@@ -247,10 +303,23 @@ class ExecutionService:
         """
         if after_sequence is not None and after_sequence < 0:
             raise InvalidInputError("afterSequence", "must not be negative")
-        async with self._bus.subscribe(execution_id) as signal:
+        async with contextlib.AsyncExitStack() as subscriptions:
+            signal = await subscriptions.enter_async_context(
+                self._bus.subscribe(execution_id)
+            )
+            stream = execution_id
             async with self._db.transaction() as store:
                 execution = await store.get(execution_id)
                 latest = await store.latest_event(execution_id)
+            if execution is not None and execution.shares_run_of is not None:
+                # A follower's events are those of the run it shares.
+                stream = execution.shares_run_of
+                signal = await subscriptions.enter_async_context(
+                    self._bus.subscribe(stream)
+                )
+                async with self._db.transaction() as store:
+                    execution = await store.get(execution_id)
+                    latest = await store.latest_event(stream)
             if execution is None or latest is None:
                 raise ExecutionNotFoundError(execution_id)
             if after_sequence is None:
@@ -262,7 +331,7 @@ class ExecutionService:
                 last_seen = after_sequence
             while True:
                 async with self._db.transaction() as store:
-                    events = await store.events_after(execution_id, last_seen)
+                    events = await store.events_after(stream, last_seen)
                     if events:
                         execution = await store.get(execution_id)
                 assert execution is not None
@@ -276,6 +345,21 @@ class ExecutionService:
                     return
                 await signal.wait()
 
+    async def queue_position(self, execution_id: str) -> int | None:
+        """1-based place of a queued execution in the claim order, else None."""
+        async with self._db.transaction() as store:
+            return await store.queue_position(execution_id)
+
+    def _check_cache(self, cache: CachePolicy | None) -> CachePolicy:
+        if cache is None:
+            return CachePolicy()
+        age = cache.max_age_seconds
+        if age is not None and (not math.isfinite(age) or age < 0):
+            raise InvalidInputError(
+                "cache.maxAgeSeconds", "must be a non-negative number"
+            )
+        return cache
+
     def _check_timeout(self, timeout_seconds: float | None) -> float:
         if timeout_seconds is None:
             return self._limits.default_timeout_seconds
@@ -287,6 +371,75 @@ class ExecutionService:
                 f"must be at most {self._limits.max_timeout_seconds:g}",
             )
         return timeout_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class _NewExecution:
+    """A checked submission, ready to be recorded."""
+
+    id: str
+    kernel_name: str
+    timeout_seconds: float
+    source_text: str
+    cells_total: int
+    queue: ExecutionQueue
+    cache_key: str | None
+
+
+async def _record(
+    store: ExecutionStore, new: _NewExecution, policy: CachePolicy, now: datetime
+) -> tuple[ExecutionEvent | None, bool]:
+    """Record a submission as a cache hit, a follower, or a run of its own.
+
+    Called inside the submission's transaction: with a cache key, the
+    per-key lock makes look-up and insert one step for identical
+    submissions.  Returns the event to announce (None for a follower, which
+    has none of its own) and whether a worker must be told (only for a run
+    of its own).
+    """
+    if new.cache_key is not None:
+        await store.lock_cache_key(new.cache_key)
+        if policy.mode is CacheMode.USE:
+            cached = await store.find_cached(
+                new.cache_key, finished_after=policy.oldest_usable(now)
+            )
+            if cached is not None:
+                hit = await store.add_cache_hit(
+                    execution_id=new.id,
+                    cached_from=cached,
+                    timeout_seconds=new.timeout_seconds,
+                    source_text=new.source_text,
+                    queue=new.queue,
+                    now=now,
+                )
+                if hit is not None:
+                    return hit, False
+        leader = await store.find_shared_run(
+            new.cache_key, include_running=policy.mode is CacheMode.USE
+        )
+        if leader is not None:
+            await store.add_follower(
+                execution_id=new.id,
+                leader_id=leader,
+                kernel_name=new.kernel_name,
+                timeout_seconds=new.timeout_seconds,
+                source_text=new.source_text,
+                cells_total=new.cells_total,
+                queue=new.queue,
+                now=now,
+            )
+            return None, False
+    event = await store.add(
+        execution_id=new.id,
+        kernel_name=new.kernel_name,
+        timeout_seconds=new.timeout_seconds,
+        source_text=new.source_text,
+        cells_total=new.cells_total,
+        now=now,
+        queue=new.queue,
+        cache_key=new.cache_key,
+    )
+    return event, True
 
 
 def _runnable_cell_count(notebook: dict[str, Any]) -> int:

@@ -1,8 +1,13 @@
 """Running one execution, and recovering executions whose worker was lost.
 
-The runner is what a worker's actor calls with an execution id.  It first
-*claims* the execution with one conditional update, so a message delivered
-twice (Redis redelivery, a sweep, a retry) runs the notebook once.  While it
+The runner is what a worker's actor calls with an execution id.  The
+message is only a wake-up: the runner *claims* the queued execution that
+should run next (interactive before batch, oldest first; see
+``ExecutionStore.claim_next``) with one conditional update, which is
+usually the one the message named but not when more urgent work waits.  One
+message is sent per queued execution, so every queued execution gets a
+worker, and a message delivered twice (Redis redelivery, a sweep, a retry)
+finds the queue empty rather than running a notebook twice.  While it
 runs it holds a lease that it keeps renewing; a worker that dies stops
 renewing, and :meth:`ExecutionRunner.recover` queues the execution again
 (up to ``max_attempts`` starts, then it fails with ``WORKER_LOST``).  Every
@@ -120,24 +125,30 @@ class ExecutionRunner:
     async def run(self, execution_id: str) -> Outcome | None:
         """Claim and run one execution.
 
+        ``execution_id`` is the id the message carried: it wakes the worker,
+        which then runs whichever queued execution is next in claim order
+        (the named one may be run by another wake-up).
+
         Returns
         -------
         Outcome or None
-            How it ended, or `None` if it was not claimable (already running
-            elsewhere, finished, or out of attempts): a duplicate message.
+            How it ended, or `None` if nothing was ready to run (the message
+            was a duplicate, or its execution was taken by another wake-up).
         """
-        log = _logger.bind(execution_id=execution_id)
+        log = _logger.bind(woken_for=execution_id)
         now = datetime.now(UTC)
         async with self._db.transaction() as store:
-            execution = await store.claim(
-                execution_id,
+            execution = await store.claim_next(
                 now=now,
                 lease_until=now + self._lease,
                 max_attempts=self._max_attempts,
+                woken_for=execution_id,
             )
             if execution is None:
-                log.info("Execution not claimable; duplicate delivery ignored")
+                log.info("Nothing queued is ready; wake-up ignored")
                 return None
+            execution_id = execution.id
+            log = log.bind(execution_id=execution_id)
             source = await store.get_source_notebook(execution_id)
             event = await store.append_event(
                 execution_id,
@@ -215,7 +226,10 @@ class ExecutionRunner:
         async with self._db.transaction() as store:
             await _append_unwritten(store, execution.id, unwritten)
             event = await store.requeue(
-                execution.id, now=now, lease_expired_before=now + timedelta(days=36500)
+                execution.id,
+                now=now,
+                lease_expired_before=now + timedelta(days=36500),
+                not_before=now + timedelta(seconds=delay),
             )
         if event is None:
             return  # taken over meanwhile; the other worker owns it

@@ -22,22 +22,40 @@ import asyncio
 import base64
 import binascii
 import builtins
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    String,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from noteburst.constants import EVENTS_CHANNEL
-from noteburst.dbschema import ExecutionEventRow, ExecutionRow
+from noteburst.dbschema import ExecutionEventRow, ExecutionRow, UTCDateTime
 from noteburst.domain.execution import (
     EventKind,
     Execution,
     ExecutionError,
     ExecutionEvent,
+    ExecutionQueue,
     ExecutionStatus,
     Progress,
 )
@@ -70,6 +88,9 @@ _SUMMARY_COLUMNS = (
     _E.created_at,
     _E.started_at,
     _E.finished_at,
+    _E.queue,
+    _E.cached_from,
+    _E.shares_run_of,
 )
 """Everything :class:`Execution` needs, without the two notebook texts."""
 
@@ -87,6 +108,65 @@ _EVENT_COLUMNS = (
 )
 
 _UNFINISHED = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
+
+_CACHE_LOCK_CLASS = 0x6E62_6361  # "nbca"
+"""First key of the Postgres advisory locks that serialise one cache key."""
+
+
+def _claim_rank(queue: InstrumentedAttribute[str]) -> ColumnElement[int]:
+    """Return SQL computing :attr:`ExecutionQueue.rank` of a ``queue`` column."""
+    return case(
+        (queue == ExecutionQueue.INTERACTIVE.value, ExecutionQueue.INTERACTIVE.rank),
+        else_=ExecutionQueue.BATCH.rank,
+    )
+
+
+def _build_claim_next(*, with_woken_for: bool) -> Update:
+    """Build the statement of :meth:`ExecutionStore.claim_next`, once.
+
+    It is on every execution's path from queue to kernel, and building it
+    per call (ORM expressions on an alias) cost a few milliseconds of CPU,
+    more than running it; its values are bound parameters instead.
+    """
+    now = bindparam("claim_now", type_=UTCDateTime())
+    # An alias, so the subquery is not correlated with the updated table.
+    queued = aliased(_E)
+    ready = [queued.not_before.is_(None), queued.not_before <= now]
+    if with_woken_for:
+        ready.append(queued.id == bindparam("claim_woken_for", type_=String()))
+    candidate = (
+        select(queued.id)
+        .where(
+            queued.status == ExecutionStatus.QUEUED.value,
+            queued.shares_run_of.is_(None),
+            queued.attempts < bindparam("claim_max_attempts", type_=Integer()),
+            or_(*ready),
+        )
+        .order_by(_claim_rank(queued.queue), queued.created_at, queued.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(_E)
+        .where(_E.id == candidate, _E.status == ExecutionStatus.QUEUED.value)
+        .values(
+            status=ExecutionStatus.RUNNING.value,
+            attempts=_E.attempts + 1,
+            started_at=now,
+            lease_expires_at=bindparam("claim_lease_until", type_=UTCDateTime()),
+            not_before=None,
+        )
+        .returning(*_SUMMARY_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_CLAIM_NEXT = {
+    with_woken_for: _build_claim_next(with_woken_for=with_woken_for)
+    for with_woken_for in (False, True)
+}
+"""The claim statements, without and with a ``claim_woken_for`` parameter."""
 
 
 class ExecutionFinishedError(NoteburstError):
@@ -197,6 +277,9 @@ def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Executio
         finished_at=row.finished_at,
         notebook=notebook,
         error=ExecutionError.from_json(row.error) if row.error is not None else None,
+        queue=ExecutionQueue(row.queue),
+        cached_from=row.cached_from,
+        shares_run_of=row.shares_run_of,
     )
 
 
@@ -244,6 +327,8 @@ class ExecutionStore:
         source_text: str,
         cells_total: int,
         now: datetime,
+        queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
+        cache_key: str | None = None,
     ) -> ExecutionEvent:
         """Record a new execution, queued, with its first event.
 
@@ -261,6 +346,11 @@ class ExecutionStore:
             Number of code cells.
         now
             Submission time; becomes ``created_at``.
+        queue
+            Which queue it waits in.
+        cache_key
+            Its result cache key if its success is to be cached (and
+            identical submissions may share its run), else None.
 
         Returns
         -------
@@ -282,6 +372,8 @@ class ExecutionStore:
                 attempts=0,
                 last_sequence=1,
                 created_at=now,
+                queue=queue.value,
+                cache_key=cache_key,
             )
         )
         return await self._insert_event(
@@ -322,6 +414,8 @@ class ExecutionStore:
         if row is None:
             return None
         notebook = await _parse_json(row.result_notebook) if with_notebook else None
+        if row.shares_run_of is not None and row.status in _UNFINISHED:
+            return await self._follower_view(row, notebook)
         return _to_domain(row, notebook)
 
     async def get_result_notebook(self, execution_id: str) -> dict[str, Any] | None:
@@ -662,21 +756,25 @@ class ExecutionStore:
         conditions: builtins.list[ColumnElement[bool]] = [_E.status.in_(_UNFINISHED)]
         if attempt is not None:
             conditions.append(_E.attempts == attempt)
-        return await self._change(
+        values = {
+            "status": status.value,
+            "finished_at": now,
+            "lease_expires_at": None,
+            "result_notebook": result_text,
+            "error": error.to_json() if error is not None else None,
+        }
+        event = await self._change(
             execution_id,
             conditions=conditions,
-            values={
-                "status": status.value,
-                "finished_at": now,
-                "lease_expires_at": None,
-                "result_notebook": result_text,
-                "error": error.to_json() if error is not None else None,
-            },
+            values=values,
             kind=EventKind.FINISHED,
             status=status,
             cell_index=None,
             now=now,
         )
+        if event is not None:
+            await self._finish_followers(execution_id, values, event)
+        return event
 
     async def requeue(
         self,
@@ -684,6 +782,7 @@ class ExecutionStore:
         *,
         now: datetime,
         lease_expired_before: datetime | None = None,
+        not_before: datetime | None = None,
     ) -> ExecutionEvent | None:
         """Put a lost running execution back in the queue.
 
@@ -697,6 +796,9 @@ class ExecutionStore:
         queue message.  When ``attempts`` has reached the limit,
         :meth:`claim` would refuse it; finish it instead, with
         ``ExecutionStatus.FAILED`` and ``ErrorCode.WORKER_LOST``.
+
+        ``not_before`` holds a retry back: :meth:`claim_next` leaves it to
+        other wake-ups until then (its own, delayed, message may take it).
 
         Returns
         -------
@@ -715,6 +817,7 @@ class ExecutionStore:
                 "status": ExecutionStatus.QUEUED.value,
                 "lease_expires_at": None,
                 "cells_done": 0,
+                "not_before": None if not_before is None else _utc(not_before),
             },
             kind=EventKind.QUEUED,
             status=ExecutionStatus.QUEUED,
@@ -753,10 +856,11 @@ class ExecutionStore:
         ----------
         now
             Current time; running executions with a lease expiring before it
-            are lost.
+            are lost, and retries whose backoff ends by then are due.
         queued_before
             Queued executions created before this may have lost their queue
-            message.
+            message (followers of a shared run have none, and retries still
+            in backoff are left to their delayed message).
 
         Returns
         -------
@@ -770,6 +874,11 @@ class ExecutionStore:
             .where(
                 _E.status == ExecutionStatus.QUEUED.value,
                 _E.created_at < queued_before,
+                # A follower is never claimed: its leader's message is what counts.
+                _E.shares_run_of.is_(None),
+                # A retry in backoff has its delayed message; resending now
+                # would cut the backoff short.
+                or_(_E.not_before.is_(None), _E.not_before <= now),
             )
             .order_by(_E.created_at, _E.id)
         )
@@ -782,6 +891,335 @@ class ExecutionStore:
             .order_by(_E.created_at, _E.id)
         )
         return builtins.list(queued), builtins.list(lost)
+
+    async def claim_next(
+        self,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        max_attempts: int,
+        woken_for: str | None = None,
+    ) -> Execution | None:
+        """Take the queued execution that should run next, if there is one.
+
+        The database is the queue: whichever execution a worker's message
+        named, the worker takes the first queued execution in claim order
+        (interactive before batch, then oldest first), so a free worker
+        always serves the most urgent work, and every message (one is sent
+        per queued execution, and the recovery sweep resends lost ones)
+        starts one execution or finds the queue empty.  On Postgres the
+        candidate row is locked with ``FOR UPDATE SKIP LOCKED``, so
+        concurrent claimers take different executions instead of queueing
+        on one row lock; on SQLite every transaction holds the database's
+        write lock (``BEGIN IMMEDIATE``), which serialises claimers.
+
+        Skipped: followers of a shared run (they never run themselves),
+        executions out of attempts, and retries still in backoff (see
+        :meth:`requeue`), except the one ``woken_for`` names: its message
+        was delayed by that backoff, so its delivery means the wait is over.
+
+        Appends no event: append ``RUNNING`` with :meth:`append_event` in
+        the same transaction.
+
+        Returns
+        -------
+        Execution or None
+            The claimed execution (as :meth:`claim` returns it), or None if
+            nothing is ready to run.
+        """
+        statement = _CLAIM_NEXT[woken_for is not None]
+        parameters = {
+            "claim_now": _utc(now),
+            "claim_lease_until": _utc(lease_until),
+            "claim_max_attempts": max_attempts,
+            "claim_woken_for": woken_for,
+        }
+        row = (await self._session.execute(statement, parameters)).one_or_none()
+        return None if row is None else _to_domain(row)
+
+    async def queue_position(self, execution_id: str) -> int | None:
+        """Where an execution stands in the claim order of :meth:`claim_next`.
+
+        Returns
+        -------
+        int or None
+            1 + the number of queued executions a free worker would take
+            before it (a follower stands where the run it shares does), or
+            None if it is not queued (or unknown).  Retries in backoff are
+            counted where their order puts them: they run first once ready.
+        """
+        columns = (_E.id, _E.status, _E.queue, _E.created_at, _E.shares_run_of)
+        row = (
+            await self._session.execute(select(*columns).where(_E.id == execution_id))
+        ).one_or_none()
+        if row is not None and row.shares_run_of is not None:
+            if row.status != ExecutionStatus.QUEUED.value:
+                return None
+            row = (
+                await self._session.execute(
+                    select(*columns).where(_E.id == row.shares_run_of)
+                )
+            ).one_or_none()
+        if row is None or row.status != ExecutionStatus.QUEUED.value:
+            return None
+        rank = ExecutionQueue(row.queue).rank
+        ahead = await self._session.scalar(
+            select(func.count())
+            .select_from(_E)
+            .where(
+                _E.status == ExecutionStatus.QUEUED.value,
+                _E.shares_run_of.is_(None),
+                or_(
+                    _claim_rank(_E.queue) < rank,
+                    and_(
+                        _claim_rank(_E.queue) == rank,
+                        or_(
+                            _E.created_at < row.created_at,
+                            and_(_E.created_at == row.created_at, _E.id < row.id),
+                        ),
+                    ),
+                ),
+            )
+        )
+        return int(ahead or 0) + 1
+
+    async def lock_cache_key(self, cache_key: str) -> None:
+        """Serialise submissions of one cache key until this transaction ends.
+
+        Looking for a cached result or a run to share, then adding an
+        execution, must be atomic per key, or two identical submissions
+        arriving together would both start a run.  Postgres takes a
+        transaction-scoped advisory lock on the key (two-key form, in its
+        own key space); on SQLite the transaction already holds the write
+        lock.
+        """
+        if self._notify:  # i.e. Postgres
+            objid = int.from_bytes(bytes.fromhex(cache_key[:8]), "big", signed=True)
+            await self._session.execute(
+                select(func.pg_advisory_xact_lock(_CACHE_LOCK_CLASS, objid))
+            )
+
+    async def find_cached(
+        self, cache_key: str, *, finished_after: datetime | None
+    ) -> str | None:
+        """Return the id of the newest successful run of a cache key, if any.
+
+        Parameters
+        ----------
+        cache_key
+            The key.
+        finished_after
+            Only a run that finished at or after this counts; None: any.
+        """
+        query = select(_E.id).where(
+            _E.cache_key == cache_key,
+            _E.status == ExecutionStatus.SUCCEEDED.value,
+        )
+        if finished_after is not None:
+            query = query.where(_E.finished_at >= _utc(finished_after))
+        query = query.order_by(_E.finished_at.desc(), _E.id).limit(1)
+        found: str | None = await self._session.scalar(query)
+        return found
+
+    async def find_shared_run(
+        self, cache_key: str, *, include_running: bool
+    ) -> str | None:
+        """Return the id of the oldest unfinished run of a cache key, if any.
+
+        Parameters
+        ----------
+        cache_key
+            The key.
+        include_running
+            Also a run that has started; otherwise only a queued one.
+        """
+        statuses = _UNFINISHED if include_running else (ExecutionStatus.QUEUED.value,)
+        found: str | None = await self._session.scalar(
+            select(_E.id)
+            .where(_E.cache_key == cache_key, _E.status.in_(statuses))
+            .order_by(_E.created_at, _E.id)
+            .limit(1)
+        )
+        return found
+
+    async def add_follower(
+        self,
+        *,
+        execution_id: str,
+        leader_id: str,
+        kernel_name: str,
+        timeout_seconds: float,
+        source_text: str,
+        cells_total: int,
+        queue: ExecutionQueue,
+        now: datetime,
+    ) -> None:
+        """Record an execution that shares the run of ``leader_id``.
+
+        The follower is never claimed; until it finishes, :meth:`get` shows
+        the leader's status and progress under its id, and its events are
+        the leader's.  :meth:`finish` of the leader finishes it likewise,
+        in the same transaction.  An interactive follower moves a queued
+        leader to the interactive queue, as someone is now waiting for it.
+        """
+        now = _utc(now)
+        await self._session.execute(
+            insert(_E).values(
+                id=execution_id,
+                status=ExecutionStatus.QUEUED.value,
+                kernel_name=kernel_name,
+                timeout_seconds=timeout_seconds,
+                source_notebook=source_text,
+                result_notebook=None,
+                cells_total=cells_total,
+                cells_done=0,
+                error=None,
+                attempts=0,
+                last_sequence=0,
+                created_at=now,
+                queue=queue.value,
+                shares_run_of=leader_id,
+            )
+        )
+        if queue is ExecutionQueue.INTERACTIVE:
+            await self._session.execute(
+                update(_E)
+                .where(
+                    _E.id == leader_id,
+                    _E.status == ExecutionStatus.QUEUED.value,
+                    _E.queue != queue.value,
+                )
+                .values(queue=queue.value)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def add_cache_hit(
+        self,
+        *,
+        execution_id: str,
+        cached_from: str,
+        timeout_seconds: float,
+        source_text: str,
+        queue: ExecutionQueue,
+        now: datetime,
+    ) -> ExecutionEvent | None:
+        """Record a new execution that succeeded by reusing a stored result.
+
+        The executed notebook is copied inside the database (no round trip
+        of a possibly large text); the new execution is ``SUCCEEDED`` at
+        once, with one event: ``FINISHED``, sequence 1.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``FINISHED`` event, or None if ``cached_from`` is gone.
+        """
+        now = _utc(now)
+        timestamp = _E.created_at.type
+        source = select(
+            literal(execution_id),
+            literal(ExecutionStatus.SUCCEEDED.value),
+            _E.kernel_name,
+            literal(timeout_seconds),
+            literal(source_text),
+            _E.result_notebook,
+            _E.cells_total,
+            _E.cells_done,
+            literal(0),
+            literal(1),
+            literal(now, timestamp),
+            literal(now, timestamp),
+            literal(queue.value),
+            _E.id,
+        ).where(_E.id == cached_from, _E.status == ExecutionStatus.SUCCEEDED.value)
+        await self._session.execute(
+            insert(_E).from_select(
+                [
+                    _E.id,
+                    _E.status,
+                    _E.kernel_name,
+                    _E.timeout_seconds,
+                    _E.source_notebook,
+                    _E.result_notebook,
+                    _E.cells_total,
+                    _E.cells_done,
+                    _E.attempts,
+                    _E.last_sequence,
+                    _E.created_at,
+                    _E.finished_at,
+                    _E.queue,
+                    _E.cached_from,
+                ],
+                source,
+            )
+        )
+        # None if nothing was copied (the cached execution is gone).
+        cells_done = await self._session.scalar(
+            select(_E.cells_done).where(_E.id == execution_id)
+        )
+        if cells_done is None:
+            return None
+        return await self._insert_event(
+            execution_id,
+            sequence=1,
+            kind=EventKind.FINISHED,
+            status=ExecutionStatus.SUCCEEDED,
+            cell_index=None,
+            cells_done=cells_done,
+            message=f"result reused from execution {cached_from}",
+            now=now,
+        )
+
+    async def _finish_followers(
+        self, leader_id: str, values: dict[str, Any], event: ExecutionEvent
+    ) -> None:
+        """Give the followers of a run that just finished its end and result."""
+        leader = aliased(_E)
+        await self._session.execute(
+            update(_E)
+            .where(_E.shares_run_of == leader_id, _E.status.in_(_UNFINISHED))
+            .values(
+                {
+                    **values,
+                    "cells_done": event.cells_done,
+                    "last_sequence": event.sequence,
+                    "attempts": select(leader.attempts)
+                    .where(leader.id == leader_id)
+                    .scalar_subquery(),
+                    "started_at": select(leader.started_at)
+                    .where(leader.id == leader_id)
+                    .scalar_subquery(),
+                }
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    async def _follower_view(
+        self, row: _AnyRow, notebook: dict[str, Any] | None
+    ) -> Execution:
+        """Show an unfinished follower as its leader's status and progress."""
+        own = _to_domain(row, notebook)
+        leader_row = (
+            await self._session.execute(
+                select(*_SUMMARY_COLUMNS).where(_E.id == row.shares_run_of)
+            )
+        ).one_or_none()
+        if leader_row is None:
+            return own
+        leader = _to_domain(leader_row)
+        return dataclasses.replace(
+            own,
+            status=leader.status,
+            progress=Progress(
+                cells_total=own.progress.cells_total,
+                cells_done=leader.progress.cells_done,
+            ),
+            attempts=leader.attempts,
+            last_sequence=leader.last_sequence,
+            started_at=leader.started_at,
+            finished_at=leader.finished_at,
+            error=leader.error,
+        )
 
     async def _change(
         self,

@@ -1,8 +1,10 @@
 """The queue that carries execution ids from the API to workers.
 
-Messages are only triggers: the database row is the truth, and a worker
-claims it with a conditional update, so a lost or duplicated message costs
-nothing but a sweep (see :mod:`noteburst.services.runner`).  The web tier
+Messages are only wake-ups: the database is the truth and the queue, and a
+woken worker claims the most urgent queued execution with a conditional
+update (not necessarily the one the message named), so a lost or
+duplicated message costs nothing but a sweep (see
+:mod:`noteburst.services.runner`).  The web tier
 sends by actor and queue *name*, so it never imports worker code.
 
 Two brokers sit behind one interface: Redis for the deployed service, and

@@ -1,0 +1,267 @@
+"""The result cache and shared runs in ExecutionStore, on SQLite and Postgres.
+
+Cached results are found by key and age and copied into cache hits;
+followers of a shared run show its state, are never claimed or resent, and
+finish with it in the same transaction, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from noteburst.domain.execution import (
+    ErrorCode,
+    EventKind,
+    ExecutionError,
+    ExecutionQueue,
+    ExecutionStatus,
+)
+from noteburst.storage import Database
+
+T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+KEY = "ab" * 32
+SOURCE = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+RESULT = json.dumps({"cells": [], "metadata": {"ran": True}, "nbformat": 4})
+
+
+async def add_run(
+    database: Database,
+    *,
+    now: datetime = T0,
+    key: str | None = KEY,
+    queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
+) -> str:
+    execution_id = str(uuid.uuid4())
+    async with database.transaction() as store:
+        await store.add(
+            execution_id=execution_id,
+            kernel_name="python3",
+            timeout_seconds=60.0,
+            source_text=SOURCE,
+            cells_total=2,
+            now=now,
+            queue=queue,
+            cache_key=key,
+        )
+    return execution_id
+
+
+async def add_follower(
+    database: Database,
+    leader_id: str,
+    *,
+    queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
+    now: datetime = T0,
+) -> str:
+    execution_id = str(uuid.uuid4())
+    async with database.transaction() as store:
+        await store.add_follower(
+            execution_id=execution_id,
+            leader_id=leader_id,
+            kernel_name="python3",
+            timeout_seconds=60.0,
+            source_text=SOURCE,
+            cells_total=2,
+            queue=queue,
+            now=now,
+        )
+    return execution_id
+
+
+async def run_to_end(
+    database: Database,
+    *,
+    now: datetime,
+    status: ExecutionStatus = ExecutionStatus.SUCCEEDED,
+    error: ExecutionError | None = None,
+) -> str:
+    async with database.transaction() as store:
+        claimed = await store.claim_next(
+            now=now, lease_until=now + LEASE, max_attempts=3
+        )
+        assert claimed is not None
+        await store.append_event(
+            claimed.id,
+            kind=EventKind.RUNNING,
+            status=ExecutionStatus.RUNNING,
+            cells_done=0,
+            now=now,
+        )
+    async with database.transaction() as store:
+        await store.append_event(
+            claimed.id,
+            kind=EventKind.CELL_FINISHED,
+            status=ExecutionStatus.RUNNING,
+            cell_index=0,
+            cells_done=2,
+            now=now,
+        )
+        assert await store.finish(
+            claimed.id,
+            status=status,
+            result_text=RESULT,
+            error=error,
+            now=now,
+            attempt=claimed.attempts,
+        )
+    return claimed.id
+
+
+@pytest.mark.asyncio
+async def test_the_newest_success_within_the_age_is_found(database: Database) -> None:
+    async with database.transaction() as store:
+        assert await store.find_cached(KEY, finished_after=None) is None
+    old = await add_run(database, now=T0)
+    assert await run_to_end(database, now=T0 + timedelta(minutes=1)) == old
+    new = await add_run(database, now=T0 + timedelta(minutes=2))
+    assert await run_to_end(database, now=T0 + timedelta(minutes=3)) == new
+    await add_run(database, now=T0 + timedelta(minutes=4))
+    await run_to_end(
+        database,
+        now=T0 + timedelta(minutes=5),
+        status=ExecutionStatus.FAILED,
+        error=ExecutionError(code=ErrorCode.CELL_ERROR, message="boom"),
+    )
+    await add_run(database, now=T0 + timedelta(minutes=6), key=None)
+    await run_to_end(database, now=T0 + timedelta(minutes=7))
+    async with database.transaction() as store:
+        # Failures and runs without a key are never results of the key.
+        assert await store.find_cached(KEY, finished_after=None) == new
+        at_limit = T0 + timedelta(minutes=3)
+        assert await store.find_cached(KEY, finished_after=at_limit) == new
+        too_late = at_limit + timedelta(microseconds=1)
+        assert await store.find_cached(KEY, finished_after=too_late) is None
+        assert await store.find_cached("cd" * 32, finished_after=None) is None
+
+
+@pytest.mark.asyncio
+async def test_a_cache_hit_is_a_new_succeeded_execution_with_the_result(
+    database: Database,
+) -> None:
+    cached = await add_run(database)
+    await run_to_end(database, now=T0 + timedelta(minutes=1))
+    hit_id = str(uuid.uuid4())
+    now = T0 + timedelta(hours=1)
+    async with database.transaction() as store:
+        event = await store.add_cache_hit(
+            execution_id=hit_id,
+            cached_from=cached,
+            timeout_seconds=5.0,
+            source_text=SOURCE,
+            queue=ExecutionQueue.BATCH,
+            now=now,
+        )
+        missing = await store.add_cache_hit(
+            execution_id=str(uuid.uuid4()),
+            cached_from=str(uuid.uuid4()),
+            timeout_seconds=5.0,
+            source_text=SOURCE,
+            queue=ExecutionQueue.BATCH,
+            now=now,
+        )
+    assert missing is None
+    assert event is not None
+    assert (event.sequence, event.kind, event.status) == (
+        1,
+        EventKind.FINISHED,
+        ExecutionStatus.SUCCEEDED,
+    )
+    async with database.transaction() as store:
+        hit = await store.get(hit_id, with_notebook=True)
+        events = await store.events_after(hit_id, 0)
+        # A hit is not itself a cached result (its age would be wrong).
+        assert await store.find_cached(KEY, finished_after=None) == cached
+    assert hit is not None
+    assert hit.status is ExecutionStatus.SUCCEEDED
+    assert hit.cache_hit
+    assert hit.cached_from == cached
+    assert hit.queue is ExecutionQueue.BATCH
+    assert hit.timeout_seconds == 5.0
+    assert (hit.created_at, hit.finished_at, hit.started_at) == (now, now, None)
+    assert (hit.progress.cells_total, hit.progress.cells_done) == (2, 2)
+    assert hit.notebook == json.loads(RESULT)
+    assert events == [event]
+
+
+@pytest.mark.asyncio
+async def test_followers_show_the_shared_run_and_finish_with_it(
+    database: Database,
+) -> None:
+    leader = await add_run(database, queue=ExecutionQueue.BATCH)
+    other = await add_run(database, key=None, now=T0 + timedelta(seconds=1))
+    # A batch follower leaves the leader where it is...
+    batch_follower = await add_follower(database, leader, queue=ExecutionQueue.BATCH)
+    async with database.transaction() as store:
+        assert await store.queue_position(leader) == 2
+        assert await store.queue_position(batch_follower) == 2
+        assert await store.find_shared_run(KEY, include_running=False) == leader
+        queued, _ = await store.find_orphans(now=T0, queued_before=T0 + LEASE)
+    assert queued == [leader, other]  # a follower is never resent
+    # ...an interactive one moves it to the interactive queue.
+    follower = await add_follower(database, leader)
+    async with database.transaction() as store:
+        assert await store.queue_position(follower) == 1
+        assert await store.queue_position(other) == 2
+
+    now = T0 + timedelta(minutes=1)
+    async with database.transaction() as store:
+        claimed = await store.claim_next(
+            now=now, lease_until=now + LEASE, max_attempts=3
+        )
+        assert claimed is not None
+        assert claimed.id == leader  # followers are never claimed
+        await store.append_event(
+            leader,
+            kind=EventKind.RUNNING,
+            status=ExecutionStatus.RUNNING,
+            cells_done=0,
+            now=now,
+        )
+    async with database.transaction() as store:
+        shown = await store.get(follower)
+        led = await store.get(leader)
+        assert await store.find_shared_run(KEY, include_running=False) is None
+        assert await store.find_shared_run(KEY, include_running=True) == leader
+        assert await store.queue_position(follower) is None
+    assert shown is not None
+    assert led is not None
+    assert shown.id == follower
+    assert shown.shares_run_of == leader
+    assert (shown.status, shown.started_at, shown.attempts) == (
+        ExecutionStatus.RUNNING,
+        now,
+        1,
+    )
+    assert shown.last_sequence == led.last_sequence == 2
+
+    # However the shared run ends (here: a sweeper giving up on it), its
+    # followers end the same way, in the same transaction.
+    error = ExecutionError(code=ErrorCode.WORKER_LOST, message="lost")
+    async with database.transaction() as store:
+        final = await store.finish(
+            leader,
+            status=ExecutionStatus.FAILED,
+            result_text=None,
+            error=error,
+            now=now,
+        )
+    assert final is not None
+    async with database.transaction() as store:
+        for follower_id in (follower, batch_follower):
+            ended = await store.get(follower_id)
+            assert ended is not None
+            assert (ended.status, ended.error, ended.finished_at) == (
+                ExecutionStatus.FAILED,
+                error,
+                now,
+            )
+            assert ended.last_sequence == final.sequence
+            assert ended.started_at == now
+        untouched = await store.get(other)
+    assert untouched is not None
+    assert untouched.status is ExecutionStatus.QUEUED
