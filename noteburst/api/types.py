@@ -97,6 +97,21 @@ class Execution:
     error: ExecutionError | None = strawberry.field(
         description="Why it did not succeed; null while running and on success."
     )
+    cell_timeout_seconds: float | None = strawberry.field(
+        description="Timeout for each cell; null for none."
+    )
+    no_output_timeout_seconds: float | None = strawberry.field(
+        description="How long a cell may produce no output; null for no limit."
+    )
+    outputs_truncated: bool = strawberry.field(
+        description=(
+            "Whether outputs were cut or dropped under the output limits (each "
+            "cut is marked in the notebook with '[Noteburst: output truncated')."
+        )
+    )
+    cancel_requested: bool = strawberry.field(
+        description="Whether cancelExecution was called while it was running."
+    )
 
     @strawberry.field(
         description=(
@@ -153,6 +168,10 @@ class Execution:
             error=ExecutionError.from_domain(execution.error)
             if execution.error
             else None,
+            cell_timeout_seconds=execution.cell_timeout_seconds,
+            no_output_timeout_seconds=execution.no_output_timeout_seconds,
+            outputs_truncated=execution.outputs_truncated,
+            cancel_requested=execution.cancel_requested_at is not None,
         )
 
 

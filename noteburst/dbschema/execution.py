@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -63,6 +64,17 @@ class ExecutionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cell_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    """Limit per cell; NULL for none."""
+    no_output_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    """Limit on a cell's silence; NULL for none."""
+    outputs_truncated: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("false")
+    )
+    """Whether the executed notebook's outputs were cut under the limits."""
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When cancellation of the running execution was asked for; its worker
+    is told with a notification and ends it ``cancelled``."""
 
     __table_args__ = (
         # Keyset pagination newest first: ORDER BY created_at DESC, id DESC.

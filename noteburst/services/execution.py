@@ -30,7 +30,7 @@ from ..exceptions import (
 )
 from ..storage.database import Database
 from ..storage.events import EventBus
-from ..storage.execution import cursor_for
+from ..storage.execution import cancel_signal_key, cursor_for
 from ..storage.taskqueue import TaskQueue
 
 __all__ = [
@@ -54,6 +54,8 @@ class SubmissionLimits:
     default_kernel_name: str
     kernel_names: Sequence[str]
     max_page_size: int = 100
+    default_cell_timeout_seconds: float | None = None
+    default_no_output_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,8 @@ class ExecutionService:
         kernel_name: str | None = None,
         timeout_seconds: float | None = None,
         parameters: object = None,
+        cell_timeout_seconds: float | None = None,
+        no_output_timeout_seconds: float | None = None,
     ) -> Execution:
         """Check a notebook, store it as a queued execution and enqueue it.
 
@@ -124,6 +128,11 @@ class ExecutionService:
             Values injected as papermill does (a cell tagged
             ``injected-parameters`` after the cell tagged ``parameters``, or
             at the top), checked against the parameters cell's defaults.
+        cell_timeout_seconds
+            Limit per cell; default from configuration (maybe none).
+        no_output_timeout_seconds
+            Limit on how long a cell may send nothing; default from
+            configuration (maybe none).
 
         Returns
         -------
@@ -137,13 +146,23 @@ class ExecutionService:
         UnknownKernelError
             Raised if the kernel is not available here.
         InvalidInputError
-            Raised if the timeout is out of range, or parameters is not an
-            object.
+            Raised if a timeout is out of range (the field is named), or
+            parameters is not an object.
         InvalidParametersError
             Raised if a parameter is not an identifier or its value does not
             fit its default's type.
         """
         timeout = self._check_timeout(timeout_seconds)
+        cell_timeout = self._check_optional_timeout(
+            "cellTimeoutSeconds",
+            cell_timeout_seconds,
+            self._limits.default_cell_timeout_seconds,
+        )
+        no_output_timeout = self._check_optional_timeout(
+            "noOutputTimeoutSeconds",
+            no_output_timeout_seconds,
+            self._limits.default_no_output_timeout_seconds,
+        )
         accepted = accept_notebook(notebook, max_bytes=self._limits.max_notebook_bytes)
         name = (
             kernel_name
@@ -172,6 +191,8 @@ class ExecutionService:
                 source_text=source_text,
                 cells_total=cells_total,
                 now=datetime.now(UTC),
+                cell_timeout_seconds=cell_timeout,
+                no_output_timeout_seconds=no_output_timeout,
             )
             execution = await store.get(execution_id)
         assert execution is not None
@@ -186,6 +207,44 @@ class ExecutionService:
                 "Queue unavailable; execution left for the recovery sweep",
                 execution_id=execution_id,
             )
+        return execution
+
+    async def cancel(self, execution_id: str) -> Execution:
+        """Cancel an execution; idempotent.
+
+        A queued execution ends ``cancelled`` at once.  For a running one the
+        request is recorded and its worker (in whatever process) is told;
+        it interrupts the kernel and ends the execution ``cancelled`` with
+        the notebook as far as it got, which subscribers see as the
+        terminal event.  A finished execution is returned unchanged.
+
+        Returns
+        -------
+        Execution
+            The execution after the request: ``cancelled`` if it was queued,
+            still ``running`` (with ``cancel_requested_at``) if it was
+            running, as it was if it had finished.
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution.
+        """
+        async with self._db.transaction() as store:
+            event = await store.request_cancel(execution_id, now=datetime.now(UTC))
+            execution = await store.get(execution_id)
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        if event is not None:
+            self._bus.announce(execution_id, event.sequence)
+        elif execution.status is ExecutionStatus.RUNNING:
+            # For the in-process bus; on Postgres the NOTIFY already went out.
+            self._bus.announce(cancel_signal_key(execution_id), 0)
+        _logger.info(
+            "Cancellation requested",
+            execution_id=execution_id,
+            status=execution.status.value,
+        )
         return execution
 
     async def get(self, execution_id: str) -> Execution | None:
@@ -287,6 +346,21 @@ class ExecutionService:
                 f"must be at most {self._limits.max_timeout_seconds:g}",
             )
         return timeout_seconds
+
+    def _check_optional_timeout(
+        self, field: str, value: float | None, default: float | None
+    ) -> float | None:
+        if value is None:
+            return default
+        return _positive_timeout(field, value, self._limits.max_timeout_seconds)
+
+
+def _positive_timeout(field: str, value: float, maximum: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(field, "must be a positive number")
+    if value > maximum:
+        raise InvalidInputError(field, f"must be at most {maximum:g}")
+    return value
 
 
 def _runnable_cell_count(notebook: dict[str, Any]) -> int:

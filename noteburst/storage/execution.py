@@ -28,12 +28,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from noteburst.constants import EVENTS_CHANNEL
+from noteburst.constants import CANCELS_CHANNEL, EVENTS_CHANNEL
 from noteburst.dbschema import ExecutionEventRow, ExecutionRow
 from noteburst.domain.execution import (
+    ErrorCode,
     EventKind,
     Execution,
     ExecutionError,
@@ -47,7 +58,13 @@ from noteburst.exceptions import (
     NoteburstError,
 )
 
-__all__ = ["ExecutionFinishedError", "ExecutionStore", "NewEvent", "cursor_for"]
+__all__ = [
+    "ExecutionFinishedError",
+    "ExecutionStore",
+    "NewEvent",
+    "cancel_signal_key",
+    "cursor_for",
+]
 
 _AnyRow = Row[*tuple[Any, ...]]
 _E = ExecutionRow
@@ -70,6 +87,10 @@ _SUMMARY_COLUMNS = (
     _E.created_at,
     _E.started_at,
     _E.finished_at,
+    _E.cell_timeout_seconds,
+    _E.no_output_timeout_seconds,
+    _E.outputs_truncated,
+    _E.cancel_requested_at,
 )
 """Everything :class:`Execution` needs, without the two notebook texts."""
 
@@ -123,6 +144,17 @@ class NewEvent:
     cells_done: int
     created_at: datetime
     cell_index: int | None = None
+
+
+def cancel_signal_key(execution_id: str) -> str:
+    """Return the key under which an execution's cancellation is announced.
+
+    Workers subscribe to it on their cancellation bus (LISTEN on
+    :data:`~noteburst.constants.CANCELS_CHANNEL` on Postgres, the shared
+    in-process bus otherwise); it differs from the execution id so that an
+    in-process bus does not wake the worker for every progress event.
+    """
+    return f"cancel:{execution_id}"
 
 
 def cursor_for(execution: Execution) -> str:
@@ -191,6 +223,10 @@ def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Executio
         finished_at=row.finished_at,
         notebook=notebook,
         error=ExecutionError.from_json(row.error) if row.error is not None else None,
+        cell_timeout_seconds=row.cell_timeout_seconds,
+        no_output_timeout_seconds=row.no_output_timeout_seconds,
+        outputs_truncated=bool(row.outputs_truncated),
+        cancel_requested_at=row.cancel_requested_at,
     )
 
 
@@ -236,6 +272,8 @@ class ExecutionStore:
         source_text: str,
         cells_total: int,
         now: datetime,
+        cell_timeout_seconds: float | None = None,
+        no_output_timeout_seconds: float | None = None,
     ) -> ExecutionEvent:
         """Record a new execution, queued, with its first event.
 
@@ -253,6 +291,10 @@ class ExecutionStore:
             Number of code cells.
         now
             Submission time; becomes ``created_at``.
+        cell_timeout_seconds
+            Limit per cell, or None.
+        no_output_timeout_seconds
+            Limit on a cell's silence, or None.
 
         Returns
         -------
@@ -274,6 +316,8 @@ class ExecutionStore:
                 attempts=0,
                 last_sequence=1,
                 created_at=now,
+                cell_timeout_seconds=cell_timeout_seconds,
+                no_output_timeout_seconds=no_output_timeout_seconds,
             )
         )
         return await self._insert_event(
@@ -412,6 +456,7 @@ class ExecutionStore:
             .where(
                 _E.id == execution_id,
                 _E.attempts < max_attempts,
+                _E.cancel_requested_at.is_(None),
                 or_(
                     _E.status == ExecutionStatus.QUEUED.value,
                     and_(
@@ -610,6 +655,7 @@ class ExecutionStore:
         error: ExecutionError | None,
         now: datetime,
         attempt: int | None = None,
+        outputs_truncated: bool = False,
     ) -> ExecutionEvent | None:
         """Finish an execution, once.
 
@@ -631,6 +677,8 @@ class ExecutionStore:
         attempt
             If given, finish only if this is still the current attempt (see
             :meth:`renew_lease`).
+        outputs_truncated
+            Whether the executed notebook's outputs were cut under limits.
 
         Returns
         -------
@@ -659,12 +707,81 @@ class ExecutionStore:
                 "lease_expires_at": None,
                 "result_notebook": result_text,
                 "error": error.to_json() if error is not None else None,
+                "outputs_truncated": outputs_truncated,
             },
             kind=EventKind.FINISHED,
             status=status,
             cell_index=None,
             now=now,
         )
+
+    async def request_cancel(
+        self, execution_id: str, *, now: datetime
+    ) -> ExecutionEvent | None:
+        """Cancel an execution: at once if queued, through its worker if running.
+
+        A queued execution is finished ``cancelled`` here (a worker that
+        receives its message later finds nothing to claim).  A running one
+        gets ``cancel_requested_at`` (kept from the first request) and, on
+        Postgres, a notification on :data:`~noteburst.constants.CANCELS_CHANNEL`
+        (delivered on commit) for the worker that runs it, which interrupts
+        the kernel and finishes it ``cancelled`` with its partial notebook;
+        :meth:`claim` no longer takes it.  A finished execution is left
+        unchanged.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``FINISHED`` event if a queued execution was cancelled; None
+            otherwise (running, finished or unknown: read it to tell).
+        """
+        now = _utc(now)
+        event = await self._change(
+            execution_id,
+            conditions=[_E.status == ExecutionStatus.QUEUED.value],
+            values={
+                "status": ExecutionStatus.CANCELLED.value,
+                "finished_at": now,
+                "lease_expires_at": None,
+                "error": ExecutionError(
+                    code=ErrorCode.CANCELLED, message="cancelled before it started"
+                ).to_json(),
+            },
+            kind=EventKind.FINISHED,
+            status=ExecutionStatus.CANCELLED,
+            cell_index=None,
+            now=now,
+        )
+        if event is not None:
+            return event
+        statement = (
+            update(_E)
+            .where(_E.id == execution_id, _E.status == ExecutionStatus.RUNNING.value)
+            .values(
+                cancel_requested_at=func.coalesce(
+                    _E.cancel_requested_at,
+                    literal(now, type_=_E.cancel_requested_at.type),
+                )
+            )
+            .returning(_E.id)
+            .execution_options(synchronize_session=False)
+        )
+        running = (await self._session.execute(statement)).one_or_none()
+        if running is not None and self._notify:
+            payload = json.dumps(
+                {"id": cancel_signal_key(execution_id)}, separators=(",", ":")
+            )
+            await self._session.execute(
+                select(func.pg_notify(CANCELS_CHANNEL, payload))
+            )
+        return None
+
+    async def cancel_requested(self, execution_id: str) -> bool:
+        """Whether cancellation of the execution was asked for."""
+        requested = await self._session.scalar(
+            select(_E.cancel_requested_at).where(_E.id == execution_id)
+        )
+        return requested is not None
 
     async def requeue(
         self,
