@@ -8,6 +8,7 @@ clear reason.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -578,3 +579,42 @@ async def test_memory_exhaustion_under_a_limit_is_a_cell_error(
     next_outcome = await asyncio.wait_for(harness.runner.run(after.id), 120)
     assert next_outcome is not None
     assert next_outcome.status is ExecutionStatus.SUCCEEDED
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
+    harness: Harness,
+) -> None:
+    """After a timeout the kernel is interrupted, then shut down regardless.
+
+    It never serves another notebook: the next execution gets another one.
+    """
+    execution = await harness.service.submit(
+        notebook(
+            "import os, signal, time\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "print(os.getpid(), flush=True)\n"
+            "time.sleep(300)"
+        ),
+        cell_timeout_seconds=2,
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    pid = int(result["cells"][0]["outputs"][0]["text"])
+
+    async def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await wait_until(gone, f"kernel process {pid} is shut down", timeout=60)
+    after = await harness.service.submit(notebook("import os; print(os.getpid())"))
+    assert await asyncio.wait_for(harness.runner.run(after.id), 120) is not None
+    next_result = await harness.service.get_notebook(after.id)
+    assert next_result is not None
+    assert int(next_result["cells"][0]["outputs"][0]["text"]) != pid
