@@ -618,3 +618,26 @@ async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
     next_result = await harness.service.get_notebook(after.id)
     assert next_result is not None
     assert int(next_result["cells"][0]["outputs"][0]["text"]) != pid
+
+
+@pytest.mark.asyncio
+async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) -> None:
+    """One output over the websocket's 64 MiB limit: OUTPUT_TOO_LARGE, not a retry."""
+    execution = await harness.service.submit(
+        notebook("print('before')", "print('x' * (65 << 20))", "print('never')")
+    )
+    harness.broker.flush_all()
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert not outcome.retryable
+    assert outcome.error is not None
+    assert (outcome.status, outcome.error.code, outcome.error.cell_index) == (
+        ExecutionStatus.FAILED,
+        ErrorCode.OUTPUT_TOO_LARGE,
+        1,
+    ), outcome.error.message
+    assert "larger than 67108864 bytes" in outcome.error.message
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][0]["outputs"][0]["text"] == "before\n"
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
