@@ -641,3 +641,30 @@ async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) ->
     assert result is not None
     assert result["cells"][0]["outputs"][0]["text"] == "before\n"
     assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
+    harness: Harness,
+) -> None:
+    execution = await harness.service.submit(notebook("print('never')"))
+    harness.broker.flush_all()
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with harness.api.database.transaction() as store:
+        # A worker claimed it and died (its lease long expired).
+        assert await store.claim(
+            execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
+        )
+    requested = await harness.service.cancel(execution.id)
+    assert requested.status is ExecutionStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    # A duplicate message cannot claim it any more...
+    assert await harness.runner.run(execution.id) is None
+    # ...and the sweep ends it instead of queueing it again.
+    assert await harness.runner.recover() == 0
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.CANCELLED
+    assert final.error is not None
+    assert final.error.code is ErrorCode.CANCELLED
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
