@@ -176,6 +176,41 @@ class Config(BaseSettings):
         gt=0,
         description="Largest timeoutSeconds a submission may ask for.",
     )
+    default_cell_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Limit per cell when a submission gives no cellTimeoutSeconds. "
+            "Unset: none (the whole-execution timeout still applies)."
+        ),
+    )
+    default_no_output_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds a cell may send nothing (no output) before the execution "
+            "times out, when a submission gives no noOutputTimeoutSeconds. "
+            "Unset: none."
+        ),
+    )
+    max_output_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description=(
+            "Largest single output, in bytes (1 MiB): a longer stream is cut, "
+            "larger rich data replaced, with a marker; the execution's "
+            "outputsTruncated is then true."
+        ),
+    )
+    max_notebook_output_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Budget of all outputs of one execution, in bytes (16 MiB); once "
+            "spent, further outputs are dropped as they arrive (errors are "
+            "kept) and one marker per cell says so."
+        ),
+    )
 
     graphql_max_depth: int = Field(
         12,

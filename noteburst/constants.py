@@ -6,6 +6,7 @@ user reads in docs/configuration.md have exactly one source.
 """
 
 __all__ = [
+    "CANCELS_CHANNEL",
     "DEFAULT_KERNEL_NAME",
     "DEFAULT_MAX_NOTEBOOK_BYTES",
     "DEFAULT_TIMEOUT_SECONDS",
@@ -32,6 +33,13 @@ EXECUTION_QUEUE = "noteburst-executions"
 
 EVENTS_CHANNEL = "noteburst_events"
 """Postgres LISTEN/NOTIFY channel announcing new execution events."""
+
+CANCELS_CHANNEL = "noteburst_cancels"
+"""Postgres LISTEN/NOTIFY channel telling workers to cancel a running execution.
+
+Separate from :data:`EVENTS_CHANNEL` so a worker hears only cancellations,
+not every progress event of every execution.
+"""
 
 KERNEL_WS_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 """Binary kernel websocket protocol offered by jupyter_server 2.x."""

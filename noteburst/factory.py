@@ -31,11 +31,13 @@ import structlog
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
+from .constants import CANCELS_CHANNEL
 from .domain.rendering import HtmlVariant
 from .jupyter.backend import LabBackend, LocalLabBackend
 from .jupyter.exceptions import JupyterError
 from .jupyter.hub import HubLabBackend
 from .jupyter.pool import KernelPool
+from .jupyter.protocol import OutputLimits
 from .jupyter.rest import JupyterRestClient
 from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
@@ -94,6 +96,8 @@ class ProcessContext:
     http: httpx.AsyncClient
     kernel_names: list[str] = field(default_factory=list)
     backend: LabBackend | None = None
+    cancels: EventBus | None = None
+    """A worker's source of cancellation requests (see ``for_worker``)."""
     renders: dict[tuple[str, HtmlVariant], asyncio.Future[str | None]] = field(
         default_factory=dict
     )
@@ -198,6 +202,7 @@ class ProcessContext:
                     warm_up_code=config.warm_up_code,
                 )
             stack.push_async_callback(backend.aclose)
+            cancels = await _cancellation_bus(config, database, bus, stack)
             await _start_backend(backend, config)
         except BaseException:
             await stack.aclose()
@@ -209,12 +214,34 @@ class ProcessContext:
             queue=TaskQueue(broker),
             http=http,
             backend=backend,
+            cancels=cancels,
             _closers=stack,
         )
 
     async def aclose(self) -> None:
         """Release every resource, in reverse order of creation."""
         await self._closers.aclose()
+
+
+async def _cancellation_bus(
+    config: Config,
+    database: Database,
+    bus: EventBus,
+    stack: contextlib.AsyncExitStack,
+) -> EventBus:
+    """Where a worker hears that an execution it runs was cancelled.
+
+    On Postgres the API process that takes the request may be any process,
+    so the worker LISTENs on its own channel (one connection per worker
+    process, hearing only cancellations); otherwise the API shares this
+    process and announces on the in-process bus.
+    """
+    if not database.is_postgres:
+        return bus
+    cancels = PostgresEventBus(config.effective_database_url, channel=CANCELS_CHANNEL)
+    await cancels.start()
+    stack.push_async_callback(cancels.aclose)
+    return cancels
 
 
 async def _start_backend(
@@ -355,6 +382,10 @@ class Factory:
                 default_kernel_name=config.default_kernel_name,
                 kernel_names=self._context.kernel_names,
                 cache_environment_tag=config.cache_environment_tag,
+                default_cell_timeout_seconds=config.default_cell_timeout_seconds,
+                default_no_output_timeout_seconds=(
+                    config.default_no_output_timeout_seconds
+                ),
             ),
         )
 
@@ -381,5 +412,10 @@ class Factory:
             output_flush=OutputFlush(
                 seconds=config.output_flush_seconds,
                 max_bytes=config.output_flush_bytes,
+            ),
+            cancels=self._context.cancels,
+            output_limits=OutputLimits(
+                max_output_bytes=config.max_output_bytes,
+                max_total_bytes=config.max_notebook_output_bytes,
             ),
         )

@@ -20,9 +20,9 @@ from typing import Any
 import nbformat
 import pytest
 
-from tests.support.app import Noteburst, make_config, running
+from tests.support.app import CANCEL, Noteburst, make_config, running
 from tests.support.notebooks import notebook
-from tests.support.waiting import free_port
+from tests.support.waiting import free_port, wait_until
 
 ROOT = Path(__file__).parents[1]
 NOTEBURST = [sys.executable, "-m", "noteburst.cli"]
@@ -244,6 +244,26 @@ async def test_separate_worker_process_on_postgres_and_redis(
             assert fetched is not None
             printed = fetched["notebook"]["cells"][0]["outputs"][0]["text"]
             assert int(printed) not in {os.getpid(), worker.pid}
+
+            # A cancellation taken by this process reaches the worker process
+            # (NOTIFY on its LISTEN connection) and ends the running cell.
+            long = await nb.submit(
+                notebook("print('first')", "import time; time.sleep(300)")
+            )
+
+            async def first_cell_done() -> bool:
+                found = await nb.get(long["id"])
+                return found is not None and found["progress"]["cellsDone"] >= 1
+
+            await wait_until(first_cell_done, "the first cell is done", timeout=120)
+            cancelled = await nb.execute(CANCEL, id=long["id"])
+            assert cancelled["cancelExecution"]["__typename"] == "Execution"
+            events = await asyncio.wait_for(nb.watch(long["id"], after=0), 60)
+            assert (events[-1]["kind"], events[-1]["status"]) == (
+                "FINISHED",
+                "CANCELLED",
+            )
+            assert events[-1]["execution"]["error"]["cellIndex"] == 1
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

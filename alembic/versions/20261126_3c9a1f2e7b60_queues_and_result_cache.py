@@ -1,7 +1,7 @@
 """Queues and the result cache: queue, backoff, cache key, cache hits, single flight.
 
 Revision ID: 3c9a1f2e7b60
-Revises: f496c3cb96ca
+Revises: 0c7d2e5a9b41
 Create Date: 2026-11-26 05:00:00.000000+00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "3c9a1f2e7b60"
-down_revision: str | Sequence[str] | None = "f496c3cb96ca"
+down_revision: str | Sequence[str] | None = "0c7d2e5a9b41"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -23,6 +23,7 @@ from ..exceptions import (
 )
 
 __all__ = [
+    "ExecutionNotFound",
     "InvalidInput",
     "InvalidNotebook",
     "InvalidParameters",
@@ -66,6 +67,12 @@ class InvalidInput:
 class InvalidParameters:
     message: str
     name: str = strawberry.field(description="The parameter at fault.")
+
+
+@strawberry.type(description="No execution has this id.")
+class ExecutionNotFound:
+    message: str
+    id: strawberry.ID = strawberry.field(description="The id asked for.")
 
 
 ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters

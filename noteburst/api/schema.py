@@ -27,9 +27,10 @@ from strawberry.types import ExecutionContext
 
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import ExecutionQueue, ExecutionStatus
-from ..exceptions import ClientError
+from ..exceptions import ClientError, ExecutionNotFoundError
 from .context import GraphQLContext
 from .errors import (
+    ExecutionNotFound,
     InvalidInput,
     InvalidNotebook,
     InvalidParameters,
@@ -84,6 +85,20 @@ class SubmitExecutionInput:
         default=None,
         description="Timeout for the whole execution; default from configuration.",
     )
+    cell_timeout_seconds: float | None = strawberry.field(
+        default=None,
+        description=(
+            "Timeout for each cell (its clock starts when the cell before it "
+            "is complete); default from configuration, where unset means none."
+        ),
+    )
+    no_output_timeout_seconds: float | None = strawberry.field(
+        default=None,
+        description=(
+            "How long a cell may produce no output before the execution times "
+            "out; default from configuration, where unset means none."
+        ),
+    )
     parameters: JSON | None = strawberry.field(
         default=None,
         description=(
@@ -116,6 +131,18 @@ SubmitExecutionPayload = Annotated[
     strawberry.union(
         "SubmitExecutionPayload",
         description="The queued execution, or why the submission was refused.",
+    ),
+]
+
+
+CancelExecutionPayload = Annotated[
+    Execution | ExecutionNotFound,
+    strawberry.union(
+        "CancelExecutionPayload",
+        description=(
+            "The execution after the request (a finished one unchanged), or "
+            "ExecutionNotFound."
+        ),
     ),
 ]
 
@@ -176,9 +203,31 @@ class Mutation:
                     mode=input.cache.mode,
                     max_age_seconds=input.cache.max_age_seconds,
                 ),
+                cell_timeout_seconds=input.cell_timeout_seconds,
+                no_output_timeout_seconds=input.no_output_timeout_seconds,
             )
         except ClientError as exc:
             return payload_for(exc)
+        return Execution.from_domain(execution)
+
+    @strawberry.mutation(
+        description=(
+            "Cancel an execution. A queued one ends CANCELLED at once; a "
+            "running one is interrupted by its worker and ends CANCELLED with "
+            "the notebook as far as it got (the returned execution may still "
+            "be RUNNING, with cancelRequested true: the executionStatus "
+            "subscription delivers the terminal event). Cancelling a finished "
+            "execution returns it unchanged."
+        )
+    )
+    async def cancel_execution(
+        self, info: Info, id: strawberry.ID
+    ) -> CancelExecutionPayload:
+        service = info.context.factory.create_execution_service()
+        try:
+            execution = await service.cancel(str(id))
+        except ExecutionNotFoundError as exc:
+            return ExecutionNotFound(message=exc.message, id=id)
         return Execution.from_domain(execution)
 
 

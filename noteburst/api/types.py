@@ -158,6 +158,22 @@ class Execution:
         service = info.context.factory.create_execution_service()
         return await service.queue_position(str(self.id))
 
+    cell_timeout_seconds: float | None = strawberry.field(
+        description="Timeout for each cell; null for none."
+    )
+    no_output_timeout_seconds: float | None = strawberry.field(
+        description="How long a cell may produce no output; null for no limit."
+    )
+    outputs_truncated: bool = strawberry.field(
+        description=(
+            "Whether outputs were cut or dropped under the output limits (each "
+            "cut is marked in the notebook with '[Noteburst: output truncated')."
+        )
+    )
+    cancel_requested: bool = strawberry.field(
+        description="Whether cancelExecution was called while it was running."
+    )
+
     @strawberry.field(
         description=(
             "The executed notebook (nbformat v4), once terminal; after a failure "
@@ -221,6 +237,10 @@ class Execution:
             shares_run_of=None
             if execution.shares_run_of is None
             else strawberry.ID(execution.shares_run_of),
+            cell_timeout_seconds=execution.cell_timeout_seconds,
+            no_output_timeout_seconds=execution.no_output_timeout_seconds,
+            outputs_truncated=execution.outputs_truncated,
+            cancel_requested=execution.cancel_requested_at is not None,
         )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -74,6 +75,17 @@ class ExecutionRow(Base):
     """For a cache hit: the id of the execution whose result was copied."""
     shares_run_of: Mapped[str | None] = mapped_column(String(36), index=True)
     """For a single-flight follower: the id of the execution that runs."""
+    cell_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    """Limit per cell; NULL for none."""
+    no_output_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    """Limit on a cell's silence; NULL for none."""
+    outputs_truncated: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("false")
+    )
+    """Whether the executed notebook's outputs were cut under the limits."""
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When cancellation of the running execution was asked for; its worker
+    is told with a notification and ends it ``cancelled``."""
 
     __table_args__ = (
         # Keyset pagination newest first: ORDER BY created_at DESC, id DESC.

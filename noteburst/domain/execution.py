@@ -78,7 +78,8 @@ class ErrorCode(enum.StrEnum):
     CELL_ERROR = "cell_error"
     """A cell raised; ``ename``, ``evalue`` and ``traceback`` say what."""
     TIMEOUT = "timeout"
-    """The whole-execution timeout expired."""
+    """A timeout expired: the whole execution's, a cell's, or a cell's
+    no-output timeout; the message says which, with the cell index."""
     KERNEL_DIED = "kernel_died"
     """The kernel process exited while a cell ran."""
     KERNEL_START_FAILED = "kernel_start_failed"
@@ -87,6 +88,11 @@ class ErrorCode(enum.StrEnum):
     """The Jupyter server could not be reached or went away."""
     WORKER_LOST = "worker_lost"
     """Workers died running it more times than the retry limit allows."""
+    CANCELLED = "cancelled"
+    """Someone cancelled it (``cancelExecution``); ``cell_index`` is the cell
+    that was running, if it had started."""
+    OUTPUT_TOO_LARGE = "output_too_large"
+    """A single kernel message was too large to receive at all."""
     INTERNAL = "internal"
     """An unexpected fault in Noteburst; details are in the service logs."""
 
@@ -170,6 +176,15 @@ class Execution:
     def cache_hit(self) -> bool:
         """Whether the result came from the cache, without running."""
         return self.cached_from is not None
+
+    cell_timeout_seconds: float | None = None
+    """Limit per cell, or `None` for none."""
+    no_output_timeout_seconds: float | None = None
+    """Limit on a cell's silence, or `None` for none."""
+    outputs_truncated: bool = False
+    """Whether outputs were cut or dropped under the output limits."""
+    cancel_requested_at: datetime | None = None
+    """When cancellation of the running execution was asked for, if it was."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,10 @@ The hierarchy::
     ├── KernelDiedError         the kernel died or was restarted while a cell
     │                           was running; carries ``cell_index``
     ├── CellTimeoutError        a cell exceeded its time limit; also a
-    │                           `TimeoutError`; carries ``cell_index``
+    │   │                       `TimeoutError`; carries ``cell_index``
+    │   └── NoOutputTimeoutError  a cell sent nothing for too long
+    ├── KernelMessageTooLargeError  one kernel message exceeded the
+    │                           connection's size limit
     └── KernelProtocolError     a message on the kernel websocket could not be
                                 understood
 
@@ -43,10 +46,12 @@ __all__ = [
     "JupyterError",
     "JupyterWebError",
     "KernelDiedError",
+    "KernelMessageTooLargeError",
     "KernelProtocolError",
     "KernelStartError",
     "LabSpawnError",
     "LabUnavailableError",
+    "NoOutputTimeoutError",
     "sanitize_url",
 ]
 
@@ -283,6 +288,51 @@ class CellTimeoutError(JupyterError, TimeoutError):
         super().__init__(f"cell {cell_index} did not finish within {timeout} s")
         self.cell_index = cell_index
         self.timeout = timeout
+
+
+class NoOutputTimeoutError(CellTimeoutError):
+    """A cell sent nothing (no output, no status) for ``no_output_timeout``.
+
+    A `CellTimeoutError` (so also a `TimeoutError`) with the cell index: a
+    cell that stays silent that long is presumed stuck.  The kernel is still
+    busy with the cell: discard it.
+
+    Parameters
+    ----------
+    cell_index
+        Index of the cell in ``nb.cells``.
+    timeout
+        The silence that was exceeded, in seconds.
+    """
+
+    def __init__(self, cell_index: int, timeout: float) -> None:
+        JupyterError.__init__(
+            self, f"cell {cell_index} produced no output for {timeout:g} s"
+        )
+        self.cell_index = cell_index
+        self.timeout = timeout
+
+
+class KernelMessageTooLargeError(JupyterError):
+    """The kernel sent one message larger than the connection accepts.
+
+    The websocket client refuses frames over its ``max_size`` (closing the
+    connection with code 1009) rather than buffer an unbounded message, so
+    the run cannot go on; it is not a fault of the lab (retrying would meet
+    the same message).  Output caps cut smaller messages instead.
+
+    Parameters
+    ----------
+    limit
+        The largest message accepted, in bytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the kernel sent a message larger than {limit} bytes (one output "
+            "too large to receive)"
+        )
+        self.limit = limit
 
 
 class LabSpawnError(JupyterError):

@@ -112,7 +112,11 @@ listener reads them from the notebook when it chooses (to batch them).
 
 Timeouts and cancellation are the caller's tools: wrap the call in
 ``asyncio.timeout(...)`` for a limit on the whole run, pass ``cell_timeout``
-for a limit per cell, or cancel the task.  The notebook is mutated in place
+for a limit per cell and ``no_output_timeout`` for a limit on how long a
+cell may send nothing, or cancel the task.  Every wait for a message is
+bounded by whichever of these applies (and by ``iopub_timeout`` once a
+cell's reply is in), the same in pipelined and sequential mode: a cell's
+clocks start when the cell before it is complete.  The notebook is mutated in place
 as messages are folded, so after a timeout or cancellation it holds
 everything folded so far; on cancellation the callback task is cancelled
 and awaited, so no task is left behind.  The kernel, however, may still be
@@ -130,11 +134,22 @@ from typing import Final
 from nbformat import NotebookNode
 
 from . import protocol
-from .exceptions import CellTimeoutError, JupyterError, KernelDiedError
+from .exceptions import (
+    CellTimeoutError,
+    JupyterError,
+    KernelDiedError,
+    NoOutputTimeoutError,
+)
 from .kernel import KernelConnection
-from .protocol import CellOutcome, Message, NotebookOutputFolder, OutputsChanged
+from .protocol import (
+    CellOutcome,
+    Message,
+    NotebookOutputFolder,
+    OutputLimits,
+    OutputsChanged,
+)
 
-__all__ = ["CellFailure", "execute_notebook"]
+__all__ = ["CellFailure", "RunReport", "execute_notebook"]
 
 _log = logging.getLogger(__name__)
 
@@ -166,6 +181,18 @@ class CellFailure:
     traceback: list[str]
 
 
+@dataclass(slots=True)
+class RunReport:
+    """What a run did besides its outcome; valid even when the run raised."""
+
+    folder: NotebookOutputFolder | None = None
+
+    @property
+    def outputs_truncated(self) -> bool:
+        """Whether any output was cut or dropped under the output limits."""
+        return self.folder is not None and self.folder.outputs_truncated
+
+
 async def execute_notebook(
     conn: KernelConnection,
     nb: NotebookNode,
@@ -174,9 +201,12 @@ async def execute_notebook(
     on_cell_finished: CellCallback | None = None,
     on_outputs_changed: OutputsChanged | None = None,
     cell_timeout: float | None = None,
+    no_output_timeout: float | None = None,
     iopub_timeout: float = 4.0,
     kernel_info_timeout: float = 60.0,
     pipelined: bool = True,
+    output_limits: OutputLimits | None = None,
+    report: RunReport | None = None,
 ) -> CellFailure | None:
     """Execute the code cells of ``nb`` in order, writing outputs into it.
 
@@ -215,6 +245,10 @@ async def execute_notebook(
         Limit in seconds for each cell; `None` for none.  Pipelined, a cell's
         clock starts when the previous cell is complete (the kernel cannot
         start it earlier); sequential, when it is sent.
+    no_output_timeout
+        Limit in seconds on how long a running cell may send no message (no
+        output, no status); `None` for none.  The clock restarts with every
+        message of the cell's and starts as ``cell_timeout``'s does.
     iopub_timeout
         How long to wait for a cell's outputs to end (its iopub ``idle``)
         after its ``execute_reply`` arrived; then move on, as nbclient does.
@@ -229,6 +263,13 @@ async def execute_notebook(
         Send every cell's request up front (the default; see the module
         docstring), or `False` to send each cell after the previous one is
         complete.
+    output_limits
+        Byte budgets applied to outputs as they arrive (see
+        :class:`~.protocol.OutputLimits`): excess output is dropped at once,
+        so memory stays bounded however much a cell prints.
+    report
+        Filled in with what the run did (whether outputs were truncated),
+        also when this function raises.
 
     Returns
     -------
@@ -238,7 +279,8 @@ async def execute_notebook(
     Raises
     ------
     CellTimeoutError
-        If a cell exceeds ``cell_timeout``.
+        If a cell exceeds ``cell_timeout``; `NoOutputTimeoutError` (a
+        subclass) if it is silent for ``no_output_timeout``.
     KernelDiedError
         If the kernel died or restarted during a cell (with its index).
     LabUnavailableError
@@ -250,7 +292,11 @@ async def execute_notebook(
     Exception
         Whatever a callback raised.
     """
-    folder = NotebookOutputFolder(nb, on_outputs_changed=on_outputs_changed)
+    folder = NotebookOutputFolder(
+        nb, limits=output_limits, on_outputs_changed=on_outputs_changed
+    )
+    if report is not None:
+        report.folder = folder
     info = conn.kernel_info_reply
     if info is None:
         async with asyncio.timeout(kernel_info_timeout):
@@ -264,6 +310,7 @@ async def execute_notebook(
             on_cell_finished=on_cell_finished,
             cell_timeout=cell_timeout,
             iopub_timeout=iopub_timeout,
+            no_output_timeout=no_output_timeout,
         )
     callbacks = _CallbackRunner(on_cell_started, on_cell_finished)
     try:
@@ -275,6 +322,7 @@ async def execute_notebook(
             iopub_timeout=iopub_timeout,
             window=_WINDOW,
             guard=protocol.guard_applies(info),
+            no_output_timeout=no_output_timeout,
         )
     except asyncio.CancelledError:
         await callbacks.cancel()
@@ -416,6 +464,7 @@ async def _execute_pipelined(
     iopub_timeout: float,
     window: int,
     guard: bool,
+    no_output_timeout: float | None = None,
 ) -> CellFailure | None:
     cells = [i for i, cell in enumerate(folder.nb.cells) if folder.should_execute(cell)]
     sent: list[tuple[int, str]] = []
@@ -459,6 +508,7 @@ async def _execute_pipelined(
                     followed=position + 1 < len(sent),
                     cell_timeout=cell_timeout,
                     iopub_timeout=iopub_timeout,
+                    no_output_timeout=no_output_timeout,
                 )
             except KernelDiedError as exc:
                 later = sent[position + 1 :]
@@ -490,6 +540,7 @@ async def _collect_pipelined(
     followed: bool,
     cell_timeout: float | None,
     iopub_timeout: float,
+    no_output_timeout: float | None = None,
 ) -> CellOutcome:
     """Fold one cell's messages; ``followed``: a later request was sent."""
     folder.begin_cell(index, msg_id)
@@ -499,7 +550,9 @@ async def _collect_pipelined(
             async with scope:
                 while not folder.cell_done:
                     if not folder.reply_received:
-                        msg = await callbacks.receive(conn, msg_id)
+                        msg = await _within_silence(
+                            callbacks.receive(conn, msg_id), index, no_output_timeout
+                        )
                     else:
                         try:
                             async with asyncio.timeout(iopub_timeout):
@@ -646,13 +699,21 @@ async def _execute_sequential(
     on_cell_finished: CellCallback | None,
     cell_timeout: float | None,
     iopub_timeout: float,
+    no_output_timeout: float | None = None,
 ) -> CellFailure | None:
     for index, cell in enumerate(folder.nb.cells):
         if not folder.should_execute(cell):
             continue
         if on_cell_started is not None:
             await on_cell_started(index)
-        outcome = await _run_cell(conn, folder, index, cell_timeout, iopub_timeout)
+        outcome = await _run_cell(
+            conn,
+            folder,
+            index,
+            cell_timeout,
+            iopub_timeout,
+            no_output_timeout=no_output_timeout,
+        )
         if on_cell_finished is not None:
             await on_cell_finished(index)
         if outcome.failed:
@@ -667,6 +728,8 @@ async def _run_cell(
     index: int,
     cell_timeout: float | None,
     iopub_timeout: float,
+    *,
+    no_output_timeout: float | None = None,
 ) -> CellOutcome:
     request = _new_request(conn, folder, index)
     msg_id: str = request["msg_id"]
@@ -676,7 +739,7 @@ async def _run_cell(
         try:
             async with scope:
                 await conn.request(request)
-                await _collect(conn, folder, msg_id, iopub_timeout)
+                await _collect(conn, folder, msg_id, iopub_timeout, no_output_timeout)
         except TimeoutError as exc:
             if cell_timeout is not None and scope.expired():
                 raise CellTimeoutError(index, cell_timeout) from exc
@@ -696,10 +759,15 @@ async def _collect(
     folder: NotebookOutputFolder,
     msg_id: str,
     iopub_timeout: float,
+    no_output_timeout: float | None = None,
 ) -> None:
     while not folder.cell_done:
         if not folder.reply_received:
-            folder.feed(await conn.receive(msg_id))
+            index = folder.current_cell
+            assert index is not None
+            folder.feed(
+                await _within_silence(conn.receive(msg_id), index, no_output_timeout)
+            )
             continue
         try:
             async with asyncio.timeout(iopub_timeout):
@@ -712,3 +780,23 @@ async def _collect(
             )
             return
         folder.feed(msg)
+
+
+async def _within_silence(
+    receiving: Awaitable[Message], index: int, no_output_timeout: float | None
+) -> Message:
+    """Await the cell's next message, for at most ``no_output_timeout``.
+
+    Each message restarts the clock (this is awaited once per message), so
+    the limit is on a silence, not on the cell's whole run.
+    """
+    if no_output_timeout is None:
+        return await receiving
+    scope = asyncio.timeout(no_output_timeout)
+    try:
+        async with scope:
+            return await receiving
+    except TimeoutError as exc:
+        if scope.expired():
+            raise NoOutputTimeoutError(index, no_output_timeout) from exc
+        raise

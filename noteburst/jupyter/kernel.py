@@ -8,8 +8,12 @@ asked for (the server's nudge ``status`` messages, ``iopub_welcome``,
 
 The design follows the traps measured in ``jupyter-on-loopback.md``:
 
-* ``max_size=None``: the websockets default of 1 MiB closes the socket on the
-  first large output (G4).
+* ``max_size`` is :data:`MAX_MESSAGE_BYTES` (64 MiB), not the websockets
+  default of 1 MiB, which closes the socket on the first large output (G4),
+  nor unlimited, which would buffer any single message whole, however
+  large.  Output caps cut messages below the limit; a larger one fails the
+  connection with :class:`~.exceptions.KernelMessageTooLargeError`, which
+  says so, instead of a bare dropped socket.
 * If the reader stops for any reason (socket closed, undecodable frame), the
   error is stored and every waiter, present and future, gets it: nothing
   hangs silently.  A ``restarting``/``dead`` status from jupyter_server is
@@ -38,6 +42,7 @@ from . import protocol
 from .exceptions import (
     JupyterError,
     KernelDiedError,
+    KernelMessageTooLargeError,
     KernelProtocolError,
     KernelStartError,
     LabUnavailableError,
@@ -45,12 +50,18 @@ from .exceptions import (
 from .protocol import Message, WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["KernelConnection"]
+__all__ = ["MAX_MESSAGE_BYTES", "KernelConnection"]
 
 _log = logging.getLogger(__name__)
 
 _FAILED: Final = object()
 """Queue sentinel: the connection failed; raise the stored error."""
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""Largest kernel message (websocket frame) a connection accepts, in bytes."""
+
+_MESSAGE_TOO_BIG: Final = 1009
+"""Websocket close code for a frame over ``max_size`` (RFC 6455)."""
 
 _GONE_STATUSES = frozenset({301, 302, 303, 307, 308, 424, 502, 503, 504})
 
@@ -113,6 +124,7 @@ class KernelConnection:
         wire_protocol: WireProtocol = WireProtocol.V1,
         open_timeout: float = 60,
         username: str = "noteburst",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> KernelConnection:
         """Open the websocket to a kernel.
 
@@ -135,6 +147,9 @@ class KernelConnection:
             Seconds to wait for the handshake, i.e. for the kernel to start.
         username
             Username recorded in request headers.
+        max_message_bytes
+            Largest message accepted; a larger one fails the connection with
+            :class:`~.exceptions.KernelMessageTooLargeError`.
 
         Returns
         -------
@@ -161,7 +176,7 @@ class KernelConnection:
                 url,
                 additional_headers=rest.auth_headers,
                 subprotocols=subprotocols,
-                max_size=None,
+                max_size=max_message_bytes,
                 open_timeout=open_timeout,
                 close_timeout=5,
                 compression=None,
@@ -383,7 +398,11 @@ class KernelConnection:
                 f"kernel websocket closed by the server ({self._ws.close_code})"
             )
         except websockets.ConnectionClosed as exc:
-            failure = LabUnavailableError(f"kernel websocket dropped: {exc}")
+            if exc.sent is not None and exc.sent.code == _MESSAGE_TOO_BIG:
+                limit = self._ws.protocol.max_message_size
+                failure = KernelMessageTooLargeError(limit or 0)
+            else:
+                failure = LabUnavailableError(f"kernel websocket dropped: {exc}")
         except KernelProtocolError as exc:
             failure = exc
         except Exception as exc:  # the reader must never die silently

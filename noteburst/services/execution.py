@@ -46,7 +46,7 @@ from ..exceptions import (
 )
 from ..storage.database import Database
 from ..storage.events import EventBus
-from ..storage.execution import ExecutionStore, cursor_for
+from ..storage.execution import ExecutionStore, cancel_signal_key, cursor_for
 from ..storage.taskqueue import TaskQueue
 
 __all__ = [
@@ -72,6 +72,8 @@ class SubmissionLimits:
     max_page_size: int = 100
     cache_environment_tag: str = "default"
     """Part of every result cache key (see ``Config.cache_environment_tag``)."""
+    default_cell_timeout_seconds: float | None = None
+    default_no_output_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ class ExecutionService:
         parameters: object = None,
         queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
         cache: CachePolicy | None = None,
+        cell_timeout_seconds: float | None = None,
+        no_output_timeout_seconds: float | None = None,
     ) -> Execution:
         """Check a notebook, store it as a queued execution and enqueue it.
 
@@ -156,6 +160,11 @@ class ExecutionService:
         cache
             How to use the result cache; default: bypass it (see
             :mod:`noteburst.domain.cache` for why).
+        cell_timeout_seconds
+            Limit per cell; default from configuration (maybe none).
+        no_output_timeout_seconds
+            Limit on how long a cell may send nothing; default from
+            configuration (maybe none).
 
         Returns
         -------
@@ -169,14 +178,25 @@ class ExecutionService:
         UnknownKernelError
             Raised if the kernel is not available here.
         InvalidInputError
-            Raised if the timeout is out of range, parameters is not an
-            object, or the cache's maximum age is negative or not finite.
+            Raised if a timeout is out of range (the field is named),
+            parameters is not an object, or the cache's maximum age is
+            negative or not finite.
         InvalidParametersError
             Raised if a parameter is not an identifier or its value does not
             fit its default's type.
         """
         timeout = self._check_timeout(timeout_seconds)
         policy = self._check_cache(cache)
+        cell_timeout = self._check_optional_timeout(
+            "cellTimeoutSeconds",
+            cell_timeout_seconds,
+            self._limits.default_cell_timeout_seconds,
+        )
+        no_output_timeout = self._check_optional_timeout(
+            "noOutputTimeoutSeconds",
+            no_output_timeout_seconds,
+            self._limits.default_no_output_timeout_seconds,
+        )
         accepted = accept_notebook(notebook, max_bytes=self._limits.max_notebook_bytes)
         name = (
             kernel_name
@@ -213,6 +233,8 @@ class ExecutionService:
             cells_total=cells_total,
             queue=queue,
             cache_key=key,
+            cell_timeout_seconds=cell_timeout,
+            no_output_timeout_seconds=no_output_timeout,
         )
         async with self._db.transaction() as store:
             event, runs = await _record(store, new, policy, datetime.now(UTC))
@@ -240,6 +262,44 @@ class ExecutionService:
                 "Queue unavailable; execution left for the recovery sweep",
                 execution_id=execution_id,
             )
+        return execution
+
+    async def cancel(self, execution_id: str) -> Execution:
+        """Cancel an execution; idempotent.
+
+        A queued execution ends ``cancelled`` at once.  For a running one the
+        request is recorded and its worker (in whatever process) is told;
+        it interrupts the kernel and ends the execution ``cancelled`` with
+        the notebook as far as it got, which subscribers see as the
+        terminal event.  A finished execution is returned unchanged.
+
+        Returns
+        -------
+        Execution
+            The execution after the request: ``cancelled`` if it was queued,
+            still ``running`` (with ``cancel_requested_at``) if it was
+            running, as it was if it had finished.
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution.
+        """
+        async with self._db.transaction() as store:
+            event = await store.request_cancel(execution_id, now=datetime.now(UTC))
+            execution = await store.get(execution_id)
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        if event is not None:
+            self._bus.announce(execution_id, event.sequence)
+        elif execution.status is ExecutionStatus.RUNNING:
+            # For the in-process bus; on Postgres the NOTIFY already went out.
+            self._bus.announce(cancel_signal_key(execution_id), 0)
+        _logger.info(
+            "Cancellation requested",
+            execution_id=execution_id,
+            status=execution.status.value,
+        )
         return execution
 
     async def get(self, execution_id: str) -> Execution | None:
@@ -372,6 +432,21 @@ class ExecutionService:
             )
         return timeout_seconds
 
+    def _check_optional_timeout(
+        self, field: str, value: float | None, default: float | None
+    ) -> float | None:
+        if value is None:
+            return default
+        return _positive_timeout(field, value, self._limits.max_timeout_seconds)
+
+
+def _positive_timeout(field: str, value: float, maximum: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(field, "must be a positive number")
+    if value > maximum:
+        raise InvalidInputError(field, f"must be at most {maximum:g}")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class _NewExecution:
@@ -384,6 +459,8 @@ class _NewExecution:
     cells_total: int
     queue: ExecutionQueue
     cache_key: str | None
+    cell_timeout_seconds: float | None
+    no_output_timeout_seconds: float | None
 
 
 async def _record(
@@ -438,6 +515,8 @@ async def _record(
         now=now,
         queue=new.queue,
         cache_key=new.cache_key,
+        cell_timeout_seconds=new.cell_timeout_seconds,
+        no_output_timeout_seconds=new.no_output_timeout_seconds,
     )
     return event, True
 

@@ -12,7 +12,14 @@ runs it holds a lease that it keeps renewing; a worker that dies stops
 renewing, and :meth:`ExecutionRunner.recover` queues the execution again
 (up to ``max_attempts`` starts, then it fails with ``WORKER_LOST``).  Every
 path ends in a terminal status with a reason: the notebook's own error, a
-timeout, a dead kernel, an unreachable lab, or an internal fault.
+timeout, a dead kernel, an unreachable lab, a cancellation, or an internal
+fault.
+
+Timeouts and cancellation end the same way: the kernel is interrupted, the
+notebook is stored as far as it got, and the kernel is shut down (it never
+serves another notebook).  A cancellation reaches the worker running the
+execution, whichever process that is, through its cancellation bus (LISTEN
+on Postgres, the shared in-process bus otherwise): nothing polls.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,15 +45,25 @@ from ..domain.execution import (
 from ..exceptions import ExecutionNotFoundError
 from ..jupyter.backend import LabBackend
 from ..jupyter.exceptions import (
+    CellTimeoutError,
     JupyterError,
     KernelDiedError,
+    KernelMessageTooLargeError,
     KernelStartError,
     LabUnavailableError,
+    NoOutputTimeoutError,
 )
-from ..jupyter.execute import CellFailure, execute_notebook
+from ..jupyter.execute import CellFailure, RunReport, execute_notebook
+from ..jupyter.kernel import KernelConnection
+from ..jupyter.protocol import OutputLimits
 from ..storage.database import Database
 from ..storage.events import EventBus
-from ..storage.execution import ExecutionFinishedError, ExecutionStore, NewEvent
+from ..storage.execution import (
+    ExecutionFinishedError,
+    ExecutionStore,
+    NewEvent,
+    cancel_signal_key,
+)
 from ..storage.taskqueue import TaskQueue
 
 __all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome", "OutputFlush"]
@@ -54,6 +72,13 @@ _logger = structlog.get_logger("noteburst.runner")
 
 RETRY_BASE_SECONDS = 1.0
 """Backoff before the first retry after a lost lab; doubles per attempt."""
+
+INTERRUPT_TIMEOUT_SECONDS = 5.0
+"""Bound on the REST call interrupting a timed-out or cancelled kernel."""
+
+
+class _CancelRequestedError(Exception):
+    """The execution's cancellation was requested while it ran."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +126,12 @@ class ExecutionRunner:
         How many times an execution may be started.
     output_flush
         How cells' outputs are gathered into CELL_OUTPUTS events.
+    cancels
+        Where cancellations of running executions are announced (see
+        :func:`~noteburst.storage.execution.cancel_signal_key`); `None` for
+        ``bus``.
+    output_limits
+        Byte budgets for outputs, enforced as they arrive; `None` for none.
     """
 
     def __init__(
@@ -113,7 +144,11 @@ class ExecutionRunner:
         lease_seconds: float,
         max_attempts: int,
         output_flush: OutputFlush | None = None,
+        cancels: EventBus | None = None,
+        output_limits: OutputLimits | None = None,
     ) -> None:
+        self._cancels = cancels if cancels is not None else bus
+        self._output_limits = output_limits
         self._db = database
         self._bus = bus
         self._backend = backend
@@ -166,6 +201,7 @@ class ExecutionRunner:
         )
         progress = _ProgressWriter(self._db, self._bus, execution_id)
         outputs = _OutputStreamer(notebook, progress, self._output_flush)
+        report = RunReport()
         # The kernel is retired only once the result is stored and announced:
         # its shutdown, and the pool's replacement kernel that starts when it
         # is closed, cost CPU that would otherwise compete with storing and
@@ -173,7 +209,12 @@ class ExecutionRunner:
         async with contextlib.AsyncExitStack() as kernel_scope:
             try:
                 outcome = await self._execute(
-                    execution, notebook, progress, outputs, kernel_scope
+                    execution,
+                    notebook,
+                    progress=progress,
+                    outputs=outputs,
+                    kernel_scope=kernel_scope,
+                    report=report,
                 )
             finally:
                 renewer.cancel()
@@ -184,7 +225,11 @@ class ExecutionRunner:
                 # Progress events not written yet go first into the
                 # transaction that ends this attempt, so they precede its event.
                 unwritten = await progress.stop()
-            if outcome.retryable and execution.attempts < self._max_attempts:
+            if (
+                outcome.retryable
+                and execution.attempts < self._max_attempts
+                and not await self._cancel_requested(execution_id)
+            ):
                 await self._retry_later(execution, outcome, unwritten)
                 return outcome
             result_text = json.dumps(
@@ -201,6 +246,7 @@ class ExecutionRunner:
                     # If the lease lapsed and another worker took over, its
                     # result wins; this one is dropped.
                     attempt=execution.attempts,
+                    outputs_truncated=report.outputs_truncated,
                 )
             if final is not None:
                 self._bus.announce(execution_id, final.sequence)
@@ -273,7 +319,20 @@ class ExecutionRunner:
                 execution = await store.get(execution_id)
                 if execution is None:
                     continue
-                if execution.attempts >= self._max_attempts:
+                if execution.cancel_requested_at is not None:
+                    # Its worker was lost before it could end it; nobody
+                    # wants it run again.
+                    event = await store.finish(
+                        execution_id,
+                        status=ExecutionStatus.CANCELLED,
+                        result_text=None,
+                        error=ExecutionError(
+                            code=ErrorCode.CANCELLED,
+                            message="cancelled; its worker was lost meanwhile",
+                        ),
+                        now=now,
+                    )
+                elif execution.attempts >= self._max_attempts:
                     event = await store.finish(
                         execution_id,
                         status=ExecutionStatus.FAILED,
@@ -301,13 +360,15 @@ class ExecutionRunner:
             _logger.warning("Re-queued lost executions", count=len(resend))
         return len(resend)
 
-    async def _execute(  # noqa: PLR0911 - one return per kind of outcome
+    async def _execute(  # noqa: PLR0911, PLR0912 - one return per kind of outcome
         self,
         execution: Execution,
         notebook: nbformat.NotebookNode,
+        *,
         progress: _ProgressWriter,
         outputs: _OutputStreamer,
         kernel_scope: contextlib.AsyncExitStack,
+        report: RunReport,
     ) -> Outcome:
         current_cell: int | None = None
         cells_done = 0
@@ -336,7 +397,10 @@ class ExecutionRunner:
             self._bus.announce(execution.id, event.sequence)
 
         try:
-            async with asyncio.timeout(execution.timeout_seconds) as scope:
+            async with (
+                asyncio.timeout(execution.timeout_seconds) as scope,
+                self._cancel_on_request(execution.id),
+            ):
                 # Retired when the caller leaves kernel_scope (see run).
                 kernel = await kernel_scope.enter_async_context(
                     self._backend.kernel(
@@ -350,8 +414,15 @@ class ExecutionRunner:
                         on_cell_started=started,
                         on_cell_finished=finished,
                         on_outputs_changed=outputs.changed,
+                        cell_timeout=execution.cell_timeout_seconds,
+                        no_output_timeout=execution.no_output_timeout_seconds,
+                        output_limits=self._output_limits,
+                        report=report,
                     )
                 except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError | TimeoutError):
+                        # Stop the cell before the kernel is shut down.
+                        await _interrupt(kernel)
                     # Give the kernel back now, with the failure: the backend
                     # may know better what it means (a kernel that "died"
                     # because its lab went away is LabUnavailableError).
@@ -359,6 +430,21 @@ class ExecutionRunner:
                     raise
                 # A failed progress write fails the execution, as before.
                 await progress.settle()
+        except _CancelRequestedError:
+            return Outcome(
+                ExecutionStatus.CANCELLED,
+                ExecutionError(
+                    code=ErrorCode.CANCELLED,
+                    message=(
+                        "cancelled"
+                        if current_cell is None
+                        else f"cancelled while cell {current_cell} was running"
+                    ),
+                    cell_index=current_cell,
+                ),
+            )
+        except CellTimeoutError as exc:
+            return _cell_timed_out(exc)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -369,6 +455,11 @@ class ExecutionRunner:
                     message=(
                         f"execution exceeded its timeout of "
                         f"{execution.timeout_seconds:g} s"
+                        + (
+                            ""
+                            if current_cell is None
+                            else f" while cell {current_cell} was running"
+                        )
                     ),
                     cell_index=current_cell,
                 ),
@@ -376,7 +467,16 @@ class ExecutionRunner:
         except KernelStartError as exc:
             return _failed(ErrorCode.KERNEL_START_FAILED, str(exc), None)
         except KernelDiedError as exc:
-            return _failed(ErrorCode.KERNEL_DIED, str(exc), current_cell)
+            # The kernel's own account names the cell even when the dying
+            # cell's start was never reported (its messages died with it).
+            died_in = exc.cell_index if exc.cell_index is not None else current_cell
+            return _failed(ErrorCode.KERNEL_DIED, str(exc), died_in)
+        except KernelMessageTooLargeError as exc:
+            return _failed(
+                ErrorCode.OUTPUT_TOO_LARGE,
+                f"cell {current_cell}: {exc}" if current_cell is not None else str(exc),
+                current_cell,
+            )
         except LabUnavailableError as exc:
             failed = _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
             return Outcome(failed.status, failed.error, retryable=True)
@@ -394,6 +494,47 @@ class ExecutionRunner:
         if failure is not None:
             return _cell_failed(failure)
         return Outcome(ExecutionStatus.SUCCEEDED, None)
+
+    @contextlib.asynccontextmanager
+    async def _cancel_on_request(self, execution_id: str) -> AsyncIterator[None]:
+        """Cancel the block when the execution's cancellation is requested.
+
+        A watcher task subscribes to the cancellation bus, then reads the
+        stored request (so one made before it subscribed is not missed),
+        and re-reads on every wake-up (a resync after a lost LISTEN
+        connection included).  On a request it cancels the task running
+        the block, which leaves it with :class:`_CancelRequestedError`;
+        any other cancellation passes through unchanged.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        requested = False
+
+        async def watch() -> None:
+            nonlocal requested
+            async with self._cancels.subscribe(
+                cancel_signal_key(execution_id)
+            ) as signal:
+                while not await self._cancel_requested(execution_id):
+                    await signal.wait()
+            requested = True
+            task.cancel()
+
+        watcher = asyncio.create_task(watch(), name=f"cancel-watch-{execution_id}")
+        watcher.add_done_callback(_log_watcher_failure)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if requested and task.uncancel() == 0:
+                raise _CancelRequestedError from None
+            raise
+        finally:
+            watcher.cancel()
+            await asyncio.wait({watcher})
+
+    async def _cancel_requested(self, execution_id: str) -> bool:
+        async with self._db.transaction() as store:
+            return await store.cancel_requested(execution_id)
 
     async def _keep_lease(self, execution_id: str, attempt: int) -> None:
         interval = self._lease.total_seconds() / 3
@@ -671,6 +812,43 @@ async def _append_unwritten(
     # refused too, as the progress writes would have been.
     with contextlib.suppress(ExecutionFinishedError, ExecutionNotFoundError):
         await store.append_events(execution_id, unwritten)
+
+
+def _log_watcher_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _logger.error(
+            "Cancellation watcher failed; this execution cannot be cancelled",
+            exc_info=task.exception(),
+        )
+
+
+async def _interrupt(kernel: KernelConnection) -> None:
+    """Interrupt the kernel's running cell; log, never raise (it is retired next)."""
+    try:
+        async with asyncio.timeout(INTERRUPT_TIMEOUT_SECONDS):
+            await kernel.interrupt()
+    except (JupyterError, TimeoutError) as exc:
+        _logger.warning(
+            "Could not interrupt kernel; it is shut down anyway",
+            kernel_id=kernel.kernel_id,
+            error=str(exc),
+        )
+
+
+def _cell_timed_out(exc: CellTimeoutError) -> Outcome:
+    which = (
+        "no-output timeout" if isinstance(exc, NoOutputTimeoutError) else "cell timeout"
+    )
+    return Outcome(
+        ExecutionStatus.TIMED_OUT,
+        ExecutionError(
+            code=ErrorCode.TIMEOUT,
+            message=(
+                f"cell {exc.cell_index} exceeded its {which} of {exc.timeout:g} s"
+            ),
+            cell_index=exc.cell_index,
+        ),
+    )
 
 
 def _failed(code: ErrorCode, message: str, cell_index: int | None) -> Outcome:

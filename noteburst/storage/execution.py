@@ -48,9 +48,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from noteburst.constants import EVENTS_CHANNEL
+from noteburst.constants import CANCELS_CHANNEL, EVENTS_CHANNEL
 from noteburst.dbschema import ExecutionEventRow, ExecutionRow, UTCDateTime
 from noteburst.domain.execution import (
+    ErrorCode,
     EventKind,
     Execution,
     ExecutionError,
@@ -65,7 +66,13 @@ from noteburst.exceptions import (
     NoteburstError,
 )
 
-__all__ = ["ExecutionFinishedError", "ExecutionStore", "NewEvent", "cursor_for"]
+__all__ = [
+    "ExecutionFinishedError",
+    "ExecutionStore",
+    "NewEvent",
+    "cancel_signal_key",
+    "cursor_for",
+]
 
 _AnyRow = Row[*tuple[Any, ...]]
 _E = ExecutionRow
@@ -91,6 +98,10 @@ _SUMMARY_COLUMNS = (
     _E.queue,
     _E.cached_from,
     _E.shares_run_of,
+    _E.cell_timeout_seconds,
+    _E.no_output_timeout_seconds,
+    _E.outputs_truncated,
+    _E.cancel_requested_at,
 )
 """Everything :class:`Execution` needs, without the two notebook texts."""
 
@@ -211,6 +222,17 @@ class NewEvent:
     outputs: list[dict[str, Any]] | None = None
 
 
+def cancel_signal_key(execution_id: str) -> str:
+    """Return the key under which an execution's cancellation is announced.
+
+    Workers subscribe to it on their cancellation bus (LISTEN on
+    :data:`~noteburst.constants.CANCELS_CHANNEL` on Postgres, the shared
+    in-process bus otherwise); it differs from the execution id so that an
+    in-process bus does not wake the worker for every progress event.
+    """
+    return f"cancel:{execution_id}"
+
+
 def cursor_for(execution: Execution) -> str:
     """Opaque pagination cursor pointing just after ``execution``.
 
@@ -280,6 +302,10 @@ def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Executio
         queue=ExecutionQueue(row.queue),
         cached_from=row.cached_from,
         shares_run_of=row.shares_run_of,
+        cell_timeout_seconds=row.cell_timeout_seconds,
+        no_output_timeout_seconds=row.no_output_timeout_seconds,
+        outputs_truncated=bool(row.outputs_truncated),
+        cancel_requested_at=row.cancel_requested_at,
     )
 
 
@@ -329,6 +355,8 @@ class ExecutionStore:
         now: datetime,
         queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
         cache_key: str | None = None,
+        cell_timeout_seconds: float | None = None,
+        no_output_timeout_seconds: float | None = None,
     ) -> ExecutionEvent:
         """Record a new execution, queued, with its first event.
 
@@ -351,6 +379,10 @@ class ExecutionStore:
         cache_key
             Its result cache key if its success is to be cached (and
             identical submissions may share its run), else None.
+        cell_timeout_seconds
+            Limit per cell, or None.
+        no_output_timeout_seconds
+            Limit on a cell's silence, or None.
 
         Returns
         -------
@@ -374,6 +406,8 @@ class ExecutionStore:
                 created_at=now,
                 queue=queue.value,
                 cache_key=cache_key,
+                cell_timeout_seconds=cell_timeout_seconds,
+                no_output_timeout_seconds=no_output_timeout_seconds,
             )
         )
         return await self._insert_event(
@@ -514,6 +548,7 @@ class ExecutionStore:
             .where(
                 _E.id == execution_id,
                 _E.attempts < max_attempts,
+                _E.cancel_requested_at.is_(None),
                 or_(
                     _E.status == ExecutionStatus.QUEUED.value,
                     and_(
@@ -716,6 +751,7 @@ class ExecutionStore:
         error: ExecutionError | None,
         now: datetime,
         attempt: int | None = None,
+        outputs_truncated: bool = False,
     ) -> ExecutionEvent | None:
         """Finish an execution, once.
 
@@ -737,6 +773,8 @@ class ExecutionStore:
         attempt
             If given, finish only if this is still the current attempt (see
             :meth:`renew_lease`).
+        outputs_truncated
+            Whether the executed notebook's outputs were cut under limits.
 
         Returns
         -------
@@ -762,6 +800,7 @@ class ExecutionStore:
             "lease_expires_at": None,
             "result_notebook": result_text,
             "error": error.to_json() if error is not None else None,
+            "outputs_truncated": outputs_truncated,
         }
         event = await self._change(
             execution_id,
@@ -775,6 +814,77 @@ class ExecutionStore:
         if event is not None:
             await self._finish_followers(execution_id, values, event)
         return event
+
+    async def request_cancel(
+        self, execution_id: str, *, now: datetime
+    ) -> ExecutionEvent | None:
+        """Cancel an execution: at once if queued, through its worker if running.
+
+        A queued execution is finished ``cancelled`` here (a worker that
+        receives its message later finds nothing to claim).  A running one
+        gets ``cancel_requested_at`` (kept from the first request) and, on
+        Postgres, a notification on :data:`~noteburst.constants.CANCELS_CHANNEL`
+        (delivered on commit) for the worker that runs it, which interrupts
+        the kernel and finishes it ``cancelled`` with its partial notebook;
+        :meth:`claim` no longer takes it.  A finished execution is left
+        unchanged.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``FINISHED`` event if a queued execution was cancelled; None
+            otherwise (running, finished or unknown: read it to tell).
+        """
+        now = _utc(now)
+        values: dict[str, Any] = {
+            "status": ExecutionStatus.CANCELLED.value,
+            "finished_at": now,
+            "lease_expires_at": None,
+            "error": ExecutionError(
+                code=ErrorCode.CANCELLED, message="cancelled before it started"
+            ).to_json(),
+        }
+        event = await self._change(
+            execution_id,
+            conditions=[_E.status == ExecutionStatus.QUEUED.value],
+            values=values,
+            kind=EventKind.FINISHED,
+            status=ExecutionStatus.CANCELLED,
+            cell_index=None,
+            now=now,
+        )
+        if event is not None:
+            # Submissions sharing this run end with it, as after any finish.
+            await self._finish_followers(execution_id, values, event)
+            return event
+        statement = (
+            update(_E)
+            .where(_E.id == execution_id, _E.status == ExecutionStatus.RUNNING.value)
+            .values(
+                cancel_requested_at=func.coalesce(
+                    _E.cancel_requested_at,
+                    literal(now, type_=_E.cancel_requested_at.type),
+                )
+            )
+            .returning(_E.id)
+            .execution_options(synchronize_session=False)
+        )
+        running = (await self._session.execute(statement)).one_or_none()
+        if running is not None and self._notify:
+            payload = json.dumps(
+                {"id": cancel_signal_key(execution_id)}, separators=(",", ":")
+            )
+            await self._session.execute(
+                select(func.pg_notify(CANCELS_CHANNEL, payload))
+            )
+        return None
+
+    async def cancel_requested(self, execution_id: str) -> bool:
+        """Whether cancellation of the execution was asked for."""
+        requested = await self._session.scalar(
+            select(_E.cancel_requested_at).where(_E.id == execution_id)
+        )
+        return requested is not None
 
     async def requeue(
         self,

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import httpx
 import nbformat
 import pytest
 from nbformat import NotebookNode
 
 from noteburst.jupyter.backend import LocalLabBackend
-from noteburst.jupyter.exceptions import CellTimeoutError
-from noteburst.jupyter.execute import CellFailure, execute_notebook
-from noteburst.jupyter.protocol import Message
+from noteburst.jupyter.exceptions import (
+    CellTimeoutError,
+    KernelMessageTooLargeError,
+    NoOutputTimeoutError,
+)
+from noteburst.jupyter.execute import CellFailure, RunReport, execute_notebook
+from noteburst.jupyter.kernel import KernelConnection
+from noteburst.jupyter.protocol import TRUNCATION_MARKER, Message, OutputLimits
+from noteburst.jupyter.rest import JupyterRestClient
 
 WAIT = 30
 
@@ -178,3 +186,89 @@ async def test_a_connection_can_run_notebooks_in_sequence(
     assert second.cells[0].execution_count == 1
     assert second.cells[0].outputs[0].data["text/plain"] == "2"
     assert second.cells[0].outputs[0].execution_count == 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("pipelined", [True, False])
+async def test_no_output_timeout_names_the_silent_cell(
+    jupyter_backend: LocalLabBackend, *, pipelined: bool
+) -> None:
+    """A cell that keeps printing runs on; one that goes silent times out."""
+    nb = notebook(
+        "import time\nfor i in range(12):\n"
+        "    print(i, flush=True)\n    time.sleep(0.25)",
+        "print('quiet now', flush=True)\nimport time\ntime.sleep(60)",
+        "print('never')",
+    )
+    async with jupyter_backend.kernel("python3") as conn:
+        with pytest.raises(NoOutputTimeoutError) as caught:
+            async with asyncio.timeout(WAIT):
+                await execute_notebook(
+                    conn, nb, no_output_timeout=1.5, pipelined=pipelined
+                )
+    assert isinstance(caught.value, CellTimeoutError)
+    assert caught.value.cell_index == 1
+    assert "no output for 1.5 s" in str(caught.value)
+    # The first cell ran longer than the limit in all, but never went silent.
+    assert len(nb.cells[0].outputs) == 12
+    assert nb.cells[1].outputs[0].text == "quiet now\n"
+    assert nb.cells[2].execution_count is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("pipelined", [True, False])
+async def test_output_limits_are_applied_as_messages_arrive(
+    jupyter_backend: LocalLabBackend, *, pipelined: bool
+) -> None:
+    """Far more output than the budget: cut, marked, reported; the rest runs."""
+    chunk = 64 * 1024
+    nb = notebook(
+        f"import sys\nfor _ in range(512):\n    sys.stdout.write('x' * {chunk})\n"
+        "    sys.stdout.flush()",
+        "print('after')",
+        "1 / 0",
+    )
+    report = RunReport()
+    limits = OutputLimits(max_output_bytes=2 * chunk, max_total_bytes=8 * chunk)
+    async with jupyter_backend.kernel("python3") as conn, asyncio.timeout(120):
+        failure = await execute_notebook(
+            conn, nb, output_limits=limits, report=report, pipelined=pipelined
+        )
+    assert report.outputs_truncated
+    assert failure is not None
+    assert failure.cell_index == 2
+    flood = nb.cells[0].outputs
+    assert TRUNCATION_MARKER in flood[-1].text
+    stored = len(nbformat.writes(nb).encode())
+    assert stored < 12 * chunk  # 32 MiB printed
+    # The budget was spent, so later outputs are dropped (marked), but the
+    # error that explains the failure is always kept.
+    assert TRUNCATION_MARKER in nb.cells[1].outputs[0].text
+    assert nb.cells[2].outputs[-1].output_type == "error"
+
+
+@pytest.mark.asyncio
+async def test_a_message_over_the_size_limit_fails_clearly(
+    jupyter_server: Any,
+) -> None:
+    """A single message larger than the socket accepts is named, not a silent drop."""
+    async with httpx.AsyncClient() as http:
+        rest = JupyterRestClient(
+            http=http,
+            base_url=jupyter_server.url,
+            token=jupyter_server.token,
+            timeout=30,
+        )
+        kernel_id = await rest.create_kernel("python3")
+        try:
+            conn = await KernelConnection.open(
+                rest, kernel_id, max_message_bytes=1024 * 1024
+            )
+            async with conn:
+                nb = notebook("print('x' * (3 * 1024 * 1024))")
+                with pytest.raises(KernelMessageTooLargeError) as caught:
+                    async with asyncio.timeout(WAIT):
+                        await execute_notebook(conn, nb)
+            assert caught.value.limit == 1024 * 1024
+        finally:
+            await rest.delete_kernel(kernel_id)

@@ -8,6 +8,7 @@ clear reason.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from noteburst.domain.execution import (
     ExecutionEvent,
     ExecutionStatus,
 )
+from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.backend import LocalLabBackend
@@ -36,6 +38,7 @@ from noteburst.storage.events import LocalEventBus
 from noteburst.storage.execution import ExecutionStore, NewEvent
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Harness:
     runner: ExecutionRunner
     api: ProcessContext
     broker: StubBroker
+    worker: ProcessContext
 
 
 @pytest_asyncio.fixture
@@ -68,6 +72,7 @@ async def harness(
             runner=Factory(worker).create_runner(),
             api=api,
             broker=broker,
+            worker=worker,
         )
     finally:
         await worker.aclose()
@@ -308,3 +313,359 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
     final = await harness.service.get(execution.id)
     assert final is not None
     assert final.progress.cells_done == cells
+
+
+def _interruptible_sleep(marker: Path) -> str:
+    """A cell that waits, and records in ``marker`` that it was interrupted."""
+    return (
+        "import pathlib, time\n"
+        "try:\n"
+        "    print('waiting', flush=True)\n"
+        "    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
+        f"    pathlib.Path({str(marker)!r}).write_text('interrupted')\n"
+        "    raise\n"
+    )
+
+
+async def _interrupted(marker: Path) -> None:
+    async def written() -> bool:
+        return await asyncio.to_thread(marker.exists)
+
+    await wait_until(written, "the kernel was interrupted", timeout=30)
+
+
+@pytest.mark.asyncio
+async def test_cell_timeout_interrupts_and_keeps_the_partial_notebook(
+    harness: Harness, tmp_path: Path
+) -> None:
+    marker = tmp_path / "interrupted"
+    execution = await harness.service.submit(
+        notebook("print('first')", _interruptible_sleep(marker), "print('never')"),
+        cell_timeout_seconds=2,
+    )
+    assert execution.cell_timeout_seconds == 2
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    assert outcome.error is not None
+    assert outcome.error.code is ErrorCode.TIMEOUT
+    assert outcome.error.cell_index == 1
+    assert outcome.error.message == "cell 1 exceeded its cell timeout of 2 s"
+    await _interrupted(marker)
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][0]["outputs"][0]["text"] == "first\n"
+    assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
+    assert result["cells"][2]["outputs"] == []
+
+
+@pytest.mark.asyncio
+async def test_no_output_timeout_ends_the_execution(harness: Harness) -> None:
+    execution = await harness.service.submit(
+        notebook(
+            "import time\nfor i in range(10):\n    print(i, flush=True)\n"
+            "    time.sleep(0.2)",
+            "import time; time.sleep(120)",
+        ),
+        no_output_timeout_seconds=1.5,
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    assert outcome.error is not None
+    assert outcome.error.cell_index == 1
+    assert outcome.error.message == "cell 1 exceeded its no-output timeout of 1.5 s"
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.TIMED_OUT
+    assert final.no_output_timeout_seconds == 1.5
+
+
+@pytest.mark.asyncio
+async def test_whole_execution_timeout_interrupts_and_names_the_cell(
+    harness: Harness, tmp_path: Path
+) -> None:
+    marker = tmp_path / "interrupted"
+    execution = await harness.service.submit(
+        notebook("print('first')", _interruptible_sleep(marker)), timeout_seconds=3
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    assert outcome.error is not None
+    assert outcome.error.message == (
+        "execution exceeded its timeout of 3 s while cell 1 was running"
+    )
+    await _interrupted(marker)
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cellTimeoutSeconds", 0),
+        ("cellTimeoutSeconds", float("inf")),
+        ("noOutputTimeoutSeconds", -1),
+        ("noOutputTimeoutSeconds", 1e12),
+    ],
+)
+async def test_bad_cell_timeouts_are_refused(
+    harness: Harness, field: str, value: float
+) -> None:
+    cell, silence = (value, None) if field == "cellTimeoutSeconds" else (None, value)
+    with pytest.raises(InvalidInputError) as caught:
+        await harness.service.submit(
+            notebook("1"), cell_timeout_seconds=cell, no_output_timeout_seconds=silence
+        )
+    assert caught.value.field == field
+
+
+@pytest.mark.asyncio
+async def test_a_queued_execution_is_cancelled_at_once(harness: Harness) -> None:
+    execution = await harness.service.submit(notebook("print('never')"))
+    cancelled = await harness.service.cancel(execution.id)
+    assert cancelled.status is ExecutionStatus.CANCELLED
+    assert cancelled.error is not None
+    assert cancelled.error.code is ErrorCode.CANCELLED
+    # The worker that receives the message later does nothing.
+    assert await harness.runner.run(execution.id) is None
+    # Cancelling again returns it unchanged; an unknown id is refused.
+    again = await harness.service.cancel(execution.id)
+    assert (again.status, again.last_sequence) == (
+        ExecutionStatus.CANCELLED,
+        cancelled.last_sequence,
+    )
+    with pytest.raises(ExecutionNotFoundError):
+        await harness.service.cancel("no-such-execution")
+    kinds = [e.kind for e in await _events(harness, execution.id)]
+    assert kinds == [EventKind.QUEUED, EventKind.FINISHED]
+
+
+@pytest.mark.asyncio
+async def test_a_running_execution_is_interrupted_and_cancelled(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The request reaches the worker by notification (LISTEN on Postgres)."""
+    marker = tmp_path / "interrupted"
+    execution = await harness.service.submit(
+        notebook("print('first')", _interruptible_sleep(marker), "print('never')")
+    )
+    harness.broker.flush_all()
+
+    async def watch() -> list[ExecutionEvent]:
+        seen: list[ExecutionEvent] = []
+        async for watched in harness.service.watch(execution.id, after_sequence=0):
+            seen.append(watched.event)
+            if watched.event.kind is EventKind.CELL_STARTED and (
+                watched.event.cell_index == 1
+            ):
+                cell_started.set()
+        return seen
+
+    cell_started = asyncio.Event()
+    watcher = asyncio.create_task(watch())
+    running = asyncio.create_task(harness.runner.run(execution.id))
+    async with asyncio.timeout(120):
+        await cell_started.wait()
+    requested = await harness.service.cancel(execution.id)
+    assert requested.status is ExecutionStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    outcome = await asyncio.wait_for(running, 60)
+    seen = await asyncio.wait_for(watcher, 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.CANCELLED
+    assert outcome.error is not None
+    assert outcome.error.code is ErrorCode.CANCELLED
+    assert outcome.error.cell_index == 1
+    await _interrupted(marker)
+    assert (seen[-1].kind, seen[-1].status) == (
+        EventKind.FINISHED,
+        ExecutionStatus.CANCELLED,
+    )
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][0]["outputs"][0]["text"] == "first\n"
+    assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
+    assert result["cells"][2]["outputs"] == []
+    final = await harness.service.cancel(execution.id)
+    assert final.status is ExecutionStatus.CANCELLED
+    assert final.attempts == 1
+    # Nothing is left queued for it, and a redelivered message does nothing.
+    assert await harness.runner.run(execution.id) is None
+
+
+@pytest.mark.asyncio
+async def test_a_cell_error_is_never_retried(harness: Harness) -> None:
+    execution = await harness.service.submit(notebook("raise RuntimeError('no')"))
+    harness.broker.flush_all()
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert not outcome.retryable
+    assert outcome.error is not None
+    assert outcome.error.code is ErrorCode.CELL_ERROR
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert (final.status, final.attempts) == (ExecutionStatus.FAILED, 1)
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
+
+
+KERNEL_DEATHS = {
+    "os._exit": "import os; os._exit(1)",
+    "segfault": "import ctypes; ctypes.string_at(0)",
+    # What the kernel OOM killer does once memory is exhausted.
+    "SIGKILL": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("death", list(KERNEL_DEATHS))
+async def test_a_dying_kernel_fails_the_execution_and_the_lab_stays_usable(
+    harness: Harness, death: str
+) -> None:
+    # The dying cell is the first code cell: pipelined, a cell dying within
+    # milliseconds of the previous one's end can be blamed on it (see
+    # noteburst.jupyter.execute, "Kernel death"); that case is covered in
+    # tests/jupyter/pipeline_test.py.
+    execution = await harness.service.submit(
+        notebook("# md:dies next", KERNEL_DEATHS[death], "print('never')")
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.error is not None
+    assert (outcome.status, outcome.error.code) == (
+        ExecutionStatus.FAILED,
+        ErrorCode.KERNEL_DIED,
+    ), outcome.error.message
+    assert outcome.error.cell_index == 1
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][2]["outputs"] == []
+
+    after = await harness.service.submit(notebook("print('next')"))
+    next_outcome = await asyncio.wait_for(harness.runner.run(after.id), 120)
+    assert next_outcome is not None
+    assert next_outcome.status is ExecutionStatus.SUCCEEDED
+
+
+@pytest.mark.asyncio
+async def test_memory_exhaustion_under_a_limit_is_a_cell_error(
+    harness: Harness,
+) -> None:
+    """Under RLIMIT_AS an allocation fails in Python: MemoryError, kernel alive.
+
+    (Exhaustion without a limit ends in the OOM killer's SIGKILL: the
+    SIGKILL case above.)
+    """
+    execution = await harness.service.submit(
+        notebook(
+            "import resource\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "hog = [bytearray(1 << 20) for _ in range(4096)]",
+            "print('never')",
+        )
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.error is not None
+    assert (outcome.error.code, outcome.error.cell_index, outcome.error.ename) == (
+        ErrorCode.CELL_ERROR,
+        0,
+        "MemoryError",
+    )
+    after = await harness.service.submit(notebook("print('next')"))
+    next_outcome = await asyncio.wait_for(harness.runner.run(after.id), 120)
+    assert next_outcome is not None
+    assert next_outcome.status is ExecutionStatus.SUCCEEDED
+
+
+@pytest.mark.asyncio
+async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
+    harness: Harness,
+) -> None:
+    """After a timeout the kernel is interrupted, then shut down regardless.
+
+    It never serves another notebook: the next execution gets another one.
+    """
+    execution = await harness.service.submit(
+        notebook(
+            "import os, signal, time\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "print(os.getpid(), flush=True)\n"
+            "time.sleep(300)"
+        ),
+        cell_timeout_seconds=2,
+    )
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.TIMED_OUT
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    pid = int(result["cells"][0]["outputs"][0]["text"])
+
+    async def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await wait_until(gone, f"kernel process {pid} is shut down", timeout=60)
+    after = await harness.service.submit(notebook("import os; print(os.getpid())"))
+    assert await asyncio.wait_for(harness.runner.run(after.id), 120) is not None
+    next_result = await harness.service.get_notebook(after.id)
+    assert next_result is not None
+    assert int(next_result["cells"][0]["outputs"][0]["text"]) != pid
+
+
+@pytest.mark.asyncio
+async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) -> None:
+    """One output over the websocket's 64 MiB limit: OUTPUT_TOO_LARGE, not a retry."""
+    execution = await harness.service.submit(
+        notebook("print('before')", "print('x' * (65 << 20))", "print('never')")
+    )
+    harness.broker.flush_all()
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert not outcome.retryable
+    assert outcome.error is not None
+    assert (outcome.status, outcome.error.code, outcome.error.cell_index) == (
+        ExecutionStatus.FAILED,
+        ErrorCode.OUTPUT_TOO_LARGE,
+        1,
+    ), outcome.error.message
+    assert "larger than 67108864 bytes" in outcome.error.message
+    result = await harness.service.get_notebook(execution.id)
+    assert result is not None
+    assert result["cells"][0]["outputs"][0]["text"] == "before\n"
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
+    harness: Harness,
+) -> None:
+    execution = await harness.service.submit(notebook("print('never')"))
+    harness.broker.flush_all()
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with harness.api.database.transaction() as store:
+        # A worker claimed it and died (its lease long expired).
+        assert await store.claim(
+            execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
+        )
+    requested = await harness.service.cancel(execution.id)
+    assert requested.status is ExecutionStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    # A duplicate message cannot claim it any more...
+    assert await harness.runner.run(execution.id) is None
+    # ...and the sweep ends it instead of queueing it again.
+    assert await harness.runner.recover() == 0
+    final = await harness.service.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.CANCELLED
+    assert final.error is not None
+    assert final.error.code is ErrorCode.CANCELLED
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())

@@ -25,6 +25,17 @@ EXECUTION_FIELDS = """
   id status kernelName attempts createdAt startedAt finishedAt
   progress { cellsTotal cellsDone }
   error { code message cellIndex ename evalue traceback }
+  cellTimeoutSeconds noOutputTimeoutSeconds outputsTruncated cancelRequested
+"""
+
+CANCEL = f"""
+mutation Cancel($id: ID!) {{
+  cancelExecution(id: $id) {{
+    __typename
+    ... on Execution {{ {EXECUTION_FIELDS} }}
+    ... on ExecutionNotFound {{ message id }}
+  }}
+}}
 """
 
 SUBMIT = f"""
