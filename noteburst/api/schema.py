@@ -16,10 +16,13 @@ from typing import Annotated
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
+    ValidationCache,
 )
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
@@ -281,9 +284,26 @@ class QueryLimits:
     max_tokens: int = 20_000
 
 
+DOCUMENT_CACHE_SIZE = 128
+"""Distinct GraphQL documents whose parse and validation are remembered."""
+
+
 def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
-    """Build the schema with its error masking and document limits."""
+    """Build the schema with its error masking and document limits.
+
+    Clients send the same few documents over and over (the notebook is a
+    variable), and parsing plus validating one cost 5-50 ms of CPU per
+    request here, as much as running a small notebook.  So both are cached
+    (bounded LRU, keyed by the document text, then by the parsed document
+    and the rules).  The limit rules are built once per schema, not per
+    operation, so that the validation cache key stays the same; they keep
+    no state between validations.
+    """
     limits = limits or QueryLimits()
+    limit_rules = [
+        *QueryDepthLimiter(max_depth=limits.max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules,
+    ]
     return _Schema(
         query=Query,
         mutation=Mutation,
@@ -291,9 +311,10 @@ def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
         extensions=[
             lambda: MaskErrors(should_mask_error=should_mask_error),
             # Factories, not instances: an extension keeps per-operation state.
-            lambda: QueryDepthLimiter(max_depth=limits.max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
             lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
+            lambda: AddValidationRules(limit_rules),
+            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
         ],
         config=StrawberryConfig(),
     )

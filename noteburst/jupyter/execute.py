@@ -57,7 +57,8 @@ no "only if the previous one succeeded" condition.  So for IPython kernels
 request sent ahead of the first cell installs
 :data:`~.protocol.STOP_AFTER_ERROR_GUARD`: an IPython input transformer
 that, once an execution has failed, replaces the code of every later cell
-by ``raise NoteburstSkippedError``.  A request that slips past ipykernel's
+by ``raise NoteburstSkippedError`` (a pooled kernel has it installed while
+warming up, see :mod:`.pool`).  A request that slips past ipykernel's
 abort then fails instead of running, and its error aborts the queue again;
 no cell's code runs after the first failure, as in sequential execution
 (``tests/jupyter/pipeline_test.py`` sends a request after the error reply
@@ -321,7 +322,7 @@ async def execute_notebook(
             cell_timeout=cell_timeout,
             iopub_timeout=iopub_timeout,
             window=_WINDOW,
-            guard=protocol.guard_applies(info),
+            guard=protocol.guard_applies(info) and not conn.guard_installed,
             no_output_timeout=no_output_timeout,
         )
     except asyncio.CancelledError:

@@ -89,6 +89,10 @@ class KernelConnection:
         recorded by whoever asked for one, like the kernel pool), so a
         caller that needs the kernel's ``language_info`` does not pay
         another round trip for it.
+    guard_installed : bool
+        Whether :data:`~.protocol.STOP_AFTER_ERROR_GUARD` already ran in
+        this kernel (the pool installs it while warming a kernel up), so
+        :func:`~.execute.execute_notebook` does not send it again.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class KernelConnection:
         self.protocol = wire_protocol
         self.username = username
         self.kernel_info_reply: Message | None = None
+        self.guard_installed = False
         self._queues: dict[str, asyncio.Queue[Message | object]] = {}
         self._failure: JupyterError | None = None
         self._closing = False

@@ -620,7 +620,14 @@ class _ProgressWriter:
         self._wake.set()
 
     async def settle(self) -> None:
-        """Wait for the write in flight, if any; raise if a write failed."""
+        """Wait for the write in flight, if any; raise if a write failed.
+
+        Call once nothing more will be posted: no further batch is started
+        (what is still pending goes into the transaction that ends the
+        attempt, see :meth:`stop`), so the end of a run waits for at most
+        one progress transaction, not for the one in flight and the next.
+        """
+        self._stopped = True
         await self._idle.wait()
         if self._error is not None:
             raise self._error

@@ -216,6 +216,38 @@ async def test_pooled_kernel_info_is_not_asked_again(
 
 
 @pytest.mark.asyncio
+async def test_pooled_kernel_has_the_stop_after_error_guard_already(
+    pooled_backend: BackendFactory,
+) -> None:
+    """The guard is installed while warming up: the notebook's requests are
+    its cells alone, and a request after a failure still does not run."""
+    async with pooled_backend({PY: 1}) as backend, asyncio.timeout(WAIT):
+        await pool_of(backend).wait_full(PY)
+        sent: list[str] = []
+        async with backend.kernel(PY) as conn:
+            assert conn.guard_installed
+            real_request = conn.request
+
+            async def request(msg: Message) -> str:
+                sent.append(msg["content"]["code"])
+                return await real_request(msg)
+
+            conn.request = request  # type: ignore[method-assign]
+            nb = notebook("x = 1", "1/0", "x = 2")
+            failure = await execute_notebook(conn, nb)
+            assert failure is not None
+            assert failure.cell_index == 1
+            conn.request = real_request  # type: ignore[method-assign]
+            # Sent after the error reply came back: ipykernel would run it.
+            late = await conn.execute("x = 3")
+            while (reply := await conn.receive(late))["msg_type"] != "execute_reply":
+                pass
+        assert sent == ["x = 1", "1/0", "x = 2"]
+        assert reply["content"]["ename"] == "NoteburstSkippedError"
+        assert [cell.execution_count for cell in nb.cells[:2]] == [1, 2]
+
+
+@pytest.mark.asyncio
 async def test_size_zero_means_no_pool(pooled_backend: BackendFactory) -> None:
     async with pooled_backend({PY: 0}) as backend:
         assert backend.pool is None
