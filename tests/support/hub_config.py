@@ -7,8 +7,9 @@ variables set by :mod:`tests.support.hub`.  The settings follow
 * loopback ports picked by the fixture, an in-memory database, no login
   (NullAuthenticator: API only), a random cookie secret (no file in cwd);
 * SimpleLocalProcessSpawner (no unix users) with ``--allow-root``, homes
-  under the run's temporary directory, a 10 s ``http_timeout`` so a server
-  that never answers fails the spawn quickly (G2, G11);
+  under the run's temporary directory, a 30 s ``http_timeout`` so a server
+  that never answers fails the spawn in bounded time, yet a lab starting on
+  a loaded 2-CPU machine is not given up on (10 s was seen to expire) (G2, G11);
 * the kernel websocket settings Noteburst needs on any hub: NoDelay (G1) and
   no IOPub rate limit (G3), and the slimmed extensions (G15) plus the
   lifeline, which stops a lab whose hub is gone;
@@ -81,7 +82,7 @@ c.Spawner.environment = {
     "NOTEBURST_JUPYTER_PARENT_PID": _parent_pid,
     "JUPYTER_PLATFORM_DIRS": "1",
 }
-c.Spawner.http_timeout = 10
+c.Spawner.http_timeout = 30
 c.Spawner.start_timeout = 30
 
 c.JupyterHub.services = [
