@@ -36,11 +36,13 @@ def test_an_idle_consumer_wakes_when_a_message_is_enqueued(
     assert isinstance(broker, WakingRedisBroker)
     consumer = broker.consume(EXECUTION_QUEUE, prefetch=1, timeout=IDLE_MS)
 
-    idle = threading.Event()
+    # Counted, not a flag: the consumer may reach its second wait before
+    # this thread has seen the first (a cleared flag would lose it).
+    idle = threading.Semaphore(0)
     real_wait = taskqueue._WakingConsumer._wait  # white box: when it waits
 
     def noted_wait(self: taskqueue._WakingConsumer) -> None:
-        idle.set()
+        idle.release()
         real_wait(self)
 
     monkeypatch.setattr(taskqueue._WakingConsumer, "_wait", noted_wait)
@@ -59,9 +61,8 @@ def test_an_idle_consumer_wakes_when_a_message_is_enqueued(
     try:
         # Two empty fetches: the first wait returns at once (it reads the
         # subscription's confirmation); the second is the idle wait.
-        assert idle.wait(WAIT)
-        idle.clear()
-        assert idle.wait(WAIT)
+        assert idle.acquire(timeout=WAIT)
+        assert idle.acquire(timeout=WAIT)
         broker.enqueue(message("abc"))
         got = received.get(timeout=WAIT)
         assert got.args == ("abc",)
