@@ -117,9 +117,9 @@ for a limit per cell and ``no_output_timeout`` for a limit on how long a
 cell may send nothing, or cancel the task.  Every wait for a message is
 bounded by whichever of these applies (and by ``iopub_timeout`` once a
 cell's reply is in), the same in pipelined and sequential mode: a cell's
-clocks start when the cell before it is complete.  The notebook is mutated in place
-as messages are folded, so after a timeout or cancellation it holds
-everything folded so far; on cancellation the callback task is cancelled
+clocks start when the cell before it is complete.  The notebook is mutated
+in place as messages are folded, so after a timeout or cancellation it
+holds everything folded so far; on cancellation the callback task is cancelled
 and awaited, so no task is left behind.  The kernel, however, may still be
 running cells (and hold queued requests); discard it.
 """
