@@ -264,6 +264,16 @@ class Config(BaseSettings):
             "they reach this many bytes, without waiting for output_flush_seconds."
         ),
     )
+    output_max_resent_bytes: int = Field(
+        8 << 20,
+        ge=0,
+        description=(
+            "Bytes of outputs that CELL_OUTPUTS events written while a cell runs "
+            "may send again (a clear_output animation, a display updated in a "
+            "loop), per attempt; past it such changes are written only at the "
+            "end of each cell, so a long animation cannot fill the events table."
+        ),
+    )
     redis_namespace: str = Field(
         "noteburst", description="Prefix of the Dramatiq keys in Redis."
     )

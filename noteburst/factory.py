@@ -412,6 +412,7 @@ class Factory:
             output_flush=OutputFlush(
                 seconds=config.output_flush_seconds,
                 max_bytes=config.output_flush_bytes,
+                max_resent_bytes=config.output_max_resent_bytes,
             ),
             cancels=self._context.cancels,
             output_limits=OutputLimits(

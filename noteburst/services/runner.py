@@ -101,10 +101,17 @@ class OutputFlush:
     changes reach ``max_bytes`` (a rough count: text and MIME values), and
     at the end of each cell, so a cell has at most about
     ``duration / seconds + bytes / max_bytes + 1`` such events.
+
+    Appended outputs are written once, but a clear_output animation or a
+    display updated in a loop sends the same outputs again at every flush.
+    Once an attempt's live flushes have sent ``max_resent_bytes`` again,
+    such changes are written only at the ends of cells (appends still go
+    out live), so a long animation cannot fill the events table.
     """
 
     seconds: float = 0.2
     max_bytes: int = 65536
+    max_resent_bytes: int = 8 << 20
 
 
 class ExecutionRunner:
@@ -696,7 +703,8 @@ class _OutputStreamer:
     ``output_start == held``, a cleared cell starts at 0.
 
     Flushes happen on a timer and a byte threshold (see
-    :class:`OutputFlush`), before each CELL_FINISHED, and at the end.  A
+    :class:`OutputFlush`, also for the budget of outputs sent again),
+    before each CELL_FINISHED, and at the end.  A
     pipelined cell's outputs can be folded before its CELL_STARTED is
     queued (that callback runs on a helper task); they wait for it, so a
     cell's CELL_OUTPUTS events come after its CELL_STARTED event and before
@@ -715,6 +723,7 @@ class _OutputStreamer:
         self._cells: dict[int, _CellOutputsSent] = {}
         self._started = -1
         self._gathered_bytes = 0
+        self._resent_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -731,7 +740,7 @@ class _OutputStreamer:
         if cell_index > self._started:
             return  # flushed once its CELL_STARTED is queued
         if self._gathered_bytes >= self.policy.max_bytes:
-            self.flush()
+            self.flush(live=True)
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.policy.seconds, self._on_timer
@@ -748,8 +757,12 @@ class _OutputStreamer:
                 self.policy.seconds, self._on_timer
             )
 
-    def flush(self, *, everything: bool = False) -> None:
-        """Queue the changes of started cells (all cells if ``everything``)."""
+    def flush(self, *, everything: bool = False, live: bool = False) -> None:
+        """Queue the changes of started cells (all cells if ``everything``).
+
+        A ``live`` flush (timer, size) leaves out changes that would send
+        outputs again once the policy's ``max_resent_bytes`` are spent.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -762,6 +775,11 @@ class _OutputStreamer:
                 continue
             outs = self.notebook.cells[index].outputs
             start = min(sent.first_changed, sent.held)
+            if start < sent.held:
+                if live and self._resent_bytes >= self.policy.max_resent_bytes:
+                    continue  # at the cell's end
+                resent = outs[start : sent.held]
+                self._resent_bytes += sum(_rough_size(out) for out in resent)
             sent.first_changed = None
             if start == sent.held == len(outs):
                 continue
@@ -787,7 +805,7 @@ class _OutputStreamer:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.flush()
+        self.flush(live=True)
 
 
 def _json_copy(value: Any) -> Any:

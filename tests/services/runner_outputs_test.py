@@ -263,3 +263,41 @@ async def test_any_text_survives_the_events_table(
     final = notebook_outputs(stored)
     assert final[0][0]["text"] == "nul \x00, bell \x07, ansi \x1b[31mred\x1b[0m, 🎉 ünï"
     assert _nonempty(replay_stored(events)) == final
+
+
+@pytest.mark.asyncio
+async def test_an_animation_stops_resending_live_past_its_budget(
+    make_instance: Callable[..., Any],
+) -> None:
+    budget = 5000
+    frame = 1000  # bytes of HTML per frame, at least
+    # Every change is flushed at once, so without the budget each of the
+    # 40 frames would be an event.
+    instance = await make_instance(
+        output_flush_seconds=NEVER,
+        output_flush_bytes=1,
+        output_max_resent_bytes=budget,
+    )
+    source = notebook(
+        "from IPython.display import HTML, clear_output, display\n"
+        "for i in range(40):\n"
+        "    clear_output(wait=True)\n"
+        f"    display(HTML(f'<i>{{i}}</i>' + 'f' * {frame}))",
+        "for i in range(5):\n    print(f'{i}\\n', end='', flush=True)",
+    )
+    events, stored = await instance.run(source)
+    final = notebook_outputs(stored)
+    assert final[0][0]["data"]["text/html"].startswith("<i>39</i>")
+    assert _nonempty(replay_stored(events)) == final
+    outputs = _outputs_events(events)
+    animation = [e for e in outputs if e.cell_index == 0]
+    # The first frame, frames re-sent until the budget is spent, the end.
+    assert len(animation) <= 1 + -(-budget // frame) + 1, len(animation)
+    assert animation[-1].output_start == 0
+    # Appends are not re-sends: the printing cell's events only append.
+    held = 0
+    for event in (e for e in outputs if e.cell_index == 1):
+        assert event.output_start == held
+        assert event.outputs is not None
+        held += len(event.outputs)
+    assert held == len(final[1]) == 5
