@@ -20,7 +20,7 @@ from gql import Client
 from gql.graphql_request import GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.support.app import Noteburst, make_config, running
+from tests.support.app import CANCEL, Noteburst, make_config, running
 from tests.support.notebooks import notebook
 from tests.support.waiting import wait_until
 
@@ -288,7 +288,15 @@ async def test_identical_submissions_share_one_run(
         async with watching(nb, follower) as watch:
             shown = await get(nb, follower)
             assert (shown["status"], shown["sharesRunOf"]) == ("RUNNING", leader)
-            assert shown["progress"]["cellsDone"] >= 1
+
+            # The run's progress shows through the follower (progress events
+            # are written in batches, so the first cell's may lag its log line).
+            async def first_cell_done() -> bool:
+                shown = await get(nb, follower)
+                done: int = shown["progress"]["cellsDone"]
+                return done >= 1
+
+            await wait_until(first_cell_done, "the follower shows the first cell done")
             gate.touch()
             events = await asyncio.wait_for(watch, 120)
         # The follower's subscriber saw the shared run's progress and end.
@@ -340,3 +348,40 @@ async def test_followers_get_the_shared_runs_failure(
         assert shown["error"]["code"] == "CELL_ERROR"
         assert shown["error"] == (await get(nb, leader["id"]))["error"]
         assert runs(log) == ["run", "run"]
+
+
+@pytest.mark.asyncio
+async def test_a_follower_cancelled_alone_leaves_the_shared_run(
+    tmp_path: Path, jupyter_server: Any, backend_urls: dict[str, str | None]
+) -> None:
+    """Cancelling one submitter's follower ends only it; the run goes on."""
+    config = make_config(tmp_path, jupyter_server, **backend_urls)
+    log = tmp_path / "runs.log"
+    gate = tmp_path / "gate"
+    source = gated("run", log, gate, "print('shared', 7)")
+    async with running(config) as nb:
+        leader = await submit(nb, source, cache={"mode": "USE"})
+        await wait_logged(log, "run")
+        follower = await submit(nb, source, cache={"mode": "USE"})
+        other = await submit(nb, source, cache={"mode": "USE"})
+        assert follower["sharesRunOf"] == other["sharesRunOf"] == leader["id"]
+
+        async with watching(nb, follower["id"]) as watch:
+            data = await nb.execute(CANCEL, id=follower["id"])
+            assert data["cancelExecution"]["__typename"] == "Execution"
+            events = await asyncio.wait_for(watch, 120)
+        # The follower's subscriber saw its own end, while the run still runs.
+        assert (events[-1]["kind"], events[-1]["status"]) == ("FINISHED", "CANCELLED")
+        assert (await get(nb, follower["id"]))["status"] == "CANCELLED"
+        assert (await get(nb, leader["id"]))["status"] == "RUNNING"
+
+        gate.touch()
+        for execution in (leader, other):
+            await wait_status(nb, execution["id"], "SUCCEEDED")
+        # The run's end did not overwrite the follower that left it.
+        assert (await get(nb, follower["id"]))["status"] == "CANCELLED"
+        # After its end, a new subscriber gets the follower's own end at once.
+        async with watching(nb, follower["id"]) as watch:
+            late = await asyncio.wait_for(watch, 60)
+        assert [(e["kind"], e["status"]) for e in late] == [("FINISHED", "CANCELLED")]
+        assert runs(log) == ["run"]

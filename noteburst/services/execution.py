@@ -18,6 +18,7 @@ both start a run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -45,7 +46,7 @@ from ..exceptions import (
     UnknownKernelError,
 )
 from ..storage.database import Database
-from ..storage.events import EventBus
+from ..storage.events import EventBus, Signal
 from ..storage.execution import ExecutionStore, cancel_signal_key, cursor_for
 from ..storage.taskqueue import TaskQueue
 
@@ -371,8 +372,14 @@ class ExecutionService:
             async with self._db.transaction() as store:
                 execution = await store.get(execution_id)
                 latest = await store.latest_event(execution_id)
-            if execution is not None and execution.shares_run_of is not None:
-                # A follower's events are those of the run it shares.
+            own_signal = signal
+            if (
+                execution is not None
+                and execution.shares_run_of is not None
+                and latest is None
+            ):
+                # A follower's events are those of the run it shares (until
+                # it is cancelled on its own: then it has its own end event).
                 stream = execution.shares_run_of
                 signal = await subscriptions.enter_async_context(
                     self._bus.subscribe(stream)
@@ -389,21 +396,58 @@ class ExecutionService:
                 last_seen = latest.sequence
             else:
                 last_seen = after_sequence
-            while True:
-                async with self._db.transaction() as store:
-                    events = await store.events_after(stream, last_seen)
-                    if events:
-                        execution = await store.get(execution_id)
-                assert execution is not None
+            async for item in self._follow(
+                execution_id,
+                stream=stream,
+                execution=execution,
+                last_seen=last_seen,
+                signals=(signal, own_signal),
+            ):
+                yield item
+
+    async def _follow(
+        self,
+        execution_id: str,
+        *,
+        stream: str,
+        execution: Execution,
+        last_seen: int,
+        signals: tuple[Signal, Signal],
+    ) -> AsyncIterator[WatchedEvent]:
+        """Yield the events of ``stream`` after ``last_seen`` until the end.
+
+        ``stream`` is the execution itself, or for a follower the run it
+        shares; ``signals`` wake it for either.
+        """
+        while True:
+            left: ExecutionEvent | None = None
+            async with self._db.transaction() as store:
+                events = await store.events_after(stream, last_seen)
+                if stream != execution_id:
+                    left = await _left_shared_run(store, execution_id)
+                if events or left is not None:
+                    execution = await store.get(execution_id) or execution
+            if left is not None:
+                # Cancelled on its own: the shared run goes on without it.
                 for event in events:
-                    yield WatchedEvent(event=event, execution=execution)
-                    last_seen = event.sequence
-                    if event.kind is EventKind.FINISHED:
-                        return
-                if not events and execution.status.is_terminal:
-                    # Resumed after the terminal event: nothing more will come.
+                    if event.created_at <= left.created_at and (
+                        event.kind is not EventKind.FINISHED
+                    ):
+                        yield WatchedEvent(event=event, execution=execution)
+                yield WatchedEvent(event=left, execution=execution)
+                return
+            for event in events:
+                yield WatchedEvent(event=event, execution=execution)
+                last_seen = event.sequence
+                if event.kind is EventKind.FINISHED:
                     return
-                await signal.wait()
+            if not events and execution.status.is_terminal:
+                # Resumed after the terminal event: nothing more will come.
+                return
+            if signals[0] is signals[1]:
+                await signals[0].wait()
+            else:
+                await _either(*signals)
 
     async def queue_position(self, execution_id: str) -> int | None:
         """1-based place of a queued execution in the claim order, else None."""
@@ -519,6 +563,30 @@ async def _record(
         no_output_timeout_seconds=new.no_output_timeout_seconds,
     )
     return event, True
+
+
+async def _left_shared_run(
+    store: ExecutionStore, execution_id: str
+) -> ExecutionEvent | None:
+    """Return the end of a follower cancelled on its own, if it was.
+
+    A follower has no events of its own while it shares a run (and none when
+    the run ends it); cancelling it alone ends it with its own ``FINISHED``.
+    """
+    own = await store.latest_event(execution_id)
+    if own is not None and own.kind is EventKind.FINISHED:
+        return own
+    return None
+
+
+async def _either(first: Signal, second: Signal) -> None:
+    """Return once either signal is raised."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _runnable_cell_count(notebook: dict[str, Any]) -> int:
