@@ -233,6 +233,28 @@ def cancel_signal_key(execution_id: str) -> str:
     return f"cancel:{execution_id}"
 
 
+def _queued_row(
+    execution_id: str,
+    kernel_name: str,
+    timeout_seconds: float,
+    source_text: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Return the columns every new queued execution row starts with."""
+    return {
+        "id": execution_id,
+        "status": ExecutionStatus.QUEUED.value,
+        "kernel_name": kernel_name,
+        "timeout_seconds": timeout_seconds,
+        "source_notebook": source_text,
+        "result_notebook": None,
+        "cells_done": 0,
+        "error": None,
+        "attempts": 0,
+        "created_at": now,
+    }
+
+
 def cursor_for(execution: Execution) -> str:
     """Opaque pagination cursor pointing just after ``execution``.
 
@@ -392,18 +414,11 @@ class ExecutionStore:
         now = _utc(now)
         await self._session.execute(
             insert(_E).values(
-                id=execution_id,
-                status=ExecutionStatus.QUEUED.value,
-                kernel_name=kernel_name,
-                timeout_seconds=timeout_seconds,
-                source_notebook=source_text,
-                result_notebook=None,
+                **_queued_row(
+                    execution_id, kernel_name, timeout_seconds, source_text, now
+                ),
                 cells_total=cells_total,
-                cells_done=0,
-                error=None,
-                attempts=0,
                 last_sequence=1,
-                created_at=now,
                 queue=queue.value,
                 cache_key=cache_key,
                 cell_timeout_seconds=cell_timeout_seconds,
@@ -1175,18 +1190,11 @@ class ExecutionStore:
         now = _utc(now)
         await self._session.execute(
             insert(_E).values(
-                id=execution_id,
-                status=ExecutionStatus.QUEUED.value,
-                kernel_name=kernel_name,
-                timeout_seconds=timeout_seconds,
-                source_notebook=source_text,
-                result_notebook=None,
+                **_queued_row(
+                    execution_id, kernel_name, timeout_seconds, source_text, now
+                ),
                 cells_total=cells_total,
-                cells_done=0,
-                error=None,
-                attempts=0,
                 last_sequence=0,
-                created_at=now,
                 queue=queue.value,
                 shares_run_of=leader_id,
             )
