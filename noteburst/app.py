@@ -36,7 +36,13 @@ from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
 
-__all__ = ["check_config", "create_app", "request_body_limit", "serve_in_background"]
+__all__ = [
+    "check_config",
+    "create_app",
+    "listening_socket",
+    "request_body_limit",
+    "serve_in_background",
+]
 
 _logger = structlog.get_logger("noteburst.app")
 
@@ -187,6 +193,37 @@ async def _prepare_database(config: Config) -> None:
         await database.aclose()
 
 
+def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """Bind and listen on ``host``:``port`` for uvicorn (``sockets=[...]``).
+
+    Why not let uvicorn bind: it makes its socket with protocol number 0,
+    the connections it accepts inherit that, and asyncio then leaves Nagle's
+    algorithm on for them (it sets ``TCP_NODELAY`` only on sockets whose
+    protocol is ``IPPROTO_TCP``).  With Nagle on, a small write that follows
+    another (the ``complete`` after a subscription's last ``next``, or the
+    terminal event after a burst of cell events) waits for the client's
+    delayed ACK: 40 ms on Linux, measured here on every such pair.  A
+    socket made with ``IPPROTO_TCP`` passes it on to accepted connections.
+    """
+    family, _, _, _, address = socket.getaddrinfo(
+        host,
+        port,
+        type=socket.SOCK_STREAM,
+        proto=socket.IPPROTO_TCP,
+        flags=socket.AI_PASSIVE,
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_in_background(
     config: Config, *, run_worker: bool | None = None
@@ -202,9 +239,7 @@ async def serve_in_background(
     """
     # Bind and listen before uvicorn starts, so requests made while the
     # instance is still starting wait in the backlog instead of failing.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
+    sock = listening_socket("127.0.0.1", 0, backlog=128)
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(

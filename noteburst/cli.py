@@ -32,7 +32,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .app import check_config, create_app, request_body_limit, serve_in_background
+from .app import (
+    check_config,
+    create_app,
+    listening_socket,
+    request_body_limit,
+    serve_in_background,
+)
 from .client import NoteburstClient, NoteburstClientError
 from .config import Config
 from .exceptions import ConfigurationError
@@ -76,14 +82,20 @@ def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
     config = _load_config(host=host, port=port)
     configure_logging(level=config.log_level, fmt=config.log_format)
     app = create_app(config, run_worker=with_worker)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        ws_max_size=request_body_limit(config),
-        timeout_graceful_shutdown=30,
+    # Our own socket, not host/port: see listening_socket (TCP_NODELAY).
+    sock = listening_socket(config.host, config.port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            ws_max_size=request_body_limit(config),
+            timeout_graceful_shutdown=30,
+        )
     )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 @main.command()

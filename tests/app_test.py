@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -379,3 +381,51 @@ async def test_warm_kernels_are_fresh_and_warmed_up(
                 assert (warmed_import, warmed) == ("True", "True")
             seen.append(pid)
     assert len(set(seen)) == 3, "a kernel served two executions"
+
+
+def _server_side_nodelay(server_port: int, client: socket.socket) -> int:
+    """TCP_NODELAY of this process's accepted end of ``client``'s connection."""
+    peer = client.getsockname()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            candidate = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket
+        with candidate:
+            try:
+                if (
+                    candidate.family in {socket.AF_INET, socket.AF_INET6}
+                    and candidate.type == socket.SOCK_STREAM
+                    and candidate.getsockname()[1] == server_port
+                    and candidate.getpeername() == peer
+                ):
+                    return candidate.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError:
+                continue  # listening or unconnected
+    msg = "the server's end of the connection was not found"
+    raise AssertionError(msg)
+
+
+@pytest.mark.asyncio
+async def test_served_connections_do_not_wait_for_delayed_acks(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    """Accepted connections have Nagle's algorithm off (see listening_socket).
+
+    Without it, a small write following another waits for the client's
+    delayed ACK (40 ms), e.g. a subscription's ``complete`` after its last
+    ``next``.
+    """
+    config = make_config(tmp_path, jupyter_server)
+    async with running(config) as app:
+        port = int(app.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            client = writer.get_extra_info("socket")
+            nodelay = await asyncio.to_thread(_server_side_nodelay, port, client)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert nodelay == 1
