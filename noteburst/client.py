@@ -6,18 +6,29 @@ because the CLI needs only two operations and ``gql`` would pull aiohttp and
 its transports into every installation; the tests, in turn, use ``gql``
 against the server so that the server is checked by a client nobody here
 wrote.
+
+Like the HTTP connection, one websocket serves every :meth:`NoteburstClient.watch`
+of a client, each watch one operation on it (graphql-transport-ws multiplexes
+them by id): a dashboard backend watching an execution per page view then
+pays the websocket handshake and ``connection_init`` once, not per page view
+(they were a tenth of a small notebook's latency).  The connection is
+opened on first use and again after it is lost; a watch that was running
+when it was lost raises :class:`NoteburstClientError` (resume it with
+``after_sequence``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Self
 
 import httpx
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 __all__ = ["NoteburstClient", "NoteburstClientError"]
 
@@ -76,6 +87,8 @@ class NoteburstClient:
         # One HTTP client for every request: building one (SSL context,
         # connection pool) costs 20-40 ms, a fifth of a warm execution.
         self._http: httpx.AsyncClient | None = None
+        self._socket: _SharedSocket | None = None
+        self._socket_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         return self
@@ -84,10 +97,21 @@ class NoteburstClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP connections (the client can be used again after)."""
+        """Close the connections (the client can be used again after)."""
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.aclose()
+
+    async def _shared_socket(self) -> _SharedSocket:
+        """Return the open websocket, opening one if there is none."""
+        async with self._socket_lock:
+            if self._socket is None or self._socket.closed:
+                ws_url = "ws" + self._url.removeprefix("http")
+                self._socket = await _SharedSocket.open(ws_url, self._timeout)
+            return self._socket
 
     async def _post(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         if self._http is None:
@@ -151,39 +175,16 @@ class NoteburstClient:
 
     async def watch(
         self, execution_id: str, *, after_sequence: int | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the execution's events until it ends (graphql-transport-ws)."""
-        ws_url = "ws" + self._url.removeprefix("http")
-        async with connect(
-            ws_url,
-            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-            open_timeout=self._timeout,
-            max_size=None,
-        ) as ws:
-            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
-            ack = json.loads(await asyncio.wait_for(ws.recv(), self._timeout))
-            if ack.get("type") != "connection_ack":
-                msg = f"server refused the subscription connection: {ack}"
-                raise NoteburstClientError(msg)
-            op_id = str(uuid.uuid4())
-            await ws.send(
-                json.dumps(
-                    {
-                        "id": op_id,
-                        "type": "subscribe",
-                        "payload": {
-                            "query": WATCH,
-                            "variables": {"id": execution_id, "after": after_sequence},
-                        },
-                    }
-                )
-            )
-            async for raw in ws:
-                message = json.loads(raw)
+        socket = await self._shared_socket()
+        async with socket.operation(
+            WATCH, {"id": execution_id, "after": after_sequence}
+        ) as results:
+            while True:
+                message = await results.get()
                 kind = message.get("type")
-                if kind == "ping":
-                    await ws.send(json.dumps({"type": "pong"}))
-                elif kind == "next":
+                if kind == "next":
                     payload = message["payload"]
                     if payload.get("errors"):
                         raise NoteburstClientError(
@@ -196,6 +197,9 @@ class NoteburstClient:
                     )
                 elif kind == "complete":
                     return
+                else:  # the connection was lost
+                    msg = f"the subscription connection was lost: {message['reason']}"
+                    raise NoteburstClientError(msg)
 
     async def result_notebook(self, execution_id: str) -> dict[str, Any] | None:
         """Return the executed notebook, once the execution is terminal."""
@@ -205,3 +209,112 @@ class NoteburstClient:
             return None
         notebook: dict[str, Any] | None = execution["notebook"]
         return notebook
+
+
+class _SharedSocket:
+    """One graphql-transport-ws connection carrying many operations.
+
+    A reader task routes each ``next``/``error``/``complete`` message to
+    its operation's queue by id, and answers pings.  When the connection
+    ends, every open operation gets a ``{"type": "lost", "reason": ...}``
+    item and the socket is marked closed.
+    """
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._operations: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._lost: str | None = None
+        self._reader = asyncio.create_task(self._read(), name="noteburst-client-ws")
+
+    @classmethod
+    async def open(cls, url: str, open_timeout: float) -> _SharedSocket:
+        ws = await connect(
+            url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            open_timeout=open_timeout,
+            max_size=None,
+            # Events are small and the server is near: deflating each frame
+            # costs both sides CPU for nothing on the latency path.
+            compression=None,
+        )
+        try:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            ack = json.loads(await asyncio.wait_for(ws.recv(), open_timeout))
+        except BaseException:
+            await ws.close()
+            raise
+        if ack.get("type") != "connection_ack":
+            await ws.close()
+            msg = f"server refused the subscription connection: {ack}"
+            raise NoteburstClientError(msg)
+        return cls(ws)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended (a new one is needed)."""
+        return self._lost is not None
+
+    @contextlib.asynccontextmanager
+    async def operation(
+        self, query: str, variables: dict[str, Any]
+    ) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """Start an operation; yield the queue of its messages.
+
+        Leaving early (the caller stopped iterating) sends ``complete`` so
+        the server stops the subscription.
+        """
+        if self._lost is not None:
+            msg = f"the subscription connection was lost: {self._lost}"
+            raise NoteburstClientError(msg)
+        op_id = str(uuid.uuid4())
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._operations[op_id] = queue
+        finished = False
+        try:
+            await self._ws.send(
+                json.dumps(
+                    {
+                        "id": op_id,
+                        "type": "subscribe",
+                        "payload": {"query": query, "variables": variables},
+                    }
+                )
+            )
+            yield queue
+            finished = True
+        finally:
+            self._operations.pop(op_id, None)
+            if not finished and self._lost is None:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._ws.send(json.dumps({"id": op_id, "type": "complete"}))
+
+    async def _read(self) -> None:
+        reason = "closed"
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                kind = message.get("type")
+                if kind == "ping":
+                    await self._ws.send(json.dumps({"type": "pong"}))
+                    continue
+                queue = self._operations.get(message.get("id", ""))
+                if queue is not None:
+                    queue.put_nowait(message)
+                    if kind in {"error", "complete"}:
+                        self._operations.pop(message["id"], None)
+        except ConnectionClosed as exc:
+            reason = str(exc)
+        except Exception as exc:  # every watcher must hear of it
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._lost = reason
+            for queue in self._operations.values():
+                queue.put_nowait({"type": "lost", "reason": reason})
+            self._operations.clear()
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the reader."""
+        await self._ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
