@@ -256,6 +256,16 @@ class Config(BaseSettings):
             "written as one CELL_OUTPUTS event (a cell's end writes them at once)."
         ),
     )
+    progress_flush_seconds: float = Field(
+        0.1,
+        ge=0,
+        description=(
+            "Least time between two writes of a running execution's cell events "
+            "(CELL_STARTED, CELL_FINISHED, CELL_OUTPUTS); the end of an execution "
+            "writes what is left at once, so a notebook that runs within this time "
+            "has its events written, and pushed, together with its result."
+        ),
+    )
     output_flush_bytes: int = Field(
         65536,
         ge=1,

@@ -413,6 +413,7 @@ class Factory:
                 seconds=config.output_flush_seconds,
                 max_bytes=config.output_flush_bytes,
                 max_resent_bytes=config.output_max_resent_bytes,
+                progress_seconds=config.progress_flush_seconds,
             ),
             cancels=self._context.cancels,
             output_limits=OutputLimits(

@@ -24,7 +24,7 @@ import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -294,8 +294,9 @@ class ExecutionService:
         if event is not None:
             self._bus.announce(execution_id, event.sequence)
         elif execution.status is ExecutionStatus.RUNNING:
-            # For the in-process bus; on Postgres the NOTIFY already went out.
+            # For the in-process bus; on Postgres the NOTIFYs already went out.
             self._bus.announce(cancel_signal_key(execution_id), 0)
+            self._bus.announce(execution_id, 0)  # watchers refresh their snapshot
         _logger.info(
             "Cancellation requested",
             execution_id=execution_id,
@@ -425,8 +426,18 @@ class ExecutionService:
                 events = await store.events_after(stream, last_seen)
                 if stream != execution_id:
                     left = await _left_shared_run(store, execution_id)
-                if events or left is not None:
+                if stream != execution_id or not _only_progress(events):
                     execution = await store.get(execution_id) or execution
+                else:
+                    # Cell progress changes nothing else about the execution
+                    # (a cancel request wakes this loop without events, and
+                    # is read above): no read per progress batch.
+                    execution = replace(
+                        execution,
+                        progress=replace(
+                            execution.progress, cells_done=events[-1].cells_done
+                        ),
+                    )
             if left is not None:
                 # Cancelled on its own: the shared run goes on without it.
                 for event in events:
@@ -577,6 +588,16 @@ async def _left_shared_run(
     if own is not None and own.kind is EventKind.FINISHED:
         return own
     return None
+
+
+_PROGRESS_KINDS = frozenset(
+    {EventKind.CELL_STARTED, EventKind.CELL_FINISHED, EventKind.CELL_OUTPUTS}
+)
+
+
+def _only_progress(events: list[ExecutionEvent]) -> bool:
+    """Whether ``events`` is non-empty and holds only cell progress."""
+    return bool(events) and all(e.kind in _PROGRESS_KINDS for e in events)
 
 
 async def _either(first: Signal, second: Signal) -> None:

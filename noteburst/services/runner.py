@@ -57,8 +57,9 @@ from ..jupyter.execute import CellFailure, RunReport, execute_notebook
 from ..jupyter.kernel import KernelConnection
 from ..jupyter.protocol import OutputLimits
 from ..storage.database import Database
-from ..storage.events import EventBus
+from ..storage.events import EventBus, Signal
 from ..storage.execution import (
+    ClaimedExecution,
     ExecutionFinishedError,
     ExecutionStore,
     NewEvent,
@@ -112,6 +113,16 @@ class OutputFlush:
     seconds: float = 0.2
     max_bytes: int = 65536
     max_resent_bytes: int = 8 << 20
+    progress_seconds: float = 0.1
+    """Least time between two writes of cell events (progress and outputs).
+
+    The end of an attempt writes what is left at once, so a notebook that
+    runs within this time has all its cell events written in the
+    transaction that stores its result: one write and one wake-up of each
+    subscriber instead of one per batch, which on a two-core machine took
+    CPU from the kernel and the push of the result.  A longer execution's
+    subscribers see progress at least this often.
+    """
 
 
 class ExecutionRunner:
@@ -179,34 +190,47 @@ class ExecutionRunner:
         """
         log = _logger.bind(woken_for=execution_id)
         now = datetime.now(UTC)
-        async with self._db.transaction() as store:
-            execution = await store.claim_next(
-                now=now,
-                lease_until=now + self._lease,
-                max_attempts=self._max_attempts,
-                woken_for=execution_id,
-            )
-            if execution is None:
-                log.info("Nothing queued is ready; wake-up ignored")
-                return None
-            execution_id = execution.id
-            log = log.bind(execution_id=execution_id)
-            source = await store.get_source_notebook(execution_id)
-            event = await store.append_event(
-                execution_id,
-                kind=EventKind.RUNNING,
-                status=ExecutionStatus.RUNNING,
-                cells_done=0,
-                now=now,
-            )
-        self._bus.announce(execution_id, event.sequence)
+        async with contextlib.AsyncExitStack() as subscriptions:
+            async with self._db.transaction() as store:
+                claimed = await store.claim_next(
+                    now=now,
+                    lease_until=now + self._lease,
+                    max_attempts=self._max_attempts,
+                    woken_for=execution_id,
+                )
+                if claimed is None:
+                    log.info("Nothing queued is ready; wake-up ignored")
+                    return None
+                # Subscribed before the claim commits, so a cancellation
+                # requested after it wakes this worker, and one requested
+                # before it is on the claimed row: no read needed to start.
+                cancel_signal = await subscriptions.enter_async_context(
+                    self._cancels.subscribe(cancel_signal_key(claimed.execution.id))
+                )
+            return await self._run_claimed(claimed, cancel_signal, log)
+
+    async def _run_claimed(
+        self,
+        claimed: ClaimedExecution,
+        cancel_signal: Signal,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> Outcome:
+        """Run a claimed execution to its end (see :meth:`run`)."""
+        execution = claimed.execution
+        execution_id = execution.id
+        log = log.bind(execution_id=execution_id)
+        self._bus.announce(execution_id, claimed.event.sequence)
         log.info("Execution started", attempt=execution.attempts)
-        assert source is not None
-        notebook = nbformat.from_dict(source)
+        notebook = nbformat.from_dict(claimed.source)
         renewer = asyncio.create_task(
             self._keep_lease(execution_id, execution.attempts)
         )
-        progress = _ProgressWriter(self._db, self._bus, execution_id)
+        progress = _ProgressWriter(
+            self._db,
+            self._bus,
+            execution_id,
+            interval=self._output_flush.progress_seconds,
+        )
         outputs = _OutputStreamer(notebook, progress, self._output_flush)
         report = RunReport()
         # The kernel is retired only once the result is stored and announced:
@@ -218,6 +242,7 @@ class ExecutionRunner:
                 outcome = await self._execute(
                     execution,
                     notebook,
+                    cancel_signal=cancel_signal,
                     progress=progress,
                     outputs=outputs,
                     kernel_scope=kernel_scope,
@@ -372,6 +397,7 @@ class ExecutionRunner:
         execution: Execution,
         notebook: nbformat.NotebookNode,
         *,
+        cancel_signal: Signal,
         progress: _ProgressWriter,
         outputs: _OutputStreamer,
         kernel_scope: contextlib.AsyncExitStack,
@@ -406,7 +432,11 @@ class ExecutionRunner:
         try:
             async with (
                 asyncio.timeout(execution.timeout_seconds) as scope,
-                self._cancel_on_request(execution.id),
+                self._cancel_on_request(
+                    execution.id,
+                    cancel_signal,
+                    requested=execution.cancel_requested_at is not None,
+                ),
             ):
                 # Retired when the caller leaves kernel_scope (see run).
                 kernel = await kernel_scope.enter_async_context(
@@ -503,27 +533,32 @@ class ExecutionRunner:
         return Outcome(ExecutionStatus.SUCCEEDED, None)
 
     @contextlib.asynccontextmanager
-    async def _cancel_on_request(self, execution_id: str) -> AsyncIterator[None]:
+    async def _cancel_on_request(
+        self, execution_id: str, signal: Signal, *, requested: bool
+    ) -> AsyncIterator[None]:
         """Cancel the block when the execution's cancellation is requested.
 
-        A watcher task subscribes to the cancellation bus, then reads the
-        stored request (so one made before it subscribed is not missed),
-        and re-reads on every wake-up (a resync after a lost LISTEN
-        connection included).  On a request it cancels the task running
-        the block, which leaves it with :class:`_CancelRequestedError`;
-        any other cancellation passes through unchanged.
+        ``signal`` is the execution's subscription on the cancellation bus,
+        made before its claim committed, and ``requested`` whether the
+        claimed row already held a request; so no request is missed without
+        reading the row again here.  A watcher task re-reads the stored
+        request on every wake-up (a resync after a lost LISTEN connection
+        included).  On a request it cancels the task running the block,
+        which leaves it with :class:`_CancelRequestedError`; any other
+        cancellation passes through unchanged.
         """
         task = asyncio.current_task()
         assert task is not None
+        already = requested
         requested = False
 
         async def watch() -> None:
             nonlocal requested
-            async with self._cancels.subscribe(
-                cancel_signal_key(execution_id)
-            ) as signal:
-                while not await self._cancel_requested(execution_id):
+            if not already:
+                while True:
                     await signal.wait()
+                    if await self._cancel_requested(execution_id):
+                        break
             requested = True
             task.cancel()
 
@@ -570,17 +605,30 @@ class _ProgressWriter:
     gap-free and in posting order (the store allocates them per batch, and
     there is only one writer).  Each event keeps the time it was posted.
 
+    Writes are at least ``interval`` seconds apart, counted from the
+    writer's start for the first one (see :attr:`OutputFlush.progress_seconds`).
+
     A failed write is raised by the next :meth:`post` (stopping the run at
     the next cell, as a failed inline write did) and by :meth:`settle`.
     :meth:`stop` ends the task and hands back what is not written yet, for
     the transaction that ends the attempt (so no extra transaction).
     """
 
-    def __init__(self, database: Database, bus: EventBus, execution_id: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        bus: EventBus,
+        execution_id: str,
+        *,
+        interval: float = 0.0,
+    ) -> None:
         self._db = database
         self._bus = bus
         self._execution_id = execution_id
+        self._interval = interval
+        self._started = asyncio.get_running_loop().time()
         self._pending: list[NewEvent] = []
+        self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -635,6 +683,7 @@ class _ProgressWriter:
         one progress transaction, not for the one in flight and the next.
         """
         self._stopped = True
+        self._stopping.set()
         await self._idle.wait()
         if self._error is not None:
             raise self._error
@@ -647,6 +696,7 @@ class _ProgressWriter:
         by someone else).
         """
         self._stopped = True
+        self._stopping.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -654,11 +704,23 @@ class _ProgressWriter:
         return pending if self._error is None else []
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_write = self._started + self._interval
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._stopped:
                 return
+            pause = next_write - loop.time()
+            if pause > 0:
+                # Gather more, unless the attempt ends meanwhile (then the
+                # pending events go into its own transaction, see stop).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
+                if self._stopping.is_set():
+                    return
+            next_write = loop.time() + self._interval
             if not self._pending:
                 continue
             batch, self._pending = self._pending, []

@@ -67,6 +67,7 @@ from noteburst.exceptions import (
 )
 
 __all__ = [
+    "ClaimedExecution",
     "ExecutionFinishedError",
     "ExecutionStore",
     "NewEvent",
@@ -167,8 +168,12 @@ def _build_claim_next(*, with_woken_for: bool) -> Update:
             started_at=now,
             lease_expires_at=bindparam("claim_lease_until", type_=UTCDateTime()),
             not_before=None,
+            cells_done=0,
+            # The RUNNING event's sequence, allocated here rather than by a
+            # second UPDATE (see ExecutionStore.claim_next).
+            last_sequence=_E.last_sequence + 1,
         )
-        .returning(*_SUMMARY_COLUMNS)
+        .returning(*_SUMMARY_COLUMNS, _E.source_notebook)
         .execution_options(synchronize_session=False)
     )
 
@@ -178,6 +183,18 @@ _CLAIM_NEXT = {
     for with_woken_for in (False, True)
 }
 """The claim statements, without and with a ``claim_woken_for`` parameter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedExecution:
+    """What :meth:`ExecutionStore.claim_next` hands a worker."""
+
+    execution: Execution
+    """The execution, now ``running`` (with its new attempt count)."""
+    source: dict[str, Any]
+    """The submitted notebook (with its parameters injected)."""
+    event: ExecutionEvent
+    """The ``RUNNING`` event recorded with the claim."""
 
 
 class ExecutionFinishedError(NoteburstError):
@@ -736,23 +753,26 @@ class ExecutionStore:
             )
             for offset, new in enumerate(events)
         ]
+        # A list of parameter sets (executemany), not ``.values([...])``: a
+        # multi-row VALUES clause is compiled anew for every batch size, and
+        # compiling it was a fifth of a small notebook's CPU in the worker.
+        # SQLAlchemy still sends one multi-row INSERT ("insertmanyvalues").
         await self._session.execute(
-            insert(_EV).values(
-                [
-                    {
-                        "execution_id": execution_id,
-                        "sequence": event.sequence,
-                        "kind": event.kind.value,
-                        "status": event.status.value,
-                        "cell_index": event.cell_index,
-                        "cells_done": event.cells_done,
-                        "output_start": event.output_start,
-                        "outputs": event.outputs,
-                        "created_at": event.created_at,
-                    }
-                    for event in stored
-                ]
-            )
+            insert(_EV),
+            [
+                {
+                    "execution_id": execution_id,
+                    "sequence": event.sequence,
+                    "kind": event.kind.value,
+                    "status": event.status.value,
+                    "cell_index": event.cell_index,
+                    "cells_done": event.cells_done,
+                    "output_start": event.output_start,
+                    "outputs": event.outputs,
+                    "created_at": event.created_at,
+                }
+                for event in stored
+            ],
         )
         await self._notify_event(execution_id, stored[-1].sequence)
         return stored
@@ -892,6 +912,9 @@ class ExecutionStore:
             await self._session.execute(
                 select(func.pg_notify(CANCELS_CHANNEL, payload))
             )
+            # Subscribers re-read the execution on a wake-up without events
+            # (they keep a snapshot otherwise), so they see cancelRequested.
+            await self._notify_event(execution_id, 0)
         return None
 
     async def cancel_requested(self, execution_id: str) -> bool:
@@ -1024,7 +1047,7 @@ class ExecutionStore:
         lease_until: datetime,
         max_attempts: int,
         woken_for: str | None = None,
-    ) -> Execution | None:
+    ) -> ClaimedExecution | None:
         """Take the queued execution that should run next, if there is one.
 
         The database is the queue: whichever execution a worker's message
@@ -1043,24 +1066,41 @@ class ExecutionStore:
         :meth:`requeue`), except the one ``woken_for`` names: its message
         was delayed by that backoff, so its delivery means the wait is over.
 
-        Appends no event: append ``RUNNING`` with :meth:`append_event` in
-        the same transaction.
+        The claim also records the ``RUNNING`` event (its sequence is
+        allocated by the claiming ``UPDATE``, which returns the submitted
+        notebook too): the claim is on every execution's path from queue to
+        kernel, and this makes it two statements instead of four.
 
         Returns
         -------
-        Execution or None
-            The claimed execution (as :meth:`claim` returns it), or None if
-            nothing is ready to run.
+        ClaimedExecution or None
+            The claimed execution, its notebook and its ``RUNNING`` event, or
+            None if nothing is ready to run.
         """
+        now = _utc(now)
         statement = _CLAIM_NEXT[woken_for is not None]
         parameters = {
-            "claim_now": _utc(now),
+            "claim_now": now,
             "claim_lease_until": _utc(lease_until),
             "claim_max_attempts": max_attempts,
             "claim_woken_for": woken_for,
         }
         row = (await self._session.execute(statement, parameters)).one_or_none()
-        return None if row is None else _to_domain(row)
+        if row is None:
+            return None
+        execution = _to_domain(row)
+        source = await _parse_json(row.source_notebook)
+        assert source is not None  # the column is NOT NULL
+        event = await self._insert_event(
+            execution.id,
+            sequence=row.last_sequence,
+            kind=EventKind.RUNNING,
+            status=ExecutionStatus.RUNNING,
+            cell_index=None,
+            cells_done=0,
+            now=now,
+        )
+        return ClaimedExecution(execution=execution, source=source, event=event)
 
     async def queue_position(self, execution_id: str) -> int | None:
         """Where an execution stands in the claim order of :meth:`claim_next`.

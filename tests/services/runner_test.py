@@ -8,6 +8,7 @@ clear reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ async def harness(
         database_url=database_url,
         kernel_names=["python3", "no-such-kernel"],
         max_attempts=2,
+        # Cell events are written as soon as they are posted, which these
+        # tests were written for; the gathering is tested on its own below.
+        progress_flush_seconds=0,
     )
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
@@ -669,3 +673,87 @@ async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
     assert final.error is not None
     assert final.error.code is ErrorCode.CANCELLED
     assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
+
+
+def _runner_gathering_progress(harness: Harness, seconds: float) -> ExecutionRunner:
+    """The harness's runner, but writing cell events at most every ``seconds``."""
+    config = harness.worker.config.model_copy(
+        update={"progress_flush_seconds": seconds}
+    )
+    return Factory(dataclasses.replace(harness.worker, config=config)).create_runner()
+
+
+@pytest.mark.asyncio
+async def test_a_quick_notebook_has_its_cell_events_written_with_its_result(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the gathering time, no progress write before the end.
+
+    That is the point of gathering (one write and one wake-up of each
+    subscriber per small notebook); the events are all there, in order.
+    """
+    cells = 4
+    execution = await harness.service.submit(
+        notebook(*(f"x{i} = {i}" for i in range(cells)))
+    )
+    harness.broker.flush_all()
+    writes: list[int] = []
+    real_append = ExecutionStore.append_events
+
+    async def counted_append(
+        self: ExecutionStore, execution_id: str, events: Sequence[NewEvent]
+    ) -> list[ExecutionEvent]:
+        writes.append(len(events))
+        return await real_append(self, execution_id, events)
+
+    monkeypatch.setattr(ExecutionStore, "append_events", counted_append)
+    runner = _runner_gathering_progress(harness, seconds=3600)
+    outcome = await asyncio.wait_for(runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    # One write of all of them: the one in the transaction storing the result.
+    assert writes == [2 * cells]
+    stored = await _events(harness, execution.id)
+    assert [e.sequence for e in stored] == list(range(1, len(stored) + 1))
+    assert [e.kind for e in stored] == [
+        EventKind.QUEUED,
+        EventKind.RUNNING,
+        *[EventKind.CELL_STARTED, EventKind.CELL_FINISHED] * cells,
+        EventKind.FINISHED,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_running_cell_is_seen_live_despite_gathering(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Gathering delays progress by at most its time, never until the end."""
+    release = tmp_path / "release"
+    execution = await harness.service.submit(
+        notebook(
+            "x = 1",
+            "import os, time\n"
+            "deadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(release)!r}):\n"
+            "    assert time.monotonic() < deadline, 'never released'\n"
+            "    time.sleep(0.01)",
+        )
+    )
+    harness.broker.flush_all()
+    runner = _runner_gathering_progress(harness, seconds=0.05)
+    run = asyncio.create_task(runner.run(execution.id))
+    try:
+        async with asyncio.timeout(60):
+            async for watched in harness.service.watch(execution.id):
+                event = watched.event
+                if event.kind is EventKind.CELL_STARTED and event.cell_index == 1:
+                    break
+        # The second cell is still waiting for us: its start came out live.
+        assert not run.done()
+        release.touch()
+        outcome = await asyncio.wait_for(run, 60)
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED

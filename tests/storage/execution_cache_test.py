@@ -81,17 +81,11 @@ async def run_to_end(
     error: ExecutionError | None = None,
 ) -> str:
     async with database.transaction() as store:
-        claimed = await store.claim_next(
+        started = await store.claim_next(
             now=now, lease_until=now + LEASE, max_attempts=3
         )
-        assert claimed is not None
-        await store.append_event(
-            claimed.id,
-            kind=EventKind.RUNNING,
-            status=ExecutionStatus.RUNNING,
-            cells_done=0,
-            now=now,
-        )
+        assert started is not None  # with its RUNNING event
+        claimed = started.execution
     async with database.transaction() as store:
         await store.append_event(
             claimed.id,
@@ -214,14 +208,7 @@ async def test_followers_show_the_shared_run_and_finish_with_it(
             now=now, lease_until=now + LEASE, max_attempts=3
         )
         assert claimed is not None
-        assert claimed.id == leader  # followers are never claimed
-        await store.append_event(
-            leader,
-            kind=EventKind.RUNNING,
-            status=ExecutionStatus.RUNNING,
-            cells_done=0,
-            now=now,
-        )
+        assert claimed.execution.id == leader  # followers are never claimed
     async with database.transaction() as store:
         shown = await store.get(follower)
         led = await store.get(leader)

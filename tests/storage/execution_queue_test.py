@@ -46,12 +46,13 @@ async def claim_next(
     max_attempts: int = 3,
 ) -> Execution | None:
     async with database.transaction() as store:
-        return await store.claim_next(
+        claimed = await store.claim_next(
             now=now,
             lease_until=now + LEASE,
             max_attempts=max_attempts,
             woken_for=woken_for,
         )
+    return None if claimed is None else claimed.execution
 
 
 async def positions(database: Database, *ids: str) -> list[int | None]:
