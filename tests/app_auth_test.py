@@ -340,3 +340,98 @@ async def test_tenancy_matrix(
         page = await http.get(client.url, headers={"Accept": "text/html"})
         assert page.status_code == 200
         assert "graphiql" in page.text.lower()
+
+
+def _as(user: str, **extra: str) -> dict[str, str]:
+    return {"X-Auth-Request-User": user, **extra}
+
+
+@pytest.mark.asyncio
+async def test_proxy_headers_are_believed_only_from_trusted_proxies(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    # The ingress is elsewhere: a client on loopback reaching Noteburst
+    # directly is anonymous whatever it claims, X-Forwarded-For included.
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        auth_mode="proxy",
+        trusted_proxies=["192.0.2.0/24"],
+        proxy_scopes_header="X-Auth-Request-Token-Scopes",
+    )
+    spoofed = _as(
+        "alice",
+        **{
+            "X-Auth-Request-Token-Scopes": "exec:admin",
+            "X-Forwarded-For": "192.0.2.1",
+            "X-Real-IP": "192.0.2.1",
+            "Forwarded": "for=192.0.2.1",
+        },
+    )
+    async with running(config) as nb, httpx.AsyncClient() as http:
+        response = await http.post(
+            nb.url + "/graphql", json={"query": LIST}, headers=spoofed
+        )
+        assert response.status_code == 401
+        assert response.json()["errors"][0]["extensions"]["code"] == "unauthenticated"
+        async with connect(
+            nb.ws_url,
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            additional_headers=spoofed,
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 30)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4403
+
+
+@pytest.mark.asyncio
+async def test_proxy_users_and_scopes(tmp_path: Path, jupyter_server: Any) -> None:
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        auth_mode="proxy",
+        trusted_proxies=["127.0.0.0/8"],
+        proxy_scopes_header="X-Auth-Request-Token-Scopes",
+    )
+    async with running(config) as nb, httpx.AsyncClient() as http:
+        url = nb.url + "/graphql"
+
+        async def post(query: str, headers: dict[str, str], **variables: Any) -> Any:
+            response = await http.post(
+                url, json={"query": query, "variables": variables}, headers=headers
+            )
+            return response
+
+        submitted = await post(SUBMIT, _as("alice"), input={"notebook": NOTEBOOK})
+        assert submitted.status_code == 200, submitted.text
+        execution = submitted.json()["data"]["submitExecution"]
+        assert execution["owner"] == "alice"
+
+        async def ids(headers: dict[str, str]) -> set[str]:
+            body = (await post(LIST, headers)).json()
+            return {e["node"]["id"] for e in body["data"]["executions"]["edges"]}
+
+        # Without a scopes header the default scope applies (exec:notebook).
+        assert await ids(_as("alice")) == {execution["id"]}
+        assert await ids(_as("bob")) == set()
+        admin = _as("carol", **{"X-Auth-Request-Token-Scopes": "read:all exec:admin"})
+        assert await ids(admin) == {execution["id"]}
+        # Known, but without a Noteburst scope: 403, not 401.
+        forbidden = await post(
+            LIST, _as("dave", **{"X-Auth-Request-Token-Scopes": "read:all"})
+        )
+        assert forbidden.status_code == 403
+        assert forbidden.json()["errors"][0]["extensions"]["code"] == "forbidden"
+        # No user header: anonymous.
+        assert (await post(LIST, {})).status_code == 401
+        # The subscription authenticates from the handshake headers.
+        async with connect(
+            nb.ws_url,
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            additional_headers=_as("alice"),
+        ) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            ack = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert ack["type"] == "connection_ack"
