@@ -149,6 +149,8 @@ def token() -> None:
 def _with_tokens(work: Callable[[TokenService], Awaitable[_T]]) -> _T:
     """Run ``work`` with a token service on the configured database."""
     config = _load_config()
+    # Logs go to stderr: stdout carries only the new token (for scripts).
+    configure_logging(level=config.log_level, fmt=config.log_format)
 
     async def go() -> _T:
         database = Database.from_url(config.effective_database_url)

@@ -311,25 +311,27 @@ async def test_tenancy_matrix(
             "expired",
             "revoked",
         ):
-            token = None if who == "anonymous" else tokens[who]
+            bad: str | None = None if who == "anonymous" else tokens[who]
             for query, variables in (
                 (GET, {"id": alice_id}),
                 (LIST, {}),
                 (CANCEL, {"id": alice_id}),
                 (SUBMIT, {"input": {"notebook": NOTEBOOK}}),
             ):
-                response = await client.post(query, token, **variables)
+                response = await client.post(query, bad, **variables)
                 assert response.status_code == 401, (who, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
                 refusals.append(response.json())
                 assert alice_id not in response.text
-            code, messages = await client.subscribe({"id": alice_id}, token=token)
+            code, messages = await client.subscribe({"id": alice_id}, token=bad)
             assert (code, messages) == (4403, []), who
+            # A query sent with GET is authenticated like a POST.
             get = await http.get(
-                client.url, params={"query": "{ executions { edges { cursor } } }"}
+                client.url,
+                params={"query": "{ executions { edges { cursor } } }"},
+                headers={} if bad is None else {"Authorization": f"Bearer {bad}"},
             )
-            if token is None:
-                assert get.status_code == 401
+            assert get.status_code == 401
         assert all(r == refusals[0] for r in refusals)
         assert refusals[0]["errors"][0]["extensions"]["code"] == "unauthenticated"
         # Nothing was submitted by the refused requests.
