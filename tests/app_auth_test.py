@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -437,3 +439,45 @@ async def test_proxy_users_and_scopes(tmp_path: Path, jupyter_server: Any) -> No
             await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
             ack = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert ack["type"] == "connection_ack"
+
+
+@pytest.mark.asyncio
+async def test_unexpected_errors_are_masked_and_logged_with_context(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    # A real fault: a stored notebook that is not JSON any more (a damaged
+    # database), read by the notebook field.
+    config = make_config(
+        tmp_path, jupyter_server, auth_mode="tokens", token_cache_seconds=0
+    )
+    async with running(config) as nb, httpx.AsyncClient() as http:
+        tokens = await _make_tokens(config.effective_database_url)
+        client = _Client(nb.url, http)
+        submitted = await client.data(
+            SUBMIT, tokens["alice"], input={"notebook": NOTEBOOK}
+        )
+        execution_id = submitted["submitExecution"]["id"]
+        await _finished(client, tokens["alice"], execution_id)
+        with sqlite3.connect(config.data_dir / "noteburst.sqlite3") as db:
+            db.execute(
+                "UPDATE executions SET result_notebook = ? WHERE id = ?",
+                ('{"secret": "hunter2", broken', execution_id),
+            )
+        with structlog.testing.capture_logs() as logs:
+            response = await client.post(
+                "query Damaged($id: ID!) { execution(id: $id) { id notebook } }",
+                tokens["alice"],
+                id=execution_id,
+            )
+        body = response.json()
+        assert response.status_code == 200
+        assert body["data"] == {"execution": {"id": execution_id, "notebook": None}}
+        assert [e["message"] for e in body["errors"]] == ["Unexpected error."]
+        assert "hunter2" not in response.text
+        assert "JSONDecodeError" not in response.text
+        (entry,) = [e for e in logs if e["log_level"] == "error"]
+        assert entry["event"] == "Unexpected error in a GraphQL operation"
+        assert entry["user"] == "alice"
+        assert entry["operation"] == "Damaged"
+        assert entry["path"] == "execution.notebook"
+        assert entry["error_type"] == "JSONDecodeError"
