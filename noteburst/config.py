@@ -381,7 +381,16 @@ class Config(BaseSettings):
         "console", description="Human-readable lines or one JSON object per line."
     )
 
-    @field_validator("database_url", "redis_url", "jupyter_url", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "jupyter_url",
+        "proxy_scopes_header",
+        "max_queued_per_user",
+        "max_running_per_user",
+        "max_submissions_per_minute",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
