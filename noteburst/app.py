@@ -85,7 +85,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 except ClientError as exc:
                     await error_response(exc)(scope, receive, send)
                     return
-                scope["state"]["caller"] = caller
+                scope.setdefault("state", {})["caller"] = caller
         await super().__call__(scope, receive, send)
 
     async def get_context(
