@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -21,16 +22,20 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
 
 from . import __version__
+from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
 from .api.graphiql import render_graphiql, static_routes
 from .api.schema import QueryLimits, create_schema
 from .config import Config
-from .exceptions import ConfigurationError
+from .exceptions import ClientError, ConfigurationError
 from .factory import Factory, ProcessContext, create_broker
 from .storage.database import Database
 from .storage.events import LocalEventBus
@@ -64,14 +69,66 @@ def request_body_limit(config: Config) -> int:
 
 
 class _GraphQLApp(GraphQL[GraphQLContext, None]):
+    """Strawberry's ASGI app, with every HTTP request authenticated first.
+
+    See :mod:`noteburst.api.auth` for what is accepted and how a refusal
+    looks; websockets authenticate in :meth:`on_ws_connect`.
+    """
+
+    def __init__(self, *args: Any, mode: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mode = mode
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope, receive)
+            if not wants_graphiql_page(request, request.method):
+                state: Any = request.state
+                try:
+                    caller = await authenticate(
+                        Factory(state.context), request, mode=self._mode
+                    )
+                except ClientError as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
+                scope.setdefault("state", {})["caller"] = caller
+        await super().__call__(scope, receive, send)
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> GraphQLContext:
         state: Any = request.state
-        return GraphQLContext(request=request, factory=Factory(state.context))
+        return GraphQLContext(
+            request=request,
+            factory=Factory(state.context),
+            caller=getattr(state, "caller", None),
+        )
+
+    async def on_ws_connect(
+        self, context: GraphQLContext
+    ) -> UnsetType | dict[str, object] | None:
+        try:
+            context.caller = await authenticate(
+                context.factory,
+                context.request,
+                mode=self._mode,
+                params=context.connection_params
+                if isinstance(context.connection_params, dict)
+                else None,
+            )
+        except ClientError as exc:
+            _logger.info(
+                "Websocket refused", reason=exc.code, peer=_peer(context.request)
+            )
+            raise ConnectionRejectionError({"message": exc.message}) from exc
+        return None
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(render_graphiql(_STATIC_PREFIX))
+
+
+def _peer(connection: Request | WebSocket) -> str | None:
+    return connection.client.host if connection.client is not None else None
 
 
 async def _healthz(request: Request) -> JSONResponse:
@@ -85,8 +142,29 @@ def check_config(config: Config) -> None:
     ------
     ConfigurationError
         Raised if Redis is set without a Postgres database: separate worker
-        processes could not push events to the API through SQLite.
+        processes could not push events to the API through SQLite; or if
+        ``auth_mode=none`` would serve a non-loopback host without
+        ``allow_unauthenticated``; or ``auth_mode=proxy`` has no trusted
+        proxies.
     """
+    if (
+        config.auth_mode == "none"
+        and not config.allow_unauthenticated
+        and not _is_loopback(config.host)
+    ):
+        msg = (
+            f"NOTEBURST_AUTH_MODE=none on the non-loopback host {config.host!r} "
+            "would make anyone who can reach it an administrator: choose "
+            "NOTEBURST_AUTH_MODE=tokens or proxy, or set "
+            "NOTEBURST_ALLOW_UNAUTHENTICATED=true"
+        )
+        raise ConfigurationError(msg)
+    if config.auth_mode == "proxy" and not config.trusted_proxies:
+        msg = (
+            "NOTEBURST_AUTH_MODE=proxy needs NOTEBURST_TRUSTED_PROXIES (the "
+            "ingress's addresses); without it every request is anonymous"
+        )
+        raise ConfigurationError(msg)
     hub_configured = config.hub_url and config.hub_token
     if config.lab_backend == "jupyterhub" and not hub_configured:
         msg = (
@@ -166,7 +244,9 @@ def create_app(
         max_tokens=cfg.graphql_max_tokens,
     )
     graphql_app = _GraphQLApp(
-        create_schema(limits), subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+        create_schema(limits),
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        mode=cfg.auth_mode,
     )
     return Starlette(
         routes=[
@@ -178,6 +258,15 @@ def create_app(
         lifespan=lifespan,
         max_body_size=request_body_limit(cfg),
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _prepare_database(config: Config) -> None:
@@ -248,6 +337,9 @@ async def serve_in_background(
             log_level="warning",
             lifespan="on",
             ws_max_size=request_body_limit(config),
+            # The peer must be the TCP peer: trusted_proxies decides whom
+            # to believe, not uvicorn's X-Forwarded-For rewriting.
+            proxy_headers=False,
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

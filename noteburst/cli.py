@@ -1,4 +1,4 @@
-"""The ``noteburst`` command: serve, worker, db upgrade, run.
+"""The ``noteburst`` command: serve, worker, db upgrade, token, run.
 
 Each command builds its configuration from the environment (see
 docs/configuration.md) and hands it to one factory: ``create_app`` for the
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import nbformat
@@ -41,15 +44,19 @@ from .app import (
 )
 from .client import NoteburstClient, NoteburstClientError
 from .config import Config
-from .exceptions import ConfigurationError
-from .factory import create_broker
+from .constants import ADMIN_SCOPE, USER_SCOPE
+from .exceptions import ClientError, ConfigurationError
+from .factory import create_broker, create_token_service
 from .logs import configure_logging
+from .services.auth import TokenService
 from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
 from .worker.runtime import WorkerStartupError
 
 __all__ = ["main"]
+
+_T = TypeVar("_T")
 
 _stderr = Console(stderr=True)
 
@@ -90,6 +97,9 @@ def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
             log_config=None,
             ws_max_size=request_body_limit(config),
             timeout_graceful_shutdown=30,
+            # The peer must be the TCP peer: trusted_proxies decides whom to
+            # believe, not uvicorn's X-Forwarded-For rewriting.
+            proxy_headers=False,
         )
     )
     try:
@@ -141,6 +151,108 @@ def db_upgrade() -> None:
 
     asyncio.run(upgrade())
     click.echo("database schema is current", err=True)
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens (for NOTEBURST_AUTH_MODE=tokens)."""
+
+
+def _with_tokens(work: Callable[[TokenService], Awaitable[_T]]) -> _T:
+    """Run ``work`` with a token service on the configured database."""
+    config = _load_config()
+    # Logs go to stderr: stdout carries only the new token (for scripts).
+    configure_logging(level=config.log_level, fmt=config.log_format)
+
+    async def go() -> _T:
+        database = Database.from_url(config.effective_database_url)
+        try:
+            if not await database.is_current():
+                msg = "the database schema is not current: run `noteburst db upgrade`"
+                raise click.ClickException(msg)
+            return await work(create_token_service(database))
+        finally:
+            await database.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ClientError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _parse_duration(value: str) -> timedelta:
+    """Parse ``90s``, ``30m``, ``12h``, ``7d`` or a number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    factor = units.get(text[-1:])
+    number = text[:-1] if factor is not None else text
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError as exc:
+        msg = f"not a duration: {value!r} (e.g. 90s, 30m, 12h, 7d)"
+        raise click.BadParameter(msg) from exc
+    if not math.isfinite(seconds) or seconds <= 0:
+        msg = f"must be positive: {value!r}"
+        raise click.BadParameter(msg)
+    return timedelta(seconds=seconds)
+
+
+@token.command("create")
+@click.option("--user", required=True, help="User the token acts as.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice([USER_SCOPE, ADMIN_SCOPE]),
+    default=[USER_SCOPE],
+    show_default=True,
+    help=f"Scope to grant; repeatable ({ADMIN_SCOPE} sees everyone's executions).",
+)
+@click.option(
+    "--expires-in",
+    default=None,
+    help="Lifetime, e.g. 90s, 30m, 12h, 7d [default: never expires].",
+)
+def token_create(user: str, scopes: tuple[str, ...], expires_in: str | None) -> None:
+    """Create a token and print it (once: only its hash is stored)."""
+    lifetime = None if expires_in is None else _parse_duration(expires_in)
+    secret, info = _with_tokens(
+        lambda service: service.create(user=user, scopes=scopes, expires_in=lifetime)
+    )
+    click.echo(secret)
+    expiry = info.expires_at.isoformat() if info.expires_at else "never"
+    click.echo(
+        f"token {info.key} for {info.user} ({' '.join(info.scopes)}), expires {expiry}",
+        err=True,
+    )
+
+
+@token.command("list")
+@click.option("--user", default=None, help="Only this user's tokens.")
+def token_list(user: str | None) -> None:
+    """List tokens (keys and metadata, never secrets)."""
+    tokens = _with_tokens(lambda service: service.list(user=user))
+    now = datetime.now(UTC)
+    for info in tokens:
+        if info.revoked_at is not None:
+            state = "revoked"
+        elif not info.is_valid(now):
+            state = "expired"
+        else:
+            state = "active"
+        expiry = info.expires_at.isoformat() if info.expires_at else "never"
+        click.echo(
+            f"{info.key}\t{info.user}\t{' '.join(info.scopes)}\t{state}\t"
+            f"created {info.created_at.isoformat()}\texpires {expiry}"
+        )
+
+
+@token.command("revoke")
+@click.argument("key")
+def token_revoke(key: str) -> None:
+    """Revoke the token KEY (as `token list` shows it)."""
+    info = _with_tokens(lambda service: service.revoke(key))
+    click.echo(f"token {info.key} of {info.user} revoked", err=True)
 
 
 @main.command()
@@ -210,6 +322,12 @@ def db_upgrade() -> None:
     help="With --cache use: reuse only a result at most this many seconds old.",
 )
 @click.option("--show", is_flag=True, help="Print each cell's text outputs at the end.")
+@click.option(
+    "--token",
+    envvar="NOTEBURST_TOKEN",
+    default=None,
+    help="API token for --server [env: NOTEBURST_TOKEN].",
+)
 def run(
     *,
     notebook: Path,
@@ -223,6 +341,7 @@ def run(
     cache_mode: str | None,
     max_age_seconds: float | None,
     show: bool,
+    token: str | None,
 ) -> None:
     """Execute NOTEBOOK, show live progress, and write the executed notebook."""
     try:
@@ -241,7 +360,7 @@ def run(
         cache_mode=cache_mode,
         max_age_seconds=max_age_seconds,
     )
-    sys.exit(asyncio.run(_run(request, server, show=show)))
+    sys.exit(asyncio.run(_run(request, server, show=show, token=token)))
 
 
 def _papermill_type(value: str) -> Any:
@@ -275,9 +394,11 @@ class _Request:
     max_age_seconds: float | None = None
 
 
-async def _run(request: _Request, server: str | None, *, show: bool) -> int:
+async def _run(
+    request: _Request, server: str | None, *, show: bool, token: str | None = None
+) -> int:
     if server is not None:
-        return await _submit_and_follow(server, request, show=show)
+        return await _submit_and_follow(server, request, show=show, token=token)
     configure_logging(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
         # A private instance: its own data folder, so it can never pick up
@@ -288,6 +409,9 @@ async def _run(request: _Request, server: str | None, *, show: bool) -> int:
             database_url=None,
             redis_url=None,
             warm_kernels={},
+            # Loopback only, and this process is its only client.
+            auth_mode="none",
+            host="127.0.0.1",
         )
         _stderr.print("[dim]starting an embedded Noteburst…[/dim]")
         async with serve_in_background(config) as (url, server_task):
@@ -302,8 +426,10 @@ async def _run(request: _Request, server: str | None, *, show: bool) -> int:
             return client.result()
 
 
-async def _submit_and_follow(url: str, request: _Request, *, show: bool) -> int:
-    async with NoteburstClient(url, timeout=120) as client:
+async def _submit_and_follow(
+    url: str, request: _Request, *, show: bool, token: str | None = None
+) -> int:
+    async with NoteburstClient(url, timeout=120, token=token) as client:
         return await _follow(client, request, show=show)
 
 

@@ -9,6 +9,7 @@ docs/configuration.md; a test keeps that page in step with this class.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +17,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .constants import (
+    ADMIN_SCOPE,
     DEFAULT_KERNEL_NAME,
     DEFAULT_MAX_NOTEBOOK_BYTES,
     DEFAULT_TIMEOUT_SECONDS,
+    USER_SCOPE,
 )
 
 __all__ = ["Config"]
@@ -297,6 +300,90 @@ class Config(BaseSettings):
         ),
     )
 
+    auth_mode: Literal["none", "tokens", "proxy"] = Field(
+        "none",
+        description=(
+            "How callers are identified: `none` (every request is one local "
+            "user with admin rights; refused on a non-loopback host unless "
+            "allow_unauthenticated is set), `tokens` (API tokens from "
+            "`noteburst token create`, sent as `Authorization: Bearer`) or "
+            "`proxy` (user and scopes from headers set by an authenticating "
+            "ingress, trusted only from trusted_proxies)."
+        ),
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "Let auth_mode=none serve on a non-loopback host (anyone who can "
+            "reach it is an administrator)."
+        ),
+    )
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description=(
+            "Peer addresses (JSON list of CIDRs) whose proxy headers are "
+            "believed with auth_mode=proxy; a request from anywhere else is "
+            "anonymous. The peer is the TCP peer (X-Forwarded-For is ignored)."
+        ),
+    )
+    proxy_user_header: str = Field(
+        "X-Auth-Request-User",
+        description="Header naming the authenticated user (Gafaelfawr's).",
+    )
+    proxy_scopes_header: str | None = Field(
+        None,
+        description=(
+            "Header holding the user's scopes, space- or comma-separated "
+            "(older Gafaelfawr: X-Auth-Request-Token-Scopes). Set it only if "
+            "the proxy always overwrites it. Unset: proxy_default_scopes."
+        ),
+    )
+    proxy_default_scopes: list[str] = Field(
+        default_factory=lambda: [USER_SCOPE],
+        description=(
+            "Scopes of a proxied user when the scopes header is unset or "
+            "absent (JSON list)."
+        ),
+    )
+    proxy_admin_users: list[str] = Field(
+        default_factory=list,
+        description=(
+            f"Proxied users given {ADMIN_SCOPE} whatever their headers say (JSON list)."
+        ),
+    )
+    token_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "How long a process remembers a checked API token: a revoked or "
+            "expired token is refused at most this long after (0: never cached)."
+        ),
+    )
+    max_queued_per_user: int | None = Field(
+        200,
+        ge=0,
+        description=(
+            "Most queued executions one user may have (sharing a run counts); "
+            "a submission past it is refused with LimitExceeded. Unset: no limit."
+        ),
+    )
+    max_running_per_user: int | None = Field(
+        50,
+        ge=0,
+        description=(
+            "A user with this many running executions has further submissions "
+            "refused with LimitExceeded until some finish. Unset: no limit."
+        ),
+    )
+    max_submissions_per_minute: int | None = Field(
+        600,
+        ge=0,
+        description=(
+            "Most submissions one user may make in any 60 seconds (cache hits "
+            "count). Unset: no limit."
+        ),
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written."
     )
@@ -304,7 +391,16 @@ class Config(BaseSettings):
         "console", description="Human-readable lines or one JSON object per line."
     )
 
-    @field_validator("database_url", "redis_url", "jupyter_url", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "jupyter_url",
+        "proxy_scopes_header",
+        "max_queued_per_user",
+        "max_running_per_user",
+        "max_submissions_per_minute",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

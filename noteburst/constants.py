@@ -6,6 +6,7 @@ user reads in docs/configuration.md have exactly one source.
 """
 
 __all__ = [
+    "ADMIN_SCOPE",
     "CANCELS_CHANNEL",
     "DEFAULT_KERNEL_NAME",
     "DEFAULT_MAX_NOTEBOOK_BYTES",
@@ -14,6 +15,9 @@ __all__ = [
     "EXECUTE_ACTOR_NAME",
     "EXECUTION_QUEUE",
     "KERNEL_WS_SUBPROTOCOL",
+    "LOCAL_USER",
+    "TOKEN_PREFIX",
+    "USER_SCOPE",
 ]
 
 DEFAULT_KERNEL_NAME = "python3"
@@ -43,3 +47,16 @@ not every progress event of every execution.
 
 KERNEL_WS_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 """Binary kernel websocket protocol offered by jupyter_server 2.x."""
+
+USER_SCOPE = "exec:notebook"
+"""Scope to submit executions and see one's own (Rubin's name for it)."""
+
+ADMIN_SCOPE = "exec:admin"
+"""Scope to see and cancel everyone's executions (Rubin's name for it)."""
+
+LOCAL_USER = "local"
+"""The one user of ``auth_mode=none``, and the owner given to executions that
+existed before executions had owners."""
+
+TOKEN_PREFIX = "nbt_"  # noqa: S105 (a prefix, not a secret)
+"""Start of every Noteburst API token, so secret scanners can recognise one."""

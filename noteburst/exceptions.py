@@ -11,7 +11,13 @@ The hierarchy::
     │   ├── InvalidParametersError  a parameter name or value the notebook
     │   │                           cannot take
     │   ├── InvalidInputError       any other bad argument (timeout <= 0, ...)
-    │   └── ExecutionNotFoundError  no execution with that id
+    │   ├── ExecutionNotFoundError  no execution with that id (or not the
+    │   │                           caller's: the two look the same)
+    │   ├── LimitExceededError      a per-user limit refused a submission
+    │   ├── AuthenticationError     no credentials, or bad ones (HTTP 401)
+    │   ├── PermissionDeniedError   credentials without the needed scope
+    │   │                           (HTTP 403)
+    │   └── TokenNotFoundError      no API token with that key (CLI)
     └── ConfigurationError          the deployment is misconfigured; raised at
                                     start, never per request
 
@@ -25,14 +31,21 @@ execution, since a failing notebook is an outcome, not an exception.
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
+    "AuthenticationError",
     "ClientError",
     "ConfigurationError",
     "ExecutionNotFoundError",
     "InvalidInputError",
     "InvalidNotebookError",
     "InvalidParametersError",
+    "LimitExceededError",
+    "LimitKind",
     "NoteburstError",
+    "PermissionDeniedError",
+    "TokenNotFoundError",
     "UnknownKernelError",
 ]
 
@@ -97,6 +110,58 @@ class ExecutionNotFoundError(ClientError):
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"no execution with id {execution_id!r}")
         self.execution_id = execution_id
+
+
+class LimitKind(enum.StrEnum):
+    """Which per-user limit refused a submission (stable, for clients)."""
+
+    QUEUED_EXECUTIONS = "queued_executions"
+    RUNNING_EXECUTIONS = "running_executions"
+    SUBMISSIONS_PER_MINUTE = "submissions_per_minute"
+
+
+class LimitExceededError(ClientError):
+    """A per-user limit refused a submission; the message names the limit."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, limit: LimitKind, maximum: int) -> None:
+        what = {
+            LimitKind.QUEUED_EXECUTIONS: "queued executions",
+            LimitKind.RUNNING_EXECUTIONS: "running executions",
+            LimitKind.SUBMISSIONS_PER_MINUTE: "submissions in the last minute",
+        }[limit]
+        super().__init__(
+            f"limit reached: at most {maximum} {what} per user; try again later"
+        )
+        self.limit = limit
+        self.maximum = maximum
+
+
+class AuthenticationError(ClientError):
+    """The request has no credentials, or ones that are not (or no longer) valid.
+
+    The message never says which (unknown, expired or revoked token), so it
+    tells a guesser nothing.
+    """
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(ClientError):
+    """The caller is known but lacks the scope the API needs."""
+
+    code = "forbidden"
+
+
+class TokenNotFoundError(ClientError):
+    """No API token has the given key."""
+
+    code = "token_not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no token with key {key!r}")
+        self.key = key
 
 
 class ConfigurationError(NoteburstError):

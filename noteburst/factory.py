@@ -32,6 +32,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
 from .constants import CANCELS_CHANNEL
+from .domain.auth import Caller
 from .domain.rendering import HtmlVariant
 from .jupyter.backend import LabBackend, LocalLabBackend
 from .jupyter.exceptions import JupyterError
@@ -39,6 +40,7 @@ from .jupyter.hub import HubLabBackend
 from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
 from .jupyter.rest import JupyterRestClient
+from .services.auth import Authenticator, ProxySettings, TokenCache, TokenService
 from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
 from .services.rendering import RenderingService
@@ -47,13 +49,24 @@ from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
 from .storage.taskqueue import TaskQueue, build_broker
 
-__all__ = ["Factory", "ProcessContext", "create_broker", "discover_kernel_names"]
+__all__ = [
+    "Factory",
+    "ProcessContext",
+    "create_broker",
+    "create_token_service",
+    "discover_kernel_names",
+]
 
 
 _logger = structlog.get_logger("noteburst.factory")
 
 IDENTITY_RETRY_SECONDS = 5.0
 """Pause before trying again to lease an identity when none was free."""
+
+
+def create_token_service(database: Database) -> TokenService:
+    """Token management for the CLI, on a database it opened."""
+    return TokenService(database=database)
 
 
 def create_broker(config: Config) -> dramatiq.Broker:
@@ -102,6 +115,8 @@ class ProcessContext:
         default_factory=dict
     )
     """HTML renders in progress in this process (one per execution and variant)."""
+    token_cache: TokenCache = field(default_factory=lambda: TokenCache(ttl=0))
+    """API tokens checked recently in this process."""
     _closers: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack
     )
@@ -152,6 +167,7 @@ class ProcessContext:
             queue=TaskQueue(broker),
             http=http,
             kernel_names=kernel_names,
+            token_cache=TokenCache(ttl=config.token_cache_seconds),
             _closers=stack,
         )
 
@@ -368,10 +384,27 @@ class Factory:
     def __init__(self, context: ProcessContext) -> None:
         self._context = context
 
-    def create_execution_service(self) -> ExecutionService:
-        """Service behind the GraphQL API."""
+    def create_authenticator(self) -> Authenticator:
+        """Return what identifies the caller of each request (``auth_mode``)."""
+        config = self._context.config
+        return Authenticator(
+            mode=config.auth_mode,
+            database=self._context.database,
+            cache=self._context.token_cache,
+            proxy=ProxySettings(
+                trusted=config.trusted_proxies,
+                user_header=config.proxy_user_header,
+                scopes_header=config.proxy_scopes_header,
+                default_scopes=config.proxy_default_scopes,
+                admin_users=config.proxy_admin_users,
+            ),
+        )
+
+    def create_execution_service(self, caller: Caller) -> ExecutionService:
+        """Service behind the GraphQL API, acting for ``caller``."""
         config = self._context.config
         return ExecutionService(
+            caller=caller,
             database=self._context.database,
             bus=self._context.bus,
             queue=self._context.queue,
@@ -386,6 +419,9 @@ class Factory:
                 default_no_output_timeout_seconds=(
                     config.default_no_output_timeout_seconds
                 ),
+                max_queued_per_user=config.max_queued_per_user,
+                max_running_per_user=config.max_running_per_user,
+                max_submissions_per_minute=config.max_submissions_per_minute,
             ),
         )
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 import pytest
 
@@ -308,3 +309,78 @@ async def test_run_against_a_server_uses_the_cache_when_asked(
         assert "succeeded" in second
         third = await run_cli()  # the default bypasses the cache
         assert "cached result" not in third
+
+
+def _token_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = _clean_env(data_dir.parent)
+    env["NOTEBURST_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [*NOTEBURST, "token", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(600)  # seven CLI processes, each importing Noteburst
+async def test_token_create_list_revoke_and_expire(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    config = make_config(
+        tmp_path, jupyter_server, auth_mode="tokens", token_cache_seconds=0
+    )
+    data_dir = config.data_dir
+    async with running(config) as nb:
+
+        async def status(token: str) -> int:
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    nb.url + "/graphql",
+                    json={"query": "{ executions { edges { cursor } } }"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                return response.status_code
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(_token_cli, data_dir, *args)
+
+        created = await cli("create", "--user", "alice", "--scope", "exec:notebook")
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip()
+        assert token.startswith("nbt_")
+        key = token.removeprefix("nbt_").split(".")[0]
+        assert f"token {key} for alice (exec:notebook), expires never" in (
+            created.stderr
+        )
+        assert await status(token) == 200
+
+        listed = await cli("list")
+        assert listed.returncode == 0, listed.stderr
+        (line,) = listed.stdout.splitlines()
+        assert line.split("\t")[:4] == [key, "alice", "exec:notebook", "active"]
+        assert token.split(".")[1] not in listed.stdout  # never the secret
+
+        revoked = await cli("revoke", key)
+        assert revoked.returncode == 0, revoked.stderr
+        assert await status(token) == 401
+        assert "\trevoked\t" in (await cli("list")).stdout
+
+        short = await cli("create", "--user", "bob", "--expires-in", "3s")
+        assert short.returncode == 0, short.stderr
+        short_token = short.stdout.strip()
+        assert await status(short_token) == 200
+
+        async def refused() -> bool:
+            return await status(short_token) == 401
+
+        await wait_until(refused, "the short-lived token expires", timeout=30)
+        assert "\texpired\t" in (await cli("list", "--user", "bob")).stdout
+
+        missing = await cli("revoke", "no-such-key")
+        assert missing.returncode != 0
+        assert "no token with key 'no-such-key'" in missing.stderr
+        bad_scope = await cli("create", "--user", "x", "--scope", "admin")
+        assert bad_scope.returncode != 0

@@ -42,3 +42,30 @@ def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTEBURST_DATABASE_URL", "")
     monkeypatch.setenv("NOTEBURST_REDIS_URL", "")
     assert Config().is_embedded
+
+
+def test_unauthenticated_mode_stays_on_loopback(tmp_path: Path) -> None:
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_config(Config(data_dir=tmp_path, host=host))
+    with pytest.raises(ConfigurationError, match="ALLOW_UNAUTHENTICATED"):
+        check_config(Config(data_dir=tmp_path, host="0.0.0.0"))
+    check_config(Config(data_dir=tmp_path, host="0.0.0.0", allow_unauthenticated=True))
+    check_config(Config(data_dir=tmp_path, host="0.0.0.0", auth_mode="tokens"))
+
+
+def test_proxy_mode_needs_trusted_proxies(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="TRUSTED_PROXIES"):
+        check_config(Config(data_dir=tmp_path, auth_mode="proxy"))
+
+
+def test_auth_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTEBURST_AUTH_MODE", "proxy")
+    monkeypatch.setenv("NOTEBURST_TRUSTED_PROXIES", '["10.0.0.0/8", "fd00::/8"]')
+    monkeypatch.setenv("NOTEBURST_MAX_QUEUED_PER_USER", "")
+    monkeypatch.setenv("NOTEBURST_MAX_RUNNING_PER_USER", "3")
+    config = Config()
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
+    assert config.max_queued_per_user is None
+    assert config.max_running_per_user == 3
+    assert config.max_submissions_per_minute == 600
+    assert config.proxy_default_scopes == ["exec:notebook"]

@@ -2,7 +2,10 @@
 
 Strawberry builds the websocket context once per connection, so nothing
 per-operation (a session, a transaction) lives here: resolvers ask the
-factory for a service, and the service opens its own transactions.
+factory for a service, and the service opens its own transactions.  The
+caller is per connection too: an HTTP request is authenticated before
+Strawberry sees it, a websocket in its ``connection_init`` (see
+:mod:`noteburst.api.auth`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
+from ..domain.auth import Caller
+from ..exceptions import AuthenticationError
 from ..factory import Factory
+from ..services.execution import ExecutionService
 
 __all__ = ["GraphQLContext"]
 
@@ -23,3 +29,21 @@ class GraphQLContext:
 
     request: Request | WebSocket
     factory: Factory
+    caller: Caller | None = None
+    """Who is asking; None only before a websocket's connection_init."""
+    connection_params: dict[str, object] | None = None
+    """A websocket's connection_init payload (Strawberry sets it)."""
+
+    def execution_service(self) -> ExecutionService:
+        """Return the execution service acting for the caller.
+
+        Raises
+        ------
+        AuthenticationError
+            Raised if there is no caller (never expected: requests without
+            one are refused before any resolver runs).
+        """
+        if self.caller is None:
+            msg = "authentication required"
+            raise AuthenticationError(msg)
+        return self.factory.create_execution_service(self.caller)

@@ -19,14 +19,18 @@ from ..exceptions import (
     InvalidInputError,
     InvalidNotebookError,
     InvalidParametersError,
+    LimitExceededError,
     UnknownKernelError,
 )
+from ..exceptions import LimitKind as DomainLimitKind
 
 __all__ = [
     "ExecutionNotFound",
     "InvalidInput",
     "InvalidNotebook",
     "InvalidParameters",
+    "LimitExceeded",
+    "LimitKind",
     "UnknownKernel",
     "UserFacingError",
     "payload_for",
@@ -75,7 +79,21 @@ class ExecutionNotFound:
     id: strawberry.ID = strawberry.field(description="The id asked for.")
 
 
-ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters
+LimitKind = strawberry.enum(
+    DomainLimitKind, name="LimitKind", description="Which limit refused a submission."
+)
+
+
+@strawberry.type(description="A per-user or per-request limit refused the submission.")
+class LimitExceeded:
+    message: str
+    limit: DomainLimitKind
+    maximum: int
+
+
+ErrorPayload = (
+    InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters | LimitExceeded
+)
 
 
 def payload_for(error: ClientError) -> ErrorPayload:
@@ -99,6 +117,10 @@ def payload_for(error: ClientError) -> ErrorPayload:
         return InvalidInput(message=error.message, field=error.field)
     if isinstance(error, InvalidParametersError):
         return InvalidParameters(message=error.message, name=error.name)
+    if isinstance(error, LimitExceededError):
+        return LimitExceeded(
+            message=error.message, limit=error.limit, maximum=error.maximum
+        )
     raise error
 
 

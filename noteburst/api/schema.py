@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import strawberry
+import structlog
 from graphql import GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
@@ -31,12 +32,14 @@ from strawberry.types import ExecutionContext
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import ExecutionQueue, ExecutionStatus
 from ..exceptions import ClientError, ExecutionNotFoundError
+from ..services.execution import ExecutionService
 from .context import GraphQLContext
 from .errors import (
     ExecutionNotFound,
     InvalidInput,
     InvalidNotebook,
     InvalidParameters,
+    LimitExceeded,
     UnknownKernel,
     UserFacingError,
     payload_for,
@@ -53,6 +56,8 @@ from .types import (
 __all__ = ["Mutation", "Query", "Subscription", "schema"]
 
 Info = strawberry.Info[GraphQLContext, None]
+
+_logger = structlog.get_logger("noteburst.api")
 
 
 @strawberry.input(description="How a submission uses the result cache.")
@@ -130,7 +135,12 @@ class SubmitExecutionInput:
 
 
 SubmitExecutionPayload = Annotated[
-    Execution | InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters,
+    Execution
+    | InvalidNotebook
+    | UnknownKernel
+    | InvalidInput
+    | InvalidParameters
+    | LimitExceeded,
     strawberry.union(
         "SubmitExecutionPayload",
         description="The queued execution, or why the submission was refused.",
@@ -150,15 +160,39 @@ CancelExecutionPayload = Annotated[
 ]
 
 
+def _service(info: Info) -> ExecutionService:
+    """Return the execution service for the operation's caller.
+
+    Raises
+    ------
+    UserFacingError
+        Raised if the connection has no caller.
+    """
+    try:
+        return info.context.execution_service()
+    except ClientError as exc:
+        raise UserFacingError(exc) from exc
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(description="One execution, or null when the id is unknown.")
+    @strawberry.field(
+        description=(
+            "One execution, or null when the id is unknown or the execution "
+            "is another user's (the two are indistinguishable)."
+        )
+    )
     async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:
-        service = info.context.factory.create_execution_service()
+        service = _service(info)
         found = await service.get(str(id))
         return Execution.from_domain(found) if found else None
 
-    @strawberry.field(description="Executions, newest first, with cursor pagination.")
+    @strawberry.field(
+        description=(
+            "The caller's executions (everyone's for an administrator), "
+            "newest first, with cursor pagination."
+        )
+    )
     async def executions(
         self,
         info: Info,
@@ -166,7 +200,7 @@ class Query:
         after: str | None = None,
         status: ExecutionStatus | None = None,
     ) -> ExecutionConnection:
-        service = info.context.factory.create_execution_service()
+        service = _service(info)
         try:
             page = await service.list(first=first, after=after, status=status)
         except ClientError as exc:
@@ -192,7 +226,7 @@ class Mutation:
         info: Info,
         input: SubmitExecutionInput,
     ) -> SubmitExecutionPayload:
-        service = info.context.factory.create_execution_service()
+        service = _service(info)
         try:
             execution = await service.submit(
                 input.notebook,
@@ -226,7 +260,7 @@ class Mutation:
     async def cancel_execution(
         self, info: Info, id: strawberry.ID
     ) -> CancelExecutionPayload:
-        service = info.context.factory.create_execution_service()
+        service = _service(info)
         try:
             execution = await service.cancel(str(id))
         except ExecutionNotFoundError as exc:
@@ -248,7 +282,7 @@ class Subscription:
         id: strawberry.ID,
         after_sequence: int | None = None,
     ) -> AsyncGenerator[ExecutionEvent, None]:
-        service = info.context.factory.create_execution_service()
+        service = _service(info)
         try:
             async for watched in service.watch(str(id), after_sequence=after_sequence):
                 yield ExecutionEvent.from_domain(watched.event, watched.execution)
@@ -257,16 +291,38 @@ class Subscription:
 
 
 class _Schema(strawberry.Schema):
-    """Log only unexpected errors; client and validation errors are answers."""
+    """Log only unexpected errors; client and validation errors are answers.
+
+    An unexpected error reaches the client as "Unexpected error." (see
+    :func:`should_mask_error`); the log gets its traceback with what an
+    operator needs to find the request: the operation, the field path and
+    the caller (never the variables, which may hold a notebook).
+    """
 
     def process_errors(
         self,
         errors: list[GraphQLError],
         execution_context: ExecutionContext | None = None,
     ) -> None:
-        super().process_errors(
-            [e for e in errors if should_mask_error(e)], execution_context
-        )
+        operation = None
+        user = None
+        if execution_context is not None:
+            operation = execution_context.operation_name
+            context = execution_context.context
+            caller = getattr(context, "caller", None)
+            user = getattr(caller, "user", None)
+        for error in errors:
+            if not should_mask_error(error):
+                continue
+            original = error.original_error
+            _logger.error(
+                "Unexpected error in a GraphQL operation",
+                operation=operation,
+                path=".".join(str(part) for part in error.path or ()),
+                user=user,
+                error_type=type(original).__name__,
+                exc_info=original,
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,7 +155,7 @@ class Execution:
     ) -> int | None:
         if self.status is not domain.ExecutionStatus.QUEUED:
             return None
-        service = info.context.factory.create_execution_service()
+        service = info.context.execution_service()
         return await service.queue_position(str(self.id))
 
     cell_timeout_seconds: float | None = strawberry.field(
@@ -173,6 +173,9 @@ class Execution:
     cancel_requested: bool = strawberry.field(
         description="Whether cancelExecution was called while it was running."
     )
+    owner: str = strawberry.field(
+        description="The user who submitted it (only they and administrators see it)."
+    )
 
     @strawberry.field(
         description=(
@@ -185,7 +188,7 @@ class Execution:
     ) -> JSON | None:
         if not self.status.is_terminal:
             return None
-        service = info.context.factory.create_execution_service()
+        service = info.context.execution_service()
         return cast("JSON", await service.get_notebook(str(self.id)))
 
     @strawberry.field(
@@ -241,6 +244,7 @@ class Execution:
             no_output_timeout_seconds=execution.no_output_timeout_seconds,
             outputs_truncated=execution.outputs_truncated,
             cancel_requested=execution.cancel_requested_at is not None,
+            owner=execution.owner or "",
         )
 
 

@@ -10,9 +10,11 @@ from .base import NAMING_CONVENTION, Base, UTCDateTime
 from .execution import ExecutionEventRow, ExecutionRow
 from .identity import LabIdentityRow
 from .rendering import ExecutionRenderingRow
+from .token import ApiTokenRow
 
 __all__ = [
     "NAMING_CONVENTION",
+    "ApiTokenRow",
     "Base",
     "ExecutionEventRow",
     "ExecutionRenderingRow",

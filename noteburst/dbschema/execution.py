@@ -86,10 +86,17 @@ class ExecutionRow(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """When cancellation of the running execution was asked for; its worker
     is told with a notification and ends it ``cancelled``."""
+    owner: Mapped[str] = mapped_column(String(255))
+    """User who submitted it; only they (and admins) see it.  Executions
+    from before owners existed belong to ``constants.LOCAL_USER``."""
 
     __table_args__ = (
         # Keyset pagination newest first: ORDER BY created_at DESC, id DESC.
         Index("ix_executions_created_at_id", "created_at", "id"),
+        # A user's own page of executions, and their submissions per minute.
+        Index("ix_executions_owner_created_at_id", "owner", "created_at", "id"),
+        # A user's queued and running counts (per-user limits).
+        Index("ix_executions_owner_status", "owner", "status"),
     )
 
 

@@ -1,7 +1,11 @@
 """What makes two submissions the same computation: the result cache's key.
 
 Two submissions give the same result when they run the same code with the
-same parameters on the same kernel in the same environment.  Markdown,
+same parameters on the same kernel in the same environment.  The key also
+names the submitting user, so the cache and the sharing of runs never
+cross users: one user's submission can neither be answered by another's
+result nor reveal (by a fast cache hit, or ``cachedFrom``/``sharesRunOf``
+ids) that someone else ran the same code.  Markdown,
 outputs already in the notebook, metadata and cell ids do not change what
 runs, so they are left out: re-saving a notebook in JupyterLab must not
 miss the cache.  The environment tag is the operator's statement that the
@@ -60,7 +64,7 @@ class CachePolicy:
         return now - timedelta(seconds=self.max_age_seconds)
 
 
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 """Bumped when the key's recipe changes, so old entries stop matching."""
 
 
@@ -70,6 +74,7 @@ def cache_key(
     parameters: Mapping[str, Any] | None,
     kernel_name: str,
     environment: str,
+    owner: str,
 ) -> str:
     """Return the hex SHA-256 key of a submission.
 
@@ -84,6 +89,8 @@ def cache_key(
         The kernel it runs on.
     environment
         The deployment's environment tag.
+    owner
+        The submitting user: each user has a cache of their own.
     """
     code = [
         _source(cell)
@@ -96,6 +103,7 @@ def cache_key(
         "parameters": dict(parameters or {}),
         "kernel": kernel_name,
         "environment": environment,
+        "owner": owner,
     }
     canonical = json.dumps(
         document, sort_keys=True, ensure_ascii=False, separators=(",", ":")

@@ -185,6 +185,8 @@ class Execution:
     """Whether outputs were cut or dropped under the output limits."""
     cancel_requested_at: datetime | None = None
     """When cancellation of the running execution was asked for, if it was."""
+    owner: str | None = None
+    """The user who submitted it (None only where storage did not read it)."""
 
 
 @dataclass(frozen=True, slots=True)

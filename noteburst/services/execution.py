@@ -14,6 +14,15 @@ identical submissions arriving while one is queued or running share that
 run ("single flight").  Deciding which, and recording it, happens in one
 transaction that holds a per-key lock, so two identical submissions never
 both start a run.
+
+Every service is made for one :class:`~noteburst.domain.auth.Caller`.  A
+caller without the admin scope reads, lists, watches and cancels only
+executions it submitted; another user's id is treated exactly as an unknown
+one (the same query with an owner condition, the same answer), so nobody
+can learn that an id exists.  The result cache is per user too (the owner
+is part of the cache key).  Submissions are checked against per-user limits
+(queued, running, submissions per minute) in the transaction that records
+them, under a per-user lock, so concurrent submissions cannot overshoot.
 """
 
 from __future__ import annotations
@@ -25,11 +34,12 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
+from ..domain.auth import Caller
 from ..domain.cache import CacheMode, CachePolicy, cache_key
 from ..domain.execution import (
     EventKind,
@@ -43,6 +53,8 @@ from ..domain.parameters import check_parameters, inject_parameters, parameter_d
 from ..exceptions import (
     ExecutionNotFoundError,
     InvalidInputError,
+    LimitExceededError,
+    LimitKind,
     UnknownKernelError,
 )
 from ..storage.database import Database
@@ -75,6 +87,21 @@ class SubmissionLimits:
     """Part of every result cache key (see ``Config.cache_environment_tag``)."""
     default_cell_timeout_seconds: float | None = None
     default_no_output_timeout_seconds: float | None = None
+    max_queued_per_user: int | None = None
+    """Most queued executions per user; None: no limit."""
+    max_running_per_user: int | None = None
+    """Running executions past which a user's submissions are refused."""
+    max_submissions_per_minute: int | None = None
+    """Most submissions per user in any 60 seconds; None: no limit."""
+
+    @property
+    def has_user_limits(self) -> bool:
+        """Whether any per-user limit is set (else none is counted)."""
+        return (
+            self.max_queued_per_user is not None
+            or self.max_running_per_user is not None
+            or self.max_submissions_per_minute is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +134,9 @@ class ExecutionService:
         Hands execution ids to workers.
     limits
         What a submission may ask for.
+    caller
+        Who is asking: executions are theirs, and only theirs are visible
+        unless they are an administrator.
     """
 
     def __init__(
@@ -116,11 +146,14 @@ class ExecutionService:
         bus: EventBus,
         queue: TaskQueue,
         limits: SubmissionLimits,
+        caller: Caller,
     ) -> None:
         self._db = database
         self._bus = bus
         self._queue = queue
         self._limits = limits
+        self._caller = caller
+        self._owner = caller.owner_filter
 
     async def submit(
         self,
@@ -185,6 +218,8 @@ class ExecutionService:
         InvalidParametersError
             Raised if a parameter is not an identifier or its value does not
             fit its default's type.
+        LimitExceededError
+            Raised if the caller is at one of the per-user limits.
         """
         timeout = self._check_timeout(timeout_seconds)
         policy = self._check_cache(cache)
@@ -225,6 +260,7 @@ class ExecutionService:
                 parameters=parameters if isinstance(parameters, Mapping) else None,
                 kernel_name=name,
                 environment=self._limits.cache_environment_tag,
+                owner=self._caller.user,
             )
         new = _NewExecution(
             id=execution_id,
@@ -236,9 +272,13 @@ class ExecutionService:
             cache_key=key,
             cell_timeout_seconds=cell_timeout,
             no_output_timeout_seconds=no_output_timeout,
+            owner=self._caller.user,
         )
         async with self._db.transaction() as store:
-            event, runs = await _record(store, new, policy, datetime.now(UTC))
+            now = datetime.now(UTC)
+            if self._limits.has_user_limits:
+                await self._check_user_limits(store, now)
+            event, runs = await _record(store, new, policy, now)
             execution = await store.get(execution_id)
         assert execution is not None
         if event is not None:
@@ -284,11 +324,13 @@ class ExecutionService:
         Raises
         ------
         ExecutionNotFoundError
-            Raised if there is no such execution.
+            Raised if there is no such execution (or it is another user's).
         """
         async with self._db.transaction() as store:
-            event = await store.request_cancel(execution_id, now=datetime.now(UTC))
-            execution = await store.get(execution_id)
+            event = await store.request_cancel(
+                execution_id, now=datetime.now(UTC), owner=self._owner
+            )
+            execution = await store.get(execution_id, owner=self._owner)
         if execution is None:
             raise ExecutionNotFoundError(execution_id)
         if event is not None:
@@ -305,14 +347,18 @@ class ExecutionService:
         return execution
 
     async def get(self, execution_id: str) -> Execution | None:
-        """Return an execution (without its notebook), or `None`."""
+        """Return an execution (without its notebook), or `None`.
+
+        None also for another user's execution, unless the caller is an
+        administrator.
+        """
         async with self._db.transaction() as store:
-            return await store.get(execution_id)
+            return await store.get(execution_id, owner=self._owner)
 
     async def get_notebook(self, execution_id: str) -> dict[str, Any] | None:
         """Return the executed notebook, once the execution is terminal."""
         async with self._db.transaction() as store:
-            return await store.get_result_notebook(execution_id)
+            return await store.get_result_notebook(execution_id, owner=self._owner)
 
     async def list(
         self,
@@ -336,7 +382,7 @@ class ExecutionService:
             )
         async with self._db.transaction() as store:
             executions, has_next = await store.list(
-                first=size, after=after, status=status
+                first=size, after=after, status=status, owner=self._owner
             )
         return ExecutionPage(
             executions=executions,
@@ -371,7 +417,7 @@ class ExecutionService:
             )
             stream = execution_id
             async with self._db.transaction() as store:
-                execution = await store.get(execution_id)
+                execution = await store.get(execution_id, owner=self._owner)
                 latest = await store.latest_event(execution_id)
             own_signal = signal
             if (
@@ -386,7 +432,7 @@ class ExecutionService:
                     self._bus.subscribe(stream)
                 )
                 async with self._db.transaction() as store:
-                    execution = await store.get(execution_id)
+                    execution = await store.get(execution_id, owner=self._owner)
                     latest = await store.latest_event(stream)
             if execution is None or latest is None:
                 raise ExecutionNotFoundError(execution_id)
@@ -463,7 +509,44 @@ class ExecutionService:
     async def queue_position(self, execution_id: str) -> int | None:
         """1-based place of a queued execution in the claim order, else None."""
         async with self._db.transaction() as store:
-            return await store.queue_position(execution_id)
+            return await store.queue_position(execution_id, owner=self._owner)
+
+    async def _check_user_limits(self, store: ExecutionStore, now: datetime) -> None:
+        """Refuse a submission past a per-user limit (in the recording transaction).
+
+        The per-user lock is held until the transaction ends, so the count
+        and the insert that follows are one step for this user.
+        """
+        owner = self._caller.user
+        await store.lock_owner(owner)
+        counts = await store.owner_counts(owner, since=now - timedelta(minutes=1))
+        checks = (
+            (
+                LimitKind.QUEUED_EXECUTIONS,
+                counts.queued,
+                self._limits.max_queued_per_user,
+            ),
+            (
+                LimitKind.RUNNING_EXECUTIONS,
+                counts.running,
+                self._limits.max_running_per_user,
+            ),
+            (
+                LimitKind.SUBMISSIONS_PER_MINUTE,
+                counts.recent,
+                self._limits.max_submissions_per_minute,
+            ),
+        )
+        for kind, count, maximum in checks:
+            if maximum is not None and count >= maximum:
+                _logger.info(
+                    "Submission refused by a per-user limit",
+                    user=owner,
+                    limit=kind.value,
+                    maximum=maximum,
+                    count=count,
+                )
+                raise LimitExceededError(kind, maximum)
 
     def _check_cache(self, cache: CachePolicy | None) -> CachePolicy:
         if cache is None:
@@ -516,6 +599,7 @@ class _NewExecution:
     cache_key: str | None
     cell_timeout_seconds: float | None
     no_output_timeout_seconds: float | None
+    owner: str
 
 
 async def _record(
@@ -543,6 +627,7 @@ async def _record(
                     source_text=new.source_text,
                     queue=new.queue,
                     now=now,
+                    owner=new.owner,
                 )
                 if hit is not None:
                     return hit, False
@@ -559,6 +644,7 @@ async def _record(
                 cells_total=new.cells_total,
                 queue=new.queue,
                 now=now,
+                owner=new.owner,
             )
             return None, False
     event = await store.add(
@@ -572,6 +658,7 @@ async def _record(
         cache_key=new.cache_key,
         cell_timeout_seconds=new.cell_timeout_seconds,
         no_output_timeout_seconds=new.no_output_timeout_seconds,
+        owner=new.owner,
     )
     return event, True
 

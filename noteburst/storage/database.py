@@ -60,6 +60,7 @@ from noteburst.exceptions import ConfigurationError
 from .execution import ExecutionStore
 from .identity import IdentityLeaseStore
 from .rendering import RenderingStore
+from .token import TokenStore
 
 __all__ = [
     "ALEMBIC_SCRIPT_LOCATION",
@@ -299,6 +300,13 @@ class Database:
         self._check_loop()
         async with self._sessionmaker() as session, session.begin():
             yield RenderingStore(session)
+
+    @asynccontextmanager
+    async def token_transaction(self) -> AsyncIterator[TokenStore]:
+        """Like :meth:`transaction`, for API tokens."""
+        self._check_loop()
+        async with self._sessionmaker() as session, session.begin():
+            yield TokenStore(session)
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision (``alembic upgrade head``).

@@ -23,6 +23,7 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
-from noteburst.constants import CANCELS_CHANNEL, EVENTS_CHANNEL
+from noteburst.constants import CANCELS_CHANNEL, EVENTS_CHANNEL, LOCAL_USER
 from noteburst.dbschema import ExecutionEventRow, ExecutionRow, UTCDateTime
 from noteburst.domain.execution import (
     ErrorCode,
@@ -71,6 +72,7 @@ __all__ = [
     "ExecutionFinishedError",
     "ExecutionStore",
     "NewEvent",
+    "OwnerCounts",
     "cancel_signal_key",
     "cursor_for",
 ]
@@ -103,6 +105,7 @@ _SUMMARY_COLUMNS = (
     _E.no_output_timeout_seconds,
     _E.outputs_truncated,
     _E.cancel_requested_at,
+    _E.owner,
 )
 """Everything :class:`Execution` needs, without the two notebook texts."""
 
@@ -123,6 +126,15 @@ _UNFINISHED = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
 
 _CACHE_LOCK_CLASS = 0x6E62_6361  # "nbca"
 """First key of the Postgres advisory locks that serialise one cache key."""
+
+_OWNER_LOCK_CLASS = 0x6E62_6F77  # "nbow"
+"""First key of the Postgres advisory locks that serialise one user's
+submissions (so per-user limits are checked and applied atomically)."""
+
+
+def _owned(owner: str | None) -> builtins.list[ColumnElement[bool]]:
+    """Return the conditions restricting rows to one owner; none for None."""
+    return [] if owner is None else [_E.owner == owner]
 
 
 def _claim_rank(queue: InstrumentedAttribute[str]) -> ColumnElement[int]:
@@ -210,6 +222,16 @@ class ExecutionFinishedError(NoteburstError):
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerCounts:
+    """A user's executions, as counted for the per-user limits."""
+
+    queued: int
+    running: int
+    recent: int
+    """Submitted since the time asked for (a minute ago)."""
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """A progress event to append with :meth:`ExecutionStore.append_events`.
 
@@ -256,10 +278,13 @@ def _queued_row(
     timeout_seconds: float,
     source_text: str,
     now: datetime,
+    *,
+    owner: str,
 ) -> dict[str, Any]:
     """Return the columns every new queued execution row starts with."""
     return {
         "id": execution_id,
+        "owner": owner,
         "status": ExecutionStatus.QUEUED.value,
         "kernel_name": kernel_name,
         "timeout_seconds": timeout_seconds,
@@ -345,6 +370,7 @@ def _to_domain(row: _AnyRow, notebook: dict[str, Any] | None = None) -> Executio
         no_output_timeout_seconds=row.no_output_timeout_seconds,
         outputs_truncated=bool(row.outputs_truncated),
         cancel_requested_at=row.cancel_requested_at,
+        owner=row.owner,
     )
 
 
@@ -396,6 +422,7 @@ class ExecutionStore:
         cache_key: str | None = None,
         cell_timeout_seconds: float | None = None,
         no_output_timeout_seconds: float | None = None,
+        owner: str = LOCAL_USER,
     ) -> ExecutionEvent:
         """Record a new execution, queued, with its first event.
 
@@ -422,6 +449,8 @@ class ExecutionStore:
             Limit per cell, or None.
         no_output_timeout_seconds
             Limit on a cell's silence, or None.
+        owner
+            The submitting user.
 
         Returns
         -------
@@ -432,7 +461,12 @@ class ExecutionStore:
         await self._session.execute(
             insert(_E).values(
                 **_queued_row(
-                    execution_id, kernel_name, timeout_seconds, source_text, now
+                    execution_id,
+                    kernel_name,
+                    timeout_seconds,
+                    source_text,
+                    now,
+                    owner=owner,
                 ),
                 cells_total=cells_total,
                 last_sequence=1,
@@ -453,7 +487,11 @@ class ExecutionStore:
         )
 
     async def get(
-        self, execution_id: str, *, with_notebook: bool = False
+        self,
+        execution_id: str,
+        *,
+        with_notebook: bool = False,
+        owner: str | None = None,
     ) -> Execution | None:
         """Look up one execution.
 
@@ -464,6 +502,9 @@ class ExecutionStore:
         with_notebook
             Also load and parse the executed notebook into
             ``Execution.notebook`` (None until it finishes).
+        owner
+            Only an execution of this user (another's is None, as an unknown
+            id is, by the same query); None: anyone's.
 
         Returns
         -------
@@ -474,7 +515,7 @@ class ExecutionStore:
         if with_notebook:
             columns = (*columns, _E.result_notebook)
         result = await self._session.execute(
-            select(*columns).where(_E.id == execution_id)
+            select(*columns).where(_E.id == execution_id, *_owned(owner))
         )
         row = result.one_or_none()
         if row is None:
@@ -484,10 +525,12 @@ class ExecutionStore:
             return await self._follower_view(row, notebook)
         return _to_domain(row, notebook)
 
-    async def get_result_notebook(self, execution_id: str) -> dict[str, Any] | None:
-        """Load the executed notebook; None if absent or not finished."""
+    async def get_result_notebook(
+        self, execution_id: str, *, owner: str | None = None
+    ) -> dict[str, Any] | None:
+        """Load the executed notebook; None if absent, unfinished or not owner's."""
         text = await self._session.scalar(
-            select(_E.result_notebook).where(_E.id == execution_id)
+            select(_E.result_notebook).where(_E.id == execution_id, *_owned(owner))
         )
         return await _parse_json(text)
 
@@ -504,6 +547,7 @@ class ExecutionStore:
         first: int,
         after: str | None,
         status: ExecutionStatus | None,
+        owner: str | None = None,
     ) -> tuple[builtins.list[Execution], bool]:
         """One page of executions, newest first.
 
@@ -517,6 +561,8 @@ class ExecutionStore:
             execution, or None for the first page.
         status
             Only executions in this status, or all.
+        owner
+            Only executions of this user, or everyone's.
 
         Returns
         -------
@@ -530,7 +576,7 @@ class ExecutionStore:
         """
         if first < 0:
             raise InvalidInputError("first", "must not be negative")
-        query = select(*_SUMMARY_COLUMNS)
+        query = select(*_SUMMARY_COLUMNS).where(*_owned(owner))
         if status is not None:
             query = query.where(_E.status == status.value)
         if after is not None:
@@ -851,7 +897,7 @@ class ExecutionStore:
         return event
 
     async def request_cancel(
-        self, execution_id: str, *, now: datetime
+        self, execution_id: str, *, now: datetime, owner: str | None = None
     ) -> ExecutionEvent | None:
         """Cancel an execution: at once if queued, through its worker if running.
 
@@ -863,6 +909,9 @@ class ExecutionStore:
         the kernel and finishes it ``cancelled`` with its partial notebook;
         :meth:`claim` no longer takes it.  A finished execution is left
         unchanged.
+
+        With ``owner``, only an execution of that user is touched (another
+        user's is left alone exactly as an unknown id is).
 
         Returns
         -------
@@ -881,7 +930,7 @@ class ExecutionStore:
         }
         event = await self._change(
             execution_id,
-            conditions=[_E.status == ExecutionStatus.QUEUED.value],
+            conditions=[_E.status == ExecutionStatus.QUEUED.value, *_owned(owner)],
             values=values,
             kind=EventKind.FINISHED,
             status=ExecutionStatus.CANCELLED,
@@ -894,7 +943,11 @@ class ExecutionStore:
             return event
         statement = (
             update(_E)
-            .where(_E.id == execution_id, _E.status == ExecutionStatus.RUNNING.value)
+            .where(
+                _E.id == execution_id,
+                _E.status == ExecutionStatus.RUNNING.value,
+                *_owned(owner),
+            )
             .values(
                 cancel_requested_at=func.coalesce(
                     _E.cancel_requested_at,
@@ -1102,7 +1155,9 @@ class ExecutionStore:
         )
         return ClaimedExecution(execution=execution, source=source, event=event)
 
-    async def queue_position(self, execution_id: str) -> int | None:
+    async def queue_position(
+        self, execution_id: str, *, owner: str | None = None
+    ) -> int | None:
         """Where an execution stands in the claim order of :meth:`claim_next`.
 
         Returns
@@ -1115,7 +1170,9 @@ class ExecutionStore:
         """
         columns = (_E.id, _E.status, _E.queue, _E.created_at, _E.shares_run_of)
         row = (
-            await self._session.execute(select(*columns).where(_E.id == execution_id))
+            await self._session.execute(
+                select(*columns).where(_E.id == execution_id, *_owned(owner))
+            )
         ).one_or_none()
         if row is not None and row.shares_run_of is not None:
             if row.status != ExecutionStatus.QUEUED.value:
@@ -1147,6 +1204,52 @@ class ExecutionStore:
             )
         )
         return int(ahead or 0) + 1
+
+    async def lock_owner(self, owner: str) -> None:
+        """Serialise one user's submissions until this transaction ends.
+
+        Counting a user's executions against the per-user limits and then
+        adding one must be atomic, or concurrent submissions would each see
+        room for one more and overshoot together.  Postgres takes a
+        transaction-scoped advisory lock on a hash of the user name (two
+        users sharing a hash only wait for each other, briefly); on SQLite
+        the transaction already holds the write lock.  Take it before
+        :meth:`lock_cache_key`, always in that order.
+        """
+        if self._notify:  # i.e. Postgres
+            digest = hashlib.sha256(owner.encode("utf-8")).digest()
+            objid = int.from_bytes(digest[:4], "big", signed=True)
+            await self._session.execute(
+                select(func.pg_advisory_xact_lock(_OWNER_LOCK_CLASS, objid))
+            )
+
+    async def owner_counts(self, owner: str, *, since: datetime) -> OwnerCounts:
+        """Count a user's queued and running executions and recent submissions.
+
+        One statement, answered from the ``(owner, status)`` and ``(owner,
+        created_at, id)`` indexes.
+
+        Parameters
+        ----------
+        owner
+            The user.
+        since
+            Submissions created at or after this count as recent.
+        """
+        since = _utc(since)
+        queued = _E.status == ExecutionStatus.QUEUED.value
+        running = _E.status == ExecutionStatus.RUNNING.value
+        recent = _E.created_at >= since
+        row = (
+            await self._session.execute(
+                select(
+                    func.count(case((queued, 1))),
+                    func.count(case((running, 1))),
+                    func.count(case((recent, 1))),
+                ).where(_E.owner == owner, or_(_E.status.in_(_UNFINISHED), recent))
+            )
+        ).one()
+        return OwnerCounts(queued=row[0], running=row[1], recent=row[2])
 
     async def lock_cache_key(self, cache_key: str) -> None:
         """Serialise submissions of one cache key until this transaction ends.
@@ -1218,6 +1321,7 @@ class ExecutionStore:
         cells_total: int,
         queue: ExecutionQueue,
         now: datetime,
+        owner: str = LOCAL_USER,
     ) -> None:
         """Record an execution that shares the run of ``leader_id``.
 
@@ -1231,7 +1335,12 @@ class ExecutionStore:
         await self._session.execute(
             insert(_E).values(
                 **_queued_row(
-                    execution_id, kernel_name, timeout_seconds, source_text, now
+                    execution_id,
+                    kernel_name,
+                    timeout_seconds,
+                    source_text,
+                    now,
+                    owner=owner,
                 ),
                 cells_total=cells_total,
                 last_sequence=0,
@@ -1260,6 +1369,7 @@ class ExecutionStore:
         source_text: str,
         queue: ExecutionQueue,
         now: datetime,
+        owner: str = LOCAL_USER,
     ) -> ExecutionEvent | None:
         """Record a new execution that succeeded by reusing a stored result.
 
@@ -1289,6 +1399,7 @@ class ExecutionStore:
             literal(now, timestamp),
             literal(queue.value),
             _E.id,
+            literal(owner),
         ).where(_E.id == cached_from, _E.status == ExecutionStatus.SUCCEEDED.value)
         await self._session.execute(
             insert(_E).from_select(
@@ -1307,6 +1418,7 @@ class ExecutionStore:
                     _E.finished_at,
                     _E.queue,
                     _E.cached_from,
+                    _E.owner,
                 ],
                 source,
             )

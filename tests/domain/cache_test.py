@@ -24,6 +24,7 @@ def key(nb: dict[str, Any], **overrides: Any) -> str:
         "parameters": {"a": 1, "b": [1, 2]},
         "kernel_name": "python3",
         "environment": "w_2026_47",
+        "owner": "alice",
     }
     options.update(overrides)
     return cache_key(nb, **options)
@@ -53,4 +54,5 @@ def test_what_runs_differently_does() -> None:
     assert key(nb, parameters={"a": "1", "b": [1, 2]}) != base
     assert key(nb, kernel_name="python3.12") != base
     assert key(nb, environment="w_2026_48") != base
+    assert key(nb, owner="bob") != base  # each user has a cache of their own
     assert len(base) == 64

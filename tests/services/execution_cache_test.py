@@ -18,6 +18,7 @@ import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
 from noteburst.constants import EXECUTION_QUEUE
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.cache import CacheMode, CachePolicy
 from noteburst.domain.execution import ExecutionStatus
 from noteburst.exceptions import InvalidInputError
@@ -54,7 +55,7 @@ async def harness(
             tagged = config.model_copy(update={"cache_environment_tag": tag})
             api = await ProcessContext.for_api(tagged, broker=broker, local_bus=bus)
             contexts.append(api)
-            services[tag] = Factory(api).create_execution_service()
+            services[tag] = Factory(api).create_execution_service(LOCAL_CALLER)
         worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
         contexts.append(worker)
         yield Harness(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.storage.database import Database
@@ -37,7 +38,7 @@ async def test_submission_survives_an_unreachable_queue(
     )
     api = await ProcessContext.for_api(config, broker=dead, local_bus=LocalEventBus())
     try:
-        service = Factory(api).create_execution_service()
+        service = Factory(api).create_execution_service(LOCAL_CALLER)
         execution = await service.submit(notebook("1"))
         assert execution.status is ExecutionStatus.QUEUED
     finally:

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionEvent, ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.jupyter.execute import execute_notebook
@@ -79,7 +80,8 @@ async def make_instance(
         worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
         contexts.append(worker)
         return Instance(
-            Factory(api).create_execution_service(), Factory(worker).create_runner()
+            Factory(api).create_execution_service(LOCAL_CALLER),
+            Factory(worker).create_runner(),
         )
 
     try:

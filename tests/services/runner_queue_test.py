@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionQueue, ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.services.execution import ExecutionService
@@ -45,7 +46,7 @@ async def harness(
     worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=Factory(api).create_execution_service(),
+            service=Factory(api).create_execution_service(LOCAL_CALLER),
             runner=Factory(worker).create_runner(),
         )
     finally:

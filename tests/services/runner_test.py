@@ -22,6 +22,7 @@ import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
 from noteburst.constants import EXECUTION_QUEUE
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
@@ -72,7 +73,7 @@ async def harness(
     worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=Factory(api).create_execution_service(),
+            service=Factory(api).create_execution_service(LOCAL_CALLER),
             runner=Factory(worker).create_runner(),
             api=api,
             broker=broker,

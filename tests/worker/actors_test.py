@@ -10,6 +10,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from noteburst.constants import EXECUTION_QUEUE
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.storage.events import LocalEventBus
@@ -28,7 +29,7 @@ async def test_same_message_twice_one_execution_one_result(
     bus = LocalEventBus()
     api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
     try:
-        service = Factory(api).create_execution_service()
+        service = Factory(api).create_execution_service(LOCAL_CALLER)
         execution = await service.submit(notebook("print('once')"))
         await api.queue.enqueue_execution(execution.id)  # the duplicate
         assert broker.queues[EXECUTION_QUEUE].qsize() == 2
