@@ -20,6 +20,7 @@ from ..exceptions import (
     InvalidNotebookError,
     InvalidParametersError,
     UnknownKernelError,
+    WebhookRefusedError,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidParameters",
     "UnknownKernel",
     "UserFacingError",
+    "WebhookRefused",
     "payload_for",
     "should_mask_error",
 ]
@@ -69,13 +71,28 @@ class InvalidParameters:
     name: str = strawberry.field(description="The parameter at fault.")
 
 
+@strawberry.type(
+    description=(
+        "The webhook URL names or resolves to an address Noteburst may not "
+        "call: loopback, private, link-local (cloud metadata), CGNAT, "
+        "multicast, reserved or unspecified, unless the operator allows it; "
+        "or its name could not be resolved in time."
+    )
+)
+class WebhookRefused:
+    message: str
+    field: str = strawberry.field(description="The input field at fault.")
+
+
 @strawberry.type(description="No execution has this id.")
 class ExecutionNotFound:
     message: str
     id: strawberry.ID = strawberry.field(description="The id asked for.")
 
 
-ErrorPayload = InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters
+ErrorPayload = (
+    InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters | WebhookRefused
+)
 
 
 def payload_for(error: ClientError) -> ErrorPayload:
@@ -99,6 +116,8 @@ def payload_for(error: ClientError) -> ErrorPayload:
         return InvalidInput(message=error.message, field=error.field)
     if isinstance(error, InvalidParametersError):
         return InvalidParameters(message=error.message, name=error.name)
+    if isinstance(error, WebhookRefusedError):
+        return WebhookRefused(message=error.message, field=error.field)
     raise error
 
 

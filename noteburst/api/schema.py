@@ -30,6 +30,7 @@ from strawberry.types import ExecutionContext
 
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import ExecutionQueue, ExecutionStatus
+from ..domain.webhook import WebhookRequest
 from ..exceptions import ClientError, ExecutionNotFoundError
 from .context import GraphQLContext
 from .errors import (
@@ -39,6 +40,7 @@ from .errors import (
     InvalidParameters,
     UnknownKernel,
     UserFacingError,
+    WebhookRefused,
     payload_for,
     should_mask_error,
 )
@@ -67,6 +69,27 @@ class CacheInput:
             "With USE: reuse only a result finished at most this many seconds "
             "ago; null: any age."
         ),
+    )
+
+
+@strawberry.input(
+    description=(
+        "Where to POST a signed message when the execution ends (Standard "
+        "Webhooks: webhook-id, webhook-timestamp, webhook-signature)."
+    )
+)
+class WebhookInput:
+    url: str = strawberry.field(
+        description=(
+            "http(s) URL. Its host must resolve to public addresses only "
+            "(unless the operator allows others); redirects are not followed."
+        )
+    )
+    secret: str = strawberry.field(
+        description=(
+            "Signing secret, 'whsec_' + base64 of 24 to 64 random bytes. "
+            "Stored encrypted; never returned."
+        )
     )
 
 
@@ -127,10 +150,22 @@ class SubmitExecutionInput:
             "get an old result."
         ),
     )
+    webhook: WebhookInput | None = strawberry.field(
+        default=None,
+        description=(
+            "Called once when the execution ends, however it ends; retried "
+            "with backoff (see Execution.webhookDeliveries)."
+        ),
+    )
 
 
 SubmitExecutionPayload = Annotated[
-    Execution | InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters,
+    Execution
+    | InvalidNotebook
+    | UnknownKernel
+    | InvalidInput
+    | InvalidParameters
+    | WebhookRefused,
     strawberry.union(
         "SubmitExecutionPayload",
         description="The queued execution, or why the submission was refused.",
@@ -208,6 +243,9 @@ class Mutation:
                 ),
                 cell_timeout_seconds=input.cell_timeout_seconds,
                 no_output_timeout_seconds=input.no_output_timeout_seconds,
+                webhook=None
+                if input.webhook is None
+                else WebhookRequest(url=input.webhook.url, secret=input.webhook.secret),
             )
         except ClientError as exc:
             return payload_for(exc)

@@ -10,6 +10,7 @@ from .base import NAMING_CONVENTION, Base, UTCDateTime
 from .execution import ExecutionEventRow, ExecutionRow
 from .identity import LabIdentityRow
 from .rendering import ExecutionRenderingRow
+from .webhook import WebhookDeliveryRow, WebhookRow
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -19,4 +20,6 @@ __all__ = [
     "ExecutionRow",
     "LabIdentityRow",
     "UTCDateTime",
+    "WebhookDeliveryRow",
+    "WebhookRow",
 ]
