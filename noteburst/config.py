@@ -9,6 +9,7 @@ docs/configuration.md; a test keeps that page in step with this class.
 
 from __future__ import annotations
 
+import ipaddress
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
@@ -383,6 +384,66 @@ class Config(BaseSettings):
             "count). Unset: no limit."
         ),
     )
+    public_url: str | None = Field(
+        None,
+        description=(
+            "Base URL clients reach this service at, e.g. https://noteburst.example; "
+            "webhook messages link to the result under it. Unset: "
+            "http://host:port."
+        ),
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Fernet keys (comma-separated; the first encrypts, all decrypt, so "
+            "keys can rotate) that encrypt webhook secrets at rest. Unset: a "
+            "key file secret.key (mode 0600) in data_dir, created on first use; "
+            "set it when the API and workers do not share data_dir."
+        ),
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Addresses or CIDR networks (JSON list, e.g. ["10.1.0.0/16"]) '
+            "webhooks may reach although they are loopback, private, link-local "
+            "or otherwise not public; everything else of that kind is refused."
+        ),
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Bound on one delivery attempt: resolving the name, connecting and "
+            "the receiver's response headers."
+        ),
+    )
+    webhook_resolve_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Bound on resolving a webhook's host name (at submission too).",
+    )
+    webhook_max_attempts: int = Field(
+        15, ge=1, description="Most delivery attempts of one webhook."
+    )
+    webhook_horizon_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description=(
+            "No attempt is scheduled later than this many seconds after the "
+            "execution ended; the webhook is then given up (FAILED)."
+        ),
+    )
+    webhook_initial_backoff_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Wait after the first failed attempt; it doubles after each one "
+            "(with jitter: between half and all of it)."
+        ),
+    )
+    webhook_max_backoff_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two delivery attempts."
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written."
@@ -404,6 +465,22 @@ class Config(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            # strict: host bits set (10.0.0.1/8) is a typo, not a network.
+            ipaddress.ip_network(entry.strip(), strict=True)
+        return value
+
+    @property
+    def effective_public_url(self) -> str:
+        """The public base URL, defaulting to the address ``serve`` binds."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def is_embedded(self) -> bool:

@@ -18,6 +18,8 @@ __all__ = [
     "LOCAL_USER",
     "TOKEN_PREFIX",
     "USER_SCOPE",
+    "WEBHOOK_ACTOR_NAME",
+    "WEBHOOK_QUEUE",
 ]
 
 DEFAULT_KERNEL_NAME = "python3"
@@ -34,6 +36,16 @@ EXECUTE_ACTOR_NAME = "execute_notebook"
 
 EXECUTION_QUEUE = "noteburst-executions"
 """Dramatiq queue the execute actor consumes."""
+
+WEBHOOK_ACTOR_NAME = "deliver_webhook"
+"""Dramatiq actor that makes one delivery attempt of an execution's webhook."""
+
+WEBHOOK_QUEUE = "noteburst-webhooks"
+"""Dramatiq queue of webhook deliveries, apart from executions.
+
+The actor only starts the attempt on the worker's event loop and returns,
+so a slow receiver never holds a worker thread an execution could use.
+"""
 
 EVENTS_CHANNEL = "noteburst_events"
 """Postgres LISTEN/NOTIFY channel announcing new execution events."""

@@ -11,6 +11,8 @@ The hierarchy::
     │   ├── InvalidParametersError  a parameter name or value the notebook
     │   │                           cannot take
     │   ├── InvalidInputError       any other bad argument (timeout <= 0, ...)
+    │   ├── WebhookRefusedError     a webhook URL that resolves to an address
+    │   │                           Noteburst must not call (SSRF guard)
     │   ├── ExecutionNotFoundError  no execution with that id (or not the
     │   │                           caller's: the two look the same)
     │   ├── LimitExceededError      a per-user limit refused a submission
@@ -47,6 +49,7 @@ __all__ = [
     "PermissionDeniedError",
     "TokenNotFoundError",
     "UnknownKernelError",
+    "WebhookRefusedError",
 ]
 
 
@@ -100,6 +103,22 @@ class InvalidInputError(ClientError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class WebhookRefusedError(ClientError):
+    """A webhook URL names or resolves to an address that is not allowed.
+
+    Loopback, private, link-local (the cloud metadata service), and other
+    non-public addresses are refused unless the operator allow-listed them;
+    so is a name that cannot be resolved in time.
+    """
+
+    code = "webhook_refused"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: refused: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class ExecutionNotFoundError(ClientError):

@@ -32,6 +32,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from .config import Config
 from .constants import CANCELS_CHANNEL
+from .domain.addresses import AddressPolicy, parse_networks
 from .domain.auth import Caller
 from .domain.rendering import HtmlVariant
 from .jupyter.backend import LabBackend, LocalLabBackend
@@ -45,9 +46,12 @@ from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
 from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner, OutputFlush
+from .services.webhook import WebhookService, WebhookSettings
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
+from .storage.secrets import SecretBox
 from .storage.taskqueue import TaskQueue, build_broker
+from .storage.webhook_client import WebhookGuard, WebhookSender
 
 __all__ = [
     "Factory",
@@ -117,6 +121,9 @@ class ProcessContext:
     """HTML renders in progress in this process (one per execution and variant)."""
     token_cache: TokenCache = field(default_factory=lambda: TokenCache(ttl=0))
     """API tokens checked recently in this process."""
+    webhook_http: httpx.AsyncClient | None = None
+    """A worker's client for webhook deliveries (see ``_webhook_client``)."""
+    _secret_box: SecretBox | None = None
     _closers: contextlib.AsyncExitStack = field(
         default_factory=contextlib.AsyncExitStack
     )
@@ -219,6 +226,7 @@ class ProcessContext:
                 )
             stack.push_async_callback(backend.aclose)
             cancels = await _cancellation_bus(config, database, bus, stack)
+            webhook_http = await stack.enter_async_context(_webhook_client(config))
             await _start_backend(backend, config)
         except BaseException:
             await stack.aclose()
@@ -231,8 +239,23 @@ class ProcessContext:
             http=http,
             backend=backend,
             cancels=cancels,
+            webhook_http=webhook_http,
             _closers=stack,
         )
+
+    def secret_box(self) -> SecretBox:
+        """Return the server key box for secrets, loaded (or created) on first use.
+
+        Lazily, so a deployment that never sees a webhook never needs a key
+        (nor writes a key file).
+        """
+        if self._secret_box is None:
+            key = self.config.secret_key
+            self._secret_box = SecretBox.from_settings(
+                None if key is None else key.get_secret_value(),
+                Path(self.config.data_dir),
+            )
+        return self._secret_box
 
     async def aclose(self) -> None:
         """Release every resource, in reverse order of creation."""
@@ -378,6 +401,30 @@ async def _http_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@contextlib.asynccontextmanager
+async def _webhook_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
+    # Its own client: never follow redirects, never use proxies from the
+    # environment (a proxy would resolve the name again, past the SSRF
+    # check), no connections kept to receivers, one timeout per attempt.
+    async with httpx.AsyncClient(
+        timeout=config.webhook_timeout_seconds,
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    ) as client:
+        yield client
+
+
+def webhook_guard(config: Config) -> WebhookGuard:
+    """Build the SSRF guard as configured (with the system resolver)."""
+    return WebhookGuard(
+        policy=AddressPolicy(
+            allowed_networks=parse_networks(config.webhook_allowed_networks)
+        ),
+        resolve_timeout=config.webhook_resolve_timeout_seconds,
+    )
+
+
 class Factory:
     """Hands out services wired to one :class:`ProcessContext`."""
 
@@ -423,6 +470,34 @@ class Factory:
                 max_running_per_user=config.max_running_per_user,
                 max_submissions_per_minute=config.max_submissions_per_minute,
             ),
+            webhooks=self.create_webhook_service(),
+        )
+
+    def create_webhook_service(self) -> WebhookService:
+        """Service that registers webhooks (API) and delivers them (workers)."""
+        context = self._context
+        config = context.config
+        guard = webhook_guard(config)
+        sender = (
+            None
+            if context.webhook_http is None
+            else WebhookSender(http=context.webhook_http, guard=guard)
+        )
+        return WebhookService(
+            database=context.database,
+            queue=context.queue,
+            guard=guard,
+            secrets=context.secret_box,
+            settings=WebhookSettings(
+                public_url=config.effective_public_url,
+                timeout_seconds=config.webhook_timeout_seconds,
+                resolve_timeout_seconds=config.webhook_resolve_timeout_seconds,
+                max_attempts=config.webhook_max_attempts,
+                horizon_seconds=config.webhook_horizon_seconds,
+                initial_backoff_seconds=config.webhook_initial_backoff_seconds,
+                max_backoff_seconds=config.webhook_max_backoff_seconds,
+            ),
+            sender=sender,
         )
 
     def create_rendering_service(self) -> RenderingService:
@@ -456,4 +531,5 @@ class Factory:
                 max_output_bytes=config.max_output_bytes,
                 max_total_bytes=config.max_notebook_output_bytes,
             ),
+            webhooks=self.create_webhook_service(),
         )

@@ -21,6 +21,7 @@ from ..exceptions import (
     InvalidParametersError,
     LimitExceededError,
     UnknownKernelError,
+    WebhookRefusedError,
 )
 from ..exceptions import LimitKind as DomainLimitKind
 
@@ -33,6 +34,7 @@ __all__ = [
     "LimitKind",
     "UnknownKernel",
     "UserFacingError",
+    "WebhookRefused",
     "payload_for",
     "should_mask_error",
 ]
@@ -73,6 +75,19 @@ class InvalidParameters:
     name: str = strawberry.field(description="The parameter at fault.")
 
 
+@strawberry.type(
+    description=(
+        "The webhook URL names or resolves to an address Noteburst may not "
+        "call: loopback, private, link-local (cloud metadata), CGNAT, "
+        "multicast, reserved or unspecified, unless the operator allows it; "
+        "or its name could not be resolved in time."
+    )
+)
+class WebhookRefused:
+    message: str
+    field: str = strawberry.field(description="The input field at fault.")
+
+
 @strawberry.type(description="No execution has this id.")
 class ExecutionNotFound:
     message: str
@@ -92,7 +107,12 @@ class LimitExceeded:
 
 
 ErrorPayload = (
-    InvalidNotebook | UnknownKernel | InvalidInput | InvalidParameters | LimitExceeded
+    InvalidNotebook
+    | UnknownKernel
+    | InvalidInput
+    | InvalidParameters
+    | LimitExceeded
+    | WebhookRefused
 )
 
 
@@ -121,6 +141,8 @@ def payload_for(error: ClientError) -> ErrorPayload:
         return LimitExceeded(
             message=error.message, limit=error.limit, maximum=error.maximum
         )
+    if isinstance(error, WebhookRefusedError):
+        return WebhookRefused(message=error.message, field=error.field)
     raise error
 
 

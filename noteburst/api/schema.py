@@ -31,6 +31,7 @@ from strawberry.types import ExecutionContext
 
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import ExecutionQueue, ExecutionStatus
+from ..domain.webhook import WebhookRequest
 from ..exceptions import ClientError, ExecutionNotFoundError
 from ..services.execution import ExecutionService
 from .context import GraphQLContext
@@ -42,6 +43,7 @@ from .errors import (
     LimitExceeded,
     UnknownKernel,
     UserFacingError,
+    WebhookRefused,
     payload_for,
     should_mask_error,
 )
@@ -72,6 +74,27 @@ class CacheInput:
             "With USE: reuse only a result finished at most this many seconds "
             "ago; null: any age."
         ),
+    )
+
+
+@strawberry.input(
+    description=(
+        "Where to POST a signed message when the execution ends (Standard "
+        "Webhooks: webhook-id, webhook-timestamp, webhook-signature)."
+    )
+)
+class WebhookInput:
+    url: str = strawberry.field(
+        description=(
+            "http(s) URL. Its host must resolve to public addresses only "
+            "(unless the operator allows others); redirects are not followed."
+        )
+    )
+    secret: str = strawberry.field(
+        description=(
+            "Signing secret, 'whsec_' + base64 of 24 to 64 random bytes. "
+            "Stored encrypted; never returned."
+        )
     )
 
 
@@ -132,6 +155,13 @@ class SubmitExecutionInput:
             "get an old result."
         ),
     )
+    webhook: WebhookInput | None = strawberry.field(
+        default=None,
+        description=(
+            "Called once when the execution ends, however it ends; retried "
+            "with backoff (see Execution.webhookDeliveries)."
+        ),
+    )
 
 
 SubmitExecutionPayload = Annotated[
@@ -140,7 +170,8 @@ SubmitExecutionPayload = Annotated[
     | UnknownKernel
     | InvalidInput
     | InvalidParameters
-    | LimitExceeded,
+    | LimitExceeded
+    | WebhookRefused,
     strawberry.union(
         "SubmitExecutionPayload",
         description="The queued execution, or why the submission was refused.",
@@ -242,6 +273,9 @@ class Mutation:
                 ),
                 cell_timeout_seconds=input.cell_timeout_seconds,
                 no_output_timeout_seconds=input.no_output_timeout_seconds,
+                webhook=None
+                if input.webhook is None
+                else WebhookRequest(url=input.webhook.url, secret=input.webhook.secret),
             )
         except ClientError as exc:
             return payload_for(exc)

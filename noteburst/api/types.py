@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import strawberry
 from strawberry.scalars import JSON
 
-from ..domain import cache
+from ..domain import cache, webhook
 from ..domain import execution as domain
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ __all__ = [
     "ExecutionStatus",
     "PageInfo",
     "Progress",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookState",
 ]
 
 ExecutionStatus = strawberry.enum(
@@ -68,6 +71,68 @@ ErrorCode = strawberry.enum(
     name="ErrorCode",
     description="Why an execution did not succeed; stable, for clients to match on.",
 )
+
+
+WebhookState = strawberry.enum(
+    webhook.WebhookState,
+    name="WebhookState",
+    description=(
+        "PENDING (the execution has not ended, or a retry is due), DELIVERED "
+        "(a 2xx answer) or FAILED (given up after the attempt limit or the "
+        "retry horizon)."
+    ),
+)
+
+
+@strawberry.type(description="The webhook of an execution (its secret is never shown).")
+class Webhook:
+    url: str
+    state: webhook.WebhookState
+    attempts: int = strawberry.field(description="Delivery attempts so far.")
+    next_attempt_at: datetime | None = strawberry.field(
+        description="After a failed attempt: when the next one is due."
+    )
+
+    @classmethod
+    def from_domain(cls, target: webhook.WebhookTarget) -> Webhook:
+        """Convert a domain webhook."""
+        return cls(
+            url=target.url,
+            state=target.state,
+            attempts=target.attempts,
+            next_attempt_at=target.next_attempt_at,
+        )
+
+
+@strawberry.type(description="One attempt to deliver an execution's webhook.")
+class WebhookDelivery:
+    attempt: int = strawberry.field(description="1, 2, 3...")
+    started_at: datetime
+    status_code: int | None = strawberry.field(
+        description="The receiver's HTTP status, if it answered."
+    )
+    latency_seconds: float = strawberry.field(
+        description="From the start of the attempt to its answer or failure."
+    )
+    error: str | None = strawberry.field(
+        description=(
+            "Why it failed: the HTTP status, a timeout, a refused address, "
+            "a connection error; null on success."
+        )
+    )
+    succeeded: bool = strawberry.field(description="Whether it got a 2xx answer.")
+
+    @classmethod
+    def from_domain(cls, delivery: webhook.WebhookDelivery) -> WebhookDelivery:
+        """Convert a domain delivery attempt."""
+        return cls(
+            attempt=delivery.attempt,
+            started_at=delivery.started_at,
+            status_code=delivery.status_code,
+            latency_seconds=delivery.latency_seconds,
+            error=delivery.error,
+            succeeded=delivery.succeeded,
+        )
 
 
 @strawberry.type(description="How far through its code cells an execution is.")
@@ -212,6 +277,31 @@ class Execution:
             return None
         service = info.context.factory.create_rendering_service()
         return await service.html(str(self.id), hide_code=hide_code)
+
+    @strawberry.field(
+        description="The webhook given at submission (URL and state), or null."
+    )
+    async def webhook(
+        self, info: strawberry.Info[GraphQLContext, None]
+    ) -> Webhook | None:
+        service = info.context.factory.create_webhook_service()
+        found = await service.get(str(self.id))
+        return None if found is None else Webhook.from_domain(found)
+
+    @strawberry.field(
+        description=(
+            "Every attempt to deliver the webhook, oldest first (empty without "
+            "a webhook or before the execution ends)."
+        )
+    )
+    async def webhook_deliveries(
+        self, info: strawberry.Info[GraphQLContext, None]
+    ) -> list[WebhookDelivery]:
+        service = info.context.factory.create_webhook_service()
+        return [
+            WebhookDelivery.from_domain(delivery)
+            for delivery in await service.deliveries(str(self.id))
+        ]
 
     @classmethod
     def from_domain(cls, execution: domain.Execution) -> Execution:

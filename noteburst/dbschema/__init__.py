@@ -11,6 +11,7 @@ from .execution import ExecutionEventRow, ExecutionRow
 from .identity import LabIdentityRow
 from .rendering import ExecutionRenderingRow
 from .token import ApiTokenRow
+from .webhook import WebhookDeliveryRow, WebhookRow
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -21,4 +22,6 @@ __all__ = [
     "ExecutionRow",
     "LabIdentityRow",
     "UTCDateTime",
+    "WebhookDeliveryRow",
+    "WebhookRow",
 ]

@@ -50,6 +50,7 @@ from ..domain.execution import (
 )
 from ..domain.notebook import accept_notebook, code_cell_indices, kernel_name_of
 from ..domain.parameters import check_parameters, inject_parameters, parameter_defaults
+from ..domain.webhook import WebhookRequest
 from ..exceptions import (
     ExecutionNotFoundError,
     InvalidInputError,
@@ -61,6 +62,7 @@ from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.execution import ExecutionStore, cancel_signal_key, cursor_for
 from ..storage.taskqueue import TaskQueue
+from .webhook import NewWebhook, WebhookService
 
 __all__ = [
     "ExecutionPage",
@@ -137,6 +139,9 @@ class ExecutionService:
     caller
         Who is asking: executions are theirs, and only theirs are visible
         unless they are an administrator.
+    webhooks
+        Checks webhooks given with submissions and wakes their delivery;
+        `None`: submissions with a webhook are refused.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class ExecutionService:
         queue: TaskQueue,
         limits: SubmissionLimits,
         caller: Caller,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self._db = database
         self._bus = bus
@@ -154,6 +160,7 @@ class ExecutionService:
         self._limits = limits
         self._caller = caller
         self._owner = caller.owner_filter
+        self._webhooks = webhooks
 
     async def submit(
         self,
@@ -166,6 +173,7 @@ class ExecutionService:
         cache: CachePolicy | None = None,
         cell_timeout_seconds: float | None = None,
         no_output_timeout_seconds: float | None = None,
+        webhook: WebhookRequest | None = None,
     ) -> Execution:
         """Check a notebook, store it as a queued execution and enqueue it.
 
@@ -199,6 +207,8 @@ class ExecutionService:
         no_output_timeout_seconds
             Limit on how long a cell may send nothing; default from
             configuration (maybe none).
+        webhook
+            Where to POST a signed message when the execution ends.
 
         Returns
         -------
@@ -214,7 +224,11 @@ class ExecutionService:
         InvalidInputError
             Raised if a timeout is out of range (the field is named),
             parameters is not an object, or the cache's maximum age is
-            negative or not finite.
+            negative or not finite; or the webhook's URL or secret is
+            malformed.
+        WebhookRefusedError
+            Raised if the webhook's host is, or resolves to, an address
+            that is not allowed.
         InvalidParametersError
             Raised if a parameter is not an identifier or its value does not
             fit its default's type.
@@ -274,15 +288,25 @@ class ExecutionService:
             no_output_timeout_seconds=no_output_timeout,
             owner=self._caller.user,
         )
+        hook = await self._register_webhook(webhook)
         async with self._db.transaction() as store:
             now = datetime.now(UTC)
             if self._limits.has_user_limits:
                 await self._check_user_limits(store, now)
             event, runs = await _record(store, new, policy, now)
+            if hook is not None:
+                await store.webhooks().add(
+                    execution_id,
+                    url=hook.url,
+                    secret_ciphertext=hook.secret_ciphertext,
+                    now=now,
+                )
             execution = await store.get(execution_id)
         assert execution is not None
         if event is not None:
             self._bus.announce(execution_id, event.sequence)
+        if hook is not None and execution.status.is_terminal:
+            await self._wake_webhooks(execution_id)  # a cache hit ends at once
         if not runs:
             _logger.info(
                 "Execution answered by the cache"
@@ -335,6 +359,7 @@ class ExecutionService:
             raise ExecutionNotFoundError(execution_id)
         if event is not None:
             self._bus.announce(execution_id, event.sequence)
+            await self._wake_webhooks(execution_id)
         elif execution.status is ExecutionStatus.RUNNING:
             # For the in-process bus; on Postgres the NOTIFYs already went out.
             self._bus.announce(cancel_signal_key(execution_id), 0)
@@ -345,6 +370,19 @@ class ExecutionService:
             status=execution.status.value,
         )
         return execution
+
+    async def _register_webhook(
+        self, webhook: WebhookRequest | None
+    ) -> NewWebhook | None:
+        if webhook is None:
+            return None
+        if self._webhooks is None:
+            raise InvalidInputError("webhook", "webhooks are not enabled here")
+        return await self._webhooks.register(webhook.url, webhook.secret)
+
+    async def _wake_webhooks(self, execution_id: str) -> None:
+        if self._webhooks is not None:
+            await self._webhooks.wake(execution_id)
 
     async def get(self, execution_id: str) -> Execution | None:
         """Return an execution (without its notebook), or `None`.

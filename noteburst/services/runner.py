@@ -66,6 +66,7 @@ from ..storage.execution import (
     cancel_signal_key,
 )
 from ..storage.taskqueue import TaskQueue
+from .webhook import WebhookService
 
 __all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome", "OutputFlush"]
 
@@ -150,6 +151,9 @@ class ExecutionRunner:
         ``bus``.
     output_limits
         Byte budgets for outputs, enforced as they arrive; `None` for none.
+    webhooks
+        Woken when an execution ends, after its terminal event is announced
+        and its kernel retired; `None`: no webhooks.
     """
 
     def __init__(
@@ -164,7 +168,9 @@ class ExecutionRunner:
         output_flush: OutputFlush | None = None,
         cancels: EventBus | None = None,
         output_limits: OutputLimits | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
+        self._webhooks = webhooks
         self._cancels = cancels if cancels is not None else bus
         self._output_limits = output_limits
         self._db = database
@@ -287,6 +293,10 @@ class ExecutionRunner:
             status=outcome.status.value,
             error_code=outcome.error.code.value if outcome.error else None,
         )
+        if final is not None and self._webhooks is not None:
+            # Off the response path: the terminal event is announced and the
+            # kernel retired; the delivery itself runs in its own actor.
+            await self._webhooks.wake(execution_id)
         return outcome
 
     async def _retry_later(
@@ -347,6 +357,7 @@ class ExecutionRunner:
                 queued_before=now if everything_running else now - self._lease,
             )
             resend = list(queued)
+            ended: list[str] = []
             for execution_id in running:
                 execution = await store.get(execution_id)
                 if execution is None:
@@ -386,10 +397,15 @@ class ExecutionRunner:
                         resend.append(execution_id)
                 if event is not None:
                     self._bus.announce(execution_id, event.sequence)
+                    if event.kind is EventKind.FINISHED:
+                        ended.append(execution_id)
         for execution_id in resend:
             await self._queue.enqueue_execution(execution_id)
         if resend:
             _logger.warning("Re-queued lost executions", count=len(resend))
+        if self._webhooks is not None:
+            for execution_id in ended:
+                await self._webhooks.wake(execution_id)
         return len(resend)
 
     async def _execute(  # noqa: PLR0911, PLR0912 - one return per kind of outcome

@@ -67,6 +67,8 @@ from noteburst.exceptions import (
     NoteburstError,
 )
 
+from .webhook import WebhookStore
+
 __all__ = [
     "ClaimedExecution",
     "ExecutionFinishedError",
@@ -408,6 +410,10 @@ class ExecutionStore:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
         self._notify = session.get_bind().dialect.name == "postgresql"
+
+    def webhooks(self) -> WebhookStore:
+        """Return the webhooks store, in this same transaction."""
+        return WebhookStore(self._session)
 
     async def add(
         self,

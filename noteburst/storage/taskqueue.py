@@ -37,7 +37,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO
 
-from ..constants import EXECUTE_ACTOR_NAME, EXECUTION_QUEUE
+from ..constants import (
+    EXECUTE_ACTOR_NAME,
+    EXECUTION_QUEUE,
+    WEBHOOK_ACTOR_NAME,
+    WEBHOOK_QUEUE,
+)
 
 __all__ = ["TaskQueue", "WakingRedisBroker", "build_broker"]
 
@@ -190,6 +195,7 @@ def build_broker(*, redis_url: str | None, namespace: str) -> dramatiq.Broker:
         )
     broker.add_middleware(AsyncIO())
     broker.declare_queue(EXECUTION_QUEUE)
+    broker.declare_queue(WEBHOOK_QUEUE)
     return broker
 
 
@@ -222,10 +228,35 @@ class TaskQueue:
         delay_seconds
             Deliver no earlier than this (a retry's backoff).
         """
+        await self._send(
+            EXECUTION_QUEUE, EXECUTE_ACTOR_NAME, execution_id, delay_seconds
+        )
+
+    async def enqueue_webhook(
+        self, execution_id: str, *, delay_seconds: float | None = None
+    ) -> None:
+        """Ask a worker to attempt delivery of an execution's webhook.
+
+        Parameters
+        ----------
+        execution_id
+            An execution whose webhook is (or will be, after the delay) due.
+        delay_seconds
+            Deliver no earlier than this (a retry's backoff).
+        """
+        await self._send(WEBHOOK_QUEUE, WEBHOOK_ACTOR_NAME, execution_id, delay_seconds)
+
+    async def _send(
+        self,
+        queue_name: str,
+        actor_name: str,
+        execution_id: str,
+        delay_seconds: float | None,
+    ) -> None:
         delay = None if delay_seconds is None else int(delay_seconds * 1000)
         message: dramatiq.Message[None] = dramatiq.Message(
-            queue_name=EXECUTION_QUEUE,
-            actor_name=EXECUTE_ACTOR_NAME,
+            queue_name=queue_name,
+            actor_name=actor_name,
             args=(execution_id,),
             kwargs={},
             options={},

@@ -5,7 +5,10 @@ Dramatiq's global broker at import time), so the embedded default and the
 Redis worker, and tests of each, declare the same actor on their own broker.
 Retries are off at the Dramatiq level: the runner records every failure on
 the execution itself, and recovery from a lost worker is the lease sweep's
-job, which counts attempts (Dramatiq does not count crashes).
+job, which counts attempts (Dramatiq does not count crashes).  The same
+holds for webhook deliveries: their attempts and backoff are in the
+database, and the webhook actor only starts an attempt on the worker's
+loop (see :meth:`WorkerRuntime.start_delivery`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from typing import Any
 
 import dramatiq
 
-from ..constants import EXECUTE_ACTOR_NAME, EXECUTION_QUEUE
+from ..constants import (
+    EXECUTE_ACTOR_NAME,
+    EXECUTION_QUEUE,
+    WEBHOOK_ACTOR_NAME,
+    WEBHOOK_QUEUE,
+)
 from .runtime import WorkerRuntime
 
 __all__ = ["declare_actors"]
@@ -23,7 +31,7 @@ __all__ = ["declare_actors"]
 def declare_actors(
     broker: dramatiq.Broker, runtime: WorkerRuntime, *, time_limit_seconds: float
 ) -> dramatiq.Actor[Any, Any]:
-    """Declare the execute actor on ``broker``.
+    """Declare the execute and webhook actors on ``broker``.
 
     Parameters
     ----------
@@ -44,6 +52,15 @@ def declare_actors(
     async def execute_notebook(execution_id: str) -> None:
         await runtime.factory().create_runner().run(execution_id)
 
+    async def deliver_webhook(execution_id: str) -> None:
+        runtime.start_delivery(execution_id)
+
+    dramatiq.actor(
+        broker=broker,
+        actor_name=WEBHOOK_ACTOR_NAME,
+        queue_name=WEBHOOK_QUEUE,
+        max_retries=0,
+    )(deliver_webhook)
     decorate = dramatiq.actor(
         broker=broker,
         actor_name=EXECUTE_ACTOR_NAME,

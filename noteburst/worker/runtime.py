@@ -5,7 +5,9 @@ event-loop thread; engines, HTTP clients and websockets must be created on
 that loop, not on the loop (or thread) that built the broker.  This
 middleware does so at worker boot, closes them at shutdown, and runs the
 recovery sweep that re-queues executions left behind by a lost worker or a
-lost message.
+lost message, and resends webhook deliveries whose wake-up was lost.  It
+also runs webhook delivery attempts as tasks on that loop, so that a slow
+receiver holds no worker thread.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ __all__ = [
 ]
 
 _logger = structlog.get_logger("noteburst.worker")
+
+MAX_CONCURRENT_DELIVERIES = 32
+"""Webhook attempts one worker process makes at once; more wait their turn."""
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 """Longest time a thread holds the interpreter lock while another waits.
@@ -98,6 +103,8 @@ class WorkerRuntime(Middleware):
         self._context: ProcessContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._broker: dramatiq.Broker | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._delivery_slots: asyncio.Semaphore | None = None
 
     def factory(self) -> Factory:
         """Return a factory for one message; only valid after boot."""
@@ -105,6 +112,26 @@ class WorkerRuntime(Middleware):
             msg = "worker context used before worker boot"
             raise RuntimeError(msg)
         return Factory(self._context)
+
+    def start_delivery(self, execution_id: str) -> None:
+        """Start a webhook attempt on this loop and return at once.
+
+        Called by the webhook actor on the worker's loop.  The attempt is
+        claimed in the database, so a crash or a shutdown mid-attempt loses
+        nothing: its lease lapses and the sweep sends it again.
+        """
+        task = asyncio.get_running_loop().create_task(self._deliver(execution_id))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, execution_id: str) -> None:
+        if self._delivery_slots is None:
+            self._delivery_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
+        async with self._delivery_slots:
+            try:
+                await self.factory().create_webhook_service().deliver(execution_id)
+            except Exception:
+                _logger.exception("Webhook delivery failed", execution_id=execution_id)
 
     def before_worker_boot(
         self, broker: dramatiq.Broker, worker: dramatiq.Worker
@@ -132,6 +159,7 @@ class WorkerRuntime(Middleware):
         await (
             self.factory().create_runner().recover(everything_running=self._recover_all)
         )
+        await self.factory().create_webhook_service().sweep()
         if self._sweep_interval is not None:
             self._sweeper = asyncio.create_task(self._sweep(self._sweep_interval))
 
@@ -139,6 +167,10 @@ class WorkerRuntime(Middleware):
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        deliveries = list(self._deliveries)
+        for task in deliveries:
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
         if self._context is not None:
             await self._context.aclose()
             self._context = None
@@ -150,6 +182,10 @@ class WorkerRuntime(Middleware):
                 await self.factory().create_runner().recover()
             except Exception:
                 _logger.exception("Recovery sweep failed")
+            try:
+                await self.factory().create_webhook_service().sweep()
+            except Exception:
+                _logger.exception("Webhook sweep failed")
 
     def _run(self, coro: Coroutine[Any, Any, None]) -> None:
         thread = get_event_loop_thread()

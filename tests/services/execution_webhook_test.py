@@ -1,0 +1,92 @@
+"""Every way an execution ends owes its webhook: cancel of a queued run, the sweep.
+
+The runner's own end and a cache hit are shown end to end in
+``tests/app_webhooks_test.py``; here the API's cancel of a queued execution
+and the recovery sweep's ``WORKER_LOST`` each queue a wake-up on the real
+in-process broker (no worker consumes it, so the test sees it), and a
+worker context's webhook service then delivers to a real receiver.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from noteburst.constants import WEBHOOK_QUEUE
+from noteburst.domain.auth import LOCAL_CALLER
+from noteburst.domain.execution import ErrorCode, ExecutionStatus
+from noteburst.domain.webhook import WebhookRequest, WebhookState
+from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.storage.database import Database
+from noteburst.storage.events import LocalEventBus
+from tests.support.app import make_config
+from tests.support.notebooks import notebook
+from tests.support.webhooks import new_secret, receiver, verify_signature
+
+
+@pytest.mark.asyncio
+async def test_cancel_and_sweep_endings_wake_and_deliver_webhooks(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        webhook_allowed_networks=["127.0.0.1/32"],
+        max_attempts=1,
+    )
+    database = Database.from_url(config.effective_database_url)
+    await database.upgrade()
+    await database.aclose()
+    broker = create_broker(config)
+    bus = LocalEventBus()
+    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    secret = new_secret()
+    try:
+        async with receiver() as hook:
+            service = Factory(api).create_execution_service(LOCAL_CALLER)
+            request = WebhookRequest(url=hook.url, secret=secret)
+            cancelled = await service.submit(notebook("1"), webhook=request)
+            lost = await service.submit(notebook("2"), webhook=request)
+            wakeups = broker.queues[WEBHOOK_QUEUE]
+            assert wakeups.qsize() == 0  # neither has ended
+
+            ended = await service.cancel(cancelled.id)
+            assert ended.status is ExecutionStatus.CANCELLED
+            assert wakeups.qsize() == 1
+
+            # A worker took the other one and was lost; its lease lapsed.
+            past = datetime.now(UTC) - timedelta(minutes=1)
+            async with worker.database.transaction() as store:
+                claimed = await store.claim(
+                    lost.id,
+                    now=past,
+                    lease_until=past + timedelta(seconds=1),
+                    max_attempts=1,
+                )
+                assert claimed is not None
+            await Factory(worker).create_runner().recover()
+            assert wakeups.qsize() == 2
+
+            webhooks = Factory(worker).create_webhook_service()
+            for execution_id in (cancelled.id, lost.id):
+                delivery = await webhooks.deliver(execution_id)
+                assert delivery is not None
+                assert delivery.succeeded
+            with pytest.raises(RuntimeError, match="no sender"):
+                await Factory(api).create_webhook_service().deliver(lost.id)
+            target = await webhooks.get(lost.id)
+            assert target is not None
+            assert target.state is WebhookState.DELIVERED
+    finally:
+        await worker.aclose()
+        await api.aclose()
+        broker.close()
+    messages = {r.json()["data"]["id"]: r.json()["data"] for r in hook.received}
+    assert messages[cancelled.id]["status"] == "CANCELLED"
+    assert messages[lost.id]["status"] == "FAILED"
+    assert messages[lost.id]["error"]["code"] == ErrorCode.WORKER_LOST.name
+    assert all(verify_signature(secret, r) for r in hook.received)
