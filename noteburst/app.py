@@ -285,14 +285,17 @@ async def _prepare_database(config: Config) -> None:
 def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     """Bind and listen on ``host``:``port`` for uvicorn (``sockets=[...]``).
 
-    Why not let uvicorn bind: it makes its socket with protocol number 0,
-    the connections it accepts inherit that, and asyncio then leaves Nagle's
-    algorithm on for them (it sets ``TCP_NODELAY`` only on sockets whose
-    protocol is ``IPPROTO_TCP``).  With Nagle on, a small write that follows
-    another (the ``complete`` after a subscription's last ``next``, or the
-    terminal event after a burst of cell events) waits for the client's
-    delayed ACK: 40 ms on Linux, measured here on every such pair.  A
-    socket made with ``IPPROTO_TCP`` passes it on to accepted connections.
+    Why the protocol number matters: connections accepted from a socket
+    made as ``socket(AF_INET, SOCK_STREAM)`` (protocol 0) inherit that 0,
+    and asyncio sets ``TCP_NODELAY`` only on sockets whose protocol is
+    ``IPPROTO_TCP``, so Nagle's algorithm stayed on for every connection
+    :func:`serve_in_background` served.  With Nagle on, a small write that
+    follows another (the ``complete`` after a subscription's last ``next``,
+    or the terminal event after a burst of cell events) waits for the
+    client's delayed ACK: 40 ms on Linux, measured here on every such pair.
+    (``uvicorn.run(host=..., port=...)`` binds through asyncio's
+    ``create_server``, whose sockets come from ``getaddrinfo`` with
+    ``IPPROTO_TCP``, and was not affected.)
     """
     family, _, _, _, address = socket.getaddrinfo(
         host,

@@ -38,7 +38,6 @@ from rich.progress import (
 from .app import (
     check_config,
     create_app,
-    listening_socket,
     request_body_limit,
     serve_in_background,
 )
@@ -89,23 +88,20 @@ def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
     config = _load_config(host=host, port=port)
     configure_logging(level=config.log_level, fmt=config.log_format)
     app = create_app(config, run_worker=with_worker)
-    # Our own socket, not host/port: see listening_socket (TCP_NODELAY).
-    sock = listening_socket(config.host, config.port)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,
-            ws_max_size=request_body_limit(config),
-            timeout_graceful_shutdown=30,
-            # The peer must be the TCP peer: trusted_proxies decides whom to
-            # believe, not uvicorn's X-Forwarded-For rewriting.
-            proxy_headers=False,
-        )
+    # uvicorn binds host:port through asyncio's create_server, whose socket
+    # (from getaddrinfo) is IPPROTO_TCP, so connections get TCP_NODELAY;
+    # see app.listening_socket for the socket made by hand elsewhere.
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        ws_max_size=request_body_limit(config),
+        timeout_graceful_shutdown=30,
+        # The peer must be the TCP peer: trusted_proxies decides whom to
+        # believe, not uvicorn's X-Forwarded-For rewriting.
+        proxy_headers=False,
     )
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
 
 
 @main.command()

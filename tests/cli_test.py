@@ -169,6 +169,7 @@ async def test_serve_runs_everything_in_one_process(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,
     )
+    assert process.stderr is not None
     try:
         await _wait_for_line(process.stderr, "Uvicorn running on", 120)
         nb = Noteburst(f"http://127.0.0.1:{port}")
@@ -184,11 +185,10 @@ async def test_serve_runs_everything_in_one_process(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
+            tail = process.stderr.read()
+            process.stderr.close()  # also when the test failed above
     # uvicorn re-raises the signal after a graceful shutdown.
     assert process.returncode in (0, -signal.SIGTERM)
-    assert process.stderr is not None
-    tail = process.stderr.read()
-    process.stderr.close()
     assert "Application shutdown complete" in tail, tail
     # The local Jupyter server and kernels went with it.
     leftovers = subprocess.run(
