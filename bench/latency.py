@@ -8,7 +8,8 @@ result, through these systems in one run of this script:
 ``embedded-cold``
     Noteburst's embedded default (SQLite, in-process broker and worker)
     with the kernel pool off (``warm_kernels={}``): a fresh kernel per run.
-    Served in-process with :func:`noteburst.app.serve_in_background`.  Timed
+    Served by ``noteburst serve`` in its own process, as deployed (in this
+    one it would share the interpreter lock with the script's client).  Timed
     from the ``submitExecution`` HTTP mutation to the terminal event received
     over the graphql-transport-ws subscription (subscribed with
     ``afterSequence: 0`` right after the submission returns), with the
@@ -21,10 +22,9 @@ result, through these systems in one run of this script:
     namespace), with an in-process Dramatiq worker on the Redis broker and
     a pool of one warm kernel.
 ``postgres-split``
-    The deployed shape: the same database and Redis, the API served in
-    this process with no worker, and a separate ``noteburst worker``
-    process (so the worker does not share an interpreter lock with the API
-    and the client).
+    The deployed shape: the same database and Redis, ``noteburst serve``
+    with no worker, and a separate ``noteburst worker`` process (so the
+    worker does not share an interpreter lock with the API).
 ``hub-warm``
     The same as ``postgres-warm`` (its own throwaway database and Redis
     namespace), but on the JupyterHub lab backend: a real JupyterHub with
@@ -79,6 +79,7 @@ import os
 import platform
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -100,7 +101,6 @@ from gql.transport.websockets import WebsocketsTransport
 from nbclient import NotebookClient
 from pydantic import SecretStr
 
-from noteburst.app import serve_in_background
 from noteburst.client import NoteburstClient
 from noteburst.config import Config
 from noteburst.jupyter.execute import execute_notebook
@@ -175,6 +175,10 @@ SEGMENTS = (
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 SETTLE_SECONDS = 15.0
+SERVE_START_SECONDS = 120.0
+"""How long a started ``noteburst serve`` may take to answer ``/healthz``."""
+QUIET_SECONDS = 0.2
+"""How long a local pool's kernels must show no activity to count as settled."""
 HUB_STEADY_SECONDS = 1.5
 """How long a hub lab's kernel list must stay the same to count as steady."""
 
@@ -366,6 +370,7 @@ async def replay_events(url: str, execution_id: str) -> list[dict[str, Any]]:
 
 
 async def wait_for_kernels(
+    http: httpx.AsyncClient,
     jupyter: LocalJupyterServer,
     count: int,
     ignore: frozenset[str],
@@ -380,28 +385,47 @@ async def wait_for_kernels(
     as the pool now starts the replacement only once the used kernel is
     retired, so for a moment the list holds just the used kernel, idle.
     Returns the ids listed at the end.
+
+    A replacement is listed idle before the pool has it ready (its
+    websocket, ``kernel_info`` and warm-up follow), and a run that started
+    then would find the pool empty and start a kernel itself.  So the
+    kernels must also have a websocket open (the pool's) and no activity
+    for :data:`QUIET_SECONDS`: the pool's steps follow each other within
+    milliseconds.
     """
     deadline = time.monotonic() + SETTLE_SECONDS
     headers = {"Authorization": f"token {jupyter.token}"}
     kernels: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=5) as http:
-        while time.monotonic() < deadline:
-            response = await http.get(jupyter.url + "api/kernels", headers=headers)
-            if response.status_code == httpx.codes.INTERNAL_SERVER_ERROR:
-                # jupyter_server fails the listing while a kernel in it is
-                # being deleted; that is "not settled yet".
-                await asyncio.sleep(0.02)
-                continue
-            response.raise_for_status()
-            kernels = [k for k in response.json() if k.get("id") not in ignore]
-            ids = frozenset(str(k.get("id")) for k in kernels)
-            if (
-                len(kernels) == count
-                and not ids & gone
-                and all(k.get("execution_state") == "idle" for k in kernels)
-            ):
-                return ids
+    quiet_since: tuple[tuple[tuple[str, str], ...], float] | None = None
+    while time.monotonic() < deadline:
+        response = await http.get(
+            jupyter.url + "api/kernels", headers=headers, timeout=5
+        )
+        if response.status_code == httpx.codes.INTERNAL_SERVER_ERROR:
+            # jupyter_server fails the listing while a kernel in it is
+            # being deleted; that is "not settled yet".
             await asyncio.sleep(0.02)
+            continue
+        response.raise_for_status()
+        kernels = [k for k in response.json() if k.get("id") not in ignore]
+        ids = frozenset(str(k.get("id")) for k in kernels)
+        activity = tuple(
+            sorted((str(k.get("id")), str(k.get("last_activity"))) for k in kernels)
+        )
+        if (
+            len(kernels) == count
+            and not ids & gone
+            and all(k.get("execution_state") == "idle" for k in kernels)
+            and all(count == 0 or k.get("connections", 0) >= 1 for k in kernels)
+        ):
+            now = time.monotonic()
+            if quiet_since is None or quiet_since[0] != activity:
+                quiet_since = (activity, now)
+            elif now - quiet_since[1] >= QUIET_SECONDS:
+                return ids
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.02)
     states = [k.get("execution_state") for k in kernels]
     print(
         f"  (warning: expected {count} idle kernel(s) after {SETTLE_SECONDS:g} s, "
@@ -435,7 +459,7 @@ async def lab_kernels(
     return kernels
 
 
-def hub_settler(hub: HubInfo, user: str) -> Settle:
+def hub_settler(http: httpx.AsyncClient, hub: HubInfo, user: str) -> Settle:
     """Wait until the hub lab's kernels have settled after a run (untimed).
 
     The bench cannot see whether the hub backend keeps a pool, so the
@@ -452,23 +476,22 @@ def hub_settler(hub: HubInfo, user: str) -> Settle:
         nonlocal expected, previous
         deadline = time.monotonic() + SETTLE_SECONDS
         steady: tuple[frozenset[str], float] | None = None
-        async with httpx.AsyncClient(timeout=5) as http:
-            while time.monotonic() < deadline:
-                kernels = await lab_kernels(http, hub, user)
-                if kernels is not None:
-                    ids = frozenset(str(k.get("id")) for k in kernels)
-                    idle = all(k.get("execution_state") == "idle" for k in kernels)
-                    now = time.monotonic()
-                    if expected is None:
-                        if not idle or steady is None or steady[0] != ids:
-                            steady = (ids, now) if idle else None
-                        elif now - steady[1] >= HUB_STEADY_SECONDS:
-                            expected, previous = len(ids), ids
-                            return
-                    elif idle and len(ids) == expected and not ids & previous:
-                        previous = ids
+        while time.monotonic() < deadline:
+            kernels = await lab_kernels(http, hub, user)
+            if kernels is not None:
+                ids = frozenset(str(k.get("id")) for k in kernels)
+                idle = all(k.get("execution_state") == "idle" for k in kernels)
+                now = time.monotonic()
+                if expected is None:
+                    if not idle or steady is None or steady[0] != ids:
+                        steady = (ids, now) if idle else None
+                    elif now - steady[1] >= HUB_STEADY_SECONDS:
+                        expected, previous = len(ids), ids
                         return
-                await asyncio.sleep(0.02)
+                elif idle and len(ids) == expected and not ids & previous:
+                    previous = ids
+                    return
+            await asyncio.sleep(0.02)
         print(
             f"  (warning: the hub lab of {user} did not settle after "
             f"{SETTLE_SECONDS:g} s)",
@@ -479,22 +502,50 @@ def hub_settler(hub: HubInfo, user: str) -> Settle:
 
 
 @contextlib.asynccontextmanager
-async def noteburst_service(config: Config, *, run_worker: bool) -> AsyncIterator[str]:
-    """Serve Noteburst in this process; yield its base URL once it answers."""
-    async with serve_in_background(config, run_worker=run_worker) as (url, task):
-        # The first request waits in the listen backlog until startup is
-        # done; a failed startup ends the server task instead.
-        async with httpx.AsyncClient(timeout=120) as http:
-            health = asyncio.create_task(http.get(url + "/healthz"))
-            await asyncio.wait({health, task}, return_when=asyncio.FIRST_COMPLETED)
-            if not health.done():
-                health.cancel()
-                await asyncio.wait({health})
-                raise BenchError("Noteburst failed to start (see its log above)")
-            health.result().raise_for_status()
+async def noteburst_service(
+    config: Config, *, run_worker: bool, log_path: Path
+) -> AsyncIterator[str]:
+    """Run ``noteburst serve`` configured like ``config``; yield its base URL.
+
+    The server runs in its own process, as it is deployed, not in this one:
+    here it would share the interpreter lock with this script's client
+    (the submit request, the websocket's decoding), charging the client's
+    CPU to the server.  A dashboard backend is another process too.
+    """
+    port = _free_port()
+    mode = "--with-worker" if run_worker else "--without-worker"
+    async with _noteburst_process(
+        config, ["serve", "--port", str(port), mode], log_path
+    ) as process:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + SERVE_START_SECONDS
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                if process.returncode is not None:
+                    raise BenchError(f"Noteburst failed to start:\n{_tail(log_path)}")
+                try:
+                    response = await http.get(url + "/healthz")
+                except httpx.TransportError:
+                    response = None
+                if response is not None and response.is_success:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"Noteburst did not answer within {SERVE_START_SECONDS:g} s"
+                    )
+                await asyncio.sleep(0.05)
         yield url
-        if task.done():
-            raise BenchError("the Noteburst server stopped during the benchmark")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-2000:]
 
 
 def config_environment(config: Config) -> dict[str, str]:
@@ -515,12 +566,21 @@ def config_environment(config: Config) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def worker_process(config: Config, log_path: Path) -> AsyncIterator[None]:
     """Run ``noteburst worker`` configured like ``config``; stop it after."""
+    async with _noteburst_process(config, ["worker"], log_path):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _noteburst_process(
+    config: Config, arguments: list[str], log_path: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``noteburst ARGUMENTS`` configured like ``config``; stop it after."""
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "noteburst.cli",
-            "worker",
+            *arguments,
             env=config_environment(config),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
@@ -528,11 +588,9 @@ async def worker_process(config: Config, log_path: Path) -> AsyncIterator[None]:
             start_new_session=True,
         )
         try:
-            yield
+            yield process
             if process.returncode is not None:
-                tail = await asyncio.to_thread(log_path.read_text, errors="replace")
-                tail = tail[-2000:]
-                raise BenchError(f"the worker process exited:\n{tail}")
+                raise BenchError(f"noteburst {arguments[0]} exited:\n{_tail(log_path)}")
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -561,17 +619,24 @@ def noteburst_measure(
     return measure
 
 
-def settler(jupyter: LocalJupyterServer, count: int, ignore: frozenset[str]) -> Settle:
+def settler(
+    http: httpx.AsyncClient,
+    jupyter: LocalJupyterServer,
+    count: int,
+    ignore: frozenset[str],
+) -> Settle:
     """Wait for ``count`` idle kernels, none of those seen at the last call.
 
     With a pool of one, each run uses the pooled kernel listed at the end
-    of the previous settle; call it once before a phase to prime it.
+    of the previous settle; call it once before a phase to prime it.  The
+    client ``http`` is shared: building one per call cost ~0.1 s of CPU
+    (its TLS context), right while the pool's replacement kernel started.
     """
     previous: frozenset[str] = frozenset()
 
     async def settle() -> None:
         nonlocal previous
-        previous = await wait_for_kernels(jupyter, count, ignore, previous)
+        previous = await wait_for_kernels(http, jupyter, count, ignore, previous)
 
     return settle
 
@@ -946,6 +1011,7 @@ class Run:
 
     args: argparse.Namespace
     stack: contextlib.AsyncExitStack
+    http: httpx.AsyncClient
     tmp: Path
     results: Results
     notebook: dict[str, Any]
@@ -1010,13 +1076,14 @@ async def measure_all(
     conn = await KernelConnection.open(rest, floor_kernel)
     stack.push_async_callback(conn.aclose)
     ignore = frozenset({floor_kernel})
-    no_kernels = settler(jupyter, 0, ignore)
+    no_kernels = settler(http, jupyter, 0, ignore)
     floor = floor_measure(conn)
 
     phases = 2 + 2 * (not args.skip_postgres) + (not args.skip_hub)
     run = Run(
         args=args,
         stack=stack,
+        http=http,
         tmp=tmp,
         results=results,
         notebook=json.loads(nbformat.writes(make_notebook())),
@@ -1040,7 +1107,9 @@ async def measure_all(
         warm_kernels={},
         **run.common,
     )
-    async with noteburst_service(cold, run_worker=True) as url:
+    async with noteburst_service(
+        cold, run_worker=True, log_path=tmp / "embedded-cold.log"
+    ) as url:
         measure = noteburst_measure(url, run.notebook, no_kernels, "embedded-cold")
         await run.phase("embedded-cold", {"embedded-cold": (measure, args.cold_runs)})
     await no_kernels()
@@ -1053,8 +1122,10 @@ async def measure_all(
         warm_kernels={"python3": POOL_SIZE},
         **run.common,
     )
-    async with noteburst_service(warm, run_worker=True) as url:
-        pool_full = settler(jupyter, POOL_SIZE, ignore)
+    async with noteburst_service(
+        warm, run_worker=True, log_path=tmp / "embedded-warm.log"
+    ) as url:
+        pool_full = settler(http, jupyter, POOL_SIZE, ignore)
         await pool_full()
         measure = noteburst_measure(url, run.notebook, pool_full, "embedded-warm")
         await run.phase(
@@ -1071,8 +1142,10 @@ async def measure_all(
             **(await run.service_storage()),
             **run.common,
         )
-        async with noteburst_service(service, run_worker=True) as url:
-            pool_full = settler(jupyter, POOL_SIZE, ignore)
+        async with noteburst_service(
+            service, run_worker=True, log_path=tmp / "postgres-warm.log"
+        ) as url:
+            pool_full = settler(http, jupyter, POOL_SIZE, ignore)
             await pool_full()
             measure = noteburst_measure(url, run.notebook, pool_full, "postgres-warm")
             await run.phase(
@@ -1089,10 +1162,12 @@ async def measure_all(
             **run.common,
         )
         async with (
-            noteburst_service(split, run_worker=False) as url,
+            noteburst_service(
+                split, run_worker=False, log_path=tmp / "split-api.log"
+            ) as url,
             worker_process(split, tmp / "split-worker.log"),
         ):
-            pool_full = settler(jupyter, POOL_SIZE, ignore)
+            pool_full = settler(http, jupyter, POOL_SIZE, ignore)
             await pool_full()
             measure = noteburst_measure(url, run.notebook, pool_full, "postgres-split")
             await run.phase(
@@ -1128,9 +1203,11 @@ async def hub_phase(run: Run, floor: Measure) -> None:
         **run.common,
     )
     try:
-        async with noteburst_service(config, run_worker=True) as url:
+        async with noteburst_service(
+            config, run_worker=True, log_path=run.tmp / "hub-warm.log"
+        ) as url:
             measure = noteburst_measure(
-                url, run.notebook, hub_settler(info, user), "hub-warm"
+                url, run.notebook, hub_settler(run.http, info, user), "hub-warm"
             )
             runs = run.args.runs
             await run.phase(

@@ -164,6 +164,15 @@ class Config(BaseSettings):
     http_timeout: float = Field(
         30.0, gt=0, description="Seconds for any single HTTP call to Jupyter."
     )
+    kernel_retire_delay: float = Field(
+        0.25,
+        ge=0,
+        description=(
+            "Seconds a kernel that has run a notebook is left alone before it is "
+            "shut down and its warm pool replacement starts, so that neither "
+            "competes for the CPU with pushing the result to subscribers."
+        ),
+    )
 
     max_notebook_bytes: int = Field(
         DEFAULT_MAX_NOTEBOOK_BYTES,

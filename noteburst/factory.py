@@ -223,6 +223,7 @@ class ProcessContext:
                     request_timeout=config.http_timeout,
                     warm_kernels=config.warm_kernels,
                     warm_up_code=config.warm_up_code,
+                    retire_delay=config.kernel_retire_delay,
                 )
             stack.push_async_callback(backend.aclose)
             cancels = await _cancellation_bus(config, database, bus, stack)
@@ -354,6 +355,7 @@ async def _hub_backend(
         warm_kernels=config.warm_kernels,
         warm_up_code=config.warm_up_code,
         idle_timeout=config.lab_idle_seconds,
+        retire_delay=config.kernel_retire_delay,
     )
     follower = asyncio.create_task(
         _follow_identity(lease, backend, config.identity_wait_seconds),

@@ -116,6 +116,9 @@ class LocalLabBackend:
         Consecutive failed pooled starts (warm-up errors included) after
         which a kernel name's pool gives up and kernels are started on
         demand.
+    retire_delay
+        Seconds a used kernel is left alone before it is shut down (and its
+        pool replacement started); see :class:`KernelShutdowns`.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class LocalLabBackend:
         warm_kernels: Mapping[str, int] | None = None,
         warm_up_code: Mapping[str, str] | None = None,
         warm_up_max_failures: int = 5,
+        retire_delay: float = 0.0,
     ) -> None:
         self._http = http
         self.root_dir = root_dir
@@ -145,7 +149,7 @@ class LocalLabBackend:
         self.wire_protocol = wire_protocol
         self._server: LocalJupyterServer | None = None
         self._rest: JupyterRestClient | None = None
-        self._shutdowns = KernelShutdowns()
+        self._shutdowns = KernelShutdowns(delay=retire_delay)
         self.warm_kernels = {
             name: size for name, size in (warm_kernels or {}).items() if size > 0
         }
@@ -306,10 +310,25 @@ class KernelShutdowns:
 
     Both backends hand finished kernels here; ``drain`` waits for them at
     close, bounded, cancelling what does not finish in time.
+
+    A retired kernel is left alone for ``delay`` seconds before its
+    websocket is closed and it is deleted.  Its execution's result has just
+    been stored and announced, and subscribers are reading and pushing it
+    at that moment; the shutdown (work for jupyter_server and the kernel)
+    and the warm pool's replacement start, which begins when the
+    connection closes (a new kernel process: a few hundred ms of CPU),
+    otherwise compete for the CPU with that push.  Measured on two cores
+    (embedded, 20 runs each): the client had the terminal event 28 and 37
+    ms after FINISHED was stored with a 0.3 s delay, 53 and 43 ms without.
+    ``drain`` ends pending delays at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, delay: float = 0.0) -> None:
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        self.delay = delay
         self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -323,11 +342,25 @@ class KernelShutdowns:
     def retire(
         self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
     ) -> None:
-        """Close the websocket and DELETE the kernel in the background."""
-        self.add(kernel_id, _shutdown_kernel(rest, kernel_id, conn))
+        """Close the websocket and DELETE the kernel in the background.
+
+        After :attr:`delay` seconds, or at once if :meth:`drain` has begun.
+        """
+        self.add(kernel_id, self._after_delay(rest, kernel_id, conn))
+
+    async def _after_delay(
+        self, rest: JupyterRestClient, kernel_id: str, conn: KernelConnection | None
+    ) -> None:
+        if self.delay > 0 and not self._draining.is_set():
+            # A pause that ends early when draining begins, not synchronisation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.delay):
+                    await self._draining.wait()
+        await _shutdown_kernel(rest, kernel_id, conn)
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline for callers
         """Wait up to ``timeout`` seconds for every shutdown; cancel the rest."""
+        self._draining.set()
         if not self._tasks:
             return
         _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)

@@ -463,6 +463,9 @@ class HubLabBackend:
     idle_timeout
         Seconds without a kernel in use after which the lab is stopped;
         `None` to keep it until :meth:`aclose`.
+    retire_delay
+        Seconds a used kernel is left alone before it is shut down (and its
+        pool replacement started); see :class:`~.backend.KernelShutdowns`.
     """
 
     def __init__(
@@ -484,6 +487,7 @@ class HubLabBackend:
         warm_up_code: Mapping[str, str] | None = None,
         warm_up_max_failures: int = 5,
         idle_timeout: float | None = None,
+        retire_delay: float = 0.0,
     ) -> None:
         self._http = http
         self._token = token
@@ -517,7 +521,7 @@ class HubLabBackend:
         self._in_use = 0
         self._idle_timer: asyncio.Task[None] | None = None
         self._surrendered: str | None = None
-        self._shutdowns = KernelShutdowns()
+        self._shutdowns = KernelShutdowns(delay=retire_delay)
 
     @property
     def rest(self) -> JupyterRestClient:
