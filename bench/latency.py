@@ -396,7 +396,7 @@ async def wait_for_kernels(
     deadline = time.monotonic() + SETTLE_SECONDS
     headers = {"Authorization": f"token {jupyter.token}"}
     kernels: list[dict[str, Any]] = []
-    quiet_since: tuple[tuple[tuple[str, str], ...], float] | None = None
+    quiet_since: tuple[Activity, float] | None = None
     while time.monotonic() < deadline:
         response = await http.get(
             jupyter.url + "api/kernels", headers=headers, timeout=5
@@ -409,14 +409,12 @@ async def wait_for_kernels(
         response.raise_for_status()
         kernels = [k for k in response.json() if k.get("id") not in ignore]
         ids = frozenset(str(k.get("id")) for k in kernels)
-        activity = tuple(
-            sorted((str(k.get("id")), str(k.get("last_activity"))) for k in kernels)
-        )
+        activity = _activity(kernels)
         if (
             len(kernels) == count
             and not ids & gone
             and all(k.get("execution_state") == "idle" for k in kernels)
-            and all(count == 0 or k.get("connections", 0) >= 1 for k in kernels)
+            and _connected(kernels)
         ):
             now = time.monotonic()
             if quiet_since is None or quiet_since[0] != activity:
@@ -433,6 +431,21 @@ async def wait_for_kernels(
         file=sys.stderr,
     )
     return frozenset(str(k.get("id")) for k in kernels)
+
+
+Activity = tuple[tuple[str, str], ...]
+"""Each listed kernel's id and last activity: unchanged while nothing happens."""
+
+
+def _activity(kernels: list[dict[str, Any]]) -> Activity:
+    return tuple(
+        sorted((str(k.get("id")), str(k.get("last_activity"))) for k in kernels)
+    )
+
+
+def _connected(kernels: list[dict[str, Any]]) -> bool:
+    """Whether every kernel has a websocket open (a pooled one has the pool's)."""
+    return all(k.get("connections", 0) >= 1 for k in kernels)
 
 
 async def lab_kernels(
@@ -476,6 +489,7 @@ def hub_settler(http: httpx.AsyncClient, hub: HubInfo, user: str) -> Settle:
         nonlocal expected, previous
         deadline = time.monotonic() + SETTLE_SECONDS
         steady: tuple[frozenset[str], float] | None = None
+        quiet: tuple[Activity, float] | None = None
         while time.monotonic() < deadline:
             kernels = await lab_kernels(http, hub, user)
             if kernels is not None:
@@ -488,9 +502,22 @@ def hub_settler(http: httpx.AsyncClient, hub: HubInfo, user: str) -> Settle:
                     elif now - steady[1] >= HUB_STEADY_SECONDS:
                         expected, previous = len(ids), ids
                         return
-                elif idle and len(ids) == expected and not ids & previous:
-                    previous = ids
-                    return
+                elif (
+                    idle
+                    and len(ids) == expected
+                    and not ids & previous
+                    and _connected(kernels)
+                ):
+                    # Quiet too, as in wait_for_kernels: listed idle comes
+                    # before the pool has the kernel ready.
+                    activity = _activity(kernels)
+                    if quiet is None or quiet[0] != activity:
+                        quiet = (activity, now)
+                    elif now - quiet[1] >= QUIET_SECONDS:
+                        previous = ids
+                        return
+                else:
+                    quiet = None
             await asyncio.sleep(0.02)
         print(
             f"  (warning: the hub lab of {user} did not settle after "

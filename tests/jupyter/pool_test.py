@@ -17,8 +17,13 @@ from nbformat import NotebookNode
 from noteburst.jupyter.backend import LabBackend, LocalLabBackend
 from noteburst.jupyter.exceptions import KernelStartError
 from noteburst.jupyter.execute import execute_notebook
-from noteburst.jupyter.pool import DEFAULT_BACKOFF, KernelPool
-from noteburst.jupyter.protocol import Message
+from noteburst.jupyter.pool import (
+    DEFAULT_BACKOFF,
+    IPYTHON_PRIMER,
+    IPYTHON_PRIMER_RUNS,
+    KernelPool,
+)
+from noteburst.jupyter.protocol import STOP_AFTER_ERROR_GUARD, Message
 from tests.jupyter.backend_test import kernel_ids
 from tests.jupyter.fidelity_test import (
     EXPECTED_FAILURES,
@@ -289,6 +294,50 @@ async def test_warm_up_has_run_silently(
             assert nb.cells[1].outputs[0].text == "cell 2\n"
         assert warm.cells[1].outputs == cold.cells[1].outputs
         assert warm.metadata.language_info == cold.metadata.language_info
+
+
+NAMESPACE_PROBE = (
+    "sorted(name for name in dir() if not name.startswith('__'))",
+    "(_, __, ___, _i, _ii, len(In), len(Out), get_ipython().execution_count)",
+)
+
+
+@pytest.mark.asyncio
+async def test_primer_runs_like_cells_and_leaves_no_trace(
+    pooled_backend: BackendFactory,
+    jupyter_backend: LocalLabBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[tuple[str, bool]] = []
+    warm_up = KernelPool._warm_up
+
+    async def spy(
+        pool: KernelPool, conn: object, lane: object, code: str, *, silent: bool = True
+    ) -> None:
+        runs.append((code, silent))
+        await warm_up(pool, conn, lane, code, silent=silent)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KernelPool, "_warm_up", spy)
+    async with pooled_backend({PY: 1}) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            async with backend.kernel(PY) as conn:
+                primed = notebook(*NAMESPACE_PROBE)
+                assert await execute_notebook(conn, primed) is None
+            async with jupyter_backend.kernel(PY) as conn:
+                fresh = notebook(*NAMESPACE_PROBE)
+                assert await execute_notebook(conn, fresh) is None
+    # Run as cells are (not silent), the configured number of times per
+    # kernel (the pool's replacement was primed too) ...
+    kernels = runs.count((STOP_AFTER_ERROR_GUARD, True))
+    assert kernels >= 1
+    assert runs.count((IPYTHON_PRIMER, False)) == IPYTHON_PRIMER_RUNS * kernels
+    # ... yet the notebook sees what a kernel nobody used shows it.
+    assert text(primed, 0) == text(fresh, 0)
+    assert text(primed, 1) == text(fresh, 1)
+    assert [cell.execution_count for cell in primed.cells] == [1, 2]
+    assert [len(cell.outputs) for cell in primed.cells] == [1, 1]
 
 
 async def run_pooled(backend: LocalLabBackend, nb: NotebookNode) -> object:
