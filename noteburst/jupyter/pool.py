@@ -88,7 +88,6 @@ def _noteburst_prime():
     shell = get_ipython()
     shell.display_formatter.format(HTML("<b>prime</b>"))
     shell.display_formatter.format((1, 2))
-    print("", end="")
 
 
 _noteburst_prime()
@@ -103,7 +102,10 @@ on first use and the interpreter specializing hot code after a few runs).  Run
 :data:`IPYTHON_PRIMER_RUNS` times, non-silently (an execution as a cell's)
 but outside the history, it brought a fresh kernel to 39-42 ms.  It leaves
 nothing in the namespace, does not move ``execution_count`` (IPython
-counts only executions stored in the history) and prints nothing.
+counts only executions stored in the history) and writes nothing.  Not
+even an empty ``print``: any write to stdout arms ipykernel's 0.2 s flush
+timer, and a notebook taken before it fired had its first ``print`` split
+in two stream messages by it.
 """
 
 IPYTHON_PRIMER_RUNS: Final = 10

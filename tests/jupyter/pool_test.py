@@ -299,6 +299,7 @@ async def test_warm_up_has_run_silently(
 NAMESPACE_PROBE = (
     "sorted(name for name in dir() if not name.startswith('__'))",
     "(_, __, ___, _i, _ii, len(In), len(Out), get_ipython().execution_count)",
+    "print('first')",
 )
 
 
@@ -336,8 +337,9 @@ async def test_primer_runs_like_cells_and_leaves_no_trace(
     # ... yet the notebook sees what a kernel nobody used shows it.
     assert text(primed, 0) == text(fresh, 0)
     assert text(primed, 1) == text(fresh, 1)
-    assert [cell.execution_count for cell in primed.cells] == [1, 2]
-    assert [len(cell.outputs) for cell in primed.cells] == [1, 1]
+    assert [cell.execution_count for cell in primed.cells] == [1, 2, 3]
+    assert [len(cell.outputs) for cell in primed.cells] == [1, 1, 1]
+    assert primed.cells[2].outputs[0].text == "first\n"
 
 
 async def run_pooled(backend: LocalLabBackend, nb: NotebookNode) -> object:
