@@ -79,7 +79,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -110,6 +109,7 @@ from noteburst.jupyter.rest import JupyterRestClient
 from noteburst.logs import configure_logging
 from noteburst.storage.database import Database
 from tests.support.hub import HubInfo, TestHub
+from tests.support.waiting import free_port
 
 CELLS = (
     "x = 1",
@@ -539,7 +539,7 @@ async def noteburst_service(
     (the submit request, the websocket's decoding), charging the client's
     CPU to the server.  A dashboard backend is another process too.
     """
-    port = _free_port()
+    port = free_port()
     mode = "--with-worker" if run_worker else "--without-worker"
     async with _noteburst_process(
         config, ["serve", "--port", str(port), mode], log_path
@@ -562,13 +562,6 @@ async def noteburst_service(
                     )
                 await asyncio.sleep(0.05)
         yield url
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(log_path: Path) -> str:

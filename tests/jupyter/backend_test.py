@@ -12,7 +12,6 @@ import pytest
 from noteburst.jupyter.backend import LabBackend, LocalLabBackend
 from noteburst.jupyter.exceptions import JupyterError, LabUnavailableError
 from noteburst.jupyter.execute import execute_notebook
-from noteburst.jupyter.kernel import KernelConnection
 from tests.support.jupyter import JupyterServerInfo
 
 WAIT = 30
@@ -129,59 +128,3 @@ async def test_unreachable_existing_server(tmp_path: Path) -> None:
         with pytest.raises(LabUnavailableError):
             await backend.start()
         await backend.aclose()
-
-
-async def _gone_within(
-    http: httpx.AsyncClient, server: JupyterServerInfo, kernel_id: str, seconds: float
-) -> bool:
-    """Whether the server stops listing ``kernel_id`` within ``seconds``."""
-    try:
-        async with asyncio.timeout(seconds):
-            while kernel_id in await kernel_ids(http, server):
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        return False
-    return True
-
-
-def _closed(conn: KernelConnection) -> bool:
-    return conn.failure is not None
-
-
-@pytest.mark.asyncio
-async def test_used_kernel_is_left_alone_for_the_retire_delay(
-    jupyter_server: JupyterServerInfo, tmp_path: Path
-) -> None:
-    """The used kernel and the pool's refill wait; closing cuts the wait short."""
-    async with httpx.AsyncClient(trust_env=False) as http:
-        backend = LocalLabBackend(
-            http=http,
-            root_dir=tmp_path,
-            url=jupyter_server.url,
-            token=jupyter_server.token,
-            warm_kernels={"python3": 1},
-            retire_delay=300,
-        )
-        await backend.start()
-        pool = backend.pool
-        assert pool is not None
-        pool.refill_delay = 300  # the replacement waits for the close alone
-        try:
-            async with asyncio.timeout(WAIT * 2):
-                await pool.wait_full()
-                async with backend.kernel("python3") as used:
-                    nb = nbformat.v4.new_notebook(
-                        cells=[nbformat.v4.new_code_cell("1 + 1")]
-                    )
-                    assert await execute_notebook(used, nb) is None
-                # Without the delay the kernel is deleted at once (~0.1 s).
-                assert not await _gone_within(http, jupyter_server, used.kernel_id, 1.0)
-                assert backend.pending_shutdowns == 1
-                assert not _closed(used)  # its websocket is still open
-                assert pool.stats("python3").deferred == 1  # no refill yet
-        finally:
-            async with asyncio.timeout(WAIT):
-                await backend.aclose()  # not 300 s: closing ends the delay
-        assert backend.pending_shutdowns == 0
-        assert _closed(used)
-        assert used.kernel_id not in await kernel_ids(http, jupyter_server)

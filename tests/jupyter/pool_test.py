@@ -17,6 +17,7 @@ from nbformat import NotebookNode
 from noteburst.jupyter.backend import LabBackend, LocalLabBackend
 from noteburst.jupyter.exceptions import KernelStartError
 from noteburst.jupyter.execute import execute_notebook
+from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.pool import (
     DEFAULT_BACKOFF,
     IPYTHON_PRIMER,
@@ -505,3 +506,44 @@ async def test_aclose_leaves_no_kernels_on_the_server(
         assert await kernel_ids(http, jupyter_server) <= before
         with pytest.raises(KernelStartError, match="closed"):
             await pool.wait_full(PY)
+
+
+async def _gone_within(
+    http: httpx.AsyncClient, server: JupyterServerInfo, kernel_id: str, seconds: float
+) -> bool:
+    """Whether the server stops listing ``kernel_id`` within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            while kernel_id in await kernel_ids(http, server):
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _closed(conn: KernelConnection) -> bool:
+    return conn.failure is not None
+
+
+@pytest.mark.asyncio
+async def test_used_kernel_is_left_alone_for_the_retire_delay(
+    pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
+) -> None:
+    """The used kernel and the pool's refill wait; closing cuts the wait short."""
+    async with httpx.AsyncClient(trust_env=False) as http:
+        async with asyncio.timeout(WAIT):
+            async with pooled_backend({PY: 1}, retire_delay=300) as backend:
+                pool = pool_of(backend)
+                pool.refill_delay = 300  # the replacement waits for the close alone
+                await pool.wait_full(PY)
+                async with backend.kernel(PY) as used:
+                    assert await execute_notebook(used, notebook("1 + 1")) is None
+                # Without the delay the kernel is deleted at once (~0.1 s).
+                assert not await _gone_within(http, jupyter_server, used.kernel_id, 1.0)
+                assert backend.pending_shutdowns == 1
+                assert not _closed(used)  # its websocket is still open
+                assert pool.stats(PY).deferred == 1  # no refill yet
+            # Closed by the fixture within WAIT, not 300 s: closing ends the delay.
+            assert backend.pending_shutdowns == 0
+            assert _closed(used)
+            assert used.kernel_id not in await kernel_ids(http, jupyter_server)
