@@ -35,6 +35,12 @@ result, through these systems in one run of this script:
     exactly when the hub backend has one.  Its lab is found through the hub
     API (the user's server URL), and runs are settled on that lab's kernel
     list (see :func:`hub_settler`).  ``--skip-hub`` leaves it out.
+``*-status`` (``embedded-warm-status``, ``postgres-warm-status``, …)
+    The same instance as the variant it is named after, in the same phase
+    with runs interleaved, but the client subscribes as a dashboard that
+    waits for a result would: ``kinds: [QUEUED, RUNNING, LAB_STARTING]``,
+    so it receives the status changes and the terminal event, without the
+    ~12 cell events the other variant is sent at the end of each run.
 ``floor``
     No Noteburst: the 5 cells sent down the websocket of one warm kernel
     (started once, reused for every run) with
@@ -127,6 +133,10 @@ LABELS = {
     "postgres-warm": "noteburst postgres + redis, pool of 1",
     "postgres-split": "noteburst postgres + redis, worker process apart",
     "hub-warm": "noteburst postgres + redis + JupyterHub lab",
+    "embedded-warm-status": "  the same, watching status events only",
+    "postgres-warm-status": "  postgres-warm, watching status events only",
+    "postgres-split-status": "  postgres-split, watching status events only",
+    "hub-warm-status": "  hub-warm, watching status events only",
     "floor": "floor: 5 cells on one warm kernel, no Noteburst",
     "papermill": "papermill CLI (cold process + kernel)",
     "nbclient": "nbclient in-process (fresh kernel)",
@@ -137,8 +147,23 @@ NOTEBURST = (
     "postgres-warm",
     "postgres-split",
     "hub-warm",
+    "embedded-warm-status",
+    "postgres-warm-status",
+    "postgres-split-status",
+    "hub-warm-status",
 )
-WARM = ("embedded-warm", "postgres-warm", "postgres-split", "hub-warm")
+WARM = (
+    "embedded-warm",
+    "postgres-warm",
+    "postgres-split",
+    "hub-warm",
+    "embedded-warm-status",
+    "postgres-warm-status",
+    "postgres-split-status",
+    "hub-warm-status",
+)
+STATUS_KINDS = ("QUEUED", "RUNNING", "LAB_STARTING")
+"""What a ``*-status`` variant subscribes to (the terminal event always comes)."""
 POOL_SIZE = 1
 
 # Goals being tracked (printed, never asserted).
@@ -292,8 +317,9 @@ async def noteburst_once(
     *,
     check: bool,
     system: str,
+    kinds: tuple[str, ...] | None = None,
 ) -> tuple[float, dict[str, float], float | None]:
-    """Submit, subscribe, and time until the terminal event arrives."""
+    """Submit, subscribe (to ``kinds``), and time until the terminal event."""
     t0_wall = time.time()
     t0 = time.perf_counter()
     execution = await client.submit(notebook, timeout_seconds=60)
@@ -301,7 +327,7 @@ async def noteburst_once(
     t_first: float | None = None
     t_total: float | None = None
     terminal: dict[str, Any] | None = None
-    async for event in client.watch(execution["id"], after_sequence=0):
+    async for event in client.watch(execution["id"], after_sequence=0, kinds=kinds):
         now = time.perf_counter() - t0
         if t_first is None:
             t_first = now
@@ -625,6 +651,7 @@ def noteburst_measure(
     notebook: dict[str, Any],
     settle: Settle,
     system: str,
+    kinds: tuple[str, ...] | None = None,
 ) -> Measure:
     # One client for every run, as a dashboard backend keeps one (its
     # HTTP connection is reused; each run opens its own subscription).
@@ -632,11 +659,30 @@ def noteburst_measure(
 
     async def measure(phase: str, check: bool) -> Sample:
         seconds, breakdown, span = await noteburst_once(
-            client, url, notebook, settle, check=check, system=system
+            client, url, notebook, settle, check=check, system=system, kinds=kinds
         )
         return Sample(seconds, phase, breakdown, span)
 
     return measure
+
+
+def warm_variants(
+    url: str,
+    notebook: dict[str, Any],
+    settle: Settle,
+    name: str,
+    runs: int,
+) -> dict[str, tuple[Measure, int]]:
+    """``name`` (every event) and ``name-status``, each with ``runs`` runs."""
+    return {
+        name: (noteburst_measure(url, notebook, settle, name), runs),
+        f"{name}-status": (
+            noteburst_measure(
+                url, notebook, settle, f"{name}-status", kinds=STATUS_KINDS
+            ),
+            runs,
+        ),
+    }
 
 
 def settler(
@@ -1147,10 +1193,12 @@ async def measure_all(
     ) as url:
         pool_full = settler(http, jupyter, POOL_SIZE, ignore)
         await pool_full()
-        measure = noteburst_measure(url, run.notebook, pool_full, "embedded-warm")
+        systems = warm_variants(
+            url, run.notebook, pool_full, "embedded-warm", args.runs
+        )
         await run.phase(
             "embedded-warm",
-            {"embedded-warm": (measure, args.runs), "floor": (floor, args.runs)},
+            systems | {"floor": (floor, args.runs)},
         )
     await no_kernels()
 
@@ -1167,10 +1215,12 @@ async def measure_all(
         ) as url:
             pool_full = settler(http, jupyter, POOL_SIZE, ignore)
             await pool_full()
-            measure = noteburst_measure(url, run.notebook, pool_full, "postgres-warm")
+            systems = warm_variants(
+                url, run.notebook, pool_full, "postgres-warm", args.runs
+            )
             await run.phase(
                 "postgres-warm",
-                {"postgres-warm": (measure, args.runs), "floor": (floor, args.runs)},
+                systems | {"floor": (floor, args.runs)},
             )
         await no_kernels()
 
@@ -1189,10 +1239,12 @@ async def measure_all(
         ):
             pool_full = settler(http, jupyter, POOL_SIZE, ignore)
             await pool_full()
-            measure = noteburst_measure(url, run.notebook, pool_full, "postgres-split")
+            systems = warm_variants(
+                url, run.notebook, pool_full, "postgres-split", args.runs
+            )
             await run.phase(
                 "postgres-split",
-                {"postgres-split": (measure, args.runs), "floor": (floor, args.runs)},
+                systems | {"floor": (floor, args.runs)},
             )
         await no_kernels()
 
@@ -1226,13 +1278,14 @@ async def hub_phase(run: Run, floor: Measure) -> None:
         async with noteburst_service(
             config, run_worker=True, log_path=run.tmp / "hub-warm.log"
         ) as url:
-            measure = noteburst_measure(
-                url, run.notebook, hub_settler(run.http, info, user), "hub-warm"
+            systems = warm_variants(
+                url,
+                run.notebook,
+                hub_settler(run.http, info, user),
+                "hub-warm",
+                run.args.runs,
             )
-            runs = run.args.runs
-            await run.phase(
-                "hub-warm", {"hub-warm": (measure, runs), "floor": (floor, runs)}
-            )
+            await run.phase("hub-warm", systems | {"floor": (floor, run.args.runs)})
     except Exception:
         print(f"JupyterHub log (end):\n{hub.log_tail()}", file=sys.stderr)
         raise

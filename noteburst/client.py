@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Self
 
 import httpx
@@ -53,8 +53,8 @@ mutation Submit($input: SubmitExecutionInput!) {
 """.replace("EXECUTION_FIELDS", EXECUTION_FIELDS)
 
 WATCH = """
-subscription Watch($id: ID!, $after: Int) {
-  executionStatus(id: $id, afterSequence: $after) {
+subscription Watch($id: ID!, $after: Int, $kinds: [EventKind!]) {
+  executionStatus(id: $id, afterSequence: $after, kinds: $kinds) {
     sequence kind status cellIndex cellsDone message
     execution { EXECUTION_FIELDS }
   }
@@ -183,13 +183,22 @@ class NoteburstClient:
         return result
 
     async def watch(
-        self, execution_id: str, *, after_sequence: int | None = None
+        self,
+        execution_id: str,
+        *,
+        after_sequence: int | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield the execution's events until it ends (graphql-transport-ws)."""
+        """Yield the execution's events until it ends (graphql-transport-ws).
+
+        ``kinds`` (names of ``EventKind`` values) keeps only those events
+        and the terminal one; `None` yields every event.
+        """
         socket = await self._shared_socket()
-        async with socket.operation(
-            WATCH, {"id": execution_id, "after": after_sequence}
-        ) as results:
+        variables: dict[str, Any] = {"id": execution_id, "after": after_sequence}
+        if kinds is not None:
+            variables["kinds"] = [kind.upper() for kind in kinds]
+        async with socket.operation(WATCH, variables) as results:
             while True:
                 message = await results.get()
                 kind = message.get("type")

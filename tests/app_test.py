@@ -168,6 +168,49 @@ async def test_late_and_resuming_subscribers_see_each_event_once(
 
 
 @pytest.mark.asyncio
+async def test_subscribers_choose_the_event_kinds(
+    tmp_path: Path, jupyter_server: Any, backend_urls: dict[str, str | None]
+) -> None:
+    config = make_config(tmp_path, jupyter_server, **backend_urls)
+    status_kinds = ["QUEUED", "RUNNING", "LAB_STARTING"]
+    async with running(config) as nb:
+        submitted = await nb.submit(HELLO)
+        execution_id = submitted["id"]
+        # A dashboard waiting for the result: status changes and the end.
+        statuses, everything = await asyncio.wait_for(
+            asyncio.gather(
+                nb.watch(execution_id, after=0, kinds=status_kinds),
+                nb.watch(execution_id, after=0),
+            ),
+            120,
+        )
+        assert [e["kind"] for e in statuses] == ["QUEUED", "RUNNING", "FINISHED"]
+        # The same events, with their own sequences (gaps where cells were).
+        by_sequence = {e["sequence"]: e for e in everything}
+        for event in statuses:
+            assert by_sequence[event["sequence"]]["kind"] == event["kind"]
+        assert statuses[-1]["execution"]["status"] == "SUCCEEDED"
+        assert statuses[-1]["sequence"] == everything[-1]["sequence"]
+
+        # Only cell ends: each cell's, then the terminal event, always sent.
+        cell_ends = await asyncio.wait_for(
+            nb.watch(execution_id, after=0, kinds=["CELL_FINISHED"]), 60
+        )
+        assert [(e["kind"], e["cellIndex"]) for e in cell_ends] == [
+            *(("CELL_FINISHED", index) for index in range(1, 6)),
+            ("FINISHED", None),
+        ]
+        # An empty list waits for the end alone.
+        end = await asyncio.wait_for(nb.watch(execution_id, after=0, kinds=[]), 60)
+        assert [e["kind"] for e in end] == ["FINISHED"]
+        # Without afterSequence: the current state among the wanted kinds.
+        current = await asyncio.wait_for(nb.watch(execution_id, kinds=status_kinds), 60)
+        assert [e["kind"] for e in current] == ["FINISHED"]
+        with pytest.raises(TransportQueryError, match="EventKind"):
+            await nb.watch(execution_id, kinds=["NOT_A_KIND"])
+
+
+@pytest.mark.asyncio
 async def test_queries_list_newest_first_with_cursors(
     tmp_path: Path, jupyter_server: Any
 ) -> None:

@@ -39,6 +39,13 @@ async def test_watches_share_one_connection(
         assert socket is not None
         again = await asyncio.wait_for(_statuses(client, ids[0]), 60)
         assert client._socket is socket, "the second watch opened a new websocket"
+        status_only = [
+            e["kind"]
+            async for e in client.watch(
+                ids[1], after_sequence=0, kinds=["queued", "running"]
+            )
+        ]
+    assert status_only == ["QUEUED", "RUNNING", "FINISHED"]
     for statuses in [*together, again]:
         assert statuses[0] == "QUEUED"
         assert statuses[-1] == "SUCCEEDED"

@@ -30,7 +30,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from ..domain.cache import CacheMode, CachePolicy
-from ..domain.execution import ExecutionQueue, ExecutionStatus
+from ..domain.execution import EventKind, ExecutionQueue, ExecutionStatus
 from ..domain.webhook import WebhookRequest
 from ..exceptions import ClientError, ExecutionNotFoundError
 from ..services.execution import ExecutionService
@@ -315,10 +315,24 @@ class Subscription:
         info: Info,
         id: strawberry.ID,
         after_sequence: int | None = None,
+        kinds: Annotated[
+            list[EventKind] | None,
+            strawberry.argument(
+                description=(
+                    "Only events of these kinds (the terminal FINISHED event "
+                    "always comes, and ends the subscription); null: every "
+                    "event. A page waiting for a result passes [QUEUED, "
+                    "RUNNING, LAB_STARTING] and is spared the cell events, "
+                    "which are most of a run's events; [] waits for the end."
+                )
+            ),
+        ] = None,
     ) -> AsyncGenerator[ExecutionEvent, None]:
         service = _service(info)
         try:
-            async for watched in service.watch(str(id), after_sequence=after_sequence):
+            async for watched in service.watch(
+                str(id), after_sequence=after_sequence, kinds=kinds
+            ):
                 yield ExecutionEvent.from_domain(watched.event, watched.execution)
         except ClientError as exc:
             raise UserFacingError(exc) from exc

@@ -32,7 +32,7 @@ import contextlib
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -429,7 +429,11 @@ class ExecutionService:
         )
 
     async def watch(
-        self, execution_id: str, *, after_sequence: int | None = None
+        self,
+        execution_id: str,
+        *,
+        after_sequence: int | None = None,
+        kinds: Collection[EventKind] | None = None,
     ) -> AsyncIterator[WatchedEvent]:
         """Yield an execution's events until it ends.
 
@@ -439,6 +443,11 @@ class ExecutionService:
         iterator ends after the terminal event.  A follower of a shared run
         yields that run's events (their sequences are the run's), each with
         the follower as its execution.
+
+        ``kinds``, if given, keeps only events of those kinds, plus the
+        terminal ``FINISHED`` event, which is always yielded: a dashboard
+        waiting for a result needs none of the cell events, which are most
+        of a run's events, each read, resolved and sent.
 
         Raises
         ------
@@ -454,6 +463,7 @@ class ExecutionService:
                 self._bus.subscribe(execution_id)
             )
             stream = execution_id
+            wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
             async with self._db.transaction() as store:
                 execution = await store.get(execution_id, owner=self._owner)
                 latest = await store.latest_event(execution_id)
@@ -475,10 +485,18 @@ class ExecutionService:
             if execution is None or latest is None:
                 raise ExecutionNotFoundError(execution_id)
             if after_sequence is None:
-                yield WatchedEvent(event=latest, execution=execution)
-                if latest.kind is EventKind.FINISHED:
-                    return
-                last_seen = latest.sequence
+                if wanted is not None and latest.kind not in wanted:
+                    # The current state, as the wanted kinds tell it (every
+                    # execution starts with QUEUED; a follower's stream too).
+                    async with self._db.transaction() as store:
+                        latest = await store.latest_event(stream, kinds=wanted)
+                if latest is not None:
+                    yield WatchedEvent(event=latest, execution=execution)
+                    if latest.kind is EventKind.FINISHED:
+                        return
+                    last_seen = latest.sequence
+                else:
+                    last_seen = 0
             else:
                 last_seen = after_sequence
             async for item in self._follow(
@@ -487,6 +505,7 @@ class ExecutionService:
                 execution=execution,
                 last_seen=last_seen,
                 signals=(signal, own_signal),
+                kinds=wanted,
             ):
                 yield item
 
@@ -498,16 +517,17 @@ class ExecutionService:
         execution: Execution,
         last_seen: int,
         signals: tuple[Signal, Signal],
+        kinds: frozenset[EventKind] | None,
     ) -> AsyncIterator[WatchedEvent]:
         """Yield the events of ``stream`` after ``last_seen`` until the end.
 
         ``stream`` is the execution itself, or for a follower the run it
-        shares; ``signals`` wake it for either.
+        shares; ``signals`` wake it for either.  ``kinds``: only these.
         """
         while True:
             left: ExecutionEvent | None = None
             async with self._db.transaction() as store:
-                events = await store.events_after(stream, last_seen)
+                events = await store.events_after(stream, last_seen, kinds=kinds)
                 if stream != execution_id:
                     left = await _left_shared_run(store, execution_id)
                 if stream != execution_id or not _only_progress(events):

@@ -25,7 +25,7 @@ import builtins
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -1033,23 +1033,37 @@ class ExecutionStore:
         )
 
     async def events_after(
-        self, execution_id: str, after_sequence: int
+        self,
+        execution_id: str,
+        after_sequence: int,
+        *,
+        kinds: Collection[EventKind] | None = None,
     ) -> builtins.list[ExecutionEvent]:
-        """Events with a sequence above ``after_sequence``, oldest first."""
-        result = await self._session.execute(
-            select(*_EVENT_COLUMNS)
-            .where(_EV.execution_id == execution_id, _EV.sequence > after_sequence)
-            .order_by(_EV.sequence)
+        """Events with a sequence above ``after_sequence``, oldest first.
+
+        ``kinds``, if given, keeps only events of those kinds (their
+        sequences keep their gaps).
+        """
+        statement = select(*_EVENT_COLUMNS).where(
+            _EV.execution_id == execution_id, _EV.sequence > after_sequence
         )
+        if kinds is not None:
+            statement = statement.where(_EV.kind.in_([k.value for k in kinds]))
+        result = await self._session.execute(statement.order_by(_EV.sequence))
         return [_event_to_domain(row) for row in result]
 
-    async def latest_event(self, execution_id: str) -> ExecutionEvent | None:
-        """Return the newest event, or None if there is no such execution."""
+    async def latest_event(
+        self, execution_id: str, *, kinds: Collection[EventKind] | None = None
+    ) -> ExecutionEvent | None:
+        """Return the newest event (of ``kinds``, if given), else None.
+
+        None: there is no such execution, or it has no event of ``kinds``.
+        """
+        statement = select(*_EVENT_COLUMNS).where(_EV.execution_id == execution_id)
+        if kinds is not None:
+            statement = statement.where(_EV.kind.in_([k.value for k in kinds]))
         result = await self._session.execute(
-            select(*_EVENT_COLUMNS)
-            .where(_EV.execution_id == execution_id)
-            .order_by(_EV.sequence.desc())
-            .limit(1)
+            statement.order_by(_EV.sequence.desc()).limit(1)
         )
         row = result.one_or_none()
         return None if row is None else _event_to_domain(row)

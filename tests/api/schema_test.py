@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from noteburst.api.export_schema import sdl
@@ -16,13 +17,17 @@ def test_schema_graphql_is_current() -> None:
 
 
 def test_contract_names_are_present() -> None:
-    text = sdl()
+    # Descriptions out and whitespace folded: an argument's description
+    # spreads its field over several lines.
+    text = re.sub(r"\s+", " ", re.sub(r'"""(?s:.*?)"""', "", sdl()))
+    text = text.replace("( ", "(").replace(" )", ")")
     for needle in (
         "submitExecution(input: SubmitExecutionInput!): SubmitExecutionPayload!",
         "execution(id: ID!): Execution",
         "executions(first: Int = 20, after: String = null, "
         "status: ExecutionStatus = null): ExecutionConnection!",
-        "executionStatus(id: ID!, afterSequence: Int = null): ExecutionEvent!",
+        "executionStatus(id: ID! afterSequence: Int = null "
+        "kinds: [EventKind!] = null): ExecutionEvent!",
         "union SubmitExecutionPayload = "
         "Execution | InvalidNotebook | UnknownKernel | InvalidInput",
     ):

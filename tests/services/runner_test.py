@@ -758,3 +758,52 @@ async def test_a_running_cell_is_seen_live_despite_gathering(
         await asyncio.wait_for(asyncio.shield(run), 60)
     assert outcome is not None
     assert outcome.status is ExecutionStatus.SUCCEEDED
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_of_some_kinds_starts_from_the_latest_of_them(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Joining mid-run, a status watcher's current state is RUNNING, not a cell."""
+    release = tmp_path / "release"
+    execution = await harness.service.submit(
+        notebook(
+            "print('first')",
+            "import os, time\n"
+            "deadline = time.monotonic() + 60\n"
+            f"while not os.path.exists({str(release)!r}):\n"
+            "    assert time.monotonic() < deadline, 'never released'\n"
+            "    time.sleep(0.01)",
+        )
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    status_kinds = (EventKind.QUEUED, EventKind.RUNNING, EventKind.LAB_STARTING)
+    try:
+        async with asyncio.timeout(60):
+            async for watched in harness.service.watch(execution.id):
+                event = watched.event
+                if event.kind is EventKind.CELL_STARTED and event.cell_index == 1:
+                    break
+        latest = (await _events(harness, execution.id))[-1]
+        assert latest.kind is EventKind.CELL_STARTED
+        joined: list[ExecutionEvent] = []
+
+        async def join() -> None:
+            async for watched in harness.service.watch(
+                execution.id, kinds=status_kinds
+            ):
+                joined.append(watched.event)
+                if len(joined) == 1:
+                    release.touch()
+
+        await asyncio.wait_for(join(), 60)
+        outcome = await asyncio.wait_for(run, 60)
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    assert [e.kind for e in joined] == [EventKind.RUNNING, EventKind.FINISHED]
+    stored = {e.sequence: e for e in await _events(harness, execution.id)}
+    assert [stored[e.sequence] for e in joined] == joined

@@ -356,6 +356,18 @@ async def test_append_event_allocates_gap_free_sequences(database: Database) -> 
         latest = await store.latest_event(execution_id)
         execution = await store.get(execution_id)
         none_latest = await store.latest_event(str(uuid.uuid4()))
+        starts = await store.events_after(
+            execution_id, 2, kinds=[EventKind.CELL_STARTED, EventKind.QUEUED]
+        )
+        latest_running = await store.latest_event(
+            execution_id, kinds=[EventKind.RUNNING, EventKind.QUEUED]
+        )
+        no_such_kind = await store.latest_event(
+            execution_id, kinds=[EventKind.FINISHED]
+        )
+    assert starts == [started, next_started]
+    assert latest_running == running
+    assert no_such_kind is None
     assert [e.sequence for e in events] == list(range(1, 16))
     assert events[1:5] == [running, started, done, next_started]
     assert [e.sequence for e in tail] == [14, 15]

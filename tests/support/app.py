@@ -52,8 +52,8 @@ mutation Submit($input: SubmitExecutionInput!) {{
 """
 
 WATCH = f"""
-subscription Watch($id: ID!, $after: Int) {{
-  executionStatus(id: $id, afterSequence: $after) {{
+subscription Watch($id: ID!, $after: Int, $kinds: [EventKind!]) {{
+  executionStatus(id: $id, afterSequence: $after, kinds: $kinds) {{
     sequence kind status cellIndex cellsDone message outputStart outputs
     execution {{ {EXECUTION_FIELDS} }}
   }}
@@ -104,6 +104,7 @@ class Noteburst:
         *,
         limit: int | None = None,
         on_event: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        kinds: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Subscribe and collect events until the server completes the stream.
 
@@ -119,7 +120,8 @@ class Noteburst:
         events: list[dict[str, Any]] = []
         async with Client(transport=transport, execute_timeout=120) as session:
             request = GraphQLRequest(
-                WATCH, variable_values={"id": execution_id, "after": after}
+                WATCH,
+                variable_values={"id": execution_id, "after": after, "kinds": kinds},
             )
             async for result in session.subscribe(request):
                 events.append(result["executionStatus"])
