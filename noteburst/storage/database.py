@@ -17,14 +17,17 @@ mistake shows up at once rather than as a flaky hang.
 
 SQLite (the embedded default) is configured for a web loop and a worker loop
 writing to one file: WAL journaling (readers never block the writer), a
-``busy_timeout`` (a writer waits for the other instead of failing with
-"database is locked"), foreign keys on (for ``ON DELETE CASCADE``), and every
-transaction opened with ``BEGIN IMMEDIATE``.  The last one matters: a
-deferred transaction that reads and then writes can fail immediately with
-``SQLITE_BUSY`` when another connection wrote in between, which
-``busy_timeout`` does not retry; taking the write lock at ``BEGIN`` turns
-that into an ordinary wait.  Transactions are short, so serialising them is
-cheap.
+writer that waits for the other (up to ``SQLITE_BUSY_TIMEOUT_MS``) instead of
+failing with "database is locked", foreign keys on (for ``ON DELETE
+CASCADE``), and every transaction opened with ``BEGIN IMMEDIATE``.  The last
+one matters: a deferred transaction that reads and then writes can fail
+immediately with ``SQLITE_BUSY`` when another connection wrote in between,
+which no lock wait retries; taking the write lock at ``BEGIN`` turns that
+into an ordinary wait.  Transactions are short, so serialising them is
+cheap.  SQLite runs on each loop's own thread, through
+:mod:`noteburst.storage.sqlite_driver` rather than aiosqlite's thread (see
+there for the measurements), and the wait for the lock is an
+``asyncio.sleep``, never a sleep inside SQLite.
 
 Migrations are Alembic revisions in the repository's ``alembic/`` folder.
 :meth:`Database.upgrade` runs them on this engine's own connection (Alembic's
@@ -47,6 +50,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -57,6 +61,7 @@ from sqlalchemy.pool import StaticPool
 
 from noteburst.exceptions import ConfigurationError
 
+from . import sqlite_driver
 from .execution import ExecutionStore
 from .identity import IdentityLeaseStore
 from .rendering import RenderingStore
@@ -145,18 +150,26 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
         kwargs["poolclass"] = StaticPool
     elif not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo, **kwargs)
+    # The connections are sqlite_driver's, on the loop's thread (see there
+    # for why), opened in autocommit mode: the sqlite3 module would
+    # otherwise issue a deferred BEGIN lazily before the first write.
+    filenames, options = SQLiteDialect_aiosqlite().create_connect_args(url)
+    creator = sqlite_driver.connect(
+        filenames[0],
+        uri=bool(options.get("uri", False)),
+        busy_timeout_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000,
+    )
+    engine = create_async_engine(url, echo=echo, async_creator=creator, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the sqlite3 module, which would
-        # otherwise issue a deferred BEGIN lazily before the first write.
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            # No waiting inside SQLite: sqlite_driver waits for locks
+            # without holding up the loop.
+            cursor.execute("PRAGMA busy_timeout=0")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()

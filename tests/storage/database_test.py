@@ -12,6 +12,7 @@ import pytest
 from noteburst.exceptions import ConfigurationError
 from noteburst.storage import Database
 from noteburst.storage.database import make_engine
+from noteburst.storage.sqlite_driver import InlineConnection
 
 TIMEOUT = 30.0
 
@@ -83,8 +84,11 @@ async def test_sqlite_setup(tmp_path: Path) -> None:
         async with engine.connect() as connection:
             foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
             assert foreign_keys.scalar() == 1
+            # Locks are waited for by sqlite_driver, never inside SQLite.
             busy = await connection.exec_driver_sql("PRAGMA busy_timeout")
-            assert busy.scalar() == 30_000
+            assert busy.scalar() == 0
+            raw = await connection.get_raw_connection()
+            assert isinstance(raw.driver_connection, InlineConnection)
     finally:
         await engine.dispose()
 
