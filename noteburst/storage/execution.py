@@ -28,13 +28,15 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Integer,
     Row,
+    Select,
     String,
+    Table,
     Update,
     and_,
     bindparam,
@@ -82,46 +84,54 @@ __all__ = [
 _AnyRow = Row[*tuple[Any, ...]]
 _E = ExecutionRow
 _EV = ExecutionEventRow
+# The tables themselves, for the statements on every execution's path: a
+# Core statement built once skips both building (coercing every value and
+# column, then computing its cache key) and the ORM's execution layer, which
+# together cost ten times what SQLite took to run them.
+_EXECUTIONS = cast(Table, ExecutionRow.__table__)
+_EVENTS = cast(Table, ExecutionEventRow.__table__)
+_X = _EXECUTIONS.c
+_V = _EVENTS.c
 
 _CURSOR_VERSION = "v1"
 _PARSE_IN_THREAD_BYTES = 1 << 20
 """JSON texts longer than this are parsed off the event loop."""
 
 _SUMMARY_COLUMNS = (
-    _E.id,
-    _E.status,
-    _E.kernel_name,
-    _E.timeout_seconds,
-    _E.cells_total,
-    _E.cells_done,
-    _E.error,
-    _E.attempts,
-    _E.last_sequence,
-    _E.created_at,
-    _E.started_at,
-    _E.finished_at,
-    _E.queue,
-    _E.cached_from,
-    _E.shares_run_of,
-    _E.cell_timeout_seconds,
-    _E.no_output_timeout_seconds,
-    _E.outputs_truncated,
-    _E.cancel_requested_at,
-    _E.owner,
+    _X.id,
+    _X.status,
+    _X.kernel_name,
+    _X.timeout_seconds,
+    _X.cells_total,
+    _X.cells_done,
+    _X.error,
+    _X.attempts,
+    _X.last_sequence,
+    _X.created_at,
+    _X.started_at,
+    _X.finished_at,
+    _X.queue,
+    _X.cached_from,
+    _X.shares_run_of,
+    _X.cell_timeout_seconds,
+    _X.no_output_timeout_seconds,
+    _X.outputs_truncated,
+    _X.cancel_requested_at,
+    _X.owner,
 )
 """Everything :class:`Execution` needs, without the two notebook texts."""
 
 _EVENT_COLUMNS = (
-    _EV.execution_id,
-    _EV.sequence,
-    _EV.kind,
-    _EV.status,
-    _EV.cell_index,
-    _EV.cells_done,
-    _EV.message,
-    _EV.output_start,
-    _EV.outputs,
-    _EV.created_at,
+    _V.execution_id,
+    _V.sequence,
+    _V.kind,
+    _V.status,
+    _V.cell_index,
+    _V.cells_done,
+    _V.message,
+    _V.output_start,
+    _V.outputs,
+    _V.created_at,
 )
 
 _UNFINISHED = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
@@ -139,7 +149,9 @@ def _owned(owner: str | None) -> builtins.list[ColumnElement[bool]]:
     return [] if owner is None else [_E.owner == owner]
 
 
-def _claim_rank(queue: InstrumentedAttribute[str]) -> ColumnElement[int]:
+def _claim_rank(
+    queue: InstrumentedAttribute[str] | ColumnElement[str],
+) -> ColumnElement[int]:
     """Return SQL computing :attr:`ExecutionQueue.rank` of a ``queue`` column."""
     return case(
         (queue == ExecutionQueue.INTERACTIVE.value, ExecutionQueue.INTERACTIVE.rank),
@@ -156,7 +168,7 @@ def _build_claim_next(*, with_woken_for: bool) -> Update:
     """
     now = bindparam("claim_now", type_=UTCDateTime())
     # An alias, so the subquery is not correlated with the updated table.
-    queued = aliased(_E)
+    queued = _EXECUTIONS.alias("queued").c
     ready = [queued.not_before.is_(None), queued.not_before <= now]
     if with_woken_for:
         ready.append(queued.id == bindparam("claim_woken_for", type_=String()))
@@ -174,21 +186,20 @@ def _build_claim_next(*, with_woken_for: bool) -> Update:
         .scalar_subquery()
     )
     return (
-        update(_E)
-        .where(_E.id == candidate, _E.status == ExecutionStatus.QUEUED.value)
+        update(_EXECUTIONS)
+        .where(_X.id == candidate, _X.status == ExecutionStatus.QUEUED.value)
         .values(
             status=ExecutionStatus.RUNNING.value,
-            attempts=_E.attempts + 1,
+            attempts=_X.attempts + 1,
             started_at=now,
             lease_expires_at=bindparam("claim_lease_until", type_=UTCDateTime()),
             not_before=None,
             cells_done=0,
             # The RUNNING event's sequence, allocated here rather than by a
             # second UPDATE (see ExecutionStore.claim_next).
-            last_sequence=_E.last_sequence + 1,
+            last_sequence=_X.last_sequence + 1,
         )
-        .returning(*_SUMMARY_COLUMNS, _E.source_notebook)
-        .execution_options(synchronize_session=False)
+        .returning(*_SUMMARY_COLUMNS, _X.source_notebook)
     )
 
 
@@ -197,6 +208,142 @@ _CLAIM_NEXT = {
     for with_woken_for in (False, True)
 }
 """The claim statements, without and with a ``claim_woken_for`` parameter."""
+
+# The other statements on every execution's path, built once (see _EXECUTIONS).
+# Parameter names differ from column names: SQLAlchemy reserves those for the
+# SET and VALUES clauses it writes itself.
+
+_INSERT_EXECUTION = insert(_EXECUTIONS)
+_INSERT_EVENT = insert(_EVENTS)
+
+
+def _build_get(*, with_notebook: bool, owned: bool) -> Select[Any]:
+    columns = (
+        (*_SUMMARY_COLUMNS, _X.result_notebook) if with_notebook else _SUMMARY_COLUMNS
+    )
+    statement = select(*columns).where(_X.id == bindparam("get_id", type_=String()))
+    if owned:
+        statement = statement.where(_X.owner == bindparam("get_owner", type_=String()))
+    return statement
+
+
+_GET = {
+    (with_notebook, owned): _build_get(with_notebook=with_notebook, owned=owned)
+    for with_notebook in (False, True)
+    for owned in (False, True)
+}
+"""``ExecutionStore.get``'s statements, by (with_notebook, owner given)."""
+
+
+def _build_events(*, latest: bool, of_kinds: bool) -> Select[Any]:
+    statement = select(*_EVENT_COLUMNS).where(
+        _V.execution_id == bindparam("events_id", type_=String())
+    )
+    if of_kinds:
+        statement = statement.where(
+            _V.kind.in_(bindparam("events_kinds", expanding=True, type_=String()))
+        )
+    if latest:
+        return statement.order_by(_V.sequence.desc()).limit(1)
+    return statement.where(
+        _V.sequence > bindparam("events_after", type_=Integer())
+    ).order_by(_V.sequence)
+
+
+_EVENTS_AFTER = {
+    of_kinds: _build_events(latest=False, of_kinds=of_kinds)
+    for of_kinds in (False, True)
+}
+_LATEST_EVENT = {
+    of_kinds: _build_events(latest=True, of_kinds=of_kinds)
+    for of_kinds in (False, True)
+}
+
+
+def _build_owner_counts() -> Select[int, int, int]:
+    owner = bindparam("counts_owner", type_=String())
+    recent = _X.created_at >= bindparam("counts_since", type_=UTCDateTime())
+    return select(
+        func.count(case((_X.status == ExecutionStatus.QUEUED.value, 1))),
+        func.count(case((_X.status == ExecutionStatus.RUNNING.value, 1))),
+        func.count(case((recent, 1))),
+    ).where(_X.owner == owner, or_(_X.status.in_(_UNFINISHED), recent))
+
+
+_OWNER_COUNTS = _build_owner_counts()
+
+_ALLOCATE_EVENTS = (
+    update(_EXECUTIONS)
+    .where(
+        _X.id == bindparam("alloc_id", type_=String()),
+        _X.status.in_(_UNFINISHED),
+    )
+    .values(
+        status=bindparam("alloc_status", type_=String()),
+        cells_done=bindparam("alloc_cells_done", type_=Integer()),
+        last_sequence=_X.last_sequence + bindparam("alloc_count", type_=Integer()),
+    )
+    .returning(_X.last_sequence)
+)
+"""Allocate sequences for a batch of progress events (``append_events``)."""
+
+
+def _finish_values(prefix: str) -> dict[str, Any]:
+    """Return the SET clause of every finish, as bound parameters."""
+    return {
+        "status": bindparam(f"{prefix}_status", type_=String()),
+        "finished_at": bindparam(f"{prefix}_now", type_=UTCDateTime()),
+        "lease_expires_at": None,
+        "result_notebook": bindparam(f"{prefix}_result", type_=_X.result_notebook.type),
+        "error": bindparam(f"{prefix}_error", type_=_X.error.type),
+        "outputs_truncated": bindparam(
+            f"{prefix}_truncated", type_=_X.outputs_truncated.type
+        ),
+    }
+
+
+def _build_finish(*, with_attempt: bool) -> Update:
+    statement = update(_EXECUTIONS).where(
+        _X.id == bindparam("finish_id", type_=String()), _X.status.in_(_UNFINISHED)
+    )
+    if with_attempt:
+        statement = statement.where(
+            _X.attempts == bindparam("finish_attempt", type_=Integer())
+        )
+    return statement.values(
+        **_finish_values("finish"), last_sequence=_X.last_sequence + 1
+    ).returning(_X.last_sequence, _X.cells_done)
+
+
+_FINISH = {
+    with_attempt: _build_finish(with_attempt=with_attempt)
+    for with_attempt in (False, True)
+}
+"""``ExecutionStore.finish``'s statements, without and with an attempt check."""
+
+
+def _build_finish_followers() -> Update:
+    leader_id = bindparam("followers_leader", type_=String())
+    leader = _EXECUTIONS.alias("leader").c
+    return (
+        update(_EXECUTIONS)
+        .where(_X.shares_run_of == leader_id, _X.status.in_(_UNFINISHED))
+        .values(
+            **_finish_values("followers"),
+            cells_done=bindparam("followers_cells_done", type_=Integer()),
+            last_sequence=bindparam("followers_sequence", type_=Integer()),
+            attempts=select(leader.attempts)
+            .where(leader.id == leader_id)
+            .scalar_subquery(),
+            started_at=select(leader.started_at)
+            .where(leader.id == leader_id)
+            .scalar_subquery(),
+        )
+    )
+
+
+_FINISH_FOLLOWERS = _build_finish_followers()
+"""Give the followers of a run that just finished its end and result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +538,22 @@ def _event_to_domain(row: _AnyRow) -> ExecutionEvent:
     )
 
 
+def _event_parameters(event: ExecutionEvent) -> dict[str, Any]:
+    """Return ``_INSERT_EVENT``'s parameters for ``event`` (every column)."""
+    return {
+        "execution_id": event.execution_id,
+        "sequence": event.sequence,
+        "kind": event.kind.value,
+        "status": event.status.value,
+        "cell_index": event.cell_index,
+        "cells_done": event.cells_done,
+        "message": event.message,
+        "output_start": event.output_start,
+        "outputs": event.outputs,
+        "created_at": event.created_at,
+    }
+
+
 class ExecutionStore:
     """Executions and events, within one transaction.
 
@@ -465,7 +628,8 @@ class ExecutionStore:
         """
         now = _utc(now)
         await self._session.execute(
-            insert(_E).values(
+            _INSERT_EXECUTION,
+            {
                 **_queued_row(
                     execution_id,
                     kernel_name,
@@ -474,13 +638,13 @@ class ExecutionStore:
                     now,
                     owner=owner,
                 ),
-                cells_total=cells_total,
-                last_sequence=1,
-                queue=queue.value,
-                cache_key=cache_key,
-                cell_timeout_seconds=cell_timeout_seconds,
-                no_output_timeout_seconds=no_output_timeout_seconds,
-            )
+                "cells_total": cells_total,
+                "last_sequence": 1,
+                "queue": queue.value,
+                "cache_key": cache_key,
+                "cell_timeout_seconds": cell_timeout_seconds,
+                "no_output_timeout_seconds": no_output_timeout_seconds,
+            },
         )
         return await self._insert_event(
             execution_id,
@@ -517,11 +681,11 @@ class ExecutionStore:
         Execution or None
             None if there is no such execution.
         """
-        columns: tuple[Any, ...] = _SUMMARY_COLUMNS
-        if with_notebook:
-            columns = (*columns, _E.result_notebook)
+        parameters = {"get_id": execution_id}
+        if owner is not None:
+            parameters["get_owner"] = owner
         result = await self._session.execute(
-            select(*columns).where(_E.id == execution_id, *_owned(owner))
+            _GET[with_notebook, owner is not None], parameters
         )
         row = result.one_or_none()
         if row is None:
@@ -774,18 +938,14 @@ class ExecutionStore:
         if not events:
             return []
         last = events[-1]
-        statement = (
-            update(_E)
-            .where(_E.id == execution_id, _E.status.in_(_UNFINISHED))
-            .values(
-                status=last.status.value,
-                cells_done=last.cells_done,
-                last_sequence=_E.last_sequence + len(events),
-            )
-            .returning(_E.last_sequence)
-            .execution_options(synchronize_session=False)
-        )
-        row = (await self._session.execute(statement)).one_or_none()
+        parameters = {
+            "alloc_id": execution_id,
+            "alloc_status": last.status.value,
+            "alloc_cells_done": last.cells_done,
+            "alloc_count": len(events),
+        }
+        result = await self._session.execute(_ALLOCATE_EVENTS, parameters)
+        row = result.one_or_none()
         if row is None:
             if await self._missing(execution_id):
                 raise ExecutionNotFoundError(execution_id)
@@ -810,21 +970,7 @@ class ExecutionStore:
         # compiling it was a fifth of a small notebook's CPU in the worker.
         # SQLAlchemy still sends one multi-row INSERT ("insertmanyvalues").
         await self._session.execute(
-            insert(_EV),
-            [
-                {
-                    "execution_id": execution_id,
-                    "sequence": event.sequence,
-                    "kind": event.kind.value,
-                    "status": event.status.value,
-                    "cell_index": event.cell_index,
-                    "cells_done": event.cells_done,
-                    "output_start": event.output_start,
-                    "outputs": event.outputs,
-                    "created_at": event.created_at,
-                }
-                for event in stored
-            ],
+            _INSERT_EVENT, [_event_parameters(event) for event in stored]
         )
         await self._notify_event(execution_id, stored[-1].sequence)
         return stored
@@ -878,28 +1024,40 @@ class ExecutionStore:
         if not status.is_terminal:
             msg = f"finish needs a terminal status, not {status.value!r}"
             raise ValueError(msg)
-        conditions: builtins.list[ColumnElement[bool]] = [_E.status.in_(_UNFINISHED)]
-        if attempt is not None:
-            conditions.append(_E.attempts == attempt)
-        values = {
+        values: dict[str, Any] = {
             "status": status.value,
-            "finished_at": now,
-            "lease_expires_at": None,
-            "result_notebook": result_text,
+            "now": now,
+            "result": result_text,
             "error": error.to_json() if error is not None else None,
-            "outputs_truncated": outputs_truncated,
+            "truncated": outputs_truncated,
         }
-        event = await self._change(
+        parameters = {f"finish_{key}": value for key, value in values.items()}
+        parameters["finish_id"] = execution_id
+        if attempt is not None:
+            parameters["finish_attempt"] = attempt
+        result = await self._session.execute(_FINISH[attempt is not None], parameters)
+        row = result.one_or_none()
+        if row is None:
+            return None
+        event = await self._insert_event(
             execution_id,
-            conditions=conditions,
-            values=values,
+            sequence=row.last_sequence,
             kind=EventKind.FINISHED,
             status=status,
             cell_index=None,
+            cells_done=row.cells_done,
             now=now,
         )
-        if event is not None:
-            await self._finish_followers(execution_id, values, event)
+        followers = {f"followers_{key}": value for key, value in values.items()}
+        await self._session.execute(
+            _FINISH_FOLLOWERS,
+            {
+                **followers,
+                "followers_leader": execution_id,
+                "followers_cells_done": event.cells_done,
+                "followers_sequence": event.sequence,
+            },
+        )
         return event
 
     async def request_cancel(
@@ -1044,12 +1202,15 @@ class ExecutionStore:
         ``kinds``, if given, keeps only events of those kinds (their
         sequences keep their gaps).
         """
-        statement = select(*_EVENT_COLUMNS).where(
-            _EV.execution_id == execution_id, _EV.sequence > after_sequence
-        )
+        parameters: dict[str, Any] = {
+            "events_id": execution_id,
+            "events_after": after_sequence,
+        }
         if kinds is not None:
-            statement = statement.where(_EV.kind.in_([k.value for k in kinds]))
-        result = await self._session.execute(statement.order_by(_EV.sequence))
+            parameters["events_kinds"] = [kind.value for kind in kinds]
+        result = await self._session.execute(
+            _EVENTS_AFTER[kinds is not None], parameters
+        )
         return [_event_to_domain(row) for row in result]
 
     async def latest_event(
@@ -1059,11 +1220,11 @@ class ExecutionStore:
 
         None: there is no such execution, or it has no event of ``kinds``.
         """
-        statement = select(*_EVENT_COLUMNS).where(_EV.execution_id == execution_id)
+        parameters: dict[str, Any] = {"events_id": execution_id}
         if kinds is not None:
-            statement = statement.where(_EV.kind.in_([k.value for k in kinds]))
+            parameters["events_kinds"] = [kind.value for kind in kinds]
         result = await self._session.execute(
-            statement.order_by(_EV.sequence.desc()).limit(1)
+            _LATEST_EVENT[kinds is not None], parameters
         )
         row = result.one_or_none()
         return None if row is None else _event_to_domain(row)
@@ -1256,19 +1417,8 @@ class ExecutionStore:
         since
             Submissions created at or after this count as recent.
         """
-        since = _utc(since)
-        queued = _E.status == ExecutionStatus.QUEUED.value
-        running = _E.status == ExecutionStatus.RUNNING.value
-        recent = _E.created_at >= since
-        row = (
-            await self._session.execute(
-                select(
-                    func.count(case((queued, 1))),
-                    func.count(case((running, 1))),
-                    func.count(case((recent, 1))),
-                ).where(_E.owner == owner, or_(_E.status.in_(_UNFINISHED), recent))
-            )
-        ).one()
+        parameters = {"counts_owner": owner, "counts_since": _utc(since)}
+        row = (await self._session.execute(_OWNER_COUNTS, parameters)).one()
         return OwnerCounts(queued=row[0], running=row[1], recent=row[2])
 
     async def lock_cache_key(self, cache_key: str) -> None:
@@ -1567,18 +1717,7 @@ class ExecutionStore:
             cells_done=cells_done,
             message=message,
         )
-        await self._session.execute(
-            insert(_EV).values(
-                execution_id=execution_id,
-                sequence=sequence,
-                kind=kind.value,
-                status=status.value,
-                cell_index=cell_index,
-                cells_done=cells_done,
-                message=message,
-                created_at=event.created_at,
-            )
-        )
+        await self._session.execute(_INSERT_EVENT, _event_parameters(event))
         await self._notify_event(execution_id, sequence)
         return event
 
