@@ -425,10 +425,15 @@ async def test_warm_pool_in_the_lab(
                     assert conn.kernel_id not in seen
                     seen.add(conn.kernel_id)
                     nb = small_notebook(
-                        "'_noteburst_warm' in dir(), len(Out)", f"leak{round_} = 1"
+                        "'_noteburst_warm' in dir(), len(Out)",
+                        f"leak{round_} = 1",
+                        # The lab's server setting: no history file on disk.
+                        "get_ipython().history_manager.hist_file",
                     )
                     assert await execute_notebook(conn, nb) is None
                     assert nb.cells[0].outputs[0].data["text/plain"] == "(True, 0)"
+                    memory = nb.cells[2].outputs[0].data["text/plain"]
+                    assert memory == "':memory:'", memory
                 await pool.wait_full("python3")  # refilled
             assert pool.handed_out("python3") == 3
         assert backend.spawns == 1

@@ -75,6 +75,8 @@ c.Spawner.args = [
     "--ServerApp.kernel_websocket_connection_class="
     "noteburst.jupyter.server_settings.NoDelayConnection",
     "--ZMQChannelsWebsocketConnection.limit_rate=False",
+    "--MappingKernelManager.kernel_manager_class="
+    "noteburst.jupyter.server_settings.InMemoryHistoryKernelManager",
     f"--ServerApp.jpserver_extensions={_extensions!r}",  # a Python literal (G15)
 ]
 c.Spawner.environment = {
