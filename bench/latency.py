@@ -152,16 +152,7 @@ NOTEBURST = (
     "postgres-split-status",
     "hub-warm-status",
 )
-WARM = (
-    "embedded-warm",
-    "postgres-warm",
-    "postgres-split",
-    "hub-warm",
-    "embedded-warm-status",
-    "postgres-warm-status",
-    "postgres-split-status",
-    "hub-warm-status",
-)
+WARM = tuple(name for name in NOTEBURST if name != "embedded-cold")
 STATUS_KINDS = ("QUEUED", "RUNNING", "LAB_STARTING")
 """What a ``*-status`` variant subscribes to (the terminal event always comes)."""
 POOL_SIZE = 1

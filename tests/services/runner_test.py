@@ -724,6 +724,26 @@ async def test_a_quick_notebook_has_its_cell_events_written_with_its_result(
     ]
 
 
+def _held_until(release: Path) -> str:
+    """Source of a cell that runs until ``release`` exists (at most 60 s)."""
+    return (
+        "import os, time\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(release)!r}):\n"
+        "    assert time.monotonic() < deadline, 'never released'\n"
+        "    time.sleep(0.01)"
+    )
+
+
+async def _cell_started(harness: Harness, execution_id: str, index: int) -> None:
+    """Watch ``execution_id`` until cell ``index`` has started."""
+    async with asyncio.timeout(60):
+        async for watched in harness.service.watch(execution_id):
+            event = watched.event
+            if event.kind is EventKind.CELL_STARTED and event.cell_index == index:
+                return
+
+
 @pytest.mark.asyncio
 async def test_a_running_cell_is_seen_live_despite_gathering(
     harness: Harness, tmp_path: Path
@@ -733,22 +753,14 @@ async def test_a_running_cell_is_seen_live_despite_gathering(
     execution = await harness.service.submit(
         notebook(
             "x = 1",
-            "import os, time\n"
-            "deadline = time.monotonic() + 60\n"
-            f"while not os.path.exists({str(release)!r}):\n"
-            "    assert time.monotonic() < deadline, 'never released'\n"
-            "    time.sleep(0.01)",
+            _held_until(release),
         )
     )
     harness.broker.flush_all()
     runner = _runner_gathering_progress(harness, seconds=0.05)
     run = asyncio.create_task(runner.run(execution.id))
     try:
-        async with asyncio.timeout(60):
-            async for watched in harness.service.watch(execution.id):
-                event = watched.event
-                if event.kind is EventKind.CELL_STARTED and event.cell_index == 1:
-                    break
+        await _cell_started(harness, execution.id, 1)
         # The second cell is still waiting for us: its start came out live.
         assert not run.done()
         release.touch()
@@ -769,22 +781,14 @@ async def test_a_watcher_of_some_kinds_starts_from_the_latest_of_them(
     execution = await harness.service.submit(
         notebook(
             "print('first')",
-            "import os, time\n"
-            "deadline = time.monotonic() + 60\n"
-            f"while not os.path.exists({str(release)!r}):\n"
-            "    assert time.monotonic() < deadline, 'never released'\n"
-            "    time.sleep(0.01)",
+            _held_until(release),
         )
     )
     harness.broker.flush_all()
     run = asyncio.create_task(harness.runner.run(execution.id))
     status_kinds = (EventKind.QUEUED, EventKind.RUNNING, EventKind.LAB_STARTING)
     try:
-        async with asyncio.timeout(60):
-            async for watched in harness.service.watch(execution.id):
-                event = watched.event
-                if event.kind is EventKind.CELL_STARTED and event.cell_index == 1:
-                    break
+        await _cell_started(harness, execution.id, 1)
         latest = (await _events(harness, execution.id))[-1]
         assert latest.kind is EventKind.CELL_STARTED
         joined: list[ExecutionEvent] = []
