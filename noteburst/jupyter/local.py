@@ -10,14 +10,16 @@ process with the settings measured to matter (``jupyter-on-loopback.md``):
   command line where ``ps`` shows it;
 * ``--allow-root`` when running as root (G2), no browser, no terminals,
   extensions slimmed (a Python-literal dict, G15);
-* IOPub rate limits off (G3) and :class:`~.server_settings.NoDelayConnection`
-  for the kernel websockets (G1);
+* IOPub rate limits off (G3), :class:`~.server_settings.NoDelayConnection`
+  for the kernel websockets (G1) and
+  :class:`~.server_settings.LowLatencyKernelManager` for the kernels (their
+  IPython history in memory, as nbclient keeps it, and no sleep before each
+  reply): the arguments a hub operator gives the spawner;
 * hermetic ``JUPYTER_CONFIG_DIR``, ``JUPYTER_DATA_DIR``,
   ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` under ``root_dir``.  Only the
   *user* directories move: kernelspecs installed in the environment
   (``sys.prefix/share/jupyter/kernels``, where ipykernel puts ``python3``)
-  are still found.  The kernels' IPython history is kept in memory, as
-  nbclient does.
+  are still found.
 
 The process runs in its own process group with its output in a log file
 (no pipe to drain).  :meth:`LocalJupyterServer.stop` sends SIGTERM, which
@@ -64,6 +66,7 @@ _DISABLED_EXTENSIONS: Final = (
 )
 _SETTINGS_MODULE: Final = "noteburst.jupyter.server_settings"
 _CONNECTION_CLASS: Final = f"{_SETTINGS_MODULE}.NoDelayConnection"
+_KERNEL_MANAGER_CLASS: Final = f"{_SETTINGS_MODULE}.LowLatencyKernelManager"
 _PARENT_PID_ENV: Final = "NOTEBURST_JUPYTER_PARENT_PID"
 """Same as ``server_settings.PARENT_PID_ENV`` (that module imports jupyter_server)."""
 _PORT_ATTEMPTS: Final = 3
@@ -200,11 +203,8 @@ class LocalJupyterServer:
     # -- internals -----------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
-        for name in ("config", "data", "runtime", "ipython/profile_default"):
+        for name in ("config", "data", "runtime", "ipython"):
             (self.state_dir / name).mkdir(parents=True, exist_ok=True)
-        # Same as nbclient's kernels: no history database written per kernel.
-        config = self.state_dir / "ipython/profile_default/ipython_kernel_config.py"
-        config.write_text("c.HistoryManager.hist_file = ':memory:'\n")
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -241,6 +241,7 @@ class LocalJupyterServer:
             f"--ServerApp.jpserver_extensions={extensions}",
             "--ZMQChannelsWebsocketConnection.limit_rate=False",
             f"--ServerApp.kernel_websocket_connection_class={_CONNECTION_CLASS}",
+            f"--MappingKernelManager.kernel_manager_class={_KERNEL_MANAGER_CLASS}",
         ]
         if os.geteuid() == 0:
             command.append("--allow-root")

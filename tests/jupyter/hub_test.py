@@ -427,13 +427,15 @@ async def test_warm_pool_in_the_lab(
                     nb = small_notebook(
                         "'_noteburst_warm' in dir(), len(Out)",
                         f"leak{round_} = 1",
-                        # The lab's server setting: no history file on disk.
-                        "get_ipython().history_manager.hist_file",
+                        # The lab's server setting: no history file on
+                        # disk, no sleep before each reply.
+                        "ip = get_ipython()\n"
+                        "ip.history_manager.hist_file, ip.kernel._execute_sleep",
                     )
                     assert await execute_notebook(conn, nb) is None
                     assert nb.cells[0].outputs[0].data["text/plain"] == "(True, 0)"
-                    memory = nb.cells[2].outputs[0].data["text/plain"]
-                    assert memory == "':memory:'", memory
+                    tuned = nb.cells[2].outputs[0].data["text/plain"]
+                    assert tuned == "(':memory:', 0.0)", tuned
                 await pool.wait_full("python3")  # refilled
             assert pool.handed_out("python3") == 3
         assert backend.spawns == 1

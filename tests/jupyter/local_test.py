@@ -72,11 +72,18 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
                 cells=[
                     nbformat.v4.new_code_cell(
                         "import os\nprint(os.getpid(), os.getcwd())"
-                    )
+                    ),
+                    # LowLatencyKernelManager's arguments reached the kernel.
+                    nbformat.v4.new_code_cell(
+                        "ip = get_ipython()\n"
+                        "ip.history_manager.hist_file, ip.kernel._execute_sleep"
+                    ),
                 ]
             )
             async with asyncio.timeout(WAIT):
                 assert await execute_notebook(conn, nb) is None
+        tuned = nb.cells[1].outputs[0].data["text/plain"]
+        assert tuned == "(':memory:', 0.0)", tuned
         kernel_pid_text, kernel_cwd = nb.cells[0].outputs[0].text.split()
         kernel_pid = int(kernel_pid_text)
         assert Path(kernel_cwd) == tmp_path

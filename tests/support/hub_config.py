@@ -76,7 +76,7 @@ c.Spawner.args = [
     "noteburst.jupyter.server_settings.NoDelayConnection",
     "--ZMQChannelsWebsocketConnection.limit_rate=False",
     "--MappingKernelManager.kernel_manager_class="
-    "noteburst.jupyter.server_settings.InMemoryHistoryKernelManager",
+    "noteburst.jupyter.server_settings.LowLatencyKernelManager",
     f"--ServerApp.jpserver_extensions={_extensions!r}",  # a Python literal (G15)
 ]
 c.Spawner.environment = {
