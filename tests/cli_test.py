@@ -35,6 +35,25 @@ def _clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+def test_commands_start_without_the_iri_grammar(tmp_path: Path) -> None:
+    # rfc3987_syntax builds a Lark grammar at import (~1 s); jsonschema
+    # imports it under nbformat unless the CLI keeps it out.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "noteburst.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_clean_env(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "nbformat" in imported
+    assert "jsonschema" in imported
+    assert "rfc3987_syntax.syntax_helpers" not in imported
+
+
 def test_run_executes_the_quickstart_notebook(tmp_path: Path) -> None:
     out = tmp_path / "hello.out.ipynb"
     result = subprocess.run(
