@@ -7,11 +7,14 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy import text
 
 from noteburst.exceptions import ConfigurationError
 from noteburst.storage import Database
 from noteburst.storage.database import make_engine
+from noteburst.storage.events import asyncpg_dsn
 from noteburst.storage.sqlite_driver import InlineConnection
 
 TIMEOUT = 30.0
@@ -90,6 +93,32 @@ async def test_sqlite_setup(tmp_path: Path) -> None:
             raw = await connection.get_raw_connection()
             assert isinstance(raw.driver_connection, InlineConnection)
     finally:
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_postgres_connection_that_died_in_the_pool_is_replaced(
+    postgres_url: str, postgres_admin_url: str
+) -> None:
+    # As after a Postgres restart: the pooled connection's backend is gone.
+    engine = make_engine(postgres_url)
+    admin = await asyncpg.connect(asyncpg_dsn(postgres_admin_url), timeout=TIMEOUT)
+    backend_pid = text("SELECT pg_backend_pid()")
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async with engine.connect() as connection:
+                pid = (await connection.execute(backend_pid)).scalar_one()
+            assert engine.pool.checkedin() == 1
+            assert await admin.fetchval(
+                "SELECT pg_terminate_backend($1, $2)", pid, int(TIMEOUT * 1000)
+            )
+            # The checkout's ping finds it dead; the pool connects afresh
+            # instead of failing this transaction.
+            async with engine.begin() as connection:
+                new_pid = (await connection.execute(backend_pid)).scalar_one()
+            assert new_pid != pid
+    finally:
+        await admin.close(timeout=TIMEOUT)
         await engine.dispose()
 
 
