@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
 from noteburst.exceptions import ConfigurationError
 from noteburst.storage import Database
@@ -108,7 +109,9 @@ async def test_postgres_connection_that_died_in_the_pool_is_replaced(
         async with asyncio.timeout(TIMEOUT):
             async with engine.connect() as connection:
                 pid = (await connection.execute(backend_pid)).scalar_one()
-            assert engine.pool.checkedin() == 1
+            pool = engine.pool
+            assert isinstance(pool, QueuePool)
+            assert pool.checkedin() == 1
             assert await admin.fetchval(
                 "SELECT pg_terminate_backend($1, $2)", pid, int(TIMEOUT * 1000)
             )
