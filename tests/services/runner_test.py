@@ -465,17 +465,20 @@ async def test_a_running_execution_is_interrupted_and_cancelled(
         seen: list[ExecutionEvent] = []
         async for watched in harness.service.watch(execution.id, after_sequence=0):
             seen.append(watched.event)
-            if watched.event.kind is EventKind.CELL_STARTED and (
+            # Cancel once "waiting" is folded, not at the cell's start: on a
+            # loaded machine the kernel could still be in that print when
+            # the interrupt came, and output not yet read is not kept.
+            if watched.event.kind is EventKind.CELL_OUTPUTS and (
                 watched.event.cell_index == 1
             ):
-                cell_started.set()
+                waiting.set()
         return seen
 
-    cell_started = asyncio.Event()
+    waiting = asyncio.Event()
     watcher = asyncio.create_task(watch())
     running = asyncio.create_task(harness.runner.run(execution.id))
     async with asyncio.timeout(120):
-        await cell_started.wait()
+        await waiting.wait()
     requested = await harness.service.cancel(execution.id)
     assert requested.status is ExecutionStatus.RUNNING
     assert requested.cancel_requested_at is not None
