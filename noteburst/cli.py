@@ -50,6 +50,7 @@ from rich.progress import (
 from .app import (
     check_config,
     create_app,
+    freeze_startup_objects,
     request_body_limit,
     serve_in_background,
 )
@@ -99,7 +100,7 @@ def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
     """Serve the GraphQL API (and, by default, everything else in-process)."""
     config = _load_config(host=host, port=port)
     configure_logging(level=config.log_level, fmt=config.log_format)
-    app = create_app(config, run_worker=with_worker)
+    app = create_app(config, run_worker=with_worker, freeze_after_startup=True)
     # uvicorn binds host:port through asyncio's create_server, whose socket
     # (from getaddrinfo) is IPPROTO_TCP, so connections get TCP_NODELAY;
     # see app.listening_socket for the socket made by hand elsewhere.
@@ -131,6 +132,7 @@ def worker() -> None:
         running = start_worker(config, broker, bus=LocalEventBus(), embedded=False)
     except WorkerStartupError as exc:
         raise click.ClickException(f"the worker could not start: {exc}") from exc
+    freeze_startup_objects()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -9,6 +9,7 @@ jupyter_server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from noteburst.app import create_app
 from noteburst.storage.database import Database
 from tests.support.app import LIST, make_config, running
 from tests.support.notebooks import notebook
@@ -472,3 +474,22 @@ async def test_served_connections_do_not_wait_for_delayed_acks(
             writer.close()
             await writer.wait_closed()
     assert nodelay == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("freeze", [False, True])
+async def test_startup_objects_are_frozen_only_when_asked(
+    tmp_path: Path, jupyter_server: Any, freeze: bool
+) -> None:
+    """`noteburst serve` asks: its full collections then skip start-up's objects."""
+    app = create_app(
+        make_config(tmp_path, jupyter_server),
+        run_worker=False,
+        freeze_after_startup=freeze,
+    )
+    gc.unfreeze()
+    try:
+        async with asyncio.timeout(60), app.router.lifespan_context(app):
+            assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()
