@@ -25,10 +25,12 @@ result, through these systems in one run of this script:
     The deployed shape: the same database and Redis, ``noteburst serve``
     with no worker, and a separate ``noteburst worker`` process (so the
     worker does not share an interpreter lock with the API).
-``hub-warm``
-    The same as ``postgres-warm`` (its own throwaway database and Redis
-    namespace), but on the JupyterHub lab backend: a real JupyterHub with
-    configurable-http-proxy, started here with the tests' fixture
+``hub-split``
+    The same as ``postgres-split`` (its own throwaway database and Redis
+    namespace, ``noteburst serve`` and a ``noteburst worker`` process: the
+    production backend is deployed so), but on the JupyterHub lab backend:
+    a real JupyterHub with configurable-http-proxy, started here with the
+    tests' fixture
     (:class:`tests.support.hub.TestHub`), and one bot identity whose lab the
     worker spawns; kernels are reached through the proxy.  It uses the
     configuration's ``warm_kernels`` like the others, so it has a warm pool
@@ -132,11 +134,11 @@ LABELS = {
     "embedded-warm": "noteburst embedded, pool of 1",
     "postgres-warm": "noteburst postgres + redis, pool of 1",
     "postgres-split": "noteburst postgres + redis, worker process apart",
-    "hub-warm": "noteburst postgres + redis + JupyterHub lab",
+    "hub-split": "noteburst postgres + redis + JupyterHub lab, worker apart",
     "embedded-warm-status": "  the same, watching status events only",
     "postgres-warm-status": "  postgres-warm, watching status events only",
     "postgres-split-status": "  postgres-split, watching status events only",
-    "hub-warm-status": "  hub-warm, watching status events only",
+    "hub-split-status": "  hub-split, watching status events only",
     "floor": "floor: 5 cells on one warm kernel, no Noteburst",
     "papermill": "papermill CLI (cold process + kernel)",
     "nbclient": "nbclient in-process (fresh kernel)",
@@ -146,11 +148,11 @@ NOTEBURST = (
     "embedded-warm",
     "postgres-warm",
     "postgres-split",
-    "hub-warm",
+    "hub-split",
     "embedded-warm-status",
     "postgres-warm-status",
     "postgres-split-status",
-    "hub-warm-status",
+    "hub-split-status",
 )
 WARM = tuple(name for name in NOTEBURST if name != "embedded-cold")
 STATUS_KINDS = ("QUEUED", "RUNNING", "LAB_STARTING")
@@ -1245,7 +1247,7 @@ async def measure_all(
 
 
 async def hub_phase(run: Run, floor: Measure) -> None:
-    """Start a JupyterHub (stopped by the run's stack) and measure ``hub-warm``."""
+    """Start a JupyterHub (stopped by the run's stack) and measure ``hub-split``."""
     print("starting JupyterHub…", flush=True)
     hub = TestHub(run.tmp / "hub")
     # Registered first: stop() is a no-op before start() and after a
@@ -1266,17 +1268,23 @@ async def hub_phase(run: Run, floor: Measure) -> None:
         **run.common,
     )
     try:
-        async with noteburst_service(
-            config, run_worker=True, log_path=run.tmp / "hub-warm.log"
-        ) as url:
+        # The deployed shape of the production backend: API and worker in
+        # their own processes (as postgres-split; postgres-warm shows what
+        # sharing one interpreter lock costs).
+        async with (
+            noteburst_service(
+                config, run_worker=False, log_path=run.tmp / "hub-api.log"
+            ) as url,
+            worker_process(config, run.tmp / "hub-worker.log"),
+        ):
             systems = warm_variants(
                 url,
                 run.notebook,
                 hub_settler(run.http, info, user),
-                "hub-warm",
+                "hub-split",
                 run.args.runs,
             )
-            await run.phase("hub-warm", systems | {"floor": (floor, run.args.runs)})
+            await run.phase("hub-split", systems | {"floor": (floor, run.args.runs)})
     except Exception:
         print(f"JupyterHub log (end):\n{hub.log_tail()}", file=sys.stderr)
         raise
@@ -1366,7 +1374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-postgres", action="store_true", help="leave out postgres-warm"
     )
     parser.add_argument(
-        "--skip-hub", action="store_true", help="leave out hub-warm (no JupyterHub)"
+        "--skip-hub", action="store_true", help="leave out hub-split (no JupyterHub)"
     )
     args = parser.parse_args(argv)
     for option in ("runs", "cold_runs", "baseline_runs"):
