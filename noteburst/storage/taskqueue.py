@@ -19,6 +19,12 @@ enqueue, and its consumers wait on that channel instead of sleeping: an
 idle worker fetches within a millisecond or two of the enqueue.  The
 wake-up is only a hint: a lost or late one costs at most the old poll
 interval, as the consumer still fetches at least that often.
+
+Each queue has its own channel.  A worker runs a consumer thread per queue
+and per delay queue (four here); with one channel for all, every enqueue
+woke all four, and the three with nothing to fetch ran their Redis fetch
+script and competed for the interpreter lock with the one that had work,
+on the way to every execution's start.
 """
 
 from __future__ import annotations
@@ -52,14 +58,14 @@ _logger = structlog.get_logger("noteburst.taskqueue")
 class WakingRedisBroker(RedisBroker):
     """A Redis broker whose idle consumers wake when a message is enqueued.
 
-    See the module docstring.  The channel is per namespace, so deployments
-    sharing a Redis do not wake each other.
+    See the module docstring.  The channels are per namespace and queue, so
+    deployments sharing a Redis do not wake each other, and a consumer is
+    woken only for its own queue.
     """
 
-    @property
-    def wake_channel(self) -> str:
-        """The Redis pub/sub channel of the wake-ups."""
-        return f"{self.namespace}:wake"
+    def wake_channel(self, queue_name: str) -> str:
+        """Return the Redis pub/sub channel of the wake-ups for ``queue_name``."""
+        return f"{self.namespace}:wake:{queue_name}"
 
     def enqueue(
         self, message: dramatiq.Message[Any], *, delay: int | None = None
@@ -68,7 +74,9 @@ class WakingRedisBroker(RedisBroker):
         enqueued = super().enqueue(message, delay=delay)
         if delay is None:
             try:
-                self.client.publish(self.wake_channel, enqueued.queue_name)
+                self.client.publish(
+                    self.wake_channel(enqueued.queue_name), enqueued.queue_name
+                )
             except redis.RedisError as exc:
                 # The message is stored; consumers find it by polling.
                 _logger.warning("Could not publish a queue wake-up", error=repr(exc))
@@ -81,7 +89,9 @@ class WakingRedisBroker(RedisBroker):
         # timeout=0: the inner consumer never sleeps after an empty fetch
         # (Dramatiq's backoff is capped at it); the wrapper waits instead.
         inner = super().consume(queue_name, prefetch=prefetch, timeout=0)
-        return _WakingConsumer(inner, self.client, self.wake_channel, timeout / 1000)
+        return _WakingConsumer(
+            inner, self.client, self.wake_channel(queue_name), timeout / 1000
+        )
 
 
 class _WakingConsumer(Consumer):

@@ -11,7 +11,12 @@ import dramatiq
 import pytest
 from dramatiq.broker import MessageProxy
 
-from noteburst.constants import EXECUTE_ACTOR_NAME, EXECUTION_QUEUE
+from noteburst.constants import (
+    EXECUTE_ACTOR_NAME,
+    EXECUTION_QUEUE,
+    WEBHOOK_ACTOR_NAME,
+    WEBHOOK_QUEUE,
+)
 from noteburst.storage import taskqueue
 from noteburst.storage.taskqueue import WakingRedisBroker, build_broker
 
@@ -19,10 +24,14 @@ WAIT = 10.0
 IDLE_MS = 120_000  # far longer than the test may take: only a wake-up helps
 
 
-def message(execution_id: str) -> dramatiq.Message[Any]:
+def message(
+    execution_id: str, *, queue_name: str = EXECUTION_QUEUE
+) -> dramatiq.Message[Any]:
     return dramatiq.Message(
-        queue_name=EXECUTION_QUEUE,
-        actor_name=EXECUTE_ACTOR_NAME,
+        queue_name=queue_name,
+        actor_name=EXECUTE_ACTOR_NAME
+        if queue_name == EXECUTION_QUEUE
+        else WEBHOOK_ACTOR_NAME,
         args=(execution_id,),
         kwargs={},
         options={},
@@ -80,15 +89,36 @@ def test_a_delayed_message_publishes_no_wake_up(redis_url: str) -> None:
     broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
     assert isinstance(broker, WakingRedisBroker)
     listener = broker.client.pubsub(ignore_subscribe_messages=True)
-    listener.subscribe(broker.wake_channel)
+    listener.subscribe(broker.wake_channel(EXECUTION_QUEUE))
+    listener.subscribe(broker.wake_channel(WEBHOOK_QUEUE))
     try:
-        assert listener.get_message(timeout=WAIT) is None  # the confirmation
+        assert listener.get_message(timeout=WAIT) is None  # a confirmation
+        assert listener.get_message(timeout=WAIT) is None  # the other one
         broker.enqueue(message("later"), delay=60_000)
-        broker.enqueue(message("now"))
+        # Publishes reach a subscriber in order: had the delayed message
+        # published a wake-up, it would come before this one.
+        broker.enqueue(message("deliver", queue_name=WEBHOOK_QUEUE))
         wake = listener.get_message(timeout=WAIT)
         assert wake is not None
-        assert wake["data"] == EXECUTION_QUEUE.encode()
-        assert listener.get_message(timeout=0.2) is None
+        assert wake["channel"] == broker.wake_channel(WEBHOOK_QUEUE).encode()
+    finally:
+        listener.close()
+        broker.close()
+
+
+def test_a_consumer_is_woken_only_for_its_own_queue(redis_url: str) -> None:
+    """The webhook queue's consumer is not woken by an execution's message."""
+    broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
+    assert isinstance(broker, WakingRedisBroker)
+    listener = broker.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(broker.wake_channel(WEBHOOK_QUEUE))
+    try:
+        assert listener.get_message(timeout=WAIT) is None  # the confirmation
+        broker.enqueue(message("run"))
+        broker.enqueue(message("deliver", queue_name=WEBHOOK_QUEUE))
+        wake = listener.get_message(timeout=WAIT)
+        assert wake is not None
+        assert wake["data"] == WEBHOOK_QUEUE.encode()  # not the execution's
     finally:
         listener.close()
         broker.close()
