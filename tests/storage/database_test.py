@@ -125,6 +125,26 @@ async def test_postgres_connection_that_died_in_the_pool_is_replaced(
         await engine.dispose()
 
 
+@pytest.mark.asyncio
+async def test_postgres_checkout_ping_is_the_transactions_begin(
+    postgres_url: str,
+) -> None:
+    # The ping costs no round trip of its own: the checkout has begun the
+    # transaction before any statement (a SELECT 1 ping left it idle).
+    engine = make_engine(postgres_url)
+    try:
+        async with asyncio.timeout(TIMEOUT), engine.begin() as connection:
+            raw = await connection.get_raw_connection()
+            assert raw.driver_connection is not None
+            assert raw.driver_connection.is_in_transaction()
+            # ...and the first statement runs in it (starting another one
+            # would fail SQLAlchemy's own assertion).
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+            assert raw.driver_connection.is_in_transaction()
+    finally:
+        await engine.dispose()
+
+
 def test_unsupported_url_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         Database.from_url("mysql+aiomysql://u@h/db")
