@@ -274,7 +274,6 @@ class ExecutionRunner:
                 notebook, ensure_ascii=False, separators=(",", ":")
             )
             async with self._db.transaction() as store:
-                await _append_unwritten(store, execution_id, unwritten)
                 final = await store.finish(
                     execution_id,
                     status=outcome.status,
@@ -282,9 +281,10 @@ class ExecutionRunner:
                     error=outcome.error,
                     now=datetime.now(UTC),
                     # If the lease lapsed and another worker took over, its
-                    # result wins; this one is dropped.
+                    # result wins; this one is dropped, with its progress.
                     attempt=execution.attempts,
                     outputs_truncated=report.outputs_truncated,
+                    progress=unwritten,
                 )
             if final is not None:
                 self._bus.announce(execution_id, final.sequence)

@@ -11,9 +11,10 @@ change is allowed (a claim only of a queued or abandoned execution, a finish
 only of an unfinished one) and allocates the next event sequence from
 ``executions.last_sequence``; the row lock it takes serialises concurrent
 writers of one execution, so sequences have no gaps and two workers can
-never both claim the same execution.  On Postgres the same transaction sends
-``pg_notify`` on :data:`~noteburst.constants.EVENTS_CHANNEL`, delivered only
-when (and if) it commits.
+never both claim the same execution.  On Postgres every insert of events
+sends ``pg_notify`` on :data:`~noteburst.constants.EVENTS_CHANNEL` from a
+trigger (migration ``5d8f3a1c2b7e``: no round trip of its own), delivered
+only when (and if) the transaction commits.
 """
 
 from __future__ import annotations
@@ -311,8 +312,15 @@ def _build_finish(*, with_attempt: bool) -> Update:
             _X.attempts == bindparam("finish_attempt", type_=Integer())
         )
     return statement.values(
-        **_finish_values("finish"), last_sequence=_X.last_sequence + 1
-    ).returning(_X.last_sequence, _X.cells_done)
+        **_finish_values("finish"),
+        # The progress events written with the end, if any, come first.
+        last_sequence=_X.last_sequence
+        + 1
+        + bindparam("finish_progress_count", type_=Integer()),
+        cells_done=func.coalesce(
+            bindparam("finish_cells_done", type_=Integer()), _X.cells_done
+        ),
+    ).returning(_X.last_sequence, _X.cells_done, _X.cache_key)
 
 
 _FINISH = {
@@ -535,6 +543,21 @@ def _event_to_domain(row: _AnyRow) -> ExecutionEvent:
         message=row.message,
         output_start=row.output_start,
         outputs=row.outputs,
+    )
+
+
+def _stored_event(execution_id: str, sequence: int, new: NewEvent) -> ExecutionEvent:
+    """Return ``new`` as the event stored at ``sequence``."""
+    return ExecutionEvent(
+        execution_id=execution_id,
+        sequence=sequence,
+        kind=new.kind,
+        status=new.status,
+        created_at=_utc(new.created_at),
+        cell_index=new.cell_index,
+        cells_done=new.cells_done,
+        output_start=new.output_start,
+        outputs=new.outputs,
     )
 
 
@@ -952,27 +975,16 @@ class ExecutionStore:
             raise ExecutionFinishedError(execution_id)
         first_sequence = row.last_sequence - len(events) + 1
         stored = [
-            ExecutionEvent(
-                execution_id=execution_id,
-                sequence=first_sequence + offset,
-                kind=new.kind,
-                status=new.status,
-                created_at=_utc(new.created_at),
-                cell_index=new.cell_index,
-                cells_done=new.cells_done,
-                output_start=new.output_start,
-                outputs=new.outputs,
-            )
+            _stored_event(execution_id, first_sequence + offset, new)
             for offset, new in enumerate(events)
         ]
         # A list of parameter sets (executemany), not ``.values([...])``: a
         # multi-row VALUES clause is compiled anew for every batch size, and
         # compiling it was a fifth of a small notebook's CPU in the worker.
-        # SQLAlchemy still sends one multi-row INSERT ("insertmanyvalues").
+        # On Postgres asyncpg pipelines the rows' inserts in one round trip.
         await self._session.execute(
             _INSERT_EVENT, [_event_parameters(event) for event in stored]
         )
-        await self._notify_event(execution_id, stored[-1].sequence)
         return stored
 
     async def finish(
@@ -985,11 +997,16 @@ class ExecutionStore:
         now: datetime,
         attempt: int | None = None,
         outputs_truncated: bool = False,
+        progress: Sequence[NewEvent] = (),
     ) -> ExecutionEvent | None:
         """Finish an execution, once.
 
         Stores the executed notebook and error, sets ``finished_at``, clears
-        the lease and appends the ``FINISHED`` event carrying ``status``.
+        the lease and appends the ``FINISHED`` event carrying ``status``,
+        after ``progress``: the end of a run writes the cell events not
+        written yet with the same two statements (sequences allocated by
+        the one ``UPDATE``, events inserted by the one ``INSERT``), rather
+        than with an :meth:`append_events` of their own before it.
 
         Parameters
         ----------
@@ -1008,12 +1025,17 @@ class ExecutionStore:
             :meth:`renew_lease`).
         outputs_truncated
             Whether the executed notebook's outputs were cut under limits.
+        progress
+            Events to append before ``FINISHED`` (as :meth:`append_events`
+            would), written only if the finish is; their ``cells_done``
+            carries over to the execution and the ``FINISHED`` event.
 
         Returns
         -------
         ExecutionEvent or None
             The ``FINISHED`` event, or None if it had already finished (or
-            another attempt owns it, or it does not exist).
+            another attempt owns it, or it does not exist); ``progress`` is
+            then not written either.
 
         Raises
         ------
@@ -1033,21 +1055,38 @@ class ExecutionStore:
         }
         parameters = {f"finish_{key}": value for key, value in values.items()}
         parameters["finish_id"] = execution_id
+        parameters["finish_progress_count"] = len(progress)
+        parameters["finish_cells_done"] = progress[-1].cells_done if progress else None
         if attempt is not None:
             parameters["finish_attempt"] = attempt
         result = await self._session.execute(_FINISH[attempt is not None], parameters)
         row = result.one_or_none()
         if row is None:
             return None
-        event = await self._insert_event(
-            execution_id,
+        first_sequence = row.last_sequence - len(progress)
+        event = ExecutionEvent(
+            execution_id=execution_id,
             sequence=row.last_sequence,
             kind=EventKind.FINISHED,
             status=status,
+            created_at=now,
             cell_index=None,
             cells_done=row.cells_done,
-            now=now,
         )
+        events = [
+            *(
+                _stored_event(execution_id, first_sequence + offset, new)
+                for offset, new in enumerate(progress)
+            ),
+            event,
+        ]
+        await self._session.execute(
+            _INSERT_EVENT, [_event_parameters(stored) for stored in events]
+        )
+        if row.cache_key is None:
+            # Only a run with a cache key can have followers (they find it
+            # by its key): no statement for them.
+            return event
         followers = {f"followers_{key}": value for key, value in values.items()}
         await self._session.execute(
             _FINISH_FOLLOWERS,
@@ -1718,11 +1757,15 @@ class ExecutionStore:
             message=message,
         )
         await self._session.execute(_INSERT_EVENT, _event_parameters(event))
-        await self._notify_event(execution_id, sequence)
         return event
 
     async def _notify_event(self, execution_id: str, sequence: int) -> None:
-        """On Postgres, send the notification (delivered on commit)."""
+        """On Postgres, send a notification without an event (on commit).
+
+        Inserted events notify by themselves (a trigger, see the module
+        docstring); this is for changes subscribers must re-read that add
+        no event (a cancellation request).
+        """
         if self._notify:
             payload = json.dumps(
                 {"id": execution_id, "seq": sequence}, separators=(",", ":")

@@ -12,14 +12,17 @@ import json
 import threading
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
 
+from noteburst.constants import EVENTS_CHANNEL
 from noteburst.domain.execution import EventKind, ExecutionStatus
 from noteburst.storage import (
     Database,
     LocalEventBus,
+    NewEvent,
     PostgresEventBus,
     Signal,
     create_event_bus,
@@ -181,6 +184,48 @@ async def test_postgres_bus_delivers_committed_events(postgres_url: str) -> None
         await bus.aclose()
         await database.aclose()
     assert not bus.is_listening
+
+
+@pytest.mark.asyncio
+async def test_postgres_inserted_events_notify_by_trigger(postgres_url: str) -> None:
+    # The store sends no pg_notify of its own for events: the migration's
+    # trigger does, on the channel the bus listens to, one notification per
+    # insert statement with its highest sequence.
+    database = Database.from_url(postgres_url)
+    listener = await asyncpg.connect(asyncpg_dsn(postgres_url), timeout=TIMEOUT)
+    received: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await database.upgrade()
+        await listener.add_listener(
+            EVENTS_CHANNEL, lambda *args: received.put_nowait(str(args[-1]))
+        )
+        execution_id = await add_execution(database)
+        now = datetime.now(UTC)
+        batch = [
+            NewEvent(
+                kind=kind,
+                status=ExecutionStatus.RUNNING,
+                cells_done=0,
+                created_at=now,
+                cell_index=0,
+            )
+            for kind in (EventKind.CELL_STARTED, EventKind.CELL_FINISHED)
+        ]
+        async with database.transaction() as store:
+            stored = await store.append_events(execution_id, batch)
+        notifications: list[dict[str, Any]] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not notifications or notifications[-1]["seq"] < 3:
+                notifications.append(json.loads(await received.get()))
+        assert stored[-1].sequence == 3
+        # One per insert statement: asyncpg sends a batch as one statement
+        # per row (pipelined in one round trip), so 1, then 2 and 3.
+        assert notifications == [
+            {"id": execution_id, "seq": sequence} for sequence in (1, 2, 3)
+        ]
+    finally:
+        await listener.close(timeout=TIMEOUT)
+        await database.aclose()
 
 
 @pytest.mark.asyncio

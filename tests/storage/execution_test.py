@@ -537,6 +537,81 @@ async def test_finish_only_once(database: Database) -> None:
 
 
 @pytest.mark.asyncio
+async def test_finish_writes_the_progress_left_before_its_end(
+    database: Database,
+) -> None:
+    execution_id = await add(database)
+    claimed = await claim(database, execution_id)
+    assert claimed is not None
+    left = [
+        NewEvent(
+            kind=kind,
+            status=ExecutionStatus.RUNNING,
+            cells_done=done,
+            created_at=T0 + timedelta(seconds=done + 1),
+            cell_index=0,
+            output_start=0 if kind is EventKind.CELL_OUTPUTS else None,
+            outputs=[{"output_type": "stream"}]
+            if kind is EventKind.CELL_OUTPUTS
+            else None,
+        )
+        for kind, done in (
+            (EventKind.CELL_STARTED, 0),
+            (EventKind.CELL_OUTPUTS, 0),
+            (EventKind.CELL_FINISHED, 1),
+        )
+    ]
+    finished_at = T0 + timedelta(seconds=5)
+    async with database.transaction() as store:
+        # A superseded attempt's end is refused, and so is its progress.
+        assert (
+            await store.finish(
+                execution_id,
+                status=ExecutionStatus.SUCCEEDED,
+                result_text=None,
+                error=None,
+                now=finished_at,
+                attempt=claimed.attempts + 1,
+                progress=left,
+            )
+            is None
+        )
+        event = await store.finish(
+            execution_id,
+            status=ExecutionStatus.SUCCEEDED,
+            result_text=None,
+            error=None,
+            now=finished_at,
+            attempt=claimed.attempts,
+            progress=left,
+        )
+    assert event is not None
+    async with database.transaction() as store:
+        events = await store.events_after(execution_id, claimed.last_sequence)
+        execution = await store.get(execution_id)
+    # After the claim: the progress in order, then the end, which carries
+    # the last cells_done on, as the execution does.
+    first = claimed.last_sequence + 1
+    assert [(e.sequence, e.kind, e.cells_done) for e in events] == [
+        (first, EventKind.CELL_STARTED, 0),
+        (first + 1, EventKind.CELL_OUTPUTS, 0),
+        (first + 2, EventKind.CELL_FINISHED, 1),
+        (first + 3, EventKind.FINISHED, 1),
+    ]
+    assert events[-1] == event
+    assert events[1].outputs == [{"output_type": "stream"}]
+    assert [e.created_at for e in events] == [
+        T0 + timedelta(seconds=1),
+        T0 + timedelta(seconds=1),
+        T0 + timedelta(seconds=2),
+        finished_at,
+    ]
+    assert execution is not None
+    assert (execution.last_sequence, execution.progress.cells_done) == (first + 3, 1)
+    assert execution.status is ExecutionStatus.SUCCEEDED
+
+
+@pytest.mark.asyncio
 async def test_finish_queued_without_notebook(database: Database) -> None:
     execution_id = await add(database)
     async with database.transaction() as store:
