@@ -274,6 +274,16 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
             await all_ran.wait()
         return await real_append(self, execution_id, events)
 
+    real_finish = ExecutionStore.finish
+
+    async def noted_finish(
+        self: ExecutionStore, execution_id: str, **kwargs: Any
+    ) -> ExecutionEvent | None:
+        # The end of a run writes what is left with its own statements.
+        if kwargs.get("progress"):
+            batches.append([event.kind for event in kwargs["progress"]])
+        return await real_finish(self, execution_id, **kwargs)
+
     real_execute = jupyter_execute.execute_notebook
 
     async def execute_then_release(*args: Any, **kwargs: Any) -> Any:
@@ -282,6 +292,7 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
         return result
 
     monkeypatch.setattr(ExecutionStore, "append_events", held_append)
+    monkeypatch.setattr(ExecutionStore, "finish", noted_finish)
     monkeypatch.setattr(runner_module, "execute_notebook", execute_then_release)
 
     def row(event: ExecutionEvent) -> tuple[int, EventKind, int | None, int]:
@@ -701,22 +712,30 @@ async def test_a_quick_notebook_has_its_cell_events_written_with_its_result(
         notebook(*(f"x{i} = {i}" for i in range(cells)))
     )
     harness.broker.flush_all()
-    writes: list[int] = []
+    writes: list[tuple[str, int]] = []
     real_append = ExecutionStore.append_events
+    real_finish = ExecutionStore.finish
 
     async def counted_append(
         self: ExecutionStore, execution_id: str, events: Sequence[NewEvent]
     ) -> list[ExecutionEvent]:
-        writes.append(len(events))
+        writes.append(("append", len(events)))
         return await real_append(self, execution_id, events)
 
+    async def counted_finish(
+        self: ExecutionStore, execution_id: str, **kwargs: Any
+    ) -> ExecutionEvent | None:
+        writes.append(("finish", len(kwargs.get("progress", ()))))
+        return await real_finish(self, execution_id, **kwargs)
+
     monkeypatch.setattr(ExecutionStore, "append_events", counted_append)
+    monkeypatch.setattr(ExecutionStore, "finish", counted_finish)
     runner = _runner_gathering_progress(harness, seconds=3600)
     outcome = await asyncio.wait_for(runner.run(execution.id), 120)
     assert outcome is not None
     assert outcome.status is ExecutionStatus.SUCCEEDED
-    # One write of all of them: the one in the transaction storing the result.
-    assert writes == [2 * cells]
+    # One write of all of them: the finish, which stores the result.
+    assert writes == [("finish", 2 * cells)]
     stored = await _events(harness, execution.id)
     assert [e.sequence for e in stored] == list(range(1, len(stored) + 1))
     assert [e.kind for e in stored] == [
