@@ -293,7 +293,7 @@ class ExecutionService:
             now = datetime.now(UTC)
             if self._limits.has_user_limits:
                 await self._check_user_limits(store, now)
-            event, runs = await _record(store, new, policy, now)
+            event, runs, execution = await _record(store, new, policy, now)
             if hook is not None:
                 await store.webhooks().add(
                     execution_id,
@@ -301,7 +301,8 @@ class ExecutionService:
                     secret_ciphertext=hook.secret_ciphertext,
                     now=now,
                 )
-            execution = await store.get(execution_id)
+            if execution is None:
+                execution = await store.get(execution_id)
         assert execution is not None
         if event is not None:
             self._bus.announce(execution_id, event.sequence)
@@ -662,14 +663,15 @@ class _NewExecution:
 
 async def _record(
     store: ExecutionStore, new: _NewExecution, policy: CachePolicy, now: datetime
-) -> tuple[ExecutionEvent | None, bool]:
+) -> tuple[ExecutionEvent | None, bool, Execution | None]:
     """Record a submission as a cache hit, a follower, or a run of its own.
 
     Called inside the submission's transaction: with a cache key, the
     per-key lock makes look-up and insert one step for identical
     submissions.  Returns the event to announce (None for a follower, which
-    has none of its own) and whether a worker must be told (only for a run
-    of its own).
+    has none of its own), whether a worker must be told (only for a run
+    of its own), and the execution as stored if it is known without a read
+    (a run of its own: its insert reads it back).
     """
     if new.cache_key is not None:
         await store.lock_cache_key(new.cache_key)
@@ -688,7 +690,7 @@ async def _record(
                     owner=new.owner,
                 )
                 if hit is not None:
-                    return hit, False
+                    return hit, False, None
         leader = await store.find_shared_run(
             new.cache_key, include_running=policy.mode is CacheMode.USE
         )
@@ -704,8 +706,8 @@ async def _record(
                 now=now,
                 owner=new.owner,
             )
-            return None, False
-    event = await store.add(
+            return None, False, None
+    added = await store.add(
         execution_id=new.id,
         kernel_name=new.kernel_name,
         timeout_seconds=new.timeout_seconds,
@@ -718,7 +720,7 @@ async def _record(
         no_output_timeout_seconds=new.no_output_timeout_seconds,
         owner=new.owner,
     )
-    return event, True
+    return added.event, True, added.execution
 
 
 async def _left_shared_run(

@@ -73,6 +73,7 @@ from noteburst.exceptions import (
 from .webhook import WebhookStore
 
 __all__ = [
+    "AddedExecution",
     "ClaimedExecution",
     "ExecutionFinishedError",
     "ExecutionStore",
@@ -214,7 +215,8 @@ _CLAIM_NEXT = {
 # Parameter names differ from column names: SQLAlchemy reserves those for the
 # SET and VALUES clauses it writes itself.
 
-_INSERT_EXECUTION = insert(_EXECUTIONS)
+_INSERT_QUEUED = insert(_EXECUTIONS).returning(*_SUMMARY_COLUMNS)
+"""``add``'s insert, which also reads back what the submission returns."""
 _INSERT_EVENT = insert(_EVENTS)
 
 
@@ -364,6 +366,16 @@ class ClaimedExecution:
     """The submitted notebook (with its parameters injected)."""
     event: ExecutionEvent
     """The ``RUNNING`` event recorded with the claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddedExecution:
+    """What :meth:`ExecutionStore.add` recorded."""
+
+    execution: Execution
+    """The new execution, as a read would return it."""
+    event: ExecutionEvent
+    """Its ``QUEUED`` event."""
 
 
 class ExecutionFinishedError(NoteburstError):
@@ -615,7 +627,7 @@ class ExecutionStore:
         cell_timeout_seconds: float | None = None,
         no_output_timeout_seconds: float | None = None,
         owner: str = LOCAL_USER,
-    ) -> ExecutionEvent:
+    ) -> AddedExecution:
         """Record a new execution, queued, with its first event.
 
         Parameters
@@ -646,12 +658,13 @@ class ExecutionStore:
 
         Returns
         -------
-        ExecutionEvent
-            The ``QUEUED`` event, sequence 1.
+        AddedExecution
+            The execution as stored (read back by the insert itself, so
+            there is no read after it) and its ``QUEUED`` event, sequence 1.
         """
         now = _utc(now)
-        await self._session.execute(
-            _INSERT_EXECUTION,
+        result = await self._session.execute(
+            _INSERT_QUEUED,
             {
                 **_queued_row(
                     execution_id,
@@ -669,7 +682,8 @@ class ExecutionStore:
                 "no_output_timeout_seconds": no_output_timeout_seconds,
             },
         )
-        return await self._insert_event(
+        execution = _to_domain(result.one())
+        event = await self._insert_event(
             execution_id,
             sequence=1,
             kind=EventKind.QUEUED,
@@ -678,6 +692,7 @@ class ExecutionStore:
             cells_done=0,
             now=now,
         )
+        return AddedExecution(execution, event)
 
     async def get(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -62,7 +63,7 @@ async def get(database: Database, execution_id: str) -> Execution:
 async def test_add_and_get(database: Database) -> None:
     execution_id = str(uuid.uuid4())
     async with database.transaction() as store:
-        event = await store.add(
+        added = await store.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=12.5,
@@ -70,6 +71,7 @@ async def test_add_and_get(database: Database) -> None:
             cells_total=3,
             now=T0,
         )
+    event = added.event
     assert event == ExecutionEvent(
         execution_id=execution_id,
         sequence=1,
@@ -105,6 +107,8 @@ async def test_add_and_get(database: Database) -> None:
     assert events == [event]
     assert missing is None
     assert missing_source is None
+    # What the insert read back is what a read returns (without notebook).
+    assert added.execution == dataclasses.replace(execution, notebook=None)
 
 
 @pytest.mark.asyncio
