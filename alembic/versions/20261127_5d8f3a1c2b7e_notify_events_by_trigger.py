@@ -6,10 +6,13 @@ claim, progress, finish; two in a finish), each on the way from a
 submission to its result.  A statement-level trigger sends the same
 notification from inside the insert, for whatever inserts events.
 
-The payload is the one :class:`noteburst.storage.events.PostgresEventBus`
-reads, ``{"id": ..., "seq": ...}`` with the highest sequence inserted, one
-notification per execution and insert statement (asyncpg sends a batch of
-events as one statement per row; a subscriber's wake-ups coalesce).  The channel is
+The payload is ``{"id": ...}``, all that
+:class:`noteburst.storage.events.PostgresEventBus` reads (a subscriber
+re-reads the events after the last it has seen).  Without a sequence in it
+the notifications of one transaction are identical, and Postgres delivers
+identical notifications of a transaction once: asyncpg sends a batch of
+events as one insert statement per row, and a finish writing thirteen
+events notifies once, not thirteen times.  The channel is
 ``noteburst.constants.EVENTS_CHANNEL`` as of this revision, written out
 here because a migration must not change when the code does
 (``tests/storage/events_test.py`` checks they agree).  Nothing on SQLite,
@@ -40,10 +43,7 @@ def upgrade() -> None:
         CREATE FUNCTION noteburst_notify_events() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
-            PERFORM pg_notify(
-                '{CHANNEL}',
-                json_build_object('id', execution_id, 'seq', max(sequence))::text
-            )
+            PERFORM pg_notify('{CHANNEL}', json_build_object('id', execution_id)::text)
             FROM inserted_events
             GROUP BY execution_id;
             RETURN NULL;

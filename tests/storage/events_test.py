@@ -12,7 +12,6 @@ import json
 import threading
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import pytest
@@ -189,8 +188,8 @@ async def test_postgres_bus_delivers_committed_events(postgres_url: str) -> None
 @pytest.mark.asyncio
 async def test_postgres_inserted_events_notify_by_trigger(postgres_url: str) -> None:
     # The store sends no pg_notify of its own for events: the migration's
-    # trigger does, on the channel the bus listens to, one notification per
-    # insert statement with its highest sequence.
+    # trigger does, on the channel the bus listens to, and once per
+    # transaction and execution however many events it inserts.
     database = Database.from_url(postgres_url)
     listener = await asyncpg.connect(asyncpg_dsn(postgres_url), timeout=TIMEOUT)
     received: asyncio.Queue[str] = asyncio.Queue()
@@ -200,6 +199,7 @@ async def test_postgres_inserted_events_notify_by_trigger(postgres_url: str) -> 
             EVENTS_CHANNEL, lambda *args: received.put_nowait(str(args[-1]))
         )
         execution_id = await add_execution(database)
+        other_id = await add_execution(database)
         now = datetime.now(UTC)
         batch = [
             NewEvent(
@@ -212,16 +212,24 @@ async def test_postgres_inserted_events_notify_by_trigger(postgres_url: str) -> 
             for kind in (EventKind.CELL_STARTED, EventKind.CELL_FINISHED)
         ]
         async with database.transaction() as store:
-            stored = await store.append_events(execution_id, batch)
-        notifications: list[dict[str, Any]] = []
+            await store.append_events(execution_id, batch)
+            await store.append_event(
+                execution_id,
+                kind=EventKind.CELL_STARTED,
+                status=ExecutionStatus.RUNNING,
+                cell_index=1,
+                now=now,
+            )
+        # Delivered in commit order: had the three inserts above notified
+        # three times, the fourth notification would not be this one's.
+        await cell_started(database, other_id)
         async with asyncio.timeout(TIMEOUT):
-            while not notifications or notifications[-1]["seq"] < 3:
-                notifications.append(json.loads(await received.get()))
-        assert stored[-1].sequence == 3
-        # One per insert statement: asyncpg sends a batch as one statement
-        # per row (pipelined in one round trip), so 1, then 2 and 3.
+            notifications = [json.loads(await received.get()) for _ in range(4)]
         assert notifications == [
-            {"id": execution_id, "seq": sequence} for sequence in (1, 2, 3)
+            {"id": execution_id},  # added
+            {"id": other_id},  # added
+            {"id": execution_id},  # three events, three statements: once
+            {"id": other_id},
         ]
     finally:
         await listener.close(timeout=TIMEOUT)
