@@ -459,56 +459,96 @@ class ExecutionService:
         """
         if after_sequence is not None and after_sequence < 0:
             raise InvalidInputError("afterSequence", "must not be negative")
+        wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
         async with contextlib.AsyncExitStack() as subscriptions:
             signal = await subscriptions.enter_async_context(
                 self._bus.subscribe(execution_id)
             )
-            stream = execution_id
-            wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
+            replay = None
+            if after_sequence is not None:
+                replay = await self._start_replay(execution_id, after_sequence, wanted)
+            if replay is not None:
+                execution, first = replay
+                events = self._follow(
+                    execution_id,
+                    stream=execution_id,
+                    execution=execution,
+                    last_seen=after_sequence if after_sequence is not None else 0,
+                    signals=(signal, signal),
+                    kinds=wanted,
+                    first=first,
+                )
+            else:
+                events = self._watch_from_state(
+                    execution_id,
+                    subscriptions=subscriptions,
+                    signal=signal,
+                    after_sequence=after_sequence,
+                    wanted=wanted,
+                )
+            async for item in events:
+                yield item
+
+    async def _watch_from_state(
+        self,
+        execution_id: str,
+        *,
+        subscriptions: contextlib.AsyncExitStack,
+        signal: Signal,
+        after_sequence: int | None,
+        wanted: frozenset[EventKind] | None,
+    ) -> AsyncIterator[WatchedEvent]:
+        """:meth:`watch` from the current state, or a follower's replay.
+
+        Starts with the latest stored event (of the ``wanted`` kinds)
+        unless ``after_sequence`` is given; a follower of a shared run
+        follows that run's events too (subscribed on ``subscriptions``).
+        """
+        stream = execution_id
+        async with self._db.transaction() as store:
+            execution = await store.get(execution_id, owner=self._owner)
+            latest = await store.latest_event(execution_id)
+        own_signal = signal
+        if (
+            execution is not None
+            and execution.shares_run_of is not None
+            and latest is None
+        ):
+            # A follower's events are those of the run it shares (until
+            # it is cancelled on its own: then it has its own end event).
+            stream = execution.shares_run_of
+            signal = await subscriptions.enter_async_context(
+                self._bus.subscribe(stream)
+            )
             async with self._db.transaction() as store:
                 execution = await store.get(execution_id, owner=self._owner)
-                latest = await store.latest_event(execution_id)
-            own_signal = signal
-            if (
-                execution is not None
-                and execution.shares_run_of is not None
-                and latest is None
-            ):
-                # A follower's events are those of the run it shares (until
-                # it is cancelled on its own: then it has its own end event).
-                stream = execution.shares_run_of
-                signal = await subscriptions.enter_async_context(
-                    self._bus.subscribe(stream)
-                )
+                latest = await store.latest_event(stream)
+        if execution is None or latest is None:
+            raise ExecutionNotFoundError(execution_id)
+        if after_sequence is None:
+            if wanted is not None and latest.kind not in wanted:
+                # The current state, as the wanted kinds tell it (every
+                # execution starts with QUEUED; a follower's stream too).
                 async with self._db.transaction() as store:
-                    execution = await store.get(execution_id, owner=self._owner)
-                    latest = await store.latest_event(stream)
-            if execution is None or latest is None:
-                raise ExecutionNotFoundError(execution_id)
-            if after_sequence is None:
-                if wanted is not None and latest.kind not in wanted:
-                    # The current state, as the wanted kinds tell it (every
-                    # execution starts with QUEUED; a follower's stream too).
-                    async with self._db.transaction() as store:
-                        latest = await store.latest_event(stream, kinds=wanted)
-                if latest is not None:
-                    yield WatchedEvent(event=latest, execution=execution)
-                    if latest.kind is EventKind.FINISHED:
-                        return
-                    last_seen = latest.sequence
-                else:
-                    last_seen = 0
+                    latest = await store.latest_event(stream, kinds=wanted)
+            if latest is not None:
+                yield WatchedEvent(event=latest, execution=execution)
+                if latest.kind is EventKind.FINISHED:
+                    return
+                last_seen = latest.sequence
             else:
-                last_seen = after_sequence
-            async for item in self._follow(
-                execution_id,
-                stream=stream,
-                execution=execution,
-                last_seen=last_seen,
-                signals=(signal, own_signal),
-                kinds=wanted,
-            ):
-                yield item
+                last_seen = 0
+        else:
+            last_seen = after_sequence
+        async for item in self._follow(
+            execution_id,
+            stream=stream,
+            execution=execution,
+            last_seen=last_seen,
+            signals=(signal, own_signal),
+            kinds=wanted,
+        ):
+            yield item
 
     async def _follow(
         self,
@@ -519,30 +559,28 @@ class ExecutionService:
         last_seen: int,
         signals: tuple[Signal, Signal],
         kinds: frozenset[EventKind] | None,
+        first: Sequence[ExecutionEvent] | None = None,
     ) -> AsyncIterator[WatchedEvent]:
         """Yield the events of ``stream`` after ``last_seen`` until the end.
 
         ``stream`` is the execution itself, or for a follower the run it
         shares; ``signals`` wake it for either.  ``kinds``: only these.
+        ``first``: the events after ``last_seen`` if the caller has just
+        read them with ``execution`` (not for a follower), so the first
+        round reads nothing.
         """
         while True:
             left: ExecutionEvent | None = None
-            async with self._db.transaction() as store:
-                events = await store.events_after(stream, last_seen, kinds=kinds)
-                if stream != execution_id:
-                    left = await _left_shared_run(store, execution_id)
-                if stream != execution_id or not _only_progress(events):
-                    execution = await store.get(execution_id) or execution
-                else:
-                    # Cell progress changes nothing else about the execution
-                    # (a cancel request wakes this loop without events, and
-                    # is read above): no read per progress batch.
-                    execution = replace(
-                        execution,
-                        progress=replace(
-                            execution.progress, cells_done=events[-1].cells_done
-                        ),
-                    )
+            if first is not None:
+                events, first = first, None
+            else:
+                events, left, execution = await self._read_followed(
+                    execution_id,
+                    stream=stream,
+                    execution=execution,
+                    last_seen=last_seen,
+                    kinds=kinds,
+                )
             if left is not None:
                 # Cancelled on its own: the shared run goes on without it.
                 for event in events:
@@ -564,6 +602,66 @@ class ExecutionService:
                 await signals[0].wait()
             else:
                 await _either(*signals)
+
+    async def _start_replay(
+        self,
+        execution_id: str,
+        after_sequence: int,
+        kinds: frozenset[EventKind] | None,
+    ) -> tuple[Execution, Sequence[ExecutionEvent]] | None:
+        """Read the execution and its events after ``after_sequence``.
+
+        A page that subscribes right after submitting passes 0: this is the
+        one transaction that starts its subscription (the first round of
+        :meth:`_follow`, which then reads nothing).  None for a follower of
+        a shared run, whose events are another's (see :meth:`watch`).
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution (or it is another user's).
+        """
+        async with self._db.transaction() as store:
+            execution = await store.get(execution_id, owner=self._owner)
+            if execution is None:
+                raise ExecutionNotFoundError(execution_id)
+            if execution.shares_run_of is not None:
+                return None
+            events = await store.events_after(execution_id, after_sequence, kinds=kinds)
+        return execution, events
+
+    async def _read_followed(
+        self,
+        execution_id: str,
+        *,
+        stream: str,
+        execution: Execution,
+        last_seen: int,
+        kinds: frozenset[EventKind] | None,
+    ) -> tuple[Sequence[ExecutionEvent], ExecutionEvent | None, Execution]:
+        """Read one round of :meth:`_follow`.
+
+        Returns the events after ``last_seen``, a follower's own end if it
+        left the shared run, and the execution as of them.
+        """
+        left: ExecutionEvent | None = None
+        async with self._db.transaction() as store:
+            events = await store.events_after(stream, last_seen, kinds=kinds)
+            if stream != execution_id:
+                left = await _left_shared_run(store, execution_id)
+            if stream != execution_id or not _only_progress(events):
+                execution = await store.get(execution_id) or execution
+            else:
+                # Cell progress changes nothing else about the execution
+                # (a cancel request wakes this loop without events, and
+                # is read above): no read per progress batch.
+                execution = replace(
+                    execution,
+                    progress=replace(
+                        execution.progress, cells_done=events[-1].cells_done
+                    ),
+                )
+        return events, left, execution
 
     async def queue_position(self, execution_id: str) -> int | None:
         """1-based place of a queued execution in the claim order, else None."""

@@ -36,6 +36,7 @@ from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.services import runner as runner_module
 from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
+from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
 from noteburst.storage.execution import ExecutionStore, NewEvent
 from tests.support.app import make_config
@@ -459,6 +460,51 @@ async def test_a_queued_execution_is_cancelled_at_once(harness: Harness) -> None
         await harness.service.cancel("no-such-execution")
     kinds = [e.kind for e in await _events(harness, execution.id)]
     assert kinds == [EventKind.QUEUED, EventKind.FINISHED]
+
+
+@pytest.mark.asyncio
+async def test_a_replay_starts_with_one_read(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscribing with afterSequence reads the execution and its events once.
+
+    A dashboard subscribes right after submitting, with afterSequence 0:
+    one transaction starts its subscription (it used to be two, the current
+    state and then the same events again), and the stream is the same.
+    """
+    execution = await harness.service.submit(notebook("x = 1", "print(x)"))
+    harness.broker.flush_all()
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    stored = await _events(harness, execution.id)
+
+    transactions = 0
+    real_transaction = Database.transaction
+
+    def counted(self: Database) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return real_transaction(self)
+
+    monkeypatch.setattr(Database, "transaction", counted)
+    async with asyncio.timeout(60):
+        replayed = [
+            watched.event
+            async for watched in harness.service.watch(execution.id, after_sequence=0)
+        ]
+        assert (replayed, transactions) == (stored, 1)
+        transactions = 0
+        statuses = [
+            watched.event.kind
+            async for watched in harness.service.watch(
+                execution.id, after_sequence=1, kinds=[EventKind.RUNNING]
+            )
+        ]
+        assert (statuses, transactions) == (
+            [EventKind.RUNNING, EventKind.FINISHED],
+            1,
+        )
 
 
 @pytest.mark.asyncio
