@@ -464,16 +464,15 @@ class ExecutionService:
             signal = await subscriptions.enter_async_context(
                 self._bus.subscribe(execution_id)
             )
-            replay = None
-            if after_sequence is not None:
-                replay = await self._start_replay(execution_id, after_sequence, wanted)
-            if replay is not None:
+            if after_sequence is not None and (
+                replay := await self._start_replay(execution_id, after_sequence, wanted)
+            ):
                 execution, first = replay
                 events = self._follow(
                     execution_id,
                     stream=execution_id,
                     execution=execution,
-                    last_seen=after_sequence if after_sequence is not None else 0,
+                    last_seen=after_sequence,
                     signals=(signal, signal),
                     kinds=wanted,
                     first=first,
