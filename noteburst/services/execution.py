@@ -505,8 +505,13 @@ class ExecutionService:
         """
         stream = execution_id
         async with self._db.transaction() as store:
-            execution = await store.get(execution_id, owner=self._owner)
+            # Events first, the execution after them, in every read here:
+            # each statement sees what had been committed before it (read
+            # committed), so the execution is then at least as new as the
+            # events it is yielded with (a FINISHED event with an execution
+            # read before its end would carry no result and no error).
             latest = await store.latest_event(execution_id)
+            execution = await store.get(execution_id, owner=self._owner)
         own_signal = signal
         if (
             execution is not None
@@ -520,8 +525,8 @@ class ExecutionService:
                 self._bus.subscribe(stream)
             )
             async with self._db.transaction() as store:
-                execution = await store.get(execution_id, owner=self._owner)
                 latest = await store.latest_event(stream)
+                execution = await store.get(execution_id, owner=self._owner)
         if execution is None or latest is None:
             raise ExecutionNotFoundError(execution_id)
         if after_sequence is None:
@@ -621,12 +626,13 @@ class ExecutionService:
             Raised if there is no such execution (or it is another user's).
         """
         async with self._db.transaction() as store:
-            execution = await store.get(execution_id, owner=self._owner)
-            if execution is None:
-                raise ExecutionNotFoundError(execution_id)
-            if execution.shares_run_of is not None:
-                return None
+            # Events before the execution (see _watch_from_state).
             events = await store.events_after(execution_id, after_sequence, kinds=kinds)
+            execution = await store.get(execution_id, owner=self._owner)
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        if execution.shares_run_of is not None:
+            return None
         return execution, events
 
     async def _read_followed(

@@ -26,6 +26,7 @@ from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
+    ExecutionError,
     ExecutionEvent,
     ExecutionStatus,
 )
@@ -505,6 +506,67 @@ async def test_a_replay_starts_with_one_read(
             [EventKind.RUNNING, EventKind.FINISHED],
             1,
         )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("after_sequence", [0, None], ids=["replay", "current"])
+async def test_an_end_committed_while_a_subscription_starts_carries_its_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, after_sequence: int | None
+) -> None:
+    """The execution yielded with an event is read after that event.
+
+    Each statement of a PostgreSQL transaction sees what was committed
+    before it (read committed).  A subscription whose first read took the
+    execution before its events, with the end committed between the two,
+    yielded FINISHED with the execution still running: no error, no result
+    (a cancelled execution's error was missing once in CI).  Here the end
+    is committed just before the first event read of the subscription.
+    """
+    execution = await harness.service.submit(notebook("print('never run')"))
+    error = ExecutionError(code=ErrorCode.CANCELLED, message="cancelled", cell_index=0)
+    ended = False
+
+    async def end_first(store: ExecutionStore) -> None:
+        nonlocal ended
+        if ended:
+            return
+        ended = True
+        async with harness.worker.database.transaction() as other:
+            event = await other.finish(
+                execution.id,
+                status=ExecutionStatus.CANCELLED,
+                result_text=None,
+                error=error,
+                now=datetime.now(UTC),
+            )
+        assert event is not None
+        harness.worker.bus.announce(execution.id, event.sequence)
+
+    real_events_after = ExecutionStore.events_after
+    real_latest_event = ExecutionStore.latest_event
+
+    async def events_after(self: ExecutionStore, *args: Any, **kwargs: Any) -> Any:
+        await end_first(self)
+        return await real_events_after(self, *args, **kwargs)
+
+    async def latest_event(self: ExecutionStore, *args: Any, **kwargs: Any) -> Any:
+        await end_first(self)
+        return await real_latest_event(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExecutionStore, "events_after", events_after)
+    monkeypatch.setattr(ExecutionStore, "latest_event", latest_event)
+    async with asyncio.timeout(60):
+        watched = [
+            item
+            async for item in harness.service.watch(
+                execution.id, after_sequence=after_sequence
+            )
+        ]
+    last = watched[-1]
+    assert last.event.kind is EventKind.FINISHED
+    assert last.execution.status is ExecutionStatus.CANCELLED
+    assert last.execution.error == error
 
 
 @pytest.mark.asyncio
