@@ -29,19 +29,38 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import httpx
 
-from .exceptions import JupyterError, JupyterWebError
+from .exceptions import JupyterError, JupyterWebError, KernelDiedError, KernelStartError
 from .kernel import KernelConnection
 from .local import LocalJupyterServer
 from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["KernelShutdowns", "LabBackend", "LabProgressCallback", "LocalLabBackend"]
+__all__ = [
+    "KERNEL_START_ATTEMPTS",
+    "KernelShutdowns",
+    "LabBackend",
+    "LabProgressCallback",
+    "LocalLabBackend",
+    "start_kernel",
+]
 
 _log = logging.getLogger(__name__)
 
 LabProgressCallback = Callable[[str], Awaitable[None]]
 """Told, in a line of text, how the lab an execution waits for is coming up."""
+
+KERNEL_START_ATTEMPTS: Final = 2
+"""Kernels started for one request when a new one dies before it answers.
+
+A kernel can exit just after its websocket opened, before it answered our
+``kernel_info`` and so before any notebook code ran (seen once in CI with
+several kernels starting at once: jupyter_server reported it
+``restarting``; a port taken between jupyter_client choosing it and the
+kernel binding it fits).  Nothing is lost then, so a fresh kernel is
+started instead of failing the execution with a dead kernel; a second
+death in a row is a kernel that cannot start (`KernelStartError`).
+"""
 
 
 @runtime_checkable
@@ -265,15 +284,18 @@ class LocalLabBackend:
             finally:
                 self._retire(rest, pooled.kernel_id, pooled)
             return
-        kernel_id = await rest.create_kernel(kernel_name)
-        conn: KernelConnection | None = None
+
+        async def create() -> tuple[JupyterRestClient, str]:
+            return rest, await rest.create_kernel(kernel_name)
+
+        kernel_id, conn = await start_kernel(
+            create,
+            lambda kernel_id, conn: self._retire(rest, kernel_id, conn),
+            kernel_name=kernel_name,
+            wire_protocol=self.wire_protocol,
+            start_timeout=self.kernel_start_timeout,
+        )
         try:
-            conn = await KernelConnection.open(
-                rest,
-                kernel_id,
-                wire_protocol=self.wire_protocol,
-                open_timeout=self.kernel_start_timeout,
-            )
             yield conn
         finally:
             self._retire(rest, kernel_id, conn)
@@ -303,6 +325,86 @@ class LocalLabBackend:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
+
+
+async def start_kernel(
+    create: Callable[[], Awaitable[tuple[JupyterRestClient, str]]],
+    retire: Callable[[str, KernelConnection | None], None],
+    *,
+    kernel_name: str,
+    wire_protocol: WireProtocol,
+    start_timeout: float,
+) -> tuple[str, KernelConnection]:
+    """Start a kernel that has answered ``kernel_info``: both backends' way.
+
+    Parameters
+    ----------
+    create
+        Creates a kernel (REST) and returns the client of its server and
+        its id; called again for a replacement (see
+        :data:`KERNEL_START_ATTEMPTS`).
+    retire
+        Shuts a kernel that failed to start down, in the background.
+    kernel_name
+        Kernelspec name, for messages.
+    wire_protocol
+        Preferred websocket framing.
+    start_timeout
+        Seconds each kernel may take from creation until it has answered.
+
+    Returns
+    -------
+    tuple[str, KernelConnection]
+        The kernel's id and its open connection, whose
+        ``kernel_info_reply`` is set (`execute_notebook` asks no more).
+
+    Raises
+    ------
+    KernelStartError
+        If the kernel does not answer in time, or died before answering
+        :data:`KERNEL_START_ATTEMPTS` times in a row.
+    LabUnavailableError
+        If the server is gone.
+    """
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        rest, kernel_id = await create()
+        conn: KernelConnection | None = None
+        scope = asyncio.timeout(start_timeout)
+        try:
+            async with scope:
+                conn = await KernelConnection.open(
+                    rest,
+                    kernel_id,
+                    wire_protocol=wire_protocol,
+                    open_timeout=start_timeout,
+                )
+                await conn.kernel_info()
+        except KernelDiedError as exc:
+            retire(kernel_id, conn)
+            if attempt == KERNEL_START_ATTEMPTS:
+                raise KernelStartError(
+                    f"{kernel_name} kernel died before it answered, {attempt} "
+                    f"kernels in a row; last: {exc}",
+                    kernel_name=kernel_name,
+                ) from exc
+            _log.warning(
+                "New %s kernel %s died before it answered; starting another: %s",
+                kernel_name,
+                kernel_id,
+                exc,
+            )
+            continue
+        except BaseException as exc:
+            retire(kernel_id, conn)
+            if isinstance(exc, TimeoutError) and scope.expired():
+                raise KernelStartError(
+                    f"{kernel_name} kernel {kernel_id} did not answer within "
+                    f"{start_timeout:g} s",
+                    kernel_name=kernel_name,
+                ) from exc
+            raise
+        return kernel_id, conn
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class KernelShutdowns:

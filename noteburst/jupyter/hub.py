@@ -49,7 +49,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
-from .backend import KernelShutdowns, LabProgressCallback
+from .backend import KernelShutdowns, LabProgressCallback, start_kernel
 from .exceptions import (
     JupyterError,
     JupyterWebError,
@@ -684,20 +684,24 @@ class HubLabBackend:
         try:
             lab = await self._lab_for(on_progress)
             pooled = lab.pool.take(kernel_name) if lab.pool is not None else None
-            if pooled is not None:
-                kernel_id = pooled.kernel_id
-            else:
-                lab, kernel_id = await self._create_kernel(
-                    lab, kernel_name, on_progress
-                )
-            conn: KernelConnection | None = pooled
+
+            async def create() -> tuple[JupyterRestClient, str]:
+                nonlocal lab
+                lab, new_id = await self._create_kernel(lab, kernel_name, on_progress)
+                return lab.rest, new_id
+
+            kernel_id: str | None = None
+            conn: KernelConnection | None = None
             try:
-                if conn is None:
-                    conn = await KernelConnection.open(
-                        lab.rest,
-                        kernel_id,
+                if pooled is not None:
+                    kernel_id, conn = pooled.kernel_id, pooled
+                else:
+                    kernel_id, conn = await start_kernel(
+                        create,
+                        lambda failed_id, failed: self._retire(lab, failed_id, failed),
+                        kernel_name=kernel_name,
                         wire_protocol=self.wire_protocol,
-                        open_timeout=self.kernel_start_timeout,
+                        start_timeout=self.kernel_start_timeout,
                     )
                 yield conn
             except (LabUnavailableError, KernelDiedError, KernelStartError) as exc:
@@ -708,7 +712,8 @@ class HubLabBackend:
                     f"lab of {self.username} went away: {exc}", url=lab.rest.base_url
                 ) from exc
             finally:
-                self._retire(lab, kernel_id, conn)
+                if kernel_id is not None:
+                    self._retire(lab, kernel_id, conn)
         finally:
             self._in_use -= 1
             if self._in_use == 0:
