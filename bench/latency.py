@@ -222,6 +222,8 @@ class Results:
     samples: dict[str, list[Sample]] = field(
         default_factory=lambda: {name: [] for name in LABELS}
     )
+    service_warnings: list[str] = field(default_factory=list)
+    """Warning lines the Noteburst processes logged (slow commits, slow sends)."""
 
     def seconds(self, system: str, phase: str | None = None) -> list[float]:
         return [
@@ -962,6 +964,12 @@ def report(results: Results, args: argparse.Namespace) -> dict[str, Any]:
         if values:
             spans[name] = statistics.median(values)
     print("  " + ", ".join(f"{name} {1000 * v:.0f} ms" for name, v in spans.items()))
+    warnings = results.service_warnings
+    print(f"\nWarnings the Noteburst processes logged: {len(warnings)}")
+    for line in warnings[:30]:
+        print(f"  {line}")
+    if len(warnings) > 30:
+        print(f"  … and {len(warnings) - 30} more (all in the JSON output)")
     return {
         "runs": args.runs,
         "cold_runs": args.cold_runs,
@@ -971,7 +979,22 @@ def report(results: Results, args: argparse.Namespace) -> dict[str, Any]:
         "breakdown": breakdown,
         "cells_span_median": spans,
         "client_http_setup_median": client_setup,
+        "service_warnings": warnings,
     }
+
+
+def service_warnings(folder: Path) -> list[str]:
+    """The warning and error lines in the Noteburst processes' logs.
+
+    A stall the service saw (``Slow database commit``, ``Slow queue send``)
+    then stands beside the runs it slowed down.
+    """
+    lines = []
+    for log in sorted(folder.rglob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if "[warning" in line or "[error" in line:
+                lines.append(f"{log.stem}: {line.strip()}")
+    return lines
 
 
 def http_client_setup_seconds() -> float:
@@ -1107,6 +1130,8 @@ async def measure_all(
 ) -> None:
     """Start everything (registering its cleanup on ``stack``) and measure."""
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbbench-")))
+    # Runs before the folder goes: the processes' logs are in it.
+    stack.callback(lambda: results.service_warnings.extend(service_warnings(tmp)))
     # Hermetic Jupyter/IPython user dirs for nbclient and papermill (the
     # local jupyter_server sets its own); kernelspecs in the venv stay.
     for var, sub in (

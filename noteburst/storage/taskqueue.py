@@ -50,9 +50,17 @@ from ..constants import (
     WEBHOOK_QUEUE,
 )
 
-__all__ = ["TaskQueue", "WakingRedisBroker", "build_broker"]
+__all__ = ["SLOW_SEND_SECONDS", "TaskQueue", "WakingRedisBroker", "build_broker"]
 
 _logger = structlog.get_logger("noteburst.taskqueue")
+
+SLOW_SEND_SECONDS = 0.1
+"""A Redis enqueue slower than this is logged as a warning.
+
+It takes about a millisecond here; a submission's answer waits for it,
+so a stall (Redis, or this process's thread pool) shows in a page view's
+latency and belongs in the log, beside the database's slow commits.
+"""
 
 
 class WakingRedisBroker(RedisBroker):
@@ -276,4 +284,10 @@ class TaskQueue:
         else:
             # redis-py is blocking; keep the event loop free.  The client's
             # socket timeouts bound the call.
+            sending = time.monotonic()
             await asyncio.to_thread(self._broker.enqueue, message, delay=delay)
+            seconds = time.monotonic() - sending
+            if seconds > SLOW_SEND_SECONDS:
+                _logger.warning(
+                    "Slow queue send", seconds=round(seconds, 3), queue=queue_name
+                )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
@@ -185,3 +187,47 @@ async def test_one_database_per_loop_share_a_file(sqlite_url: str) -> None:
         assert await asyncio.to_thread(asyncio.run, worker()) == 0
     finally:
         await web.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_commit_is_a_warning(postgres_url: str) -> None:
+    """A commit the server holds up is logged with its duration.
+
+    The stall is PostgreSQL's own: a deferred constraint trigger runs at
+    commit and sleeps there, as a commit waiting for the disk would.
+    """
+    database = Database.from_url(postgres_url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await database.upgrade()
+            connection = await asyncpg.connect(asyncpg_dsn(postgres_url))
+            try:
+                await connection.execute(
+                    """
+                    CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS
+                    $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+                    CREATE CONSTRAINT TRIGGER stall_at_commit
+                    AFTER INSERT OR UPDATE ON lab_identities
+                    DEFERRABLE INITIALLY DEFERRED
+                    FOR EACH ROW EXECUTE FUNCTION stall();
+                    """
+                )
+            finally:
+                await connection.close()
+            now = datetime.now(UTC)
+            with structlog.testing.capture_logs() as logs:
+                async with database.lease_transaction() as leases:
+                    claimed = await leases.claim(
+                        ["bot-1"],
+                        holder="me",
+                        now=now,
+                        lease_until=now + timedelta(minutes=1),
+                    )
+                assert claimed == "bot-1"
+    finally:
+        await database.aclose()
+    slow = [entry for entry in logs if entry["event"] == "Slow database commit"]
+    assert len(slow) == 1
+    assert slow[0]["log_level"] == "warning"
+    assert slow[0]["seconds"] >= 0.3
+    assert slow[0]["store"] == "IdentityLeaseStore"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import secrets
 import threading
@@ -9,6 +10,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import structlog
 from dramatiq.broker import MessageProxy
 
 from noteburst.constants import (
@@ -18,7 +20,7 @@ from noteburst.constants import (
     WEBHOOK_QUEUE,
 )
 from noteburst.storage import taskqueue
-from noteburst.storage.taskqueue import WakingRedisBroker, build_broker
+from noteburst.storage.taskqueue import TaskQueue, WakingRedisBroker, build_broker
 
 WAIT = 10.0
 IDLE_MS = 120_000  # far longer than the test may take: only a wake-up helps
@@ -122,3 +124,29 @@ def test_a_consumer_is_woken_only_for_its_own_queue(redis_url: str) -> None:
     finally:
         listener.close()
         broker.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_send_is_a_warning(redis_url: str) -> None:
+    """An enqueue Redis holds up is logged with its duration.
+
+    ``CLIENT PAUSE ... WRITE`` makes Redis hold every client's writes (the
+    enqueue script included) for that long: a real stall on demand.
+    """
+    broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
+    assert isinstance(broker, WakingRedisBroker)
+    task_queue = TaskQueue(broker)
+    try:
+        async with asyncio.timeout(WAIT):
+            await task_queue.enqueue_execution("fast")
+            broker.client.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+            with structlog.testing.capture_logs() as logs:
+                await task_queue.enqueue_execution("held")
+    finally:
+        broker.client.execute_command("CLIENT", "UNPAUSE")
+        broker.close()
+    slow = [entry for entry in logs if entry["event"] == "Slow queue send"]
+    assert len(slow) == 1
+    assert slow[0]["log_level"] == "warning"
+    assert slow[0]["seconds"] >= 0.3
+    assert slow[0]["queue"] == EXECUTION_QUEUE
