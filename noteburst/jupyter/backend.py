@@ -290,7 +290,7 @@ class LocalLabBackend:
 
         kernel_id, conn = await start_kernel(
             create,
-            lambda kernel_id, conn: self._retire(rest, kernel_id, conn),
+            lambda failed_id, failed: self._retire(rest, failed_id, failed),
             kernel_name=kernel_name,
             wire_protocol=self.wire_protocol,
             start_timeout=self.kernel_start_timeout,

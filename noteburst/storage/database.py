@@ -103,7 +103,7 @@ SLOW_COMMIT_SECONDS = 0.1
 """A commit slower than this is logged as a warning.
 
 A commit on PostgreSQL here takes about a millisecond, but one in a few
-hundred took 0.1-1.4 s in the benchmarks (the submission's answer or the
+hundred took 0.1-1.9 s in the benchmarks (the submission's answer or the
 result's push waited for it); such stalls come from the database server
 (its disk's flushes, a checkpoint), not from Noteburst, and an operator
 looking at a page view's tail latency needs to see them.
