@@ -20,6 +20,9 @@ The hierarchy::
     │   ├── PermissionDeniedError   credentials without the needed scope
     │   │                           (HTTP 403)
     │   └── TokenNotFoundError      no API token with that key (CLI)
+    ├── ExecutionFinishedError      a worker tried to change an execution that
+    │                               already ended (cancelled, given up on):
+    │                               it should stop
     └── ConfigurationError          the deployment is misconfigured; raised at
                                     start, never per request
 
@@ -27,7 +30,7 @@ Each client error carries a stable snake-case ``code`` so clients and logs can
 match on it without parsing messages.  The Jupyter adapters have their own
 hierarchy (:mod:`noteburst.jupyter.exceptions`) because that package is kept
 free of Noteburst imports; the runner service converts those into
-:class:`noteburst.domain.execution.ExecutionError` values stored on the
+:class:`noteburst.domain.execution.ExecutionFailure` values stored on the
 execution, since a failing notebook is an outcome, not an exception.
 """
 
@@ -39,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConfigurationError",
+    "ExecutionFinishedError",
     "ExecutionNotFoundError",
     "InvalidInputError",
     "InvalidNotebookError",
@@ -181,6 +185,18 @@ class TokenNotFoundError(ClientError):
     def __init__(self, key: str) -> None:
         super().__init__(f"no token with key {key!r}")
         self.key = key
+
+
+class ExecutionFinishedError(NoteburstError):
+    """A change was refused because the execution already finished.
+
+    Raised by the event log to a worker still running an execution that was
+    cancelled or given up on; not a client error (no request caused it).
+    """
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id!r} has already finished")
+        self.execution_id = execution_id
 
 
 class ConfigurationError(NoteburstError):

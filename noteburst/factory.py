@@ -42,10 +42,14 @@ from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
 from .jupyter.rest import JupyterRestClient
 from .services.auth import Authenticator, ProxySettings, TokenCache, TokenService
-from .services.execution import ExecutionService, SubmissionLimits
+from .services.execution import ExecutionService
 from .services.identity import IdentityLease, NoIdentityAvailableError
+from .services.progress import OutputFlush
+from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
-from .services.runner import ExecutionRunner, OutputFlush
+from .services.runner import ExecutionRunner
+from .services.submission import SubmissionLimits, SubmissionService
+from .services.watch import ExecutionWatcher
 from .services.webhook import WebhookService, WebhookSettings
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
@@ -449,14 +453,14 @@ class Factory:
             ),
         )
 
-    def create_execution_service(self, caller: Caller) -> ExecutionService:
-        """Service behind the GraphQL API, acting for ``caller``."""
+    def create_submission_service(self, caller: Caller) -> SubmissionService:
+        """Service behind ``submitExecution``, acting for ``caller``."""
         config = self._context.config
-        return ExecutionService(
+        return SubmissionService(
             caller=caller,
             database=self._context.database,
             bus=self._context.bus,
-            queue=self._context.queue,
+            task_queue=self._context.queue,
             limits=SubmissionLimits(
                 max_notebook_bytes=config.max_notebook_bytes,
                 default_timeout_seconds=config.default_timeout_seconds,
@@ -473,6 +477,21 @@ class Factory:
                 max_submissions_per_minute=config.max_submissions_per_minute,
             ),
             webhooks=self.create_webhook_service(),
+        )
+
+    def create_execution_service(self, caller: Caller) -> ExecutionService:
+        """Service reading and cancelling executions, acting for ``caller``."""
+        return ExecutionService(
+            caller=caller,
+            database=self._context.database,
+            bus=self._context.bus,
+            webhooks=self.create_webhook_service(),
+        )
+
+    def create_watcher(self, caller: Caller) -> ExecutionWatcher:
+        """Service behind the ``executionStatus`` subscription."""
+        return ExecutionWatcher(
+            caller=caller, database=self._context.database, bus=self._context.bus
         )
 
     def create_webhook_service(self) -> WebhookService:
@@ -519,7 +538,7 @@ class Factory:
             database=self._context.database,
             bus=self._context.bus,
             backend=backend,
-            queue=self._context.queue,
+            task_queue=self._context.queue,
             lease_seconds=config.worker_lease_seconds,
             max_attempts=config.max_attempts,
             output_flush=OutputFlush(
@@ -533,5 +552,17 @@ class Factory:
                 max_output_bytes=config.max_output_bytes,
                 max_total_bytes=config.max_notebook_output_bytes,
             ),
+            webhooks=self.create_webhook_service(),
+        )
+
+    def create_recovery_sweep(self) -> RecoverySweep:
+        """Service that requeues what lost workers and messages left behind."""
+        config = self._context.config
+        return RecoverySweep(
+            database=self._context.database,
+            bus=self._context.bus,
+            task_queue=self._context.queue,
+            lease_seconds=config.worker_lease_seconds,
+            max_attempts=config.max_attempts,
             webhooks=self.create_webhook_service(),
         )

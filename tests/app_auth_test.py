@@ -100,9 +100,9 @@ async def _make_tokens(url: str) -> dict[str, str]:
         await service.revoke(info.key)
         # Expired an hour ago (the service refuses to create such a token).
         expired = new_token()
-        async with database.token_transaction() as store:
+        async with database.transaction() as tx:
             now = datetime.now(UTC)
-            await store.add(
+            await tx.tokens.add(
                 key=expired.key,
                 secret_hash=expired.secret_hash,
                 user="alice",

@@ -354,9 +354,9 @@ async def test_embedded_restart_requeues_unfinished_executions(
     # The second one was being run, its lease still live, when we "died".
     database = Database.from_url(config.effective_database_url)
     try:
-        async with database.transaction() as store:
+        async with database.transaction() as tx:
             now = datetime.now(UTC)
-            assert await store.claim(
+            assert await tx.claims.claim(
                 mid_run["id"],
                 now=now,
                 lease_until=now + timedelta(hours=1),

@@ -63,8 +63,8 @@ async def test_identity_taken_over_moves_the_worker_to_another_lab(
             # Another worker takes the identity over (as if this one had
             # stalled past its lease).
             later = datetime.now(UTC) + timedelta(hours=1)
-            async with database.lease_transaction() as leases:
-                taken = await leases.claim(
+            async with database.transaction() as tx:
+                taken = await tx.identities.claim(
                     [first],
                     holder="thief",
                     now=later,
@@ -85,17 +85,17 @@ async def test_identity_taken_over_moves_the_worker_to_another_lab(
                     )
                     assert await execute_notebook(conn, nb) is None
             assert nb.cells[0].outputs[0].data["text/plain"] == repr(second)
-            async with database.lease_transaction() as leases:
-                assert await leases.holder_of(first) == "thief"
-                assert await leases.holder_of(second) not in {None, "thief"}
+            async with database.transaction() as tx:
+                assert await tx.identities.holder_of(first) == "thief"
+                assert await tx.identities.holder_of(second) not in {None, "thief"}
         finally:
             async with asyncio.timeout(WAIT):
                 await context.aclose()
             # The surrendered lab was left to its new holder; ours stopped.
             assert await hub.server_url(first) == first_url
             assert await hub.server_url(second) is None
-            async with database.lease_transaction() as leases:
-                assert await leases.holder_of(second) is None  # released
+            async with database.transaction() as tx:
+                assert await tx.identities.holder_of(second) is None  # released
             await database.aclose()
             async with asyncio.timeout(WAIT):
                 await hub.stop_server(first)

@@ -19,6 +19,8 @@ from ..domain.auth import Caller
 from ..exceptions import AuthenticationError
 from ..factory import Factory
 from ..services.execution import ExecutionService
+from ..services.submission import SubmissionService
+from ..services.watch import ExecutionWatcher
 
 __all__ = ["GraphQLContext"]
 
@@ -35,7 +37,7 @@ class GraphQLContext:
     """A websocket's connection_init payload (Strawberry sets it)."""
 
     def execution_service(self) -> ExecutionService:
-        """Return the execution service acting for the caller.
+        """Return the service reading and cancelling executions for the caller.
 
         Raises
         ------
@@ -43,7 +45,18 @@ class GraphQLContext:
             Raised if there is no caller (never expected: requests without
             one are refused before any resolver runs).
         """
+        return self.factory.create_execution_service(self._caller())
+
+    def submission_service(self) -> SubmissionService:
+        """Return the submission service acting for the caller (see above)."""
+        return self.factory.create_submission_service(self._caller())
+
+    def watcher(self) -> ExecutionWatcher:
+        """Return the watcher of executions acting for the caller (see above)."""
+        return self.factory.create_watcher(self._caller())
+
+    def _caller(self) -> Caller:
         if self.caller is None:
             msg = "authentication required"
             raise AuthenticationError(msg)
-        return self.factory.create_execution_service(self.caller)
+        return self.caller

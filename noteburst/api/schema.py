@@ -9,9 +9,9 @@ The SDL is exported to the repository's ``schema.graphql`` by
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import strawberry
 import structlog
@@ -33,7 +33,6 @@ from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import EventKind, ExecutionQueue, ExecutionStatus
 from ..domain.webhook import WebhookRequest
 from ..exceptions import ClientError, ExecutionNotFoundError
-from ..services.execution import ExecutionService
 from .context import GraphQLContext
 from .errors import (
     ExecutionNotFound,
@@ -191,8 +190,14 @@ CancelExecutionPayload = Annotated[
 ]
 
 
-def _service(info: Info) -> ExecutionService:
-    """Return the execution service for the operation's caller.
+_Service = TypeVar("_Service")
+
+
+def _service(info: Info, make: Callable[[GraphQLContext], _Service]) -> _Service:
+    """Return a service for the operation's caller.
+
+    ``make`` is one of :class:`GraphQLContext`'s service methods, e.g.
+    ``_service(info, GraphQLContext.watcher)``.
 
     Raises
     ------
@@ -200,7 +205,7 @@ def _service(info: Info) -> ExecutionService:
         Raised if the connection has no caller.
     """
     try:
-        return info.context.execution_service()
+        return make(info.context)
     except ClientError as exc:
         raise UserFacingError(exc) from exc
 
@@ -214,7 +219,7 @@ class Query:
         )
     )
     async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:
-        service = _service(info)
+        service = _service(info, GraphQLContext.execution_service)
         found = await service.get(str(id))
         return Execution.from_domain(found) if found else None
 
@@ -231,7 +236,7 @@ class Query:
         after: str | None = None,
         status: ExecutionStatus | None = None,
     ) -> ExecutionConnection:
-        service = _service(info)
+        service = _service(info, GraphQLContext.execution_service)
         try:
             page = await service.list(first=first, after=after, status=status)
         except ClientError as exc:
@@ -257,7 +262,7 @@ class Mutation:
         info: Info,
         input: SubmitExecutionInput,
     ) -> SubmitExecutionPayload:
-        service = _service(info)
+        service = _service(info, GraphQLContext.submission_service)
         try:
             execution = await service.submit(
                 input.notebook,
@@ -294,7 +299,7 @@ class Mutation:
     async def cancel_execution(
         self, info: Info, id: strawberry.ID
     ) -> CancelExecutionPayload:
-        service = _service(info)
+        service = _service(info, GraphQLContext.execution_service)
         try:
             execution = await service.cancel(str(id))
         except ExecutionNotFoundError as exc:
@@ -328,7 +333,7 @@ class Subscription:
             ),
         ] = None,
     ) -> AsyncGenerator[ExecutionEvent, None]:
-        service = _service(info)
+        service = _service(info, GraphQLContext.watcher)
         try:
             async for watched in service.watch(
                 str(id), after_sequence=after_sequence, kinds=kinds

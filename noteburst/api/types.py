@@ -157,7 +157,7 @@ class ExecutionError:
     )
 
     @classmethod
-    def from_domain(cls, error: domain.ExecutionError) -> ExecutionError:
+    def from_domain(cls, error: domain.ExecutionFailure) -> ExecutionError:
         """Convert a domain error."""
         return cls(
             code=error.code,

@@ -54,7 +54,7 @@ class ExecutionRow(Base):
     cells_total: Mapped[int] = mapped_column(Integer)
     cells_done: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
-    """``ExecutionError.to_json()``, or NULL."""
+    """``ExecutionFailure.to_json()``, or NULL."""
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     """How many times a worker has claimed it."""
     last_sequence: Mapped[int] = mapped_column(Integer, server_default=text("0"))

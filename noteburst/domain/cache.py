@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .notebook import cell_source
+
 __all__ = ["CacheMode", "CachePolicy", "cache_key"]
 
 
@@ -93,7 +95,7 @@ def cache_key(
         The submitting user: each user has a cache of their own.
     """
     code = [
-        _source(cell)
+        cell_source(cell)
         for cell in notebook.get("cells", [])
         if cell.get("cell_type") == "code"
     ]
@@ -109,8 +111,3 @@ def cache_key(
         document, sort_keys=True, ensure_ascii=False, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _source(cell: Mapping[str, Any]) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)

@@ -16,8 +16,8 @@ __all__ = [
     "ErrorCode",
     "EventKind",
     "Execution",
-    "ExecutionError",
     "ExecutionEvent",
+    "ExecutionFailure",
     "ExecutionQueue",
     "ExecutionStatus",
     "Progress",
@@ -98,8 +98,13 @@ class ErrorCode(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionError:
-    """Why an execution ended without success."""
+class ExecutionFailure:
+    """Why an execution ended without success: a value, not an exception.
+
+    A failing notebook is an outcome the runner records on the execution
+    (and GraphQL shows as the ``ExecutionError`` type); the exceptions
+    Noteburst raises are in :mod:`noteburst.exceptions`.
+    """
 
     code: ErrorCode
     message: str
@@ -120,7 +125,7 @@ class ExecutionError:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExecutionError:
+    def from_json(cls, data: dict[str, Any]) -> ExecutionFailure:
         """Rebuild from :meth:`to_json` output."""
         return cls(
             code=ErrorCode(data["code"]),
@@ -147,7 +152,7 @@ class Execution:
     ``notebook`` is the executed notebook, present once the execution is
     terminal (also after a failure, with outputs up to the failing cell).
     The submitted notebook is not part of this object: it is large, and only
-    the worker reads it (see ``ExecutionStore.get_source_notebook``).
+    the worker reads it (see ``ExecutionRecordStore.get_source_notebook``).
     """
 
     id: str
@@ -161,7 +166,7 @@ class Execution:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     notebook: dict[str, Any] | None = None
-    error: ExecutionError | None = None
+    error: ExecutionFailure | None = None
     queue: ExecutionQueue = ExecutionQueue.INTERACTIVE
     cached_from: str | None = None
     """For a cache hit: the execution whose stored result this one reuses."""

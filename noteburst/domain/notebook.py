@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,10 @@ from ..exceptions import InvalidNotebookError
 __all__ = [
     "AcceptedNotebook",
     "accept_notebook",
+    "cell_source",
     "code_cell_indices",
     "kernel_name_of",
+    "runnable_cell_count",
 ]
 
 
@@ -126,6 +129,18 @@ def code_cell_indices(notebook: dict[str, Any]) -> list[int]:
         for i, cell in enumerate(notebook.get("cells", []))
         if cell.get("cell_type") == "code"
     ]
+
+
+def cell_source(cell: Mapping[str, Any]) -> str:
+    """Return a cell's source as one string (nbformat allows a list of lines)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def runnable_cell_count(notebook: dict[str, Any]) -> int:
+    """Count the code cells that will run (empty ones are skipped, as nbclient does)."""
+    cells = notebook.get("cells", [])
+    return sum(1 for i in code_cell_indices(notebook) if cell_source(cells[i]).strip())
 
 
 def _check_size(size: int, max_bytes: int) -> None:

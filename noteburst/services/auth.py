@@ -182,8 +182,8 @@ class Authenticator:
         if parsed is None:
             return None
         key, secret = parsed
-        async with self._db.token_transaction() as store:
-            found = await store.get_with_hash(key)
+        async with self._db.transaction() as tx:
+            found = await tx.tokens.get_with_hash(key)
         if found is None:
             return None
         info, stored_hash = found
@@ -262,8 +262,8 @@ class TokenService:
             raise InvalidInputError("expires_in", "must be positive")
         now = datetime.now(UTC)
         token = new_token()
-        async with self._db.token_transaction() as store:
-            info = await store.add(
+        async with self._db.transaction() as tx:
+            info = await tx.tokens.add(
                 key=token.key,
                 secret_hash=token.secret_hash,
                 user=user,
@@ -276,8 +276,8 @@ class TokenService:
 
     async def list(self, *, user: str | None = None) -> list[TokenInfo]:
         """Every token (of one user, if given), oldest first; never secrets."""
-        async with self._db.token_transaction() as store:
-            return await store.list(user=user)
+        async with self._db.transaction() as tx:
+            return await tx.tokens.list(user=user)
 
     async def revoke(self, key: str) -> TokenInfo:
         """Revoke a token by key; idempotent.
@@ -287,8 +287,8 @@ class TokenService:
         TokenNotFoundError
             Raised if no token has this key.
         """
-        async with self._db.token_transaction() as store:
-            info = await store.revoke(key, now=datetime.now(UTC))
+        async with self._db.transaction() as tx:
+            info = await tx.tokens.revoke(key, now=datetime.now(UTC))
         if info is None:
             raise TokenNotFoundError(key)
         _logger.info("API token revoked", key=key, user=info.user)

@@ -114,8 +114,8 @@ class IdentityLease:
 
     async def _claim(self) -> str | None:
         now = datetime.now(UTC)
-        async with self._db.lease_transaction() as leases:
-            return await leases.claim(
+        async with self._db.transaction() as tx:
+            return await tx.identities.claim(
                 self._pool, holder=self._holder, now=now, lease_until=now + self._lease
             )
 
@@ -139,8 +139,8 @@ class IdentityLease:
                 await self._renewer
             self._renewer = None
         if self._name is not None and not self.lost.is_set():
-            async with self._db.lease_transaction() as leases:
-                await leases.release(self._name, holder=self._holder)
+            async with self._db.transaction() as tx:
+                await tx.identities.release(self._name, holder=self._holder)
         self._name = None
 
     async def _renew_forever(self, name: str) -> None:
@@ -148,8 +148,8 @@ class IdentityLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                async with self._db.lease_transaction() as leases:
-                    kept = await leases.renew(
+                async with self._db.transaction() as tx:
+                    kept = await tx.identities.renew(
                         name,
                         holder=self._holder,
                         lease_until=datetime.now(UTC) + self._lease,

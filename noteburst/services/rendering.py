@@ -64,15 +64,15 @@ class RenderingService:
     async def _load_or_render(
         self, execution_id: str, variant: HtmlVariant
     ) -> str | None:
-        async with self._db.rendering_transaction() as renderings:
-            stored = await renderings.get(execution_id, variant.value)
+        async with self._db.transaction() as tx:
+            stored = await tx.renderings.get(execution_id, variant.value)
         if stored is not None:
             return stored
         return await self._render(execution_id, variant)
 
     async def _render(self, execution_id: str, variant: HtmlVariant) -> str | None:
-        async with self._db.transaction() as store:
-            notebook = await store.get_result_notebook(execution_id)
+        async with self._db.transaction() as tx:
+            notebook = await tx.executions.get_result_notebook(execution_id)
         if notebook is None:
             return None
         started = asyncio.get_running_loop().time()
@@ -84,8 +84,8 @@ class RenderingService:
             seconds=round(asyncio.get_running_loop().time() - started, 3),
             bytes=len(page),
         )
-        async with self._db.rendering_transaction() as renderings:
-            await renderings.put(
+        async with self._db.transaction() as tx:
+            await tx.renderings.put(
                 execution_id, variant.value, page, now=datetime.now(UTC)
             )
         return page

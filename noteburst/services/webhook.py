@@ -132,13 +132,13 @@ class WebhookService:
 
     async def get(self, execution_id: str) -> WebhookTarget | None:
         """Return the execution's webhook (its URL and state, never its secret)."""
-        async with self._db.transaction() as store:
-            return await store.webhooks().get(execution_id)
+        async with self._db.transaction() as tx:
+            return await tx.webhooks.get(execution_id)
 
     async def deliveries(self, execution_id: str) -> list[WebhookDelivery]:
         """Return every stored delivery attempt of the execution's webhook."""
-        async with self._db.transaction() as store:
-            return await store.webhooks().deliveries(execution_id)
+        async with self._db.transaction() as tx:
+            return await tx.webhooks.deliveries(execution_id)
 
     async def wake(self, execution_id: str) -> int:
         """Send wake-ups for webhooks owed now that ``execution_id`` ended.
@@ -152,8 +152,8 @@ class WebhookService:
             How many wake-ups were sent.
         """
         try:
-            async with self._db.transaction() as store:
-                due = await store.webhooks().due(
+            async with self._db.transaction() as tx:
+                due = await tx.webhooks.due(
                     now=datetime.now(UTC), ending_with=execution_id
                 )
             for owed in due:
@@ -174,8 +174,8 @@ class WebhookService:
         int
             How many were sent.
         """
-        async with self._db.transaction() as store:
-            due = await store.webhooks().due(now=datetime.now(UTC))
+        async with self._db.transaction() as tx:
+            due = await tx.webhooks.due(now=datetime.now(UTC))
         for owed in due:
             await self._queue.enqueue_webhook(owed)
         if due:
@@ -197,13 +197,15 @@ class WebhookService:
         settings = self._settings
         started = datetime.now(UTC)
         lease = settings.timeout_seconds + LEASE_MARGIN_SECONDS
-        async with self._db.transaction() as store:
-            claimed = await store.webhooks().claim(
+        async with self._db.transaction() as tx:
+            claimed = await tx.webhooks.claim(
                 execution_id,
                 now=started,
                 lease_until=started + timedelta(seconds=lease),
             )
-            execution = None if claimed is None else await store.get(execution_id)
+            execution = (
+                None if claimed is None else await tx.executions.get(execution_id)
+            )
         if claimed is None or execution is None:
             return None
         log = _logger.bind(execution_id=execution_id, attempt=claimed.attempt)
@@ -245,8 +247,8 @@ class WebhookService:
         now = datetime.now(UTC)
         state, delay = self._next(delivery, execution.finished_at or now, now, final)
         next_at = None if delay is None else now + timedelta(seconds=delay)
-        async with self._db.transaction() as store:
-            recorded = await store.webhooks().record(
+        async with self._db.transaction() as tx:
+            recorded = await tx.webhooks.record(
                 execution_id, delivery, state=state, next_attempt_at=next_at, now=now
             )
         if not recorded:

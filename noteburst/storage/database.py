@@ -2,9 +2,10 @@
 
 One :class:`Database` wraps one SQLAlchemy :class:`~sqlalchemy.ext.asyncio.
 AsyncEngine`.  It is the only way the rest of Noteburst reaches the
-database, and it hands out :class:`~noteburst.storage.execution.
-ExecutionStore` objects bound to a transaction, so nothing above storage
-ever touches SQLAlchemy.
+database: :meth:`Database.transaction` yields a
+:class:`~noteburst.storage.unit_of_work.UnitOfWork` whose stores are bound
+to one transaction, so nothing above storage ever touches SQLAlchemy.  It
+is also the one place that decides whether the database is PostgreSQL.
 
 **One Database per event loop.**  Pooled asyncpg and aiosqlite connections
 belong to the loop that opened them; using them from another loop fails with
@@ -41,10 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from alembic.command import upgrade as alembic_upgrade
@@ -57,7 +58,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
@@ -67,10 +67,7 @@ from sqlalchemy.util import await_
 from noteburst.exceptions import ConfigurationError
 
 from . import sqlite_driver
-from .execution import ExecutionStore
-from .identity import IdentityLeaseStore
-from .rendering import RenderingStore
-from .token import TokenStore
+from .unit_of_work import UnitOfWork
 
 __all__ = [
     "ALEMBIC_SCRIPT_LOCATION",
@@ -113,8 +110,6 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 _PING_TIMEOUT_SECONDS = 10.0
 
 _logger = structlog.get_logger("noteburst.database")
-
-_Store = TypeVar("_Store")
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
@@ -312,6 +307,7 @@ class Database:
             engine, expire_on_commit=False, autoflush=False
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._postgres = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str, *, echo: bool = False) -> Database:
@@ -341,7 +337,7 @@ class Database:
     @property
     def is_postgres(self) -> bool:
         """Whether this is Postgres (LISTEN/NOTIFY and advisory locks exist)."""
-        return self.dialect_name == "postgresql"
+        return self._postgres
 
     @property
     def url(self) -> str:
@@ -349,7 +345,7 @@ class Database:
         return self._engine.url.render_as_string(hide_password=False)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[ExecutionStore]:
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
         """Run a unit of work in one database transaction.
 
         Commits when the block exits normally and rolls back if it raises.
@@ -362,39 +358,15 @@ class Database:
 
         Yields
         ------
-        ExecutionStore
-            Store bound to the transaction; do not keep it past the block.
+        UnitOfWork
+            Every store, bound to the transaction (``tx.executions``,
+            ``tx.claims``, ``tx.webhooks``...); do not keep it past the block.
         """
-        async with self._transaction(ExecutionStore) as store:
-            yield store
-
-    @asynccontextmanager
-    async def lease_transaction(self) -> AsyncIterator[IdentityLeaseStore]:
-        """Like :meth:`transaction`, for the bot identity leases."""
-        async with self._transaction(IdentityLeaseStore) as store:
-            yield store
-
-    @asynccontextmanager
-    async def rendering_transaction(self) -> AsyncIterator[RenderingStore]:
-        """Like :meth:`transaction`, for stored renderings."""
-        async with self._transaction(RenderingStore) as store:
-            yield store
-
-    @asynccontextmanager
-    async def token_transaction(self) -> AsyncIterator[TokenStore]:
-        """Like :meth:`transaction`, for API tokens."""
-        async with self._transaction(TokenStore) as store:
-            yield store
-
-    @asynccontextmanager
-    async def _transaction(
-        self, store: Callable[[AsyncSession], _Store]
-    ) -> AsyncIterator[_Store]:
-        """One transaction, its store, and a warning if its commit was slow."""
         self._check_loop()
         async with self._sessionmaker() as session:
             async with session.begin():
-                yield store(session)
+                work = UnitOfWork(session, postgres=self._postgres)
+                yield work
                 committing = time.monotonic()
             # Reached only if the block ended normally and the commit succeeded.
             seconds = time.monotonic() - committing
@@ -402,7 +374,7 @@ class Database:
                 _logger.warning(
                     "Slow database commit",
                     seconds=round(seconds, 3),
-                    store=getattr(store, "__name__", repr(store)),
+                    stores=",".join(work.stores_used),
                 )
 
     async def upgrade(self) -> None:

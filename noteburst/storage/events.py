@@ -2,7 +2,7 @@
 
 Subscriptions follow "subscribe, then read, then wait": a subscriber
 registers a :class:`Signal`, reads the stored events it has not seen
-(``ExecutionStore.events_after``), and awaits :meth:`Signal.wait` before
+(``tx.events.after``), and awaits :meth:`Signal.wait` before
 reading again.  The bus carries no event data, only "look again", so a
 missed or duplicated wake-up can never lose or repeat an event: the stored,
 gap-free sequence is the truth.  That is also what makes the signal cheap:
@@ -16,7 +16,7 @@ Two implementations:
   The worker calls :meth:`~LocalEventBus.announce` after committing, from
   its own thread and event loop; subscribers are woken on their own loop
   with ``call_soon_threadsafe``.
-* :class:`PostgresEventBus`, for Postgres.  ``ExecutionStore`` already sent
+* :class:`PostgresEventBus`, for Postgres.  The execution store already sent
   ``pg_notify`` inside the committing transaction, from whichever process
   made the change, so ``announce`` does nothing.  One dedicated asyncpg
   connection per process LISTENs and routes notifications to local

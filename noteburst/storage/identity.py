@@ -28,10 +28,13 @@ class IdentityLeaseStore:
     ----------
     session
         The session of the caller's transaction; the store never commits.
+    postgres
+        Whether the database is PostgreSQL (decided by the Database).
     """
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, *, postgres: bool) -> None:
         self._session = session
+        self._postgres = postgres
 
     async def claim(
         self,
@@ -111,7 +114,7 @@ class IdentityLeaseStore:
         rows = [{"name": name} for name in names]
         # Both dialects spell "insert unless present" the same way, but
         # through their own Insert classes.
-        if self._session.get_bind().dialect.name == "postgresql":
+        if self._postgres:
             await self._session.execute(
                 postgresql.insert(LabIdentityRow).values(rows).on_conflict_do_nothing()
             )

@@ -25,10 +25,13 @@ class RenderingStore:
     ----------
     session
         The session of the caller's transaction.
+    postgres
+        Whether the database is PostgreSQL (decided by the Database).
     """
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, *, postgres: bool) -> None:
         self._session = session
+        self._postgres = postgres
 
     async def get(self, execution_id: str, variant: str) -> str | None:
         """Return the stored rendering, or `None`."""
@@ -50,7 +53,7 @@ class RenderingStore:
             "content": content,
             "created_at": now,
         }
-        if self._session.get_bind().dialect.name == "postgresql":
+        if self._postgres:
             statement = postgresql.insert(ExecutionRenderingRow).values(values)
             await self._session.execute(statement.on_conflict_do_nothing())
         else:

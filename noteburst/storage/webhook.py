@@ -1,7 +1,7 @@
 """Reading and changing webhooks and their delivery attempts.
 
 :class:`WebhookStore` is bound to the caller's transaction (get one from
-``ExecutionStore.webhooks()`` inside ``Database.transaction()``, so a
+``tx.webhooks`` inside ``Database.transaction()``, so a
 submission stores its webhook with its execution) and never commits.
 
 The outbox needs no write when an execution ends: a pending webhook whose

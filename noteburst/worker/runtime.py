@@ -157,7 +157,9 @@ class WorkerRuntime(Middleware):
             self._config, broker=broker, bus=self._bus
         )
         await (
-            self.factory().create_runner().recover(everything_running=self._recover_all)
+            self.factory()
+            .create_recovery_sweep()
+            .sweep(everything_running=self._recover_all)
         )
         await self.factory().create_webhook_service().sweep()
         if self._sweep_interval is not None:
@@ -179,7 +181,7 @@ class WorkerRuntime(Middleware):
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.factory().create_runner().recover()
+                await self.factory().create_recovery_sweep().sweep()
             except Exception:
                 _logger.exception("Recovery sweep failed")
             try:

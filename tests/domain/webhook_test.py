@@ -12,7 +12,7 @@ import pytest
 from noteburst.domain.execution import (
     ErrorCode,
     Execution,
-    ExecutionError,
+    ExecutionFailure,
     ExecutionStatus,
     Progress,
 )
@@ -89,7 +89,7 @@ def test_payload_shape() -> None:
         last_sequence=5,
         started_at=now - timedelta(seconds=2),
         finished_at=now - timedelta(seconds=1),
-        error=ExecutionError(code=ErrorCode.CELL_ERROR, message="boom", cell_index=1),
+        error=ExecutionFailure(code=ErrorCode.CELL_ERROR, message="boom", cell_index=1),
     )
     payload = build_payload(execution, public_url="https://nb.example/", now=now)
     assert payload["type"] == "execution.finished"

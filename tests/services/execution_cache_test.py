@@ -1,4 +1,4 @@
-"""ExecutionService's use of the cache: one run per key, one key per environment.
+"""CallerServices's use of the cache: one run per key, one key per environment.
 
 Real Postgres/SQLite and the session's jupyter_server.  Many identical
 submissions at once start one run (the per-key lock), and a result computed
@@ -23,11 +23,11 @@ from noteburst.domain.cache import CacheMode, CachePolicy
 from noteburst.domain.execution import ExecutionStatus
 from noteburst.exceptions import InvalidInputError
 from noteburst.factory import Factory, ProcessContext, create_broker
-from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.services import CallerServices, services_for
 
 USE = CachePolicy(CacheMode.USE)
 
@@ -36,7 +36,7 @@ USE = CachePolicy(CacheMode.USE)
 class Harness:
     broker: StubBroker
     runner: ExecutionRunner
-    services: dict[str, ExecutionService]
+    services: dict[str, CallerServices]
     """Submission services by environment tag, sharing one database."""
 
 
@@ -55,7 +55,7 @@ async def harness(
             tagged = config.model_copy(update={"cache_environment_tag": tag})
             api = await ProcessContext.for_api(tagged, broker=broker, local_bus=bus)
             contexts.append(api)
-            services[tag] = Factory(api).create_execution_service(LOCAL_CALLER)
+            services[tag] = services_for(Factory(api), LOCAL_CALLER)
         worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
         contexts.append(worker)
         yield Harness(
@@ -73,7 +73,7 @@ async def test_many_identical_submissions_at_once_make_one_run(
     service = harness.services["w_2026_47"]
     source = notebook("'same'")
     submitted = await asyncio.gather(
-        *(service.submit(source, cache=USE) for _ in range(20))
+        *(service.submissions.submit(source, cache=USE) for _ in range(20))
     )
     leaders = [s for s in submitted if s.shares_run_of is None]
     assert len(leaders) == 1
@@ -86,26 +86,32 @@ async def test_many_identical_submissions_at_once_make_one_run(
 async def test_a_result_is_reused_only_in_its_environment(harness: Harness) -> None:
     source = notebook("21 * 2")
     this_week = harness.services["w_2026_47"]
-    ran = await this_week.submit(source, cache=USE)
+    ran = await this_week.submissions.submit(source, cache=USE)
     outcome = await asyncio.wait_for(harness.runner.run(ran.id), 120)
     assert outcome is not None
     assert outcome.status is ExecutionStatus.SUCCEEDED
 
-    hit = await this_week.submit(source, cache=USE)
+    hit = await this_week.submissions.submit(source, cache=USE)
     assert hit.cached_from == ran.id
-    next_week = await harness.services["w_2026_48"].submit(source, cache=USE)
+    next_week = await harness.services["w_2026_48"].submissions.submit(
+        source, cache=USE
+    )
     assert not next_week.cache_hit
     assert next_week.status is ExecutionStatus.QUEUED
-    with_parameters = await this_week.submit(source, cache=USE, parameters={"x": 1})
+    with_parameters = await this_week.submissions.submit(
+        source, cache=USE, parameters={"x": 1}
+    )
     assert not with_parameters.cache_hit
     # Markdown does not change what runs.
-    annotated = await this_week.submit(notebook("21 * 2", "# md:notes"), cache=USE)
+    annotated = await this_week.submissions.submit(
+        notebook("21 * 2", "# md:notes"), cache=USE
+    )
     assert annotated.cached_from == ran.id
 
 
 @pytest.mark.asyncio
 async def test_a_negative_max_age_is_refused(harness: Harness) -> None:
     with pytest.raises(InvalidInputError, match="maxAgeSeconds"):
-        await harness.services["w_2026_47"].submit(
+        await harness.services["w_2026_47"].submissions.submit(
             notebook("1"), cache=CachePolicy(CacheMode.USE, max_age_seconds=-1)
         )

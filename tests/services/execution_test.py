@@ -1,4 +1,4 @@
-"""ExecutionService: what happens around the queue and the notebook rules."""
+"""CallerServices: what happens around the queue and the notebook rules."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from noteburst.storage.events import LocalEventBus
 from noteburst.storage.taskqueue import build_broker
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.services import services_for
 
 
 def _closed_port() -> int:
@@ -38,8 +39,8 @@ async def test_submission_survives_an_unreachable_queue(
     )
     api = await ProcessContext.for_api(config, broker=dead, local_bus=LocalEventBus())
     try:
-        service = Factory(api).create_execution_service(LOCAL_CALLER)
-        execution = await service.submit(notebook("1"))
+        service = services_for(Factory(api), LOCAL_CALLER)
+        execution = await service.submissions.submit(notebook("1"))
         assert execution.status is ExecutionStatus.QUEUED
     finally:
         await api.aclose()
@@ -53,8 +54,9 @@ async def test_submission_survives_an_unreachable_queue(
         live_config, broker=live, bus=LocalEventBus()
     )
     try:
+        recovery = Factory(worker).create_recovery_sweep()
+        assert await recovery.sweep(everything_running=True) == 1
         runner = Factory(worker).create_runner()
-        assert await runner.recover(everything_running=True) == 1
         outcome = await runner.run(execution.id)
         assert outcome is not None
         assert outcome.status is ExecutionStatus.SUCCEEDED

@@ -24,6 +24,7 @@ from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.services import services_for
 from tests.support.webhooks import new_secret, receiver, verify_signature
 
 
@@ -47,28 +48,28 @@ async def test_cancel_and_sweep_endings_wake_and_deliver_webhooks(
     secret = new_secret()
     try:
         async with receiver() as hook:
-            service = Factory(api).create_execution_service(LOCAL_CALLER)
+            service = services_for(Factory(api), LOCAL_CALLER)
             request = WebhookRequest(url=hook.url, secret=secret)
-            cancelled = await service.submit(notebook("1"), webhook=request)
-            lost = await service.submit(notebook("2"), webhook=request)
+            cancelled = await service.submissions.submit(notebook("1"), webhook=request)
+            lost = await service.submissions.submit(notebook("2"), webhook=request)
             wakeups = broker.queues[WEBHOOK_QUEUE]
             assert wakeups.qsize() == 0  # neither has ended
 
-            ended = await service.cancel(cancelled.id)
+            ended = await service.executions.cancel(cancelled.id)
             assert ended.status is ExecutionStatus.CANCELLED
             assert wakeups.qsize() == 1
 
             # A worker took the other one and was lost; its lease lapsed.
             past = datetime.now(UTC) - timedelta(minutes=1)
-            async with worker.database.transaction() as store:
-                claimed = await store.claim(
+            async with worker.database.transaction() as tx:
+                claimed = await tx.claims.claim(
                     lost.id,
                     now=past,
                     lease_until=past + timedelta(seconds=1),
                     max_attempts=1,
                 )
                 assert claimed is not None
-            await Factory(worker).create_runner().recover()
+            await Factory(worker).create_recovery_sweep().sweep()
             assert wakeups.qsize() == 2
 
             webhooks = Factory(worker).create_webhook_service()

@@ -65,8 +65,8 @@ async def test_a_crashed_workers_identity_comes_back(database: Database) -> None
     crashed._renewer.cancel()
     # Once the lease is past, another worker takes it over...
     now = datetime.now(UTC) + timedelta(seconds=1)
-    async with database.lease_transaction() as leases:
-        taken = await leases.claim(
+    async with database.transaction() as tx:
+        taken = await tx.identities.claim(
             POOL, holder="newcomer", now=now, lease_until=now + timedelta(seconds=30)
         )
     assert taken == POOL[0]
@@ -77,17 +77,17 @@ async def test_renewal_notices_a_take_over(database: Database) -> None:
     stalled = _lease(database, "stalled", seconds=0.6)
     assert await stalled.acquire() == POOL[0]
     now = datetime.now(UTC) + timedelta(hours=1)
-    async with database.lease_transaction() as leases:
+    async with database.transaction() as tx:
         assert (
-            await leases.claim(
+            await tx.identities.claim(
                 POOL[:1], holder="thief", now=now, lease_until=now + timedelta(hours=1)
             )
             == POOL[0]
         )
     await asyncio.wait_for(stalled.lost.wait(), 10)
     await stalled.release()
-    async with database.lease_transaction() as leases:
-        assert await leases.holder_of(POOL[0]) == "thief"
+    async with database.transaction() as tx:
+        assert await tx.identities.holder_of(POOL[0]) == "thief"
 
 
 @pytest.mark.asyncio
@@ -109,8 +109,8 @@ async def test_acquire_waits_until_an_identity_is_released(database: Database) -
             assert not claim.done(), claim
             await b.release()
             assert await asyncio.wait_for(claim, 30) == POOL[1]
-        async with database.lease_transaction() as leases:
-            assert await leases.holder_of(POOL[1]) == "waiter"
+        async with database.transaction() as tx:
+            assert await tx.identities.holder_of(POOL[1]) == "waiter"
     finally:
         for lease in (a, b, waiter):
             await lease.release()
@@ -132,8 +132,8 @@ async def test_acquire_waits_for_a_crashed_workers_lease_to_expire(
         assert await asyncio.wait_for(newcomer.acquire(wait_seconds=60), 30) == pool[0]
         # Not at once: only after the crashed worker's lease ran out.
         assert time.monotonic() - started > 0.5
-        async with database.lease_transaction() as leases:
-            assert await leases.holder_of(pool[0]) == "newcomer"
+        async with database.transaction() as tx:
+            assert await tx.identities.holder_of(pool[0]) == "newcomer"
     finally:
         await newcomer.release()
 
@@ -156,8 +156,8 @@ async def test_acquire_gives_up_after_waiting(database: Database) -> None:
             "process leases one identity)"
         )
         # The live workers kept theirs.
-        async with database.lease_transaction() as leases:
-            assert [await leases.holder_of(name) for name in POOL] == ["a", "b"]
+        async with database.transaction() as tx:
+            assert [await tx.identities.holder_of(name) for name in POOL] == ["a", "b"]
     finally:
         for lease in (a, b, late):
             await lease.release()

@@ -21,8 +21,8 @@ from tests.domain.rendering_test import executed_notebook
 
 async def finished_execution(database: Database, result: dict[str, Any] | None) -> str:
     now = datetime.now(UTC)
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id="e1",
             kernel_name="python3",
             timeout_seconds=60,
@@ -31,11 +31,11 @@ async def finished_execution(database: Database, result: dict[str, Any] | None) 
             now=now,
         )
     if result is not None:
-        async with database.transaction() as store:
-            await store.claim(
+        async with database.transaction() as tx:
+            await tx.claims.claim(
                 "e1", now=now, lease_until=now + timedelta(minutes=1), max_attempts=1
             )
-            await store.finish(
+            await tx.claims.finish(
                 "e1",
                 status=ExecutionStatus.SUCCEEDED,
                 result_text=json.dumps(result),
@@ -89,9 +89,9 @@ async def test_concurrent_requests_render_once_then_the_page_is_stored(
     assert renderer.calls == 2
     assert without_code is not None
     assert "squares_total" not in without_code
-    async with database.rendering_transaction() as renderings:
-        assert await renderings.get(execution_id, "html") == pages[0]
-        assert await renderings.get(execution_id, "html-no-code") == without_code
+    async with database.transaction() as tx:
+        assert await tx.renderings.get(execution_id, "html") == pages[0]
+        assert await tx.renderings.get(execution_id, "html-no-code") == without_code
 
 
 @pytest.mark.asyncio
@@ -108,9 +108,9 @@ async def test_a_second_store_of_the_same_variant_is_ignored(
 ) -> None:
     execution_id = await finished_execution(database, executed_notebook())
     now = datetime.now(UTC)
-    async with database.rendering_transaction() as renderings:
-        await renderings.put(execution_id, "html", "first", now=now)
-    async with database.rendering_transaction() as renderings:
-        await renderings.put(execution_id, "html", "second", now=now)
-    async with database.rendering_transaction() as renderings:
-        assert await renderings.get(execution_id, "html") == "first"
+    async with database.transaction() as tx:
+        await tx.renderings.put(execution_id, "html", "first", now=now)
+    async with database.transaction() as tx:
+        await tx.renderings.put(execution_id, "html", "second", now=now)
+    async with database.transaction() as tx:
+        assert await tx.renderings.get(execution_id, "html") == "first"

@@ -25,7 +25,6 @@ from noteburst.domain.execution import EventKind, ExecutionEvent, ExecutionStatu
 from noteburst.factory import Factory, ProcessContext, create_broker
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.services import runner as runner_module
-from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
@@ -36,6 +35,7 @@ from tests.support.outputs import (
     notebook_outputs,
     replay_stored,
 )
+from tests.support.services import CallerServices, services_for
 
 NEVER = 3600.0
 """A flush timer that does not fire during a test."""
@@ -44,20 +44,22 @@ NEVER = 3600.0
 class Instance:
     """A service and a runner sharing one database, with a flush policy."""
 
-    def __init__(self, service: ExecutionService, runner: ExecutionRunner) -> None:
+    def __init__(self, service: CallerServices, runner: ExecutionRunner) -> None:
         self.service = service
         self.runner = runner
 
     async def run(self, source: dict[str, Any]) -> tuple[list[ExecutionEvent], Any]:
         """Submit and run ``source``; return its stored events and notebook."""
-        execution = await self.service.submit(source)
+        execution = await self.service.submissions.submit(source)
         outcome = await asyncio.wait_for(self.runner.run(execution.id), 120)
         assert outcome is not None
         events = [
             watched.event
-            async for watched in self.service.watch(execution.id, after_sequence=0)
+            async for watched in self.service.watcher.watch(
+                execution.id, after_sequence=0
+            )
         ]
-        stored = await self.service.get_notebook(execution.id)
+        stored = await self.service.executions.get_notebook(execution.id)
         assert stored is not None
         return events, stored
 
@@ -80,7 +82,7 @@ async def make_instance(
         worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
         contexts.append(worker)
         return Instance(
-            Factory(api).create_execution_service(LOCAL_CALLER),
+            services_for(Factory(api), LOCAL_CALLER),
             Factory(worker).create_runner(),
         )
 
@@ -234,15 +236,17 @@ async def test_outputs_folded_before_a_timeout_are_kept(
         "print('fast')", "print('slow', flush=True)\nimport time\ntime.sleep(60)"
     )
     # Ample time for the print to be folded; the sleep outlasts it anyway.
-    execution = await instance.service.submit(source, timeout_seconds=8)
+    execution = await instance.service.submissions.submit(source, timeout_seconds=8)
     outcome = await asyncio.wait_for(instance.runner.run(execution.id), 120)
     assert outcome is not None
     assert outcome.status is ExecutionStatus.TIMED_OUT
     events = [
         watched.event
-        async for watched in instance.service.watch(execution.id, after_sequence=0)
+        async for watched in instance.service.watcher.watch(
+            execution.id, after_sequence=0
+        )
     ]
-    stored = await instance.service.get_notebook(execution.id)
+    stored = await instance.service.executions.get_notebook(execution.id)
     assert stored is not None
     final = notebook_outputs(stored)
     assert final[1][0]["text"] == "slow\n"

@@ -21,16 +21,16 @@ from dramatiq.brokers.stub import StubBroker
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionQueue, ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
-from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.services import CallerServices, services_for
 
 
 @dataclass
 class Harness:
-    service: ExecutionService
+    service: CallerServices
     runner: ExecutionRunner
 
 
@@ -46,7 +46,7 @@ async def harness(
     worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=Factory(api).create_execution_service(LOCAL_CALLER),
+            service=services_for(Factory(api), LOCAL_CALLER),
             runner=Factory(worker).create_runner(),
         )
     finally:
@@ -58,18 +58,18 @@ async def harness(
 async def test_each_message_runs_the_most_urgent_queued_execution(
     harness: Harness,
 ) -> None:
-    batch = await harness.service.submit(
+    batch = await harness.service.submissions.submit(
         notebook("'batch'"), queue=ExecutionQueue.BATCH
     )
-    interactive = await harness.service.submit(notebook("'interactive'"))
+    interactive = await harness.service.submissions.submit(notebook("'interactive'"))
 
     # The batch execution's message arrives first, but the worker it wakes
     # runs the interactive execution, submitted later.
     first = await asyncio.wait_for(harness.runner.run(batch.id), 120)
     assert first is not None
     assert first.status is ExecutionStatus.SUCCEEDED
-    ran_first = await harness.service.get(interactive.id)
-    waiting = await harness.service.get(batch.id)
+    ran_first = await harness.service.executions.get(interactive.id)
+    waiting = await harness.service.executions.get(batch.id)
     assert ran_first is not None
     assert ran_first.status is ExecutionStatus.SUCCEEDED
     assert waiting is not None
@@ -78,13 +78,13 @@ async def test_each_message_runs_the_most_urgent_queued_execution(
     # The interactive execution's own message then runs the batch one...
     second = await asyncio.wait_for(harness.runner.run(interactive.id), 120)
     assert second is not None
-    done = await harness.service.get(batch.id)
+    done = await harness.service.executions.get(batch.id)
     assert done is not None
     assert done.status is ExecutionStatus.SUCCEEDED
     assert done.attempts == 1
     # ...and a duplicate finds nothing to do.
     assert await harness.runner.run(batch.id) is None
     for execution_id in (batch.id, interactive.id):
-        final = await harness.service.get(execution_id)
+        final = await harness.service.executions.get(execution_id)
         assert final is not None
         assert (final.status, final.attempts) == (ExecutionStatus.SUCCEEDED, 1)

@@ -10,90 +10,45 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from dramatiq.brokers.stub import StubBroker
 
 from noteburst.constants import EXECUTION_QUEUE
-from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
-    ExecutionError,
     ExecutionEvent,
+    ExecutionFailure,
     ExecutionStatus,
 )
 from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import Factory
 from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.services import runner as runner_module
-from noteburst.services.execution import ExecutionService
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.database import Database
-from noteburst.storage.events import LocalEventBus
-from noteburst.storage.execution import ExecutionStore, NewEvent
-from tests.support.app import make_config
+from noteburst.storage.executions import ClaimStore, EventLogStore, NewEvent
 from tests.support.notebooks import notebook
+from tests.support.runner_harness import Harness
 from tests.support.waiting import wait_until
 
 
-@dataclass
-class Harness:
-    service: ExecutionService
-    runner: ExecutionRunner
-    api: ProcessContext
-    broker: StubBroker
-    worker: ProcessContext
-
-
-@pytest_asyncio.fixture
-async def harness(
-    tmp_path: Path, jupyter_server: Any, database_url: str
-) -> AsyncIterator[Harness]:
-    config = make_config(
-        tmp_path,
-        jupyter_server,
-        database_url=database_url,
-        kernel_names=["python3", "no-such-kernel"],
-        max_attempts=2,
-        # Cell events are written as soon as they are posted, which these
-        # tests were written for; the gathering is tested on its own below.
-        progress_flush_seconds=0,
-    )
-    broker = create_broker(config)
-    assert isinstance(broker, StubBroker)
-    bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
-    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
-    try:
-        yield Harness(
-            service=Factory(api).create_execution_service(LOCAL_CALLER),
-            runner=Factory(worker).create_runner(),
-            api=api,
-            broker=broker,
-            worker=worker,
-        )
-    finally:
-        await worker.aclose()
-        await api.aclose()
-
-
 async def _events(harness: Harness, execution_id: str) -> list[Any]:
-    async with harness.api.database.transaction() as store:
-        return list(await store.events_after(execution_id, 0))
+    async with harness.api.database.transaction() as tx:
+        return list(await tx.events.after(execution_id, 0))
 
 
 @pytest.mark.asyncio
 async def test_a_message_delivered_twice_runs_once(harness: Harness) -> None:
-    execution = await harness.service.submit(notebook("import os; os.getpid()"))
+    execution = await harness.service.submissions.submit(
+        notebook("import os; os.getpid()")
+    )
     outcomes = await asyncio.wait_for(
         asyncio.gather(
             harness.runner.run(execution.id), harness.runner.run(execution.id)
@@ -103,7 +58,7 @@ async def test_a_message_delivered_twice_runs_once(harness: Harness) -> None:
     assert sorted(o is None for o in outcomes) == [False, True]
     # A third delivery after the end changes nothing either.
     assert await harness.runner.run(execution.id) is None
-    final = await harness.service.get(execution.id)
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.status is ExecutionStatus.SUCCEEDED
     assert final.attempts == 1
@@ -113,62 +68,8 @@ async def test_a_message_delivered_twice_runs_once(harness: Harness) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_lost_worker_is_recovered_then_given_up(harness: Harness) -> None:
-    execution = await harness.service.submit(notebook("print('again')"))
-    harness.broker.flush_all()
-    long_ago = datetime.now(UTC) - timedelta(hours=1)
-
-    async def crash_while_running() -> None:
-        # What a worker that died mid-run leaves behind: a claim whose
-        # lease has expired.
-        async with harness.api.database.transaction() as store:
-            claimed = await store.claim(
-                execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
-            )
-            assert claimed is not None
-
-    await crash_while_running()
-    assert await harness.runner.recover() == 1
-    assert harness.broker.queues[EXECUTION_QUEUE].qsize() == 1
-    requeued = await harness.service.get(execution.id)
-    assert requeued is not None
-    assert requeued.status is ExecutionStatus.QUEUED
-
-    await crash_while_running()  # second (and last allowed) attempt dies too
-    assert await harness.runner.recover() == 0
-    failed = await harness.service.get(execution.id)
-    assert failed is not None
-    assert failed.status is ExecutionStatus.FAILED
-    assert failed.error is not None
-    assert failed.error.code is ErrorCode.WORKER_LOST
-    kinds = [e.kind for e in await _events(harness, execution.id)]
-    assert kinds == [
-        EventKind.QUEUED,
-        EventKind.QUEUED,
-        EventKind.FINISHED,
-    ]
-
-
-@pytest.mark.asyncio
-async def test_recovered_execution_runs_to_completion(harness: Harness) -> None:
-    execution = await harness.service.submit(notebook("print('second try')"))
-    long_ago = datetime.now(UTC) - timedelta(hours=1)
-    async with harness.api.database.transaction() as store:
-        assert await store.claim(
-            execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
-        )
-    await harness.runner.recover()
-    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
-    assert outcome is not None
-    assert outcome.status is ExecutionStatus.SUCCEEDED
-    final = await harness.service.get(execution.id)
-    assert final is not None
-    assert final.attempts == 2
-
-
-@pytest.mark.asyncio
 async def test_timeout_returns_partial_notebook(harness: Harness) -> None:
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("print('started')", "import time; time.sleep(60)", "print('never')"),
         timeout_seconds=2,
     )
@@ -178,7 +79,7 @@ async def test_timeout_returns_partial_notebook(harness: Harness) -> None:
     assert outcome.error is not None
     assert outcome.error.code is ErrorCode.TIMEOUT
     assert outcome.error.cell_index == 1
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][0]["outputs"][0]["text"] == "started\n"
     assert result["cells"][2]["outputs"] == []
@@ -186,7 +87,7 @@ async def test_timeout_returns_partial_notebook(harness: Harness) -> None:
 
 @pytest.mark.asyncio
 async def test_kernel_that_cannot_start_fails_clearly(harness: Harness) -> None:
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("1"), kernel_name="no-such-kernel"
     )
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 60)
@@ -202,7 +103,7 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
     harness: Harness, tmp_path: Path
 ) -> None:
     """The lab's server is gone (stopped under us): retried with backoff, then final."""
-    execution = await harness.service.submit(notebook("1"))
+    execution = await harness.service.submissions.submit(notebook("1"))
     harness.broker.flush_all()
     async with httpx.AsyncClient() as http:
         backend = LocalLabBackend(
@@ -215,14 +116,14 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
             database=harness.api.database,
             bus=harness.api.bus,
             backend=backend,
-            queue=harness.api.queue,
+            task_queue=harness.api.queue,
             lease_seconds=30,
             max_attempts=2,
         )
         first = await asyncio.wait_for(runner.run(execution.id), 60)
         assert first is not None
         assert first.retryable
-        requeued = await harness.service.get(execution.id)
+        requeued = await harness.service.executions.get(execution.id)
         assert requeued is not None
         assert requeued.status is ExecutionStatus.QUEUED
         assert requeued.attempts == 1
@@ -232,7 +133,7 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
         second = await asyncio.wait_for(runner.run(execution.id), 60)
         assert second is not None
         await backend.aclose()
-    final = await harness.service.get(execution.id)
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.status is ExecutionStatus.FAILED
     assert final.attempts == 2
@@ -259,27 +160,27 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
     watcher must still see every event once, in order, with no gaps.
     """
     cells = 12
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         # No outputs, so no CELL_OUTPUTS events: only cell starts and ends.
         notebook(*(f"x{i} = {i} * 2" for i in range(cells)))
     )
     harness.broker.flush_all()
     all_ran = asyncio.Event()
     batches: list[list[EventKind]] = []
-    real_append = ExecutionStore.append_events
+    real_append = EventLogStore.append_many
 
     async def held_append(
-        self: ExecutionStore, execution_id: str, events: Sequence[NewEvent]
+        self: EventLogStore, execution_id: str, events: Sequence[NewEvent]
     ) -> list[ExecutionEvent]:
         batches.append([event.kind for event in events])
         if len(batches) == 1:
             await all_ran.wait()
         return await real_append(self, execution_id, events)
 
-    real_finish = ExecutionStore.finish
+    real_finish = ClaimStore.finish
 
     async def noted_finish(
-        self: ExecutionStore, execution_id: str, **kwargs: Any
+        self: ClaimStore, execution_id: str, **kwargs: Any
     ) -> ExecutionEvent | None:
         # The end of a run writes what is left with its own statements.
         if kwargs.get("progress"):
@@ -293,15 +194,15 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
         all_ran.set()
         return result
 
-    monkeypatch.setattr(ExecutionStore, "append_events", held_append)
-    monkeypatch.setattr(ExecutionStore, "finish", noted_finish)
+    monkeypatch.setattr(EventLogStore, "append_many", held_append)
+    monkeypatch.setattr(ClaimStore, "finish", noted_finish)
     monkeypatch.setattr(runner_module, "execute_notebook", execute_then_release)
 
     def row(event: ExecutionEvent) -> tuple[int, EventKind, int | None, int]:
         return (event.sequence, event.kind, event.cell_index, event.cells_done)
 
     async def watch() -> list[tuple[int, EventKind, int | None, int]]:
-        stream = harness.service.watch(execution.id, after_sequence=0)
+        stream = harness.service.watcher.watch(execution.id, after_sequence=0)
         return [row(watched.event) async for watched in stream]
 
     watcher = asyncio.create_task(watch())
@@ -328,7 +229,7 @@ async def test_progress_events_are_batched_without_holding_up_the_cells(
     assert [row(e) for e in stored] == expected
     times = [e.created_at for e in stored]
     assert times == sorted(times)
-    final = await harness.service.get(execution.id)
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.progress.cells_done == cells
 
@@ -358,7 +259,7 @@ async def test_cell_timeout_interrupts_and_keeps_the_partial_notebook(
     harness: Harness, tmp_path: Path
 ) -> None:
     marker = tmp_path / "interrupted"
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("print('first')", _interruptible_sleep(marker), "print('never')"),
         cell_timeout_seconds=2,
     )
@@ -371,7 +272,7 @@ async def test_cell_timeout_interrupts_and_keeps_the_partial_notebook(
     assert outcome.error.cell_index == 1
     assert outcome.error.message == "cell 1 exceeded its cell timeout of 2 s"
     await _interrupted(marker)
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][0]["outputs"][0]["text"] == "first\n"
     assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
@@ -380,7 +281,7 @@ async def test_cell_timeout_interrupts_and_keeps_the_partial_notebook(
 
 @pytest.mark.asyncio
 async def test_no_output_timeout_ends_the_execution(harness: Harness) -> None:
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(
             "import time\nfor i in range(10):\n    print(i, flush=True)\n"
             "    time.sleep(0.2)",
@@ -394,7 +295,7 @@ async def test_no_output_timeout_ends_the_execution(harness: Harness) -> None:
     assert outcome.error is not None
     assert outcome.error.cell_index == 1
     assert outcome.error.message == "cell 1 exceeded its no-output timeout of 1.5 s"
-    final = await harness.service.get(execution.id)
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.status is ExecutionStatus.TIMED_OUT
     assert final.no_output_timeout_seconds == 1.5
@@ -405,7 +306,7 @@ async def test_whole_execution_timeout_interrupts_and_names_the_cell(
     harness: Harness, tmp_path: Path
 ) -> None:
     marker = tmp_path / "interrupted"
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("print('first')", _interruptible_sleep(marker)), timeout_seconds=3
     )
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
@@ -416,7 +317,7 @@ async def test_whole_execution_timeout_interrupts_and_names_the_cell(
         "execution exceeded its timeout of 3 s while cell 1 was running"
     )
     await _interrupted(marker)
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
 
@@ -436,7 +337,7 @@ async def test_bad_cell_timeouts_are_refused(
 ) -> None:
     cell, silence = (value, None) if field == "cellTimeoutSeconds" else (None, value)
     with pytest.raises(InvalidInputError) as caught:
-        await harness.service.submit(
+        await harness.service.submissions.submit(
             notebook("1"), cell_timeout_seconds=cell, no_output_timeout_seconds=silence
         )
     assert caught.value.field == field
@@ -444,21 +345,21 @@ async def test_bad_cell_timeouts_are_refused(
 
 @pytest.mark.asyncio
 async def test_a_queued_execution_is_cancelled_at_once(harness: Harness) -> None:
-    execution = await harness.service.submit(notebook("print('never')"))
-    cancelled = await harness.service.cancel(execution.id)
+    execution = await harness.service.submissions.submit(notebook("print('never')"))
+    cancelled = await harness.service.executions.cancel(execution.id)
     assert cancelled.status is ExecutionStatus.CANCELLED
     assert cancelled.error is not None
     assert cancelled.error.code is ErrorCode.CANCELLED
     # The worker that receives the message later does nothing.
     assert await harness.runner.run(execution.id) is None
     # Cancelling again returns it unchanged; an unknown id is refused.
-    again = await harness.service.cancel(execution.id)
+    again = await harness.service.executions.cancel(execution.id)
     assert (again.status, again.last_sequence) == (
         ExecutionStatus.CANCELLED,
         cancelled.last_sequence,
     )
     with pytest.raises(ExecutionNotFoundError):
-        await harness.service.cancel("no-such-execution")
+        await harness.service.executions.cancel("no-such-execution")
     kinds = [e.kind for e in await _events(harness, execution.id)]
     assert kinds == [EventKind.QUEUED, EventKind.FINISHED]
 
@@ -473,7 +374,7 @@ async def test_a_replay_starts_with_one_read(
     one transaction starts its subscription (it used to be two, the current
     state and then the same events again), and the stream is the same.
     """
-    execution = await harness.service.submit(notebook("x = 1", "print(x)"))
+    execution = await harness.service.submissions.submit(notebook("x = 1", "print(x)"))
     harness.broker.flush_all()
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
     assert outcome is not None
@@ -492,13 +393,15 @@ async def test_a_replay_starts_with_one_read(
     async with asyncio.timeout(60):
         replayed = [
             watched.event
-            async for watched in harness.service.watch(execution.id, after_sequence=0)
+            async for watched in harness.service.watcher.watch(
+                execution.id, after_sequence=0
+            )
         ]
         assert (replayed, transactions) == (stored, 1)
         transactions = 0
         statuses = [
             watched.event.kind
-            async for watched in harness.service.watch(
+            async for watched in harness.service.watcher.watch(
                 execution.id, after_sequence=1, kinds=[EventKind.RUNNING]
             )
         ]
@@ -523,17 +426,19 @@ async def test_an_end_committed_while_a_subscription_starts_carries_its_error(
     (a cancelled execution's error was missing once in CI).  Here the end
     is committed just before the first event read of the subscription.
     """
-    execution = await harness.service.submit(notebook("print('never run')"))
-    error = ExecutionError(code=ErrorCode.CANCELLED, message="cancelled", cell_index=0)
+    execution = await harness.service.submissions.submit(notebook("print('never run')"))
+    error = ExecutionFailure(
+        code=ErrorCode.CANCELLED, message="cancelled", cell_index=0
+    )
     ended = False
 
-    async def end_first(store: ExecutionStore) -> None:
+    async def end_first() -> None:
         nonlocal ended
         if ended:
             return
         ended = True
         async with harness.worker.database.transaction() as other:
-            event = await other.finish(
+            event = await other.claims.finish(
                 execution.id,
                 status=ExecutionStatus.CANCELLED,
                 result_text=None,
@@ -543,23 +448,23 @@ async def test_an_end_committed_while_a_subscription_starts_carries_its_error(
         assert event is not None
         harness.worker.bus.announce(execution.id, event.sequence)
 
-    real_events_after = ExecutionStore.events_after
-    real_latest_event = ExecutionStore.latest_event
+    real_events_after = EventLogStore.after
+    real_latest_event = EventLogStore.latest
 
-    async def events_after(self: ExecutionStore, *args: Any, **kwargs: Any) -> Any:
-        await end_first(self)
+    async def events_after(self: EventLogStore, *args: Any, **kwargs: Any) -> Any:
+        await end_first()
         return await real_events_after(self, *args, **kwargs)
 
-    async def latest_event(self: ExecutionStore, *args: Any, **kwargs: Any) -> Any:
-        await end_first(self)
+    async def latest_event(self: EventLogStore, *args: Any, **kwargs: Any) -> Any:
+        await end_first()
         return await real_latest_event(self, *args, **kwargs)
 
-    monkeypatch.setattr(ExecutionStore, "events_after", events_after)
-    monkeypatch.setattr(ExecutionStore, "latest_event", latest_event)
+    monkeypatch.setattr(EventLogStore, "after", events_after)
+    monkeypatch.setattr(EventLogStore, "latest", latest_event)
     async with asyncio.timeout(60):
         watched = [
             item
-            async for item in harness.service.watch(
+            async for item in harness.service.watcher.watch(
                 execution.id, after_sequence=after_sequence
             )
         ]
@@ -575,14 +480,16 @@ async def test_a_running_execution_is_interrupted_and_cancelled(
 ) -> None:
     """The request reaches the worker by notification (LISTEN on Postgres)."""
     marker = tmp_path / "interrupted"
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("print('first')", _interruptible_sleep(marker), "print('never')")
     )
     harness.broker.flush_all()
 
     async def watch() -> list[ExecutionEvent]:
         seen: list[ExecutionEvent] = []
-        async for watched in harness.service.watch(execution.id, after_sequence=0):
+        async for watched in harness.service.watcher.watch(
+            execution.id, after_sequence=0
+        ):
             seen.append(watched.event)
             # Cancel once "waiting" is folded, not at the cell's start: on a
             # loaded machine the kernel could still be in that print when
@@ -598,7 +505,7 @@ async def test_a_running_execution_is_interrupted_and_cancelled(
     running = asyncio.create_task(harness.runner.run(execution.id))
     async with asyncio.timeout(120):
         await waiting.wait()
-    requested = await harness.service.cancel(execution.id)
+    requested = await harness.service.executions.cancel(execution.id)
     assert requested.status is ExecutionStatus.RUNNING
     assert requested.cancel_requested_at is not None
     outcome = await asyncio.wait_for(running, 60)
@@ -613,12 +520,12 @@ async def test_a_running_execution_is_interrupted_and_cancelled(
         EventKind.FINISHED,
         ExecutionStatus.CANCELLED,
     )
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][0]["outputs"][0]["text"] == "first\n"
     assert result["cells"][1]["outputs"][0]["text"] == "waiting\n"
     assert result["cells"][2]["outputs"] == []
-    final = await harness.service.cancel(execution.id)
+    final = await harness.service.executions.cancel(execution.id)
     assert final.status is ExecutionStatus.CANCELLED
     assert final.attempts == 1
     # Nothing is left queued for it, and a redelivered message does nothing.
@@ -627,14 +534,16 @@ async def test_a_running_execution_is_interrupted_and_cancelled(
 
 @pytest.mark.asyncio
 async def test_a_cell_error_is_never_retried(harness: Harness) -> None:
-    execution = await harness.service.submit(notebook("raise RuntimeError('no')"))
+    execution = await harness.service.submissions.submit(
+        notebook("raise RuntimeError('no')")
+    )
     harness.broker.flush_all()
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
     assert outcome is not None
     assert not outcome.retryable
     assert outcome.error is not None
     assert outcome.error.code is ErrorCode.CELL_ERROR
-    final = await harness.service.get(execution.id)
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert (final.status, final.attempts) == (ExecutionStatus.FAILED, 1)
     assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
@@ -657,7 +566,7 @@ async def test_a_dying_kernel_fails_the_execution_and_the_lab_stays_usable(
     # milliseconds of the previous one's end can be blamed on it (see
     # noteburst.jupyter.execute, "Kernel death"); that case is covered in
     # tests/jupyter/pipeline_test.py.
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("# md:dies next", KERNEL_DEATHS[death], "print('never')")
     )
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
@@ -668,11 +577,11 @@ async def test_a_dying_kernel_fails_the_execution_and_the_lab_stays_usable(
         ErrorCode.KERNEL_DIED,
     ), outcome.error.message
     assert outcome.error.cell_index == 1
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][2]["outputs"] == []
 
-    after = await harness.service.submit(notebook("print('next')"))
+    after = await harness.service.submissions.submit(notebook("print('next')"))
     next_outcome = await asyncio.wait_for(harness.runner.run(after.id), 120)
     assert next_outcome is not None
     assert next_outcome.status is ExecutionStatus.SUCCEEDED
@@ -687,7 +596,7 @@ async def test_memory_exhaustion_under_a_limit_is_a_cell_error(
     (Exhaustion without a limit ends in the OOM killer's SIGKILL: the
     SIGKILL case above.)
     """
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(
             "import resource\n"
             "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
@@ -703,7 +612,7 @@ async def test_memory_exhaustion_under_a_limit_is_a_cell_error(
         0,
         "MemoryError",
     )
-    after = await harness.service.submit(notebook("print('next')"))
+    after = await harness.service.submissions.submit(notebook("print('next')"))
     next_outcome = await asyncio.wait_for(harness.runner.run(after.id), 120)
     assert next_outcome is not None
     assert next_outcome.status is ExecutionStatus.SUCCEEDED
@@ -717,7 +626,7 @@ async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
 
     It never serves another notebook: the next execution gets another one.
     """
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(
             "import os, signal, time\n"
             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -729,7 +638,7 @@ async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
     outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
     assert outcome is not None
     assert outcome.status is ExecutionStatus.TIMED_OUT
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     pid = int(result["cells"][0]["outputs"][0]["text"])
 
@@ -741,9 +650,11 @@ async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
         return False
 
     await wait_until(gone, f"kernel process {pid} is shut down", timeout=60)
-    after = await harness.service.submit(notebook("import os; print(os.getpid())"))
+    after = await harness.service.submissions.submit(
+        notebook("import os; print(os.getpid())")
+    )
     assert await asyncio.wait_for(harness.runner.run(after.id), 120) is not None
-    next_result = await harness.service.get_notebook(after.id)
+    next_result = await harness.service.executions.get_notebook(after.id)
     assert next_result is not None
     assert int(next_result["cells"][0]["outputs"][0]["text"]) != pid
 
@@ -751,7 +662,7 @@ async def test_a_kernel_that_ignores_the_interrupt_is_shut_down(
 @pytest.mark.asyncio
 async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) -> None:
     """One output over the websocket's 64 MiB limit: OUTPUT_TOO_LARGE, not a retry."""
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook("print('before')", "print('x' * (65 << 20))", "print('never')")
     )
     harness.broker.flush_all()
@@ -765,7 +676,7 @@ async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) ->
         1,
     ), outcome.error.message
     assert "larger than 67108864 bytes" in outcome.error.message
-    result = await harness.service.get_notebook(execution.id)
+    result = await harness.service.executions.get_notebook(execution.id)
     assert result is not None
     assert result["cells"][0]["outputs"][0]["text"] == "before\n"
     assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
@@ -775,22 +686,22 @@ async def test_a_message_too_large_to_receive_fails_clearly(harness: Harness) ->
 async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
     harness: Harness,
 ) -> None:
-    execution = await harness.service.submit(notebook("print('never')"))
+    execution = await harness.service.submissions.submit(notebook("print('never')"))
     harness.broker.flush_all()
     long_ago = datetime.now(UTC) - timedelta(hours=1)
-    async with harness.api.database.transaction() as store:
+    async with harness.api.database.transaction() as tx:
         # A worker claimed it and died (its lease long expired).
-        assert await store.claim(
+        assert await tx.claims.claim(
             execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
         )
-    requested = await harness.service.cancel(execution.id)
+    requested = await harness.service.executions.cancel(execution.id)
     assert requested.status is ExecutionStatus.RUNNING
     assert requested.cancel_requested_at is not None
     # A duplicate message cannot claim it any more...
     assert await harness.runner.run(execution.id) is None
     # ...and the sweep ends it instead of queueing it again.
-    assert await harness.runner.recover() == 0
-    final = await harness.service.get(execution.id)
+    assert await harness.recovery.sweep() == 0
+    final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.status is ExecutionStatus.CANCELLED
     assert final.error is not None
@@ -816,28 +727,28 @@ async def test_a_quick_notebook_has_its_cell_events_written_with_its_result(
     subscriber per small notebook); the events are all there, in order.
     """
     cells = 4
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(*(f"x{i} = {i}" for i in range(cells)))
     )
     harness.broker.flush_all()
     writes: list[tuple[str, int]] = []
-    real_append = ExecutionStore.append_events
-    real_finish = ExecutionStore.finish
+    real_append = EventLogStore.append_many
+    real_finish = ClaimStore.finish
 
     async def counted_append(
-        self: ExecutionStore, execution_id: str, events: Sequence[NewEvent]
+        self: EventLogStore, execution_id: str, events: Sequence[NewEvent]
     ) -> list[ExecutionEvent]:
         writes.append(("append", len(events)))
         return await real_append(self, execution_id, events)
 
     async def counted_finish(
-        self: ExecutionStore, execution_id: str, **kwargs: Any
+        self: ClaimStore, execution_id: str, **kwargs: Any
     ) -> ExecutionEvent | None:
         writes.append(("finish", len(kwargs.get("progress", ()))))
         return await real_finish(self, execution_id, **kwargs)
 
-    monkeypatch.setattr(ExecutionStore, "append_events", counted_append)
-    monkeypatch.setattr(ExecutionStore, "finish", counted_finish)
+    monkeypatch.setattr(EventLogStore, "append_many", counted_append)
+    monkeypatch.setattr(ClaimStore, "finish", counted_finish)
     runner = _runner_gathering_progress(harness, seconds=3600)
     outcome = await asyncio.wait_for(runner.run(execution.id), 120)
     assert outcome is not None
@@ -868,7 +779,7 @@ def _held_until(release: Path) -> str:
 async def _cell_started(harness: Harness, execution_id: str, index: int) -> None:
     """Watch ``execution_id`` until cell ``index`` has started."""
     async with asyncio.timeout(60):
-        async for watched in harness.service.watch(execution_id):
+        async for watched in harness.service.watcher.watch(execution_id):
             event = watched.event
             if event.kind is EventKind.CELL_STARTED and event.cell_index == index:
                 return
@@ -880,7 +791,7 @@ async def test_a_running_cell_is_seen_live_despite_gathering(
 ) -> None:
     """Gathering delays progress by at most its time, never until the end."""
     release = tmp_path / "release"
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(
             "x = 1",
             _held_until(release),
@@ -908,7 +819,7 @@ async def test_a_watcher_of_some_kinds_starts_from_the_latest_of_them(
 ) -> None:
     """Joining mid-run, a status watcher's current state is RUNNING, not a cell."""
     release = tmp_path / "release"
-    execution = await harness.service.submit(
+    execution = await harness.service.submissions.submit(
         notebook(
             "print('first')",
             _held_until(release),
@@ -924,7 +835,7 @@ async def test_a_watcher_of_some_kinds_starts_from_the_latest_of_them(
         joined: list[ExecutionEvent] = []
 
         async def join() -> None:
-            async for watched in harness.service.watch(
+            async for watched in harness.service.watcher.watch(
                 execution.id, kinds=status_kinds
             ):
                 joined.append(watched.event)

@@ -93,8 +93,8 @@ async def submit(
     hook = await service.register(url, secret)
     execution_id = str(uuid.uuid4())
     now = datetime.now(UTC)
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=60,
@@ -102,7 +102,7 @@ async def submit(
             cells_total=0,
             now=now,
         )
-        await store.webhooks().add(
+        await tx.webhooks.add(
             execution_id,
             url=hook.url,
             secret_ciphertext=hook.secret_ciphertext,
@@ -112,8 +112,8 @@ async def submit(
 
 
 async def end(database: Database, execution_id: str) -> None:
-    async with database.transaction() as store:
-        assert await store.request_cancel(execution_id, now=datetime.now(UTC))
+    async with database.transaction() as tx:
+        assert await tx.cancels.request(execution_id, now=datetime.now(UTC))
 
 
 async def deliver_when_due(service: WebhookService, execution_id: str) -> None:
@@ -256,8 +256,8 @@ async def test_a_worker_lost_mid_attempt_is_resent_by_the_sweep(
         await end(database, execution_id)
         # A worker claims the attempt and dies before storing its outcome.
         now = datetime.now(UTC)
-        async with database.transaction() as store:
-            claimed = await store.webhooks().claim(
+        async with database.transaction() as tx:
+            claimed = await tx.webhooks.claim(
                 execution_id, now=now, lease_until=now + timedelta(seconds=0.3)
             )
         assert claimed is not None
@@ -287,8 +287,8 @@ async def test_the_end_of_a_shared_run_wakes_its_followers_webhooks(
         follower = str(uuid.uuid4())
         hooked = await service.register(hook.url, new_secret())
         now = datetime.now(UTC)
-        async with database.transaction() as store:
-            await store.add_follower(
+        async with database.transaction() as tx:
+            await tx.cache.add_follower(
                 execution_id=follower,
                 leader_id=leader,
                 kernel_name="python3",
@@ -298,7 +298,7 @@ async def test_the_end_of_a_shared_run_wakes_its_followers_webhooks(
                 queue=ExecutionQueue.INTERACTIVE,
                 now=now,
             )
-            await store.webhooks().add(
+            await tx.webhooks.add(
                 follower,
                 url=hooked.url,
                 secret_ciphertext=hooked.secret_ciphertext,
@@ -309,7 +309,7 @@ async def test_the_end_of_a_shared_run_wakes_its_followers_webhooks(
         await deliver_when_due(service, follower)
         assert hook.received[0].json()["data"]["id"] == follower
         assert hook.received[0].json()["data"]["status"] == "CANCELLED"
-    async with database.transaction() as store:
-        ended = await store.get(follower)
+    async with database.transaction() as tx:
+        ended = await tx.executions.get(follower)
     assert ended is not None
     assert ended.status is ExecutionStatus.CANCELLED

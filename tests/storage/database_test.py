@@ -177,8 +177,10 @@ async def test_one_database_per_loop_share_a_file(sqlite_url: str) -> None:
     async def worker() -> int:
         worker_db = Database.from_url(sqlite_url)
         try:
-            async with worker_db.transaction() as store:
-                executions, _ = await store.list(first=10, after=None, status=None)
+            async with worker_db.transaction() as tx:
+                executions, _ = await tx.executions.list(
+                    first=10, after=None, status=None
+                )
             return len(executions)
         finally:
             await worker_db.aclose()
@@ -216,8 +218,8 @@ async def test_a_slow_commit_is_a_warning(postgres_url: str) -> None:
                 await connection.close()
             now = datetime.now(UTC)
             with structlog.testing.capture_logs() as logs:
-                async with database.lease_transaction() as leases:
-                    claimed = await leases.claim(
+                async with database.transaction() as tx:
+                    claimed = await tx.identities.claim(
                         ["bot-1"],
                         holder="me",
                         now=now,
@@ -230,4 +232,4 @@ async def test_a_slow_commit_is_a_warning(postgres_url: str) -> None:
     assert len(slow) == 1
     assert slow[0]["log_level"] == "warning"
     assert slow[0]["seconds"] >= 0.3
-    assert slow[0]["store"] == "IdentityLeaseStore"
+    assert slow[0]["stores"] == "identities"

@@ -44,8 +44,8 @@ async def woken(signal: Signal) -> bool:
 
 async def add_execution(database: Database, execution_id: str | None = None) -> str:
     execution_id = execution_id or str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=60.0,
@@ -57,8 +57,8 @@ async def add_execution(database: Database, execution_id: str | None = None) -> 
 
 
 async def cell_started(database: Database, execution_id: str) -> int:
-    async with database.transaction() as store:
-        event = await store.append_event(
+    async with database.transaction() as tx:
+        event = await tx.events.append(
             execution_id,
             kind=EventKind.CELL_STARTED,
             status=ExecutionStatus.RUNNING,
@@ -69,8 +69,8 @@ async def cell_started(database: Database, execution_id: str) -> int:
 
 
 async def append_then_fail(database: Database, execution_id: str) -> None:
-    async with database.transaction() as store:
-        await store.append_event(
+    async with database.transaction() as tx:
+        await tx.events.append(
             execution_id,
             kind=EventKind.RUNNING,
             status=ExecutionStatus.RUNNING,
@@ -170,8 +170,8 @@ async def test_postgres_bus_delivers_committed_events(postgres_url: str) -> None
             sequence = await cell_started(database, first)
             async with asyncio.timeout(TIMEOUT):
                 await signal.wait()
-            async with database.transaction() as store:
-                events = await store.events_after(first, 1)
+            async with database.transaction() as tx:
+                events = await tx.events.after(first, 1)
             assert [e.sequence for e in events] == [sequence] == [2]
             # Routed by id: the other subscriber was not woken.
             assert not await woken(other)
@@ -211,9 +211,9 @@ async def test_postgres_inserted_events_notify_by_trigger(postgres_url: str) -> 
             )
             for kind in (EventKind.CELL_STARTED, EventKind.CELL_FINISHED)
         ]
-        async with database.transaction() as store:
-            await store.append_events(execution_id, batch)
-            await store.append_event(
+        async with database.transaction() as tx:
+            await tx.events.append_many(execution_id, batch)
+            await tx.events.append(
                 execution_id,
                 kind=EventKind.CELL_STARTED,
                 status=ExecutionStatus.RUNNING,
@@ -265,8 +265,8 @@ async def test_postgres_bus_resyncs_after_losing_its_connection(
                 await signal.wait()
                 await bus.wait_listening(generation=generation + 1)
             assert bus.backend_pid != pid
-            async with database.transaction() as store:
-                events = await store.events_after(execution_id, 1)
+            async with database.transaction() as tx:
+                events = await tx.events.after(execution_id, 1)
             assert [e.sequence for e in events] == [sequence]
 
             # And the new connection delivers as before.

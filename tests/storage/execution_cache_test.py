@@ -1,4 +1,4 @@
-"""The result cache and shared runs in ExecutionStore, on SQLite and Postgres.
+"""The execution store's result cache and shared runs, on SQLite and Postgres.
 
 Cached results are found by key and age and copied into cache hits;
 followers of a shared run show its state, are never claimed or resent, and
@@ -16,7 +16,7 @@ import pytest
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
-    ExecutionError,
+    ExecutionFailure,
     ExecutionQueue,
     ExecutionStatus,
 )
@@ -37,8 +37,8 @@ async def add_run(
     queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
 ) -> str:
     execution_id = str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=60.0,
@@ -59,8 +59,8 @@ async def add_follower(
     now: datetime = T0,
 ) -> str:
     execution_id = str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add_follower(
+    async with database.transaction() as tx:
+        await tx.cache.add_follower(
             execution_id=execution_id,
             leader_id=leader_id,
             kernel_name="python3",
@@ -78,16 +78,16 @@ async def run_to_end(
     *,
     now: datetime,
     status: ExecutionStatus = ExecutionStatus.SUCCEEDED,
-    error: ExecutionError | None = None,
+    error: ExecutionFailure | None = None,
 ) -> str:
-    async with database.transaction() as store:
-        started = await store.claim_next(
+    async with database.transaction() as tx:
+        started = await tx.claims.claim_next(
             now=now, lease_until=now + LEASE, max_attempts=3
         )
         assert started is not None  # with its RUNNING event
         claimed = started.execution
-    async with database.transaction() as store:
-        await store.append_event(
+    async with database.transaction() as tx:
+        await tx.events.append(
             claimed.id,
             kind=EventKind.CELL_FINISHED,
             status=ExecutionStatus.RUNNING,
@@ -95,7 +95,7 @@ async def run_to_end(
             cells_done=2,
             now=now,
         )
-        assert await store.finish(
+        assert await tx.claims.finish(
             claimed.id,
             status=status,
             result_text=RESULT,
@@ -108,8 +108,8 @@ async def run_to_end(
 
 @pytest.mark.asyncio
 async def test_the_newest_success_within_the_age_is_found(database: Database) -> None:
-    async with database.transaction() as store:
-        assert await store.find_cached(KEY, finished_after=None) is None
+    async with database.transaction() as tx:
+        assert await tx.cache.find_cached(KEY, finished_after=None) is None
     old = await add_run(database, now=T0)
     assert await run_to_end(database, now=T0 + timedelta(minutes=1)) == old
     new = await add_run(database, now=T0 + timedelta(minutes=2))
@@ -119,18 +119,18 @@ async def test_the_newest_success_within_the_age_is_found(database: Database) ->
         database,
         now=T0 + timedelta(minutes=5),
         status=ExecutionStatus.FAILED,
-        error=ExecutionError(code=ErrorCode.CELL_ERROR, message="boom"),
+        error=ExecutionFailure(code=ErrorCode.CELL_ERROR, message="boom"),
     )
     await add_run(database, now=T0 + timedelta(minutes=6), key=None)
     await run_to_end(database, now=T0 + timedelta(minutes=7))
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         # Failures and runs without a key are never results of the key.
-        assert await store.find_cached(KEY, finished_after=None) == new
+        assert await tx.cache.find_cached(KEY, finished_after=None) == new
         at_limit = T0 + timedelta(minutes=3)
-        assert await store.find_cached(KEY, finished_after=at_limit) == new
+        assert await tx.cache.find_cached(KEY, finished_after=at_limit) == new
         too_late = at_limit + timedelta(microseconds=1)
-        assert await store.find_cached(KEY, finished_after=too_late) is None
-        assert await store.find_cached("cd" * 32, finished_after=None) is None
+        assert await tx.cache.find_cached(KEY, finished_after=too_late) is None
+        assert await tx.cache.find_cached("cd" * 32, finished_after=None) is None
 
 
 @pytest.mark.asyncio
@@ -141,8 +141,8 @@ async def test_a_cache_hit_is_a_new_succeeded_execution_with_the_result(
     await run_to_end(database, now=T0 + timedelta(minutes=1))
     hit_id = str(uuid.uuid4())
     now = T0 + timedelta(hours=1)
-    async with database.transaction() as store:
-        event = await store.add_cache_hit(
+    async with database.transaction() as tx:
+        event = await tx.cache.add_cache_hit(
             execution_id=hit_id,
             cached_from=cached,
             timeout_seconds=5.0,
@@ -150,7 +150,7 @@ async def test_a_cache_hit_is_a_new_succeeded_execution_with_the_result(
             queue=ExecutionQueue.BATCH,
             now=now,
         )
-        missing = await store.add_cache_hit(
+        missing = await tx.cache.add_cache_hit(
             execution_id=str(uuid.uuid4()),
             cached_from=str(uuid.uuid4()),
             timeout_seconds=5.0,
@@ -165,11 +165,11 @@ async def test_a_cache_hit_is_a_new_succeeded_execution_with_the_result(
         EventKind.FINISHED,
         ExecutionStatus.SUCCEEDED,
     )
-    async with database.transaction() as store:
-        hit = await store.get(hit_id, with_notebook=True)
-        events = await store.events_after(hit_id, 0)
+    async with database.transaction() as tx:
+        hit = await tx.executions.get(hit_id, with_notebook=True)
+        events = await tx.events.after(hit_id, 0)
         # A hit is not itself a cached result (its age would be wrong).
-        assert await store.find_cached(KEY, finished_after=None) == cached
+        assert await tx.cache.find_cached(KEY, finished_after=None) == cached
     assert hit is not None
     assert hit.status is ExecutionStatus.SUCCEEDED
     assert hit.cache_hit
@@ -190,31 +190,31 @@ async def test_followers_show_the_shared_run_and_finish_with_it(
     other = await add_run(database, key=None, now=T0 + timedelta(seconds=1))
     # A batch follower leaves the leader where it is...
     batch_follower = await add_follower(database, leader, queue=ExecutionQueue.BATCH)
-    async with database.transaction() as store:
-        assert await store.queue_position(leader) == 2
-        assert await store.queue_position(batch_follower) == 2
-        assert await store.find_shared_run(KEY, include_running=False) == leader
-        queued, _ = await store.find_orphans(now=T0, queued_before=T0 + LEASE)
+    async with database.transaction() as tx:
+        assert await tx.claims.queue_position(leader) == 2
+        assert await tx.claims.queue_position(batch_follower) == 2
+        assert await tx.cache.find_shared_run(KEY, include_running=False) == leader
+        queued, _ = await tx.claims.find_orphans(now=T0, queued_before=T0 + LEASE)
     assert queued == [leader, other]  # a follower is never resent
     # ...an interactive one moves it to the interactive queue.
     follower = await add_follower(database, leader)
-    async with database.transaction() as store:
-        assert await store.queue_position(follower) == 1
-        assert await store.queue_position(other) == 2
+    async with database.transaction() as tx:
+        assert await tx.claims.queue_position(follower) == 1
+        assert await tx.claims.queue_position(other) == 2
 
     now = T0 + timedelta(minutes=1)
-    async with database.transaction() as store:
-        claimed = await store.claim_next(
+    async with database.transaction() as tx:
+        claimed = await tx.claims.claim_next(
             now=now, lease_until=now + LEASE, max_attempts=3
         )
         assert claimed is not None
         assert claimed.execution.id == leader  # followers are never claimed
-    async with database.transaction() as store:
-        shown = await store.get(follower)
-        led = await store.get(leader)
-        assert await store.find_shared_run(KEY, include_running=False) is None
-        assert await store.find_shared_run(KEY, include_running=True) == leader
-        assert await store.queue_position(follower) is None
+    async with database.transaction() as tx:
+        shown = await tx.executions.get(follower)
+        led = await tx.executions.get(leader)
+        assert await tx.cache.find_shared_run(KEY, include_running=False) is None
+        assert await tx.cache.find_shared_run(KEY, include_running=True) == leader
+        assert await tx.claims.queue_position(follower) is None
     assert shown is not None
     assert led is not None
     assert shown.id == follower
@@ -228,9 +228,9 @@ async def test_followers_show_the_shared_run_and_finish_with_it(
 
     # However the shared run ends (here: a sweeper giving up on it), its
     # followers end the same way, in the same transaction.
-    error = ExecutionError(code=ErrorCode.WORKER_LOST, message="lost")
-    async with database.transaction() as store:
-        final = await store.finish(
+    error = ExecutionFailure(code=ErrorCode.WORKER_LOST, message="lost")
+    async with database.transaction() as tx:
+        final = await tx.claims.finish(
             leader,
             status=ExecutionStatus.FAILED,
             result_text=None,
@@ -238,9 +238,9 @@ async def test_followers_show_the_shared_run_and_finish_with_it(
             now=now,
         )
     assert final is not None
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         for follower_id in (follower, batch_follower):
-            ended = await store.get(follower_id)
+            ended = await tx.executions.get(follower_id)
             assert ended is not None
             assert (ended.status, ended.error, ended.finished_at) == (
                 ExecutionStatus.FAILED,
@@ -249,6 +249,6 @@ async def test_followers_show_the_shared_run_and_finish_with_it(
             )
             assert ended.last_sequence == final.sequence
             assert ended.started_at == now
-        untouched = await store.get(other)
+        untouched = await tx.executions.get(other)
     assert untouched is not None
     assert untouched.status is ExecutionStatus.QUEUED

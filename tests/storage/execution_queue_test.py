@@ -25,8 +25,8 @@ NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 async def add(database: Database, queue: ExecutionQueue, *, now: datetime = T0) -> str:
     execution_id = str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=60.0,
@@ -45,8 +45,8 @@ async def claim_next(
     woken_for: str | None = None,
     max_attempts: int = 3,
 ) -> Execution | None:
-    async with database.transaction() as store:
-        claimed = await store.claim_next(
+    async with database.transaction() as tx:
+        claimed = await tx.claims.claim_next(
             now=now,
             lease_until=now + LEASE,
             max_attempts=max_attempts,
@@ -56,8 +56,8 @@ async def claim_next(
 
 
 async def positions(database: Database, *ids: str) -> list[int | None]:
-    async with database.transaction() as store:
-        return [await store.queue_position(i) for i in ids]
+    async with database.transaction() as tx:
+        return [await tx.claims.queue_position(i) for i in ids]
 
 
 @pytest.mark.asyncio
@@ -95,8 +95,8 @@ async def test_interactive_is_claimed_before_batch_then_oldest_first(
         ]
         assert await positions(database, *ordered) == list(range(1, len(ordered) + 1))
     assert claimed == [interactive_old, interactive_new, batch_old, batch_new]
-    async with database.transaction() as store:
-        assert await store.queue_position(str(uuid.uuid4())) is None
+    async with database.transaction() as tx:
+        assert await tx.claims.queue_position(str(uuid.uuid4())) is None
 
 
 @pytest.mark.asyncio
@@ -118,8 +118,8 @@ async def test_a_retry_in_backoff_waits_for_its_own_message(
     assert first is not None
     assert first.id == retried
     backoff_ends = T0 + timedelta(seconds=10)
-    async with database.transaction() as store:
-        assert await store.requeue(
+    async with database.transaction() as tx:
+        assert await tx.claims.requeue(
             retried,
             now=T0,
             lease_expired_before=T0 + timedelta(days=1),
@@ -143,8 +143,8 @@ async def test_a_retry_in_backoff_waits_for_its_own_message(
 async def test_backoff_ends_for_every_wake_up(database: Database) -> None:
     retried = await add(database, ExecutionQueue.BATCH, now=T0)
     assert await claim_next(database, now=T0)
-    async with database.transaction() as store:
-        assert await store.requeue(
+    async with database.transaction() as tx:
+        assert await tx.claims.requeue(
             retried,
             now=T0,
             lease_expired_before=T0 + timedelta(days=1),
@@ -152,11 +152,11 @@ async def test_backoff_ends_for_every_wake_up(database: Database) -> None:
         )
     assert await claim_next(database, now=T0 + timedelta(seconds=9)) is None
     # The sweep leaves it to its delayed message until the backoff is over.
-    async with database.transaction() as store:
-        during, _ = await store.find_orphans(
+    async with database.transaction() as tx:
+        during, _ = await tx.claims.find_orphans(
             now=T0 + timedelta(seconds=9), queued_before=T0 + timedelta(days=1)
         )
-        after, _ = await store.find_orphans(
+        after, _ = await tx.claims.find_orphans(
             now=T0 + timedelta(seconds=10), queued_before=T0 + timedelta(days=1)
         )
     assert (during, after) == ([], [retried])
@@ -169,8 +169,8 @@ async def test_backoff_ends_for_every_wake_up(database: Database) -> None:
 async def test_executions_out_of_attempts_are_not_claimed(database: Database) -> None:
     execution_id = await add(database, ExecutionQueue.INTERACTIVE)
     assert await claim_next(database, max_attempts=1)
-    async with database.transaction() as store:
-        assert await store.requeue(
+    async with database.transaction() as tx:
+        assert await tx.claims.requeue(
             execution_id, now=T0, lease_expired_before=T0 + timedelta(days=1)
         )
     assert await claim_next(database, max_attempts=1) is None

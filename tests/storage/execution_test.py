@@ -1,4 +1,4 @@
-"""ExecutionStore against real SQLite and Postgres databases."""
+"""The execution store (records, event log, claims, cancels) on SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
     Execution,
-    ExecutionError,
     ExecutionEvent,
+    ExecutionFailure,
     ExecutionStatus,
 )
-from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
-from noteburst.storage import Database, ExecutionFinishedError, NewEvent, cursor_for
+from noteburst.exceptions import (
+    ExecutionFinishedError,
+    ExecutionNotFoundError,
+    InvalidInputError,
+)
+from noteburst.storage import Database, NewEvent, cursor_for
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -31,8 +35,8 @@ async def add(
     database: Database, *, now: datetime = T0, execution_id: str | None = None
 ) -> str:
     execution_id = execution_id or str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=60.0,
@@ -46,15 +50,15 @@ async def add(
 async def claim(
     database: Database, execution_id: str, *, now: datetime = T0, max_attempts: int = 3
 ) -> Execution | None:
-    async with database.transaction() as store:
-        return await store.claim(
+    async with database.transaction() as tx:
+        return await tx.claims.claim(
             execution_id, now=now, lease_until=now + LEASE, max_attempts=max_attempts
         )
 
 
 async def get(database: Database, execution_id: str) -> Execution:
-    async with database.transaction() as store:
-        execution = await store.get(execution_id)
+    async with database.transaction() as tx:
+        execution = await tx.executions.get(execution_id)
     assert execution is not None
     return execution
 
@@ -62,8 +66,8 @@ async def get(database: Database, execution_id: str) -> Execution:
 @pytest.mark.asyncio
 async def test_add_and_get(database: Database) -> None:
     execution_id = str(uuid.uuid4())
-    async with database.transaction() as store:
-        added = await store.add(
+    async with database.transaction() as tx:
+        added = await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=12.5,
@@ -81,13 +85,13 @@ async def test_add_and_get(database: Database) -> None:
         cell_index=None,
         cells_done=0,
     )
-    async with database.transaction() as store:
-        execution = await store.get(execution_id, with_notebook=True)
-        source = await store.get_source_notebook(execution_id)
-        result = await store.get_result_notebook(execution_id)
-        events = await store.events_after(execution_id, 0)
-        missing = await store.get(str(uuid.uuid4()))
-        missing_source = await store.get_source_notebook(str(uuid.uuid4()))
+    async with database.transaction() as tx:
+        execution = await tx.executions.get(execution_id, with_notebook=True)
+        source = await tx.executions.get_source_notebook(execution_id)
+        result = await tx.executions.get_result_notebook(execution_id)
+        events = await tx.events.after(execution_id, 0)
+        missing = await tx.executions.get(str(uuid.uuid4()))
+        missing_source = await tx.executions.get_source_notebook(str(uuid.uuid4()))
     assert execution is not None
     assert execution.id == execution_id
     assert execution.status is ExecutionStatus.QUEUED
@@ -119,8 +123,8 @@ async def test_transaction_rolls_back_on_error(database: Database) -> None:
         pass
 
     async def fail_after_add() -> None:
-        async with database.transaction() as store:
-            await store.add(
+        async with database.transaction() as tx:
+            await tx.executions.add(
                 execution_id=execution_id,
                 kernel_name="python3",
                 timeout_seconds=1.0,
@@ -132,16 +136,16 @@ async def test_transaction_rolls_back_on_error(database: Database) -> None:
 
     with pytest.raises(BoomError):
         await fail_after_add()
-    async with database.transaction() as store:
-        assert await store.get(execution_id) is None
+    async with database.transaction() as tx:
+        assert await tx.executions.get(execution_id) is None
 
 
 @pytest.mark.asyncio
 async def test_large_notebook_round_trips(database: Database) -> None:
     big = dict(NOTEBOOK, metadata={"blob": "x" * (3 * 1024 * 1024)})
     execution_id = str(uuid.uuid4())
-    async with database.transaction() as store:
-        await store.add(
+    async with database.transaction() as tx:
+        await tx.executions.add(
             execution_id=execution_id,
             kernel_name="python3",
             timeout_seconds=1.0,
@@ -149,8 +153,8 @@ async def test_large_notebook_round_trips(database: Database) -> None:
             cells_total=0,
             now=T0,
         )
-    async with database.transaction() as store:
-        assert await store.get_source_notebook(execution_id) == big
+    async with database.transaction() as tx:
+        assert await tx.executions.get_source_notebook(execution_id) == big
 
 
 @pytest.mark.asyncio
@@ -166,8 +170,8 @@ async def test_list_pages_newest_first(database: Database) -> None:
     after: str | None = None
     pages = 0
     while True:
-        async with database.transaction() as store:
-            page, has_next = await store.list(first=4, after=after, status=None)
+        async with database.transaction() as tx:
+            page, has_next = await tx.executions.list(first=4, after=after, status=None)
         pages += 1
         seen += [e.id for e in page]
         if not has_next:
@@ -176,11 +180,13 @@ async def test_list_pages_newest_first(database: Database) -> None:
     assert seen == expected_ids
     assert pages == 2
 
-    async with database.transaction() as store:
-        page, has_next = await store.list(first=len(ids), after=None, status=None)
+    async with database.transaction() as tx:
+        page, has_next = await tx.executions.list(
+            first=len(ids), after=None, status=None
+        )
         assert [e.id for e in page] == expected_ids
         assert has_next is False
-        empty, more = await store.list(first=0, after=None, status=None)
+        empty, more = await tx.executions.list(first=0, after=None, status=None)
         assert (empty, more) == ([], True)
 
 
@@ -189,15 +195,17 @@ async def test_list_filters_by_status(database: Database) -> None:
     ids = [await add(database, now=T0 + timedelta(seconds=i)) for i in range(5)]
     for execution_id in ids[1::2]:
         assert await claim(database, execution_id) is not None
-    async with database.transaction() as store:
-        running, more = await store.list(
+    async with database.transaction() as tx:
+        running, more = await tx.executions.list(
             first=10, after=None, status=ExecutionStatus.RUNNING
         )
-        queued, _ = await store.list(first=1, after=None, status=ExecutionStatus.QUEUED)
-        queued_rest, _ = await store.list(
+        queued, _ = await tx.executions.list(
+            first=1, after=None, status=ExecutionStatus.QUEUED
+        )
+        queued_rest, _ = await tx.executions.list(
             first=10, after=cursor_for(queued[0]), status=ExecutionStatus.QUEUED
         )
-        failed, _ = await store.list(
+        failed, _ = await tx.executions.list(
             first=10, after=None, status=ExecutionStatus.FAILED
         )
     assert [e.id for e in running] == [ids[3], ids[1]]
@@ -225,17 +233,17 @@ def _b64(text: str) -> str:
     ],
 )
 async def test_list_rejects_invalid_cursor(database: Database, cursor: str) -> None:
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         with pytest.raises(InvalidInputError) as info:
-            await store.list(first=5, after=cursor, status=None)
+            await tx.executions.list(first=5, after=cursor, status=None)
     assert info.value.field == "after"
 
 
 @pytest.mark.asyncio
 async def test_list_rejects_negative_first(database: Database) -> None:
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         with pytest.raises(InvalidInputError) as info:
-            await store.list(first=-1, after=None, status=None)
+            await tx.executions.list(first=-1, after=None, status=None)
     assert info.value.field == "first"
 
 
@@ -285,15 +293,15 @@ async def test_expired_lease_can_be_claimed_until_attempts_run_out(
 @pytest.mark.asyncio
 async def test_renew_lease(database: Database) -> None:
     execution_id = await add(database)
-    async with database.transaction() as store:
-        assert not await store.renew_lease(execution_id, lease_until=T0 + LEASE)
+    async with database.transaction() as tx:
+        assert not await tx.claims.renew_lease(execution_id, lease_until=T0 + LEASE)
     claimed = await claim(database, execution_id)
     assert claimed is not None
-    async with database.transaction() as store:
-        assert await store.renew_lease(
+    async with database.transaction() as tx:
+        assert await tx.claims.renew_lease(
             execution_id, lease_until=T0 + 3 * LEASE, attempt=claimed.attempts
         )
-        assert not await store.renew_lease(
+        assert not await tx.claims.renew_lease(
             execution_id, lease_until=T0 + 3 * LEASE, attempt=claimed.attempts + 1
         )
     # The renewed lease keeps other workers out past the original expiry.
@@ -305,22 +313,22 @@ async def test_renew_lease(database: Database) -> None:
 async def test_append_event_allocates_gap_free_sequences(database: Database) -> None:
     execution_id = await add(database)
     assert await claim(database, execution_id) is not None
-    async with database.transaction() as store:
-        running = await store.append_event(
+    async with database.transaction() as tx:
+        running = await tx.events.append(
             execution_id,
             kind=EventKind.RUNNING,
             status=ExecutionStatus.RUNNING,
             cells_done=0,
             now=T0,
         )
-        started = await store.append_event(
+        started = await tx.events.append(
             execution_id,
             kind=EventKind.CELL_STARTED,
             status=ExecutionStatus.RUNNING,
             cell_index=0,
             now=T0,
         )
-        done = await store.append_event(
+        done = await tx.events.append(
             execution_id,
             kind=EventKind.CELL_FINISHED,
             status=ExecutionStatus.RUNNING,
@@ -329,7 +337,7 @@ async def test_append_event_allocates_gap_free_sequences(database: Database) -> 
             now=T0,
         )
         # cells_done=None keeps the stored count.
-        next_started = await store.append_event(
+        next_started = await tx.events.append(
             execution_id,
             kind=EventKind.CELL_STARTED,
             status=ExecutionStatus.RUNNING,
@@ -341,8 +349,8 @@ async def test_append_event_allocates_gap_free_sequences(database: Database) -> 
     assert next_started.cell_index == 1
 
     async def one_event(index: int) -> int:
-        async with database.transaction() as store:
-            event = await store.append_event(
+        async with database.transaction() as tx:
+            event = await tx.events.append(
                 execution_id,
                 kind=EventKind.CELL_FINISHED,
                 status=ExecutionStatus.RUNNING,
@@ -354,21 +362,19 @@ async def test_append_event_allocates_gap_free_sequences(database: Database) -> 
     concurrent = await asyncio.gather(*(one_event(i) for i in range(10)))
     assert sorted(concurrent) == list(range(6, 16))
 
-    async with database.transaction() as store:
-        events = await store.events_after(execution_id, 0)
-        tail = await store.events_after(execution_id, 13)
-        latest = await store.latest_event(execution_id)
-        execution = await store.get(execution_id)
-        none_latest = await store.latest_event(str(uuid.uuid4()))
-        starts = await store.events_after(
+    async with database.transaction() as tx:
+        events = await tx.events.after(execution_id, 0)
+        tail = await tx.events.after(execution_id, 13)
+        latest = await tx.events.latest(execution_id)
+        execution = await tx.executions.get(execution_id)
+        none_latest = await tx.events.latest(str(uuid.uuid4()))
+        starts = await tx.events.after(
             execution_id, 2, kinds=[EventKind.CELL_STARTED, EventKind.QUEUED]
         )
-        latest_running = await store.latest_event(
+        latest_running = await tx.events.latest(
             execution_id, kinds=[EventKind.RUNNING, EventKind.QUEUED]
         )
-        no_such_kind = await store.latest_event(
-            execution_id, kinds=[EventKind.FINISHED]
-        )
+        no_such_kind = await tx.events.latest(execution_id, kinds=[EventKind.FINISHED])
     assert starts == [started, next_started]
     assert latest_running == running
     assert no_such_kind is None
@@ -401,10 +407,10 @@ async def test_append_events_writes_a_batch_in_order(database: Database) -> None
         progress(EventKind.CELL_FINISHED, 0, 1, 2),
         progress(EventKind.CELL_STARTED, 1, 1, 3),
     ]
-    async with database.transaction() as store:
-        assert await store.append_events(execution_id, []) == []
-        first = await store.append_events(execution_id, batch)
-        single = await store.append_event(
+    async with database.transaction() as tx:
+        assert await tx.events.append_many(execution_id, []) == []
+        first = await tx.events.append_many(execution_id, batch)
+        single = await tx.events.append(
             execution_id,
             kind=EventKind.CELL_FINISHED,
             status=ExecutionStatus.RUNNING,
@@ -412,7 +418,7 @@ async def test_append_events_writes_a_batch_in_order(database: Database) -> None
             cells_done=2,
             now=T0 + timedelta(seconds=4),
         )
-        second = await store.append_events(
+        second = await tx.events.append_many(
             execution_id, [progress(EventKind.CELL_STARTED, 2, 2, 5)]
         )
     assert [e.sequence for e in (*first, single, *second)] == [2, 3, 4, 5, 6]
@@ -421,9 +427,9 @@ async def test_append_events_writes_a_batch_in_order(database: Database) -> None
         (EventKind.CELL_FINISHED, 0, 1),
         (EventKind.CELL_STARTED, 1, 1),
     ]
-    async with database.transaction() as store:
-        events = await store.events_after(execution_id, 1)
-        execution = await store.get(execution_id)
+    async with database.transaction() as tx:
+        events = await tx.events.after(execution_id, 1)
+        execution = await tx.executions.get(execution_id)
     assert events == [*first, single, *second]
     assert [e.created_at for e in events] == [
         T0 + timedelta(seconds=s) for s in range(1, 6)
@@ -432,27 +438,27 @@ async def test_append_events_writes_a_batch_in_order(database: Database) -> None
     assert execution.last_sequence == 6
     assert execution.progress.cells_done == 2
 
-    async with database.transaction() as store:
-        await store.finish(
+    async with database.transaction() as tx:
+        await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.SUCCEEDED,
             result_text=None,
             error=None,
             now=T0,
         )
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         with pytest.raises(ExecutionFinishedError):
-            await store.append_events(execution_id, batch)
+            await tx.events.append_many(execution_id, batch)
         with pytest.raises(ExecutionNotFoundError):
-            await store.append_events(str(uuid.uuid4()), batch)
+            await tx.events.append_many(str(uuid.uuid4()), batch)
     assert (await get(database, execution_id)).last_sequence == 7
 
 
 @pytest.mark.asyncio
 async def test_append_event_to_unknown_execution(database: Database) -> None:
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         with pytest.raises(ExecutionNotFoundError):
-            await store.append_event(
+            await tx.events.append(
                 str(uuid.uuid4()),
                 kind=EventKind.RUNNING,
                 status=ExecutionStatus.RUNNING,
@@ -466,7 +472,7 @@ async def test_finish_only_once(database: Database) -> None:
     claimed = await claim(database, execution_id)
     assert claimed is not None
     result = dict(NOTEBOOK, metadata={"executed": True})
-    error = ExecutionError(
+    error = ExecutionFailure(
         code=ErrorCode.CELL_ERROR,
         message="cell 1 raised ValueError: no",
         cell_index=1,
@@ -475,16 +481,16 @@ async def test_finish_only_once(database: Database) -> None:
         traceback=["line 1", "line 2"],
     )
     finished_at = T0 + timedelta(seconds=5)
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         with pytest.raises(ValueError, match="terminal"):
-            await store.finish(
+            await tx.claims.finish(
                 execution_id,
                 status=ExecutionStatus.RUNNING,
                 result_text=None,
                 error=None,
                 now=finished_at,
             )
-        stale = await store.finish(
+        stale = await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.FAILED,
             result_text=None,
@@ -492,7 +498,7 @@ async def test_finish_only_once(database: Database) -> None:
             now=finished_at,
             attempt=claimed.attempts + 1,
         )
-        event = await store.finish(
+        event = await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.FAILED,
             result_text=json.dumps(result),
@@ -500,7 +506,7 @@ async def test_finish_only_once(database: Database) -> None:
             now=finished_at,
             attempt=claimed.attempts,
         )
-        again = await store.finish(
+        again = await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.SUCCEEDED,
             result_text=None,
@@ -516,11 +522,11 @@ async def test_finish_only_once(database: Database) -> None:
     )
     assert again is None
 
-    async with database.transaction() as store:
-        execution = await store.get(execution_id, with_notebook=True)
-        notebook = await store.get_result_notebook(execution_id)
+    async with database.transaction() as tx:
+        execution = await tx.executions.get(execution_id, with_notebook=True)
+        notebook = await tx.executions.get_result_notebook(execution_id)
         with pytest.raises(ExecutionFinishedError):
-            await store.append_event(
+            await tx.events.append(
                 execution_id,
                 kind=EventKind.CELL_STARTED,
                 status=ExecutionStatus.RUNNING,
@@ -528,8 +534,8 @@ async def test_finish_only_once(database: Database) -> None:
                 now=finished_at,
             )
         # Nothing changed, and nothing can renew or claim it any more.
-        assert not await store.renew_lease(execution_id, lease_until=finished_at)
-        assert await store.requeue(execution_id, now=finished_at + LEASE) is None
+        assert not await tx.claims.renew_lease(execution_id, lease_until=finished_at)
+        assert await tx.claims.requeue(execution_id, now=finished_at + LEASE) is None
     assert execution is not None
     assert execution.status is ExecutionStatus.FAILED
     assert execution.finished_at == finished_at
@@ -566,10 +572,10 @@ async def test_finish_writes_the_progress_left_before_its_end(
         )
     ]
     finished_at = T0 + timedelta(seconds=5)
-    async with database.transaction() as store:
+    async with database.transaction() as tx:
         # A superseded attempt's end is refused, and so is its progress.
         assert (
-            await store.finish(
+            await tx.claims.finish(
                 execution_id,
                 status=ExecutionStatus.SUCCEEDED,
                 result_text=None,
@@ -580,7 +586,7 @@ async def test_finish_writes_the_progress_left_before_its_end(
             )
             is None
         )
-        event = await store.finish(
+        event = await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.SUCCEEDED,
             result_text=None,
@@ -590,9 +596,9 @@ async def test_finish_writes_the_progress_left_before_its_end(
             progress=left,
         )
     assert event is not None
-    async with database.transaction() as store:
-        events = await store.events_after(execution_id, claimed.last_sequence)
-        execution = await store.get(execution_id)
+    async with database.transaction() as tx:
+        events = await tx.events.after(execution_id, claimed.last_sequence)
+        execution = await tx.executions.get(execution_id)
     # After the claim: the progress in order, then the end, which carries
     # the last cells_done on, as the execution does.
     first = claimed.last_sequence + 1
@@ -618,15 +624,15 @@ async def test_finish_writes_the_progress_left_before_its_end(
 @pytest.mark.asyncio
 async def test_finish_queued_without_notebook(database: Database) -> None:
     execution_id = await add(database)
-    async with database.transaction() as store:
-        event = await store.finish(
+    async with database.transaction() as tx:
+        event = await tx.claims.finish(
             execution_id,
             status=ExecutionStatus.CANCELLED,
             result_text=None,
             error=None,
             now=T0,
         )
-        execution = await store.get(execution_id, with_notebook=True)
+        execution = await tx.executions.get(execution_id, with_notebook=True)
     assert event is not None
     assert event.status is ExecutionStatus.CANCELLED
     assert execution is not None
@@ -638,8 +644,8 @@ async def test_finish_queued_without_notebook(database: Database) -> None:
 async def test_requeue_lost_execution(database: Database) -> None:
     execution_id = await add(database)
     assert await claim(database, execution_id) is not None
-    async with database.transaction() as store:
-        await store.append_event(
+    async with database.transaction() as tx:
+        await tx.events.append(
             execution_id,
             kind=EventKind.CELL_FINISHED,
             status=ExecutionStatus.RUNNING,
@@ -648,8 +654,8 @@ async def test_requeue_lost_execution(database: Database) -> None:
             now=T0,
         )
         # The lease has not expired: a live worker may still hold it.
-        assert await store.requeue(execution_id, now=T0 + LEASE) is None
-        early = await store.requeue(
+        assert await tx.claims.requeue(execution_id, now=T0 + LEASE) is None
+        early = await tx.claims.requeue(
             execution_id, now=T0, lease_expired_before=T0 + 2 * LEASE
         )
     assert early is not None
@@ -662,9 +668,9 @@ async def test_requeue_lost_execution(database: Database) -> None:
     assert claimed is not None
     assert claimed.attempts == 2
     expired = T0 + timedelta(seconds=1) + LEASE + timedelta(seconds=1)
-    async with database.transaction() as store:
-        event = await store.requeue(execution_id, now=expired)
-        execution = await store.get(execution_id)
+    async with database.transaction() as tx:
+        event = await tx.claims.requeue(execution_id, now=expired)
+        execution = await tx.executions.get(execution_id)
     assert event is not None
     assert event.sequence == 4
     assert execution is not None
@@ -681,15 +687,15 @@ async def test_find_orphans(database: Database) -> None:
     finished = await add(database, now=T0)
     assert await claim(database, lost, now=T0) is not None
     assert await claim(database, alive, now=T0 + timedelta(seconds=50)) is not None
-    async with database.transaction() as store:
-        await store.finish(
+    async with database.transaction() as tx:
+        await tx.claims.finish(
             finished,
             status=ExecutionStatus.SUCCEEDED,
             result_text="{}",
             error=None,
             now=T0,
         )
-        queued, running = await store.find_orphans(
+        queued, running = await tx.claims.find_orphans(
             now=T0 + timedelta(seconds=60), queued_before=T0 + timedelta(seconds=30)
         )
     assert queued == [old_queued]
@@ -706,10 +712,10 @@ async def test_datetimes_are_utc_aware(database: Database) -> None:
     assert execution.created_at == local
     assert execution.created_at.tzinfo is UTC
     assert execution.created_at.hour == 10
-    async with database.transaction() as store:
-        events = await store.events_after(execution_id, 0)
+    async with database.transaction() as tx:
+        events = await tx.events.after(execution_id, 0)
         with pytest.raises(ValueError, match="naive"):
-            await store.add(
+            await tx.executions.add(
                 execution_id=str(uuid.uuid4()),
                 kernel_name="python3",
                 timeout_seconds=1.0,

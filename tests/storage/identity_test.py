@@ -13,8 +13,8 @@ POOL = ["noteburst-bot-01", "noteburst-bot-02"]
 
 
 async def _claim(database: Database, holder: str, now: datetime) -> str | None:
-    async with database.lease_transaction() as leases:
-        return await leases.claim(
+    async with database.transaction() as tx:
+        return await tx.identities.claim(
             POOL, holder=holder, now=now, lease_until=now + timedelta(seconds=30)
         )
 
@@ -47,16 +47,16 @@ async def test_expired_lease_is_taken_over(database: Database) -> None:
     assert await _claim(database, "other", now) == POOL[1]
     later = now + timedelta(seconds=31)
     # "other" kept renewing; "crashed" did not.
-    async with database.lease_transaction() as leases:
-        assert await leases.renew(
+    async with database.transaction() as tx:
+        assert await tx.identities.renew(
             POOL[1], holder="other", lease_until=later + timedelta(seconds=30)
         )
     assert await _claim(database, "newcomer", later) == POOL[0]
-    async with database.lease_transaction() as leases:
-        assert not await leases.renew(
+    async with database.transaction() as tx:
+        assert not await tx.identities.renew(
             POOL[0], holder="crashed", lease_until=later + timedelta(seconds=30)
         )
-        assert await leases.holder_of(POOL[0]) == "newcomer"
+        assert await tx.identities.holder_of(POOL[0]) == "newcomer"
 
 
 @pytest.mark.asyncio
@@ -64,7 +64,7 @@ async def test_release_frees_the_identity(database: Database) -> None:
     now = datetime.now(UTC)
     name = await _claim(database, "leaving", now)
     assert name == POOL[0]
-    async with database.lease_transaction() as leases:
-        assert await leases.release(name, holder="leaving")
-        assert not await leases.release(name, holder="leaving")
+    async with database.transaction() as tx:
+        assert await tx.identities.release(name, holder="leaving")
+        assert not await tx.identities.release(name, holder="leaving")
     assert await _claim(database, "next", now) == POOL[0]

@@ -65,14 +65,14 @@ async def test_a_writer_waits_for_the_lock_without_holding_up_its_loop(
     release = asyncio.Event()
 
     async def hold_the_lock() -> None:
-        async with holder_db.transaction() as store:
+        async with holder_db.transaction() as tx:
             # Any statement: the transaction's BEGIN IMMEDIATE took the lock.
-            await store.owner_counts("someone", since=EPOCH)
+            await tx.quotas.owner_counts("someone", since=EPOCH)
             await release.wait()
 
     async def write() -> int:
-        async with waiter_db.transaction() as store:
-            counts = await store.owner_counts("someone", since=EPOCH)
+        async with waiter_db.transaction() as tx:
+            counts = await tx.quotas.owner_counts("someone", since=EPOCH)
             return counts.queued
 
     try:

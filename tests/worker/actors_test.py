@@ -17,6 +17,7 @@ from noteburst.storage.events import LocalEventBus
 from noteburst.worker.process import start_worker
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
+from tests.support.services import services_for
 
 
 @pytest.mark.asyncio
@@ -29,8 +30,8 @@ async def test_same_message_twice_one_execution_one_result(
     bus = LocalEventBus()
     api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
     try:
-        service = Factory(api).create_execution_service(LOCAL_CALLER)
-        execution = await service.submit(notebook("print('once')"))
+        service = services_for(Factory(api), LOCAL_CALLER)
+        execution = await service.submissions.submit(notebook("print('once')"))
         await api.queue.enqueue_execution(execution.id)  # the duplicate
         assert broker.queues[EXECUTION_QUEUE].qsize() == 2
         worker = await asyncio.to_thread(
@@ -42,12 +43,12 @@ async def test_same_message_twice_one_execution_one_result(
             await asyncio.to_thread(broker.join, EXECUTION_QUEUE, timeout=120_000)
         finally:
             await asyncio.to_thread(worker.stop)
-        final = await service.get(execution.id)
+        final = await service.executions.get(execution.id)
         assert final is not None
         assert final.status is ExecutionStatus.SUCCEEDED
         assert final.attempts == 1
-        async with api.database.transaction() as store:
-            kinds = [e.kind for e in await store.events_after(execution.id, 0)]
+        async with api.database.transaction() as tx:
+            kinds = [e.kind for e in await tx.events.after(execution.id, 0)]
         assert EventKind.CELL_OUTPUTS in kinds  # print('once'), as it happened
         kinds = [kind for kind in kinds if kind is not EventKind.CELL_OUTPUTS]
         assert kinds == [
@@ -57,7 +58,7 @@ async def test_same_message_twice_one_execution_one_result(
             EventKind.CELL_FINISHED,
             EventKind.FINISHED,
         ]
-        notebook_out = await service.get_notebook(execution.id)
+        notebook_out = await service.executions.get_notebook(execution.id)
         assert notebook_out is not None
         assert notebook_out["cells"][0]["outputs"][0]["text"] == "once\n"
     finally:

@@ -213,8 +213,11 @@ class Deployment:
         """Which worker process (pid) holds each identity, from the database."""
         database = Database.from_url(self.postgres_url)
         try:
-            async with database.lease_transaction() as leases:
-                found = {name: await leases.holder_of(name) for name in self.identities}
+            async with database.transaction() as tx:
+                found = {
+                    name: await tx.identities.holder_of(name)
+                    for name in self.identities
+                }
         finally:
             await database.aclose()
         # A holder is "host:pid:random".

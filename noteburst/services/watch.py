@@ -1,0 +1,329 @@
+"""Watching an execution: its stored events, then live ones, until it ends.
+
+Watching is "subscribe, then read": the watcher registers with the event
+bus before reading stored events, and re-reads after every wake-up, so it
+sees each stored event exactly once in sequence order, however late it
+joined.  The bus carries no data, only "look again" (see
+:mod:`noteburst.storage.events`), so a lost or repeated wake-up can neither
+lose nor repeat an event.  This is the logic behind the GraphQL
+subscription, kept apart from its resolver (as Strawberry's docs advise).
+
+A follower of a shared run (see :mod:`noteburst.storage.executions.cache`)
+has no events of its own: its watcher follows the run it shares, and
+yields each of that run's events with the follower as its execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, replace
+
+from ..domain.auth import Caller
+from ..domain.execution import EventKind, Execution, ExecutionEvent
+from ..exceptions import ExecutionNotFoundError, InvalidInputError
+from ..storage.database import Database
+from ..storage.events import EventBus, Signal
+from ..storage.unit_of_work import UnitOfWork
+
+__all__ = ["ExecutionWatcher", "WatchedEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedEvent:
+    """An event together with the execution as it was read with it."""
+
+    event: ExecutionEvent
+    execution: Execution
+
+
+class ExecutionWatcher:
+    """Follow executions' events, for one caller.
+
+    Parameters
+    ----------
+    database
+        Where executions and their events live.
+    bus
+        Wakes the watcher when new events are committed.
+    caller
+        Who is watching: only their executions are visible unless they are
+        an administrator.
+    """
+
+    def __init__(self, *, database: Database, bus: EventBus, caller: Caller) -> None:
+        self._db = database
+        self._bus = bus
+        self._owner = caller.owner_filter
+
+    async def watch(
+        self,
+        execution_id: str,
+        *,
+        after_sequence: int | None = None,
+        kinds: Collection[EventKind] | None = None,
+    ) -> AsyncIterator[WatchedEvent]:
+        """Yield an execution's events until it ends.
+
+        Without ``after_sequence`` the first item is the latest stored event
+        (the current state); with it, every stored event after that sequence
+        is replayed first.  Live events follow, each exactly once, and the
+        iterator ends after the terminal event.  A follower of a shared run
+        yields that run's events (their sequences are the run's), each with
+        the follower as its execution.
+
+        ``kinds``, if given, keeps only events of those kinds, plus the
+        terminal ``FINISHED`` event, which is always yielded: a dashboard
+        waiting for a result needs none of the cell events, which are most
+        of a run's events, each read, resolved and sent.
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution.
+        InvalidInputError
+            Raised if ``after_sequence`` is negative.
+        """
+        if after_sequence is not None and after_sequence < 0:
+            raise InvalidInputError("afterSequence", "must not be negative")
+        wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
+        async with contextlib.AsyncExitStack() as subscriptions:
+            signal = await subscriptions.enter_async_context(
+                self._bus.subscribe(execution_id)
+            )
+            if after_sequence is not None and (
+                replay := await self._start_replay(execution_id, after_sequence, wanted)
+            ):
+                execution, first = replay
+                events = self._follow(
+                    execution_id,
+                    stream=execution_id,
+                    execution=execution,
+                    last_seen=after_sequence,
+                    signals=(signal, signal),
+                    kinds=wanted,
+                    first=first,
+                )
+            else:
+                events = self._watch_from_state(
+                    execution_id,
+                    subscriptions=subscriptions,
+                    signal=signal,
+                    after_sequence=after_sequence,
+                    wanted=wanted,
+                )
+            async for item in events:
+                yield item
+
+    async def _watch_from_state(
+        self,
+        execution_id: str,
+        *,
+        subscriptions: contextlib.AsyncExitStack,
+        signal: Signal,
+        after_sequence: int | None,
+        wanted: frozenset[EventKind] | None,
+    ) -> AsyncIterator[WatchedEvent]:
+        """:meth:`watch` from the current state, or a follower's replay.
+
+        Starts with the latest stored event (of the ``wanted`` kinds)
+        unless ``after_sequence`` is given; a follower of a shared run
+        follows that run's events too (subscribed on ``subscriptions``).
+        """
+        stream = execution_id
+        async with self._db.transaction() as tx:
+            # Events first, the execution after them, in every read here:
+            # each statement sees what had been committed before it (read
+            # committed), so the execution is then at least as new as the
+            # events it is yielded with (a FINISHED event with an execution
+            # read before its end would carry no result and no error).
+            latest = await tx.events.latest(execution_id)
+            execution = await tx.executions.get(execution_id, owner=self._owner)
+        own_signal = signal
+        if (
+            execution is not None
+            and execution.shares_run_of is not None
+            and latest is None
+        ):
+            # A follower's events are those of the run it shares (until
+            # it is cancelled on its own: then it has its own end event).
+            stream = execution.shares_run_of
+            signal = await subscriptions.enter_async_context(
+                self._bus.subscribe(stream)
+            )
+            async with self._db.transaction() as tx:
+                latest = await tx.events.latest(stream)
+                execution = await tx.executions.get(execution_id, owner=self._owner)
+        if execution is None or latest is None:
+            raise ExecutionNotFoundError(execution_id)
+        if after_sequence is None:
+            if wanted is not None and latest.kind not in wanted:
+                # The current state, as the wanted kinds tell it (every
+                # execution starts with QUEUED; a follower's stream too).
+                async with self._db.transaction() as tx:
+                    latest = await tx.events.latest(stream, kinds=wanted)
+            if latest is not None:
+                yield WatchedEvent(event=latest, execution=execution)
+                if latest.kind is EventKind.FINISHED:
+                    return
+                last_seen = latest.sequence
+            else:
+                last_seen = 0
+        else:
+            last_seen = after_sequence
+        async for item in self._follow(
+            execution_id,
+            stream=stream,
+            execution=execution,
+            last_seen=last_seen,
+            signals=(signal, own_signal),
+            kinds=wanted,
+        ):
+            yield item
+
+    async def _follow(
+        self,
+        execution_id: str,
+        *,
+        stream: str,
+        execution: Execution,
+        last_seen: int,
+        signals: tuple[Signal, Signal],
+        kinds: frozenset[EventKind] | None,
+        first: Sequence[ExecutionEvent] | None = None,
+    ) -> AsyncIterator[WatchedEvent]:
+        """Yield the events of ``stream`` after ``last_seen`` until the end.
+
+        ``stream`` is the execution itself, or for a follower the run it
+        shares; ``signals`` wake it for either.  ``kinds``: only these.
+        ``first``: the events after ``last_seen`` if the caller has just
+        read them with ``execution`` (not for a follower), so the first
+        round reads nothing.
+        """
+        while True:
+            left: ExecutionEvent | None = None
+            if first is not None:
+                events, first = first, None
+            else:
+                events, left, execution = await self._read_followed(
+                    execution_id,
+                    stream=stream,
+                    execution=execution,
+                    last_seen=last_seen,
+                    kinds=kinds,
+                )
+            if left is not None:
+                # Cancelled on its own: the shared run goes on without it.
+                for event in events:
+                    if event.created_at <= left.created_at and (
+                        event.kind is not EventKind.FINISHED
+                    ):
+                        yield WatchedEvent(event=event, execution=execution)
+                yield WatchedEvent(event=left, execution=execution)
+                return
+            for event in events:
+                yield WatchedEvent(event=event, execution=execution)
+                last_seen = event.sequence
+                if event.kind is EventKind.FINISHED:
+                    return
+            if not events and execution.status.is_terminal:
+                # Resumed after the terminal event: nothing more will come.
+                return
+            if signals[0] is signals[1]:
+                await signals[0].wait()
+            else:
+                await _either(*signals)
+
+    async def _start_replay(
+        self,
+        execution_id: str,
+        after_sequence: int,
+        kinds: frozenset[EventKind] | None,
+    ) -> tuple[Execution, Sequence[ExecutionEvent]] | None:
+        """Read the execution and its events after ``after_sequence``.
+
+        A page that subscribes right after submitting passes 0: this is the
+        one transaction that starts its subscription (the first round of
+        :meth:`_follow`, which then reads nothing).  None for a follower of
+        a shared run, whose events are another's (see :meth:`watch`).
+
+        Raises
+        ------
+        ExecutionNotFoundError
+            Raised if there is no such execution (or it is another user's).
+        """
+        async with self._db.transaction() as tx:
+            # Events before the execution (see _watch_from_state).
+            events = await tx.events.after(execution_id, after_sequence, kinds=kinds)
+            execution = await tx.executions.get(execution_id, owner=self._owner)
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        if execution.shares_run_of is not None:
+            return None
+        return execution, events
+
+    async def _read_followed(
+        self,
+        execution_id: str,
+        *,
+        stream: str,
+        execution: Execution,
+        last_seen: int,
+        kinds: frozenset[EventKind] | None,
+    ) -> tuple[Sequence[ExecutionEvent], ExecutionEvent | None, Execution]:
+        """Read one round of :meth:`_follow`.
+
+        Returns the events after ``last_seen``, a follower's own end if it
+        left the shared run, and the execution as of them.
+        """
+        left: ExecutionEvent | None = None
+        async with self._db.transaction() as tx:
+            events = await tx.events.after(stream, last_seen, kinds=kinds)
+            if stream != execution_id:
+                left = await _left_shared_run(tx, execution_id)
+            if stream != execution_id or not _only_progress(events):
+                execution = await tx.executions.get(execution_id) or execution
+            else:
+                # Cell progress changes nothing else about the execution
+                # (a cancel request wakes this loop without events, and
+                # is read above): no read per progress batch.
+                execution = replace(
+                    execution,
+                    progress=replace(
+                        execution.progress, cells_done=events[-1].cells_done
+                    ),
+                )
+        return events, left, execution
+
+
+async def _left_shared_run(tx: UnitOfWork, execution_id: str) -> ExecutionEvent | None:
+    """Return the end of a follower cancelled on its own, if it was.
+
+    A follower has no events of its own while it shares a run (and none when
+    the run ends it); cancelling it alone ends it with its own ``FINISHED``.
+    """
+    own = await tx.events.latest(execution_id)
+    if own is not None and own.kind is EventKind.FINISHED:
+        return own
+    return None
+
+
+_PROGRESS_KINDS = frozenset(
+    {EventKind.CELL_STARTED, EventKind.CELL_FINISHED, EventKind.CELL_OUTPUTS}
+)
+
+
+def _only_progress(events: list[ExecutionEvent]) -> bool:
+    """Whether ``events`` is non-empty and holds only cell progress."""
+    return bool(events) and all(e.kind in _PROGRESS_KINDS for e in events)
+
+
+async def _either(first: Signal, second: Signal) -> None:
+    """Return once either signal is raised."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -1,0 +1,50 @@
+"""The ``harness`` fixture of the runner, recovery and watching tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from dramatiq.brokers.stub import StubBroker
+
+from noteburst.domain.auth import LOCAL_CALLER
+from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.storage.events import LocalEventBus
+from tests.support.app import make_config
+from tests.support.runner_harness import Harness
+from tests.support.services import services_for
+
+
+@pytest_asyncio.fixture
+async def harness(
+    tmp_path: Path, jupyter_server: Any, database_url: str
+) -> AsyncIterator[Harness]:
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        database_url=database_url,
+        kernel_names=["python3", "no-such-kernel"],
+        max_attempts=2,
+        # Cell events are written as soon as they are posted, which these
+        # tests were written for; the gathering is tested on its own below.
+        progress_flush_seconds=0,
+    )
+    broker = create_broker(config)
+    assert isinstance(broker, StubBroker)
+    bus = LocalEventBus()
+    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    try:
+        yield Harness(
+            service=services_for(Factory(api), LOCAL_CALLER),
+            runner=Factory(worker).create_runner(),
+            recovery=Factory(worker).create_recovery_sweep(),
+            api=api,
+            broker=broker,
+            worker=worker,
+        )
+    finally:
+        await worker.aclose()
+        await api.aclose()
