@@ -187,16 +187,16 @@ def check_config(config: Config) -> None:
 def freeze_startup_objects() -> None:
     """Keep what start-up built out of every later full garbage collection.
 
-    A serving process holds ~180,000 objects made at import and start-up
-    (modules, the GraphQL schema, SQLAlchemy's and Alembic's structures)
-    that live as long as it does.  Each full collection by CPython's
-    cyclic collector traverses them all: 105-120 ms measured in ``noteburst
-    serve`` processes, added to whatever request or execution is running
+    A serving process holds a great many objects made at import and
+    start-up (modules, the GraphQL schema, SQLAlchemy's and Alembic's
+    structures) that live as long as it does.  Each full collection by
+    CPython's cyclic collector traverses them all, a pause that grows with
+    their number and is added to whatever request or execution is running
     at that moment (a full collection comes once the objects that survived
     since the last one exceed a quarter of the long-lived ones, so at
     irregular intervals under load).  ``gc.freeze()`` moves them to the
-    permanent generation, which collections skip: right after it, a full
-    collection took under 0.1 ms.  For long-lived server processes only
+    permanent generation, which collections skip, so a full collection
+    traverses only what was made since.  For long-lived server processes only
     (the ``serve`` and ``worker`` commands): a process that creates and
     discards many apps, such as the test suite, would freeze its garbage.
     """
@@ -322,10 +322,11 @@ def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.soc
     :func:`serve_in_background` served.  With Nagle on, a small write that
     follows another (the ``complete`` after a subscription's last ``next``,
     or the terminal event after a burst of cell events) waits for the
-    client's delayed ACK: 40 ms on Linux, measured here on every such pair.
-    (``uvicorn.run(host=..., port=...)`` binds through asyncio's
-    ``create_server``, whose sockets come from ``getaddrinfo`` with
-    ``IPPROTO_TCP``, and was not affected.)
+    client's delayed ACK (40 ms on Linux).  (``uvicorn.run(host=...,
+    port=...)`` binds through asyncio's ``create_server``, whose sockets
+    come from ``getaddrinfo`` with ``IPPROTO_TCP``, and was not affected.)
+    ``tests/app_test.py`` checks the option on the server's end of a real
+    connection.
     """
     family, _, _, _, address = socket.getaddrinfo(
         host,

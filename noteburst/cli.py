@@ -13,13 +13,13 @@ import sys
 
 # jsonschema (under nbformat) imports rfc3987_syntax whenever it is
 # installed (jupyter_server's jupyter_events asks for it), and that module
-# builds a Lark grammar at import: 0.9-1.1 s of the ~3.4 s every command
-# spent importing here, paid by each `noteburst run` of a documentation
-# CI job and by each process start.  It only serves jsonschema's "iri"
-# format checks, which nothing in a Noteburst process asks for (nbformat
-# validates without a format checker), so this process goes without it:
-# a None entry makes `import rfc3987_syntax` fail, and jsonschema skips
-# the optional checker as when it is not installed.
+# builds a Lark grammar at import: a large share of every command's
+# start-up, paid by each `noteburst run` of a documentation CI job and by
+# each process start.  It only serves jsonschema's "iri" format checks,
+# which nothing in a Noteburst process asks for (nbformat validates without
+# a format checker), so this process goes without it: a None entry makes
+# `import rfc3987_syntax` fail, and jsonschema skips the optional checker
+# as when it is not installed.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 import asyncio

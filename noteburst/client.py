@@ -11,7 +11,7 @@ Like the HTTP connection, one websocket serves every :meth:`NoteburstClient.watc
 of a client, each watch one operation on it (graphql-transport-ws multiplexes
 them by id): a dashboard backend watching an execution per page view then
 pays the websocket handshake and ``connection_init`` once, not per page view
-(they were a tenth of a small notebook's latency).  The connection is
+(each is a round trip on the page view's path).  The connection is
 opened on first use and again after it is lost; a watch that was running
 when it was lost raises :class:`NoteburstClientError` (resume it with
 ``after_sequence``).
@@ -91,8 +91,9 @@ class NoteburstClient:
         self._url = url.rstrip("/") + "/graphql"
         self._timeout = timeout
         self._auth = {} if token is None else {"Authorization": f"Bearer {token}"}
-        # One HTTP client for every request: building one (SSL context,
-        # connection pool) costs 20-40 ms, a fifth of a warm execution.
+        # One HTTP client for every request: building one loads an SSL
+        # context and starts an empty connection pool, work that a client
+        # making many small requests should do once, not per request.
         self._http: httpx.AsyncClient | None = None
         self._socket: _SharedSocket | None = None
         self._socket_lock = asyncio.Lock()

@@ -401,12 +401,12 @@ def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
     """Build the schema with its error masking and document limits.
 
     Clients send the same few documents over and over (the notebook is a
-    variable), and parsing plus validating one cost 5-50 ms of CPU per
-    request here, as much as running a small notebook.  So both are cached
-    (bounded LRU, keyed by the document text, then by the parsed document
-    and the rules).  The limit rules are built once per schema, not per
-    operation, so that the validation cache key stays the same; they keep
-    no state between validations.
+    variable), and parsing plus validating one is CPU work that would
+    otherwise be repeated on every request, on the path of its answer.  So
+    both are cached (bounded LRU, keyed by the document text, then by the
+    parsed document and the rules).  The limit rules are built once per
+    schema, not per operation, so that the validation cache key stays the
+    same; they keep no state between validations.
     """
     limits = limits or QueryLimits()
     limit_rules = [

@@ -1,9 +1,9 @@
 """Rendered views of executed notebooks (``execution_renderings``).
 
 An executed notebook is rendered to HTML once per variant (with or without
-code) and kept, because nbconvert takes hundreds of milliseconds per render
-and a dashboard shows the same result to many page views.  Rows go with
-their execution (``ON DELETE CASCADE``).
+code) and kept, because a render is nbconvert's CPU-heavy work over the
+whole notebook and a dashboard shows the same result to many page views.
+Rows go with their execution (``ON DELETE CASCADE``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Dashboards show a result as a page; nbconvert's ``HTMLExporter`` (the
 ``lab`` template, the one JupyterLab users know) is the reference renderer,
 so we call it instead of templating outputs ourselves.  ``hide_code`` drops
 the input areas and prompts (what a report reader wants), keeping every
-output.  Rendering is CPU-bound (about 0.1-0.5 s): callers run it off the
+output.  Rendering is CPU-bound (nbconvert's templates and filters over the
+whole notebook) and long enough to stall other tasks: callers run it off the
 event loop.
 """
 

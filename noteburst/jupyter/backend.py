@@ -7,10 +7,12 @@ with its own base URL and bot user per lab fits the same shape: ``start``
 spawns or finds the lab, ``kernel`` talks to that lab's REST API and
 websocket).
 
-Kernels are shut down in the background: a kernel DELETE usually takes
-~0.1 s but sometimes ~3.5 s, which does not belong on the response path.
-The backend tracks these shutdowns and :meth:`LabBackend.aclose` waits for
-them, bounded.  A backend is used from one event loop.
+Kernels are shut down in the background: a kernel DELETE waits for the
+kernel process to exit, and one that does not exit promptly is waited for
+and then signalled by jupyter_client, which can take seconds; none of that
+belongs on the response path.  The backend tracks these shutdowns and
+:meth:`LabBackend.aclose` waits for them, bounded.  A backend is used from
+one event loop.
 
 :class:`LocalLabBackend` can keep a :class:`~.pool.KernelPool` of started,
 warmed-up kernels per kernel name (``warm_kernels``), so that ``kernel()``
@@ -419,10 +421,10 @@ class KernelShutdowns:
     at that moment; the shutdown (work for jupyter_server and the kernel)
     and the warm pool's replacement start, which begins when the
     connection closes (a new kernel process: a few hundred ms of CPU),
-    otherwise compete for the CPU with that push.  Measured on two cores
-    (embedded, 20 runs each): the client had the terminal event 28 and 37
-    ms after FINISHED was stored with a 0.3 s delay, 53 and 43 ms without.
-    ``drain`` ends pending delays at once.
+    otherwise compete for the CPU with that push, and the push is what a
+    waiting page view sees.  The cost: the replacement is ready ``delay``
+    seconds later, which only back-to-back requests on a pool of one
+    notice.  ``drain`` ends pending delays at once.
     """
 
     def __init__(self, *, delay: float = 0.0) -> None:

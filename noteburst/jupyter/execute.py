@@ -12,18 +12,18 @@ Sans-I/O folder; this module only sends, waits (with bounds) and reports.
 Pipelined execution (the default)
 ---------------------------------
 Over jupyter_server's websocket a request/reply round trip can cost far more
-than a trivial cell (``users-and-peers.md`` §4.1: 50 trivial cells take
-2.34 s one at a time, 0.19 s with every request sent at once).  So the code
-cells' execute requests are sent ahead without waiting for replies;
-the kernel queues them on its shell channel and runs them one after the
-other.  Replies are routed by parent ``msg_id`` into one queue per request
-(:mod:`.kernel`), and the folder consumes those queues strictly in cell
-order, one cell at a time, exactly as in sequential execution.  The folded
-notebook is therefore the same message for message: outputs,
-``execution_count``, the ``metadata.execution`` timestamps (taken from the
-kernel's message headers, not from our clock), display-id updates across
-cells and widget state.  ``pipelined=False`` keeps the one-cell-at-a-time
-loop.
+than a trivial cell, so a notebook of many small cells run one request at a
+time spends most of its time waiting between cells (``users-and-peers.md``
+§4.1).  Instead, the code cells' execute requests are sent ahead without
+waiting for replies; the kernel queues them on its shell channel and runs
+them one after the other.  Replies are routed by parent ``msg_id`` into one
+queue per request (:mod:`.kernel`), and the folder consumes those queues
+strictly in cell order, one cell at a time, exactly as in sequential
+execution.  The folded notebook is therefore the same message for message:
+outputs, ``execution_count``, the ``metadata.execution`` timestamps (taken
+from the kernel's message headers, not from our clock), display-id updates
+across cells and widget state.  ``pipelined=False`` keeps the
+one-cell-at-a-time loop.
 
 Requests are sent :data:`_WINDOW` (16) ahead: the first 16 at once, then
 one more each time a cell is complete.  That keeps the kernel's queue from
@@ -47,8 +47,8 @@ only if the shell-channel thread forwarded it *before* that callback ran; a
 request that reaches the kernel after the failing cell's error was handled
 runs normally.  The race is real: with 200 requests sent in one burst after
 a failing ``1/0`` and the machine loaded by two busy kernels, 2 or 3 runs in
-100 executed some later cells (the tail of the burst, ~25 ms long, arrived
-after the error); with the failure after 100 cells, 1 in 100.
+100 executed some later cells (the tail of the burst arrived after the
+error); with the failure after 100 cells, 1 in 100.
 
 No client-side scheduling can close it: nothing the kernel publishes says
 "request k+1 is queued" before cell k ends, and an ``execute_request`` has

@@ -351,9 +351,9 @@ class KernelConnection:
 
         The running cell ends with a ``KeyboardInterrupt`` error reply.  A
         signal that lands before the cell's own code starts running (just
-        after ``execute_input``) can be lost by ipykernel (1 in ~25 tries
-        here), so a caller that needs the cell to stop should interrupt again
-        if no reply follows within a second or so.
+        after ``execute_input``) can be lost by ipykernel (rarely, but it
+        happens), so a caller that needs the cell to stop should interrupt
+        again if no reply follows within a second or so.
         """
         await self._rest.interrupt_kernel(self.kernel_id)
 

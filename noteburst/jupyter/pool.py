@@ -1,11 +1,12 @@
 """A pool of started, ready kernels, so a notebook does not wait for one.
 
-A kernel start costs 0.25 to 0.9 s (more with heavy imports); the run of a
-small notebook costs ~25 ms.  :class:`KernelPool` keeps, per kernel name, a
-configured number of kernels started ahead of time, each with its websocket
-open, its ``kernel_info`` answered and, optionally, warm-up code for that
-kernel name already run (``import numpy``), so heavy imports are paid ahead
-of time.
+A kernel start (a new process importing ipykernel, then its websocket and
+``kernel_info``) takes many times as long as running a small notebook on a
+kernel that is already up, and more with heavy imports.  :class:`KernelPool`
+keeps, per kernel name, a configured number of kernels started ahead of
+time, each with its websocket open, its ``kernel_info`` answered and,
+optionally, warm-up code for that kernel name already run (``import
+numpy``), so heavy imports are paid ahead of time.
 
 Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
 
@@ -16,18 +17,17 @@ Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
   take: a kernel start costs a few hundred milliseconds of CPU (a new
   Python process importing ipykernel, and the server's work for it), and
   started at the take it ran exactly while the taken kernel ran the
-  notebook, slowing a small notebook's first cells several times over on
-  a machine with two cores.  A long execution still gets its replacement
+  notebook, competing with the notebook's first cells for the CPU (worst
+  on a machine with few cores).  A long execution still gets its replacement
   after the delay, so the pool is not empty for long.
 * Every IPython kernel also gets :data:`~.protocol.STOP_AFTER_ERROR_GUARD`
   while it warms up (after the warm-up code), so ``execute_notebook`` does
   not send it ahead of the first cell.  This also takes off the notebook's
-  path what a fresh ipykernel does lazily on its first execution: the first
-  notebook on a kernel that already ran one silent request finished ~5-10
-  ms sooner (5 trivial cells, 40-60 ms on a loaded two-core machine).  Then
+  path what a fresh ipykernel does lazily on its first execution, which
+  the notebook's first cell would otherwise wait for.  Then
   :data:`IPYTHON_PRIMER` runs a few times, as cells do (not silently) but
   outside the history, for what a fresh process still does slowly the
-  first few times (another ~7-10 ms on the same five cells).
+  first few times.
 * Warm-up code runs with ``silent=True, store_history=False``: the
   notebook's first cell still gets ``execution_count`` 1 and the warm-up's
   messages are dropped (they are routed by their own ``msg_id``).  What it
@@ -95,17 +95,17 @@ del _noteburst_prime
 """
 """Code that walks the paths a notebook's cells take, to warm them up.
 
-A fresh kernel ran the benchmark's five trivial cells in ~49 ms where a
-kernel that had already run notebooks took ~40 ms (12 runs each, twice):
-the first executions in a Python process are slower (probably imports done
-on first use and the interpreter specializing hot code after a few runs).  Run
-:data:`IPYTHON_PRIMER_RUNS` times, non-silently (an execution as a cell's)
-but outside the history, it brought a fresh kernel to 39-42 ms.  It leaves
-nothing in the namespace, does not move ``execution_count`` (IPython
-counts only executions stored in the history) and writes nothing.  Not
-even an empty ``print``: any write to stdout arms ipykernel's 0.2 s flush
-timer, and a notebook taken before it fired had its first ``print`` split
-in two stream messages by it.
+A fresh kernel runs its first cells measurably more slowly than one that
+has already run notebooks: the first executions in a Python process are
+slower (probably imports done on first use and the interpreter specializing
+hot code after a few runs).  Run :data:`IPYTHON_PRIMER_RUNS` times,
+non-silently (an execution as a cell's) but outside the history, it puts
+those first executions behind the kernel before a notebook gets it, so the
+notebook does not pay for them.  It leaves nothing in the namespace, does
+not move ``execution_count`` (IPython counts only executions stored in the
+history) and writes nothing.  Not even an empty ``print``: any write to
+stdout arms ipykernel's 0.2 s flush timer, and a notebook taken before it
+fired had its first ``print`` split in two stream messages by it.
 """
 
 IPYTHON_PRIMER_RUNS: Final = 10

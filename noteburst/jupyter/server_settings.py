@@ -2,8 +2,9 @@
 
 tornado leaves Nagle's algorithm on for websocket connections and
 jupyter_server never turns it off, so after the first iopub message of a
-cell the rest wait for the client's delayed ACK (40 ms on Linux): a ``1+1``
-round trip takes ~48 ms instead of ~5.5 ms (``jupyter-on-loopback.md``, G1).
+cell the rest wait for the client's delayed ACK (40 ms on Linux): even a
+``1+1`` round trip pays it, many times the cell's own cost
+(``jupyter-on-loopback.md``, G1; ``tests/jupyter/kernel_test.py`` checks it).
 A client-side fix does not help behind JupyterHub's proxy, where the hop
 that waits is tornado to node; the fix has to be in the server.
 
@@ -26,18 +27,16 @@ with :data:`IPYKERNEL_ARGUMENTS`, two per-cell costs Noteburst does not need:
 
 * History in memory, as nbclient's and papermill's kernels keep it
   (``--HistoryManager.hist_file=:memory:``): otherwise every cell's input
-  is written to the history database on disk, which made each trivial cell
-  take 7.5-9.5 ms in a hub lab against 4-6 ms with it in memory (a quarter
-  of a small notebook's time).
+  is written to the history database on disk, a per-cell cost that weighs
+  most on notebooks of many small cells.
 * No ``time.sleep(0.0005)`` before each ``execute_reply``
   (``--Kernel._execute_sleep=0``, a configurable trait of ipykernel's
   ``Kernel``).  ipykernel sleeps there so that a client that stops at the
   reply has likely seen the cell's outputs; Noteburst ends a cell only when
   both the reply and the iopub ``idle`` (sent after the outputs) are in,
-  so the sleep buys it nothing.  Measured over ZMQ on this machine, five
-  trivial cells took 12 ms instead of 15.5 ms (medians of 5 x 30 runs,
-  kernels side by side): the sleep is at least 0.5 ms, and a sleeping
-  thread that has to get the interpreter lock back often waits longer.
+  so the sleep buys it nothing.  The sleep is at least 0.5 ms per cell,
+  and a sleeping thread that has to get the interpreter lock back often
+  waits longer.
 
 :class:`~.local.LocalJupyterServer` uses the same class, so the embedded
 kernels and a hub's labs are tuned alike.

@@ -27,8 +27,8 @@ which no lock wait retries; taking the write lock at ``BEGIN`` turns that
 into an ordinary wait.  Transactions are short, so serialising them is
 cheap.  SQLite runs on each loop's own thread, through
 :mod:`noteburst.storage.sqlite_driver` rather than aiosqlite's thread (see
-there for the measurements), and the wait for the lock is an
-``asyncio.sleep``, never a sleep inside SQLite.
+there for why), and the wait for the lock is an ``asyncio.sleep``, never a
+sleep inside SQLite.
 
 Migrations are Alembic revisions in the repository's ``alembic/`` folder.
 :meth:`Database.upgrade` runs them on this engine's own connection (Alembic's
@@ -99,11 +99,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SLOW_COMMIT_SECONDS = 0.1
 """A commit slower than this is logged as a warning.
 
-A commit on PostgreSQL here takes about a millisecond, but one in a few
-hundred took 0.1-1.9 s in the benchmarks (the submission's answer or the
-result's push waited for it); such stalls come from the database server
-(its disk's flushes, a checkpoint), not from Noteburst, and an operator
-looking at a page view's tail latency needs to see them.
+A PostgreSQL commit waits for its WAL to reach the disk, normally a short
+wait, but a commit now and then stalls far longer, and the submission's
+answer or the result's push waits for it.  Such stalls come from the
+database server (its disk's flushes, a checkpoint), not from Noteburst, and
+an operator looking at a page view's tail latency needs to see them.  The
+threshold is far above a normal commit, so only stalls are logged.
 """
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
@@ -174,13 +175,12 @@ def _ping_on_checkout(engine: AsyncEngine) -> None:
     statement would otherwise call), so the ping costs no round trip of its
     own.  Every checkout here runs a transaction (sessions and
     ``engine.begin()``); one that ends with no statement sends a
-    ``ROLLBACK``, as it would have.  Measured here: a one-statement
-    transaction took 1.13-1.40 ms with ``pool_pre_ping``, 0.81-1.10 ms with
-    a ``SELECT 1`` ping, 0.65-0.85 ms with none, and a submission takes
-    four transactions on the way to its result.  ``_start_transaction`` is
-    private (SQLAlchemy 2.1, pinned by the lock file):
-    ``tests/storage/database_test.py`` checks both that the checkout begins
-    the transaction and that a dead connection is replaced.
+    ``ROLLBACK``, as it would have.  A ping of its own, even a single
+    ``SELECT 1``, would add a round trip to every transaction, and a
+    submission takes several on the way to its result.
+    ``_start_transaction`` is private (SQLAlchemy 2.1, pinned by the lock
+    file): ``tests/storage/database_test.py`` checks both that the checkout
+    begins the transaction and that a dead connection is replaced.
     """
 
     @event.listens_for(engine.sync_engine, "checkout")

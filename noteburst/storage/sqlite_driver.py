@@ -5,11 +5,10 @@ which runs every call in a thread of its own and hands the result back to
 the loop.  A statement costs four such round trips (cursor, execute,
 fetchall, close), and each waits for the interpreter lock on the way there
 and back.  In the embedded default, where the web server, the worker, the
-kernels' websockets and two database threads share one process, that made
-a transaction of a few statements take 5-13 ms (measured on the path of a
-small notebook: submit 7 ms, claim 6 ms, storing the result 13 ms) while
-SQLite itself needed well under a millisecond: a third of the whole
-submit-to-result time.
+kernels' websockets and two database threads share one process, those
+hand-offs, not SQLite's own work, were most of every transaction's time,
+and a small notebook's path from submission to result runs several
+transactions (submit, claim, store the result).
 
 So this module gives the dialect a connection shaped like aiosqlite's whose
 coroutines call :mod:`sqlite3` directly and never suspend, except in one
@@ -24,7 +23,7 @@ that began with ``BEGIN IMMEDIATE`` and uses WAL journaling, no statement
 waits for a lock.
 
 What this costs: the loop is busy while SQLite works, i.e. for the length of
-each statement (tens of microseconds for Noteburst's statements; storing a
+each statement (short for Noteburst's small statements; storing a
 multi-megabyte notebook takes longer) and for the WAL checkpoint a commit
 runs now and then.  The embedded default accepts that; deployments use
 PostgreSQL through asyncpg, which this module does not touch.

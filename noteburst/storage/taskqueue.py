@@ -13,12 +13,12 @@ in-process worker consumes it.  Both run the same actors.
 
 An idle Dramatiq Redis consumer polls: after an empty fetch it sleeps up to
 its idle timeout (``worker_timeout``, 100 ms here) before fetching again, so
-a new message waited ~40 ms on average before a worker saw it.  The Redis
-broker here also publishes a wake-up on a Redis channel after every
-enqueue, and its consumers wait on that channel instead of sleeping: an
-idle worker fetches within a millisecond or two of the enqueue.  The
-wake-up is only a hint: a lost or late one costs at most the old poll
-interval, as the consumer still fetches at least that often.
+a new message waited for the rest of that sleep before a worker saw it, on
+every execution's path.  The Redis broker here also publishes a wake-up on
+a Redis channel after every enqueue, and its consumers wait on that channel
+instead of sleeping: an idle worker fetches as soon as the wake-up reaches
+it.  The wake-up is only a hint: a lost or late one costs at most the old
+poll interval, as the consumer still fetches at least that often.
 
 Each queue has its own channel.  A worker runs a consumer thread per queue
 and per delay queue (four here); with one channel for all, every enqueue
@@ -57,9 +57,10 @@ _logger = structlog.get_logger("noteburst.taskqueue")
 SLOW_SEND_SECONDS = 0.1
 """A Redis enqueue slower than this is logged as a warning.
 
-It takes about a millisecond here; a submission's answer waits for it,
-so a stall (Redis, or this process's thread pool) shows in a page view's
-latency and belongs in the log, beside the database's slow commits.
+An enqueue is normally a quick Redis round trip, and a submission's answer
+waits for it, so a stall (Redis, or this process's thread pool) shows in a
+page view's latency and belongs in the log, beside the database's slow
+commits.
 """
 
 

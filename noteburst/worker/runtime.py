@@ -46,10 +46,9 @@ A worker process runs several threads that hand work to each other: the
 Dramatiq consumer and worker threads, the event-loop thread running the
 actors, aiosqlite's connection threads and, embedded, the web server's
 loop.  Each hand-off that finds the lock held waits up to the switch
-interval, 5 ms by default: a few such waits per execution cost more than
-running a small notebook (measured: ~10-25 % of an embedded execution's
-latency, on a loaded two-core machine).  Switching more often costs a
-little throughput, which a latency-bound service does not miss.
+interval, 5 ms by default, and a few such waits per execution add up to
+as much as running a small notebook.  Switching more often costs a little
+throughput, which a latency-bound service does not miss.
 """
 
 

@@ -1,10 +1,11 @@
 """One real jupyter_server for the whole test run (a pytest plugin module).
 
-The ``jupyter_server`` fixture is session-scoped: starting the server costs
-about a second and a half, a kernel on it about half of one, and kernels on
-one server run in parallel, so every test shares the server and takes fresh
-kernels from it (``LocalLabBackend(http=..., root_dir=..., url=jupyter_server.url,
-token=jupyter_server.token)`` or the ``jupyter_backend`` fixture).
+The ``jupyter_server`` fixture is session-scoped: starting the server is a
+slow process start (Python importing jupyter_server and its extensions),
+and kernels on one server run in parallel, so every test shares the server
+and takes fresh kernels from it (``LocalLabBackend(http=..., root_dir=...,
+url=jupyter_server.url, token=jupyter_server.token)`` or the
+``jupyter_backend`` fixture).
 
 The fixture is synchronous, so it works with any test event loop scope
 (pytest-asyncio 1.x strict mode has no shared ``event_loop`` fixture).
