@@ -1,8 +1,14 @@
 """Names and defaults shared by every layer.
 
 Kept in one module without internal imports so that the web tier can name an
-actor or a queue without importing worker code, and so that the defaults a
-user reads in docs/configuration.md have exactly one source.
+actor or a task queue without importing worker code, and so that the
+defaults a user reads in docs/configuration.md have exactly one source.
+
+Two words are kept apart everywhere: a submission's *queue* is its
+:class:`~noteburst.domain.execution.ExecutionQueue` (``INTERACTIVE`` or
+``BATCH``, the order workers claim in); a *task queue* is Dramatiq's (Redis
+or in-process), which only carries wake-ups to workers
+(:class:`~noteburst.storage.taskqueue.TaskQueue`).
 """
 
 __all__ = [
@@ -13,13 +19,13 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "EVENTS_CHANNEL",
     "EXECUTE_ACTOR_NAME",
-    "EXECUTION_QUEUE",
+    "EXECUTION_TASK_QUEUE",
     "KERNEL_WS_SUBPROTOCOL",
     "LOCAL_USER",
     "TOKEN_PREFIX",
     "USER_SCOPE",
     "WEBHOOK_ACTOR_NAME",
-    "WEBHOOK_QUEUE",
+    "WEBHOOK_TASK_QUEUE",
 ]
 
 DEFAULT_KERNEL_NAME = "python3"
@@ -34,14 +40,14 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 EXECUTE_ACTOR_NAME = "execute_notebook"
 """Dramatiq actor that runs one execution, given only its id."""
 
-EXECUTION_QUEUE = "noteburst-executions"
-"""Dramatiq queue the execute actor consumes."""
+EXECUTION_TASK_QUEUE = "noteburst-executions"
+"""Dramatiq task queue the execute actor consumes (wake-ups only)."""
 
 WEBHOOK_ACTOR_NAME = "deliver_webhook"
 """Dramatiq actor that makes one delivery attempt of an execution's webhook."""
 
-WEBHOOK_QUEUE = "noteburst-webhooks"
-"""Dramatiq queue of webhook deliveries, apart from executions.
+WEBHOOK_TASK_QUEUE = "noteburst-webhooks"
+"""Dramatiq task queue of webhook deliveries, apart from executions.
 
 The actor only starts the attempt on the worker's event loop and returns,
 so a slow receiver never holds a worker thread an execution could use.

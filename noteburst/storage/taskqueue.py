@@ -45,9 +45,9 @@ from dramatiq.middleware import AsyncIO
 
 from ..constants import (
     EXECUTE_ACTOR_NAME,
-    EXECUTION_QUEUE,
+    EXECUTION_TASK_QUEUE,
     WEBHOOK_ACTOR_NAME,
-    WEBHOOK_QUEUE,
+    WEBHOOK_TASK_QUEUE,
 )
 
 __all__ = ["SLOW_SEND_SECONDS", "TaskQueue", "WakingRedisBroker", "build_broker"]
@@ -213,8 +213,8 @@ def build_broker(*, redis_url: str | None, namespace: str) -> dramatiq.Broker:
             socket_connect_timeout=10,
         )
     broker.add_middleware(AsyncIO())
-    broker.declare_queue(EXECUTION_QUEUE)
-    broker.declare_queue(WEBHOOK_QUEUE)
+    broker.declare_queue(EXECUTION_TASK_QUEUE)
+    broker.declare_queue(WEBHOOK_TASK_QUEUE)
     return broker
 
 
@@ -248,7 +248,7 @@ class TaskQueue:
             Deliver no earlier than this (a retry's backoff).
         """
         await self._send(
-            EXECUTION_QUEUE, EXECUTE_ACTOR_NAME, execution_id, delay_seconds
+            EXECUTION_TASK_QUEUE, EXECUTE_ACTOR_NAME, execution_id, delay_seconds
         )
 
     async def enqueue_webhook(
@@ -263,7 +263,9 @@ class TaskQueue:
         delay_seconds
             Deliver no earlier than this (a retry's backoff).
         """
-        await self._send(WEBHOOK_QUEUE, WEBHOOK_ACTOR_NAME, execution_id, delay_seconds)
+        await self._send(
+            WEBHOOK_TASK_QUEUE, WEBHOOK_ACTOR_NAME, execution_id, delay_seconds
+        )
 
     async def _send(
         self,

@@ -19,9 +19,9 @@ import dramatiq
 
 from ..constants import (
     EXECUTE_ACTOR_NAME,
-    EXECUTION_QUEUE,
+    EXECUTION_TASK_QUEUE,
     WEBHOOK_ACTOR_NAME,
-    WEBHOOK_QUEUE,
+    WEBHOOK_TASK_QUEUE,
 )
 from .runtime import WorkerRuntime
 
@@ -58,13 +58,13 @@ def declare_actors(
     dramatiq.actor(
         broker=broker,
         actor_name=WEBHOOK_ACTOR_NAME,
-        queue_name=WEBHOOK_QUEUE,
+        queue_name=WEBHOOK_TASK_QUEUE,
         max_retries=0,
     )(deliver_webhook)
     decorate = dramatiq.actor(
         broker=broker,
         actor_name=EXECUTE_ACTOR_NAME,
-        queue_name=EXECUTION_QUEUE,
+        queue_name=EXECUTION_TASK_QUEUE,
         max_retries=0,
         time_limit=int(time_limit_seconds * 1000),
     )

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
-from noteburst.constants import EXECUTION_QUEUE
+from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.cache import CacheMode, CachePolicy
 from noteburst.domain.execution import ExecutionStatus
@@ -79,7 +79,7 @@ async def test_many_identical_submissions_at_once_make_one_run(
     assert len(leaders) == 1
     assert {s.shares_run_of for s in submitted} == {None, leaders[0].id}
     # Only the run is handed to a worker.
-    assert harness.broker.queues[EXECUTION_QUEUE].qsize() == 1
+    assert harness.broker.queues[EXECUTION_TASK_QUEUE].qsize() == 1
 
 
 @pytest.mark.asyncio

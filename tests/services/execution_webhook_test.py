@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from noteburst.constants import WEBHOOK_QUEUE
+from noteburst.constants import WEBHOOK_TASK_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ErrorCode, ExecutionStatus
 from noteburst.domain.webhook import WebhookRequest, WebhookState
@@ -52,7 +52,7 @@ async def test_cancel_and_sweep_endings_wake_and_deliver_webhooks(
             request = WebhookRequest(url=hook.url, secret=secret)
             cancelled = await service.submissions.submit(notebook("1"), webhook=request)
             lost = await service.submissions.submit(notebook("2"), webhook=request)
-            wakeups = broker.queues[WEBHOOK_QUEUE]
+            wakeups = broker.queues[WEBHOOK_TASK_QUEUE]
             assert wakeups.qsize() == 0  # neither has ended
 
             ended = await service.executions.cancel(cancelled.id)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.engine import make_url
 
-from noteburst.constants import EXECUTION_QUEUE
+from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.execution import ErrorCode, EventKind, ExecutionStatus
 from noteburst.services.recovery import RecoverySweep
 from noteburst.storage.events import LocalEventBus
@@ -44,7 +44,7 @@ async def test_a_lost_worker_is_recovered_then_given_up(harness: Harness) -> Non
     harness.broker.flush_all()
     await _crash_while_running(harness, execution.id)
     assert await harness.recovery.sweep() == 1
-    assert harness.broker.queues[EXECUTION_QUEUE].qsize() == 1
+    assert harness.broker.queues[EXECUTION_TASK_QUEUE].qsize() == 1
     requeued = await harness.service.executions.get(execution.id)
     assert requeued is not None
     assert requeued.status is ExecutionStatus.QUEUED

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from noteburst.constants import EXECUTION_QUEUE
+from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
@@ -128,7 +128,7 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
         assert requeued.status is ExecutionStatus.QUEUED
         assert requeued.attempts == 1
         # The retry was sent with a backoff (a delayed message).
-        assert harness.broker.queues[f"{EXECUTION_QUEUE}.DQ"].qsize() == 1
+        assert harness.broker.queues[f"{EXECUTION_TASK_QUEUE}.DQ"].qsize() == 1
 
         second = await asyncio.wait_for(runner.run(execution.id), 60)
         assert second is not None

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from dramatiq.common import dq_name
 
-from noteburst.constants import WEBHOOK_QUEUE
+from noteburst.constants import WEBHOOK_TASK_QUEUE
 from noteburst.domain.addresses import AddressPolicy, parse_networks
 from noteburst.domain.execution import ExecutionQueue, ExecutionStatus
 from noteburst.domain.webhook import WebhookState
@@ -129,7 +129,9 @@ async def deliver_when_due(service: WebhookService, execution_id: str) -> None:
 
 
 def pending_messages(broker: dramatiq.Broker, *, delayed: bool = False) -> int:
-    queue = broker.queues[dq_name(WEBHOOK_QUEUE) if delayed else WEBHOOK_QUEUE]
+    queue = broker.queues[
+        dq_name(WEBHOOK_TASK_QUEUE) if delayed else WEBHOOK_TASK_QUEUE
+    ]
     return int(queue.qsize())
 
 

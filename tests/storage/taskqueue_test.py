@@ -15,9 +15,9 @@ from dramatiq.broker import MessageProxy
 
 from noteburst.constants import (
     EXECUTE_ACTOR_NAME,
-    EXECUTION_QUEUE,
+    EXECUTION_TASK_QUEUE,
     WEBHOOK_ACTOR_NAME,
-    WEBHOOK_QUEUE,
+    WEBHOOK_TASK_QUEUE,
 )
 from noteburst.storage import taskqueue
 from noteburst.storage.taskqueue import TaskQueue, WakingRedisBroker, build_broker
@@ -27,12 +27,12 @@ IDLE_MS = 120_000  # far longer than the test may take: only a wake-up helps
 
 
 def message(
-    execution_id: str, *, queue_name: str = EXECUTION_QUEUE
+    execution_id: str, *, queue_name: str = EXECUTION_TASK_QUEUE
 ) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=queue_name,
         actor_name=EXECUTE_ACTOR_NAME
-        if queue_name == EXECUTION_QUEUE
+        if queue_name == EXECUTION_TASK_QUEUE
         else WEBHOOK_ACTOR_NAME,
         args=(execution_id,),
         kwargs={},
@@ -45,7 +45,7 @@ def test_an_idle_consumer_wakes_when_a_message_is_enqueued(
 ) -> None:
     broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
     assert isinstance(broker, WakingRedisBroker)
-    consumer = broker.consume(EXECUTION_QUEUE, prefetch=1, timeout=IDLE_MS)
+    consumer = broker.consume(EXECUTION_TASK_QUEUE, prefetch=1, timeout=IDLE_MS)
 
     # Counted, not a flag: the consumer may reach its second wait before
     # this thread has seen the first (a cleared flag would lose it).
@@ -91,18 +91,18 @@ def test_a_delayed_message_publishes_no_wake_up(redis_url: str) -> None:
     broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
     assert isinstance(broker, WakingRedisBroker)
     listener = broker.client.pubsub(ignore_subscribe_messages=True)
-    listener.subscribe(broker.wake_channel(EXECUTION_QUEUE))
-    listener.subscribe(broker.wake_channel(WEBHOOK_QUEUE))
+    listener.subscribe(broker.wake_channel(EXECUTION_TASK_QUEUE))
+    listener.subscribe(broker.wake_channel(WEBHOOK_TASK_QUEUE))
     try:
         assert listener.get_message(timeout=WAIT) is None  # a confirmation
         assert listener.get_message(timeout=WAIT) is None  # the other one
         broker.enqueue(message("later"), delay=60_000)
         # Publishes reach a subscriber in order: had the delayed message
         # published a wake-up, it would come before this one.
-        broker.enqueue(message("deliver", queue_name=WEBHOOK_QUEUE))
+        broker.enqueue(message("deliver", queue_name=WEBHOOK_TASK_QUEUE))
         wake = listener.get_message(timeout=WAIT)
         assert wake is not None
-        assert wake["channel"] == broker.wake_channel(WEBHOOK_QUEUE).encode()
+        assert wake["channel"] == broker.wake_channel(WEBHOOK_TASK_QUEUE).encode()
     finally:
         listener.close()
         broker.close()
@@ -113,14 +113,14 @@ def test_a_consumer_is_woken_only_for_its_own_queue(redis_url: str) -> None:
     broker = build_broker(redis_url=redis_url, namespace=f"nbt-{secrets.token_hex(4)}")
     assert isinstance(broker, WakingRedisBroker)
     listener = broker.client.pubsub(ignore_subscribe_messages=True)
-    listener.subscribe(broker.wake_channel(WEBHOOK_QUEUE))
+    listener.subscribe(broker.wake_channel(WEBHOOK_TASK_QUEUE))
     try:
         assert listener.get_message(timeout=WAIT) is None  # the confirmation
         broker.enqueue(message("run"))
-        broker.enqueue(message("deliver", queue_name=WEBHOOK_QUEUE))
+        broker.enqueue(message("deliver", queue_name=WEBHOOK_TASK_QUEUE))
         wake = listener.get_message(timeout=WAIT)
         assert wake is not None
-        assert wake["data"] == WEBHOOK_QUEUE.encode()  # not the execution's
+        assert wake["data"] == WEBHOOK_TASK_QUEUE.encode()  # not the execution's
     finally:
         listener.close()
         broker.close()
@@ -149,4 +149,4 @@ async def test_a_slow_send_is_a_warning(redis_url: str) -> None:
     assert len(slow) == 1
     assert slow[0]["log_level"] == "warning"
     assert slow[0]["seconds"] >= 0.3
-    assert slow[0]["queue"] == EXECUTION_QUEUE
+    assert slow[0]["queue"] == EXECUTION_TASK_QUEUE

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from noteburst.constants import EXECUTION_QUEUE
+from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionStatus
 from noteburst.factory import Factory, ProcessContext, create_broker
@@ -33,14 +33,14 @@ async def test_same_message_twice_one_execution_one_result(
         service = services_for(Factory(api), LOCAL_CALLER)
         execution = await service.submissions.submit(notebook("print('once')"))
         await api.queue.enqueue_execution(execution.id)  # the duplicate
-        assert broker.queues[EXECUTION_QUEUE].qsize() == 2
+        assert broker.queues[EXECUTION_TASK_QUEUE].qsize() == 2
         worker = await asyncio.to_thread(
             start_worker, config, broker, bus=bus, embedded=False
         )
         try:
             # join() returns once both messages were processed (and raises
             # if either failed).
-            await asyncio.to_thread(broker.join, EXECUTION_QUEUE, timeout=120_000)
+            await asyncio.to_thread(broker.join, EXECUTION_TASK_QUEUE, timeout=120_000)
         finally:
             await asyncio.to_thread(worker.stop)
         final = await service.executions.get(execution.id)
