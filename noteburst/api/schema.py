@@ -193,11 +193,11 @@ CancelExecutionPayload = Annotated[
 _Service = TypeVar("_Service")
 
 
-def _service(info: Info, make: Callable[[GraphQLContext], _Service]) -> _Service:
+def _service(make: Callable[[], _Service]) -> _Service:
     """Return a service for the operation's caller.
 
-    ``make`` is one of :class:`GraphQLContext`'s service methods, e.g.
-    ``_service(info, GraphQLContext.watcher)``.
+    ``make`` is one of the context's service methods, e.g.
+    ``_service(info.context.watcher)``.
 
     Raises
     ------
@@ -205,7 +205,7 @@ def _service(info: Info, make: Callable[[GraphQLContext], _Service]) -> _Service
         Raised if the connection has no caller.
     """
     try:
-        return make(info.context)
+        return make()
     except ClientError as exc:
         raise UserFacingError(exc) from exc
 
@@ -219,7 +219,7 @@ class Query:
         )
     )
     async def execution(self, info: Info, id: strawberry.ID) -> Execution | None:
-        service = _service(info, GraphQLContext.execution_service)
+        service = _service(info.context.execution_service)
         found = await service.get(str(id))
         return Execution.from_domain(found) if found else None
 
@@ -236,7 +236,7 @@ class Query:
         after: str | None = None,
         status: ExecutionStatus | None = None,
     ) -> ExecutionConnection:
-        service = _service(info, GraphQLContext.execution_service)
+        service = _service(info.context.execution_service)
         try:
             page = await service.list(first=first, after=after, status=status)
         except ClientError as exc:
@@ -262,7 +262,7 @@ class Mutation:
         info: Info,
         input: SubmitExecutionInput,
     ) -> SubmitExecutionPayload:
-        service = _service(info, GraphQLContext.submission_service)
+        service = _service(info.context.submission_service)
         try:
             execution = await service.submit(
                 input.notebook,
@@ -299,7 +299,7 @@ class Mutation:
     async def cancel_execution(
         self, info: Info, id: strawberry.ID
     ) -> CancelExecutionPayload:
-        service = _service(info, GraphQLContext.execution_service)
+        service = _service(info.context.execution_service)
         try:
             execution = await service.cancel(str(id))
         except ExecutionNotFoundError as exc:
@@ -333,7 +333,7 @@ class Subscription:
             ),
         ] = None,
     ) -> AsyncGenerator[ExecutionEvent, None]:
-        service = _service(info, GraphQLContext.watcher)
+        service = _service(info.context.watcher)
         try:
             async for watched in service.watch(
                 str(id), after_sequence=after_sequence, kinds=kinds
