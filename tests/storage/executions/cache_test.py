@@ -1,15 +1,16 @@
-"""The execution store's result cache and shared runs, on SQLite and Postgres.
+"""The result cache and shared runs, on SQLite and Postgres.
 
-Cached results are found by key and age and copied into cache hits;
-followers of a shared run show its state, are never claimed or resent, and
-finish with it in the same transaction, whatever ends it.
+``tx.cache`` (:mod:`noteburst.storage.executions.cache`): cached results
+are found by key and age and copied into cache hits; followers of a shared
+run show its state, are never claimed or resent, and finish with it in the
+same transaction, whatever ends it.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -21,11 +22,16 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 from noteburst.storage import Database
+from tests.storage.executions._helpers import (
+    LEASE,
+    NOTEBOOK,
+    T0,
+    add,
+    add_follower,
+)
 
-T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-LEASE = timedelta(seconds=30)
 KEY = "ab" * 32
-SOURCE = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+SOURCE = json.dumps(NOTEBOOK)
 RESULT = json.dumps({"cells": [], "metadata": {"ran": True}, "nbformat": 4})
 
 
@@ -36,41 +42,7 @@ async def add_run(
     key: str | None = KEY,
     queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
 ) -> str:
-    execution_id = str(uuid.uuid4())
-    async with database.transaction() as tx:
-        await tx.executions.add(
-            execution_id=execution_id,
-            kernel_name="python3",
-            timeout_seconds=60.0,
-            source_text=SOURCE,
-            cells_total=2,
-            now=now,
-            queue=queue,
-            cache_key=key,
-        )
-    return execution_id
-
-
-async def add_follower(
-    database: Database,
-    leader_id: str,
-    *,
-    queue: ExecutionQueue = ExecutionQueue.INTERACTIVE,
-    now: datetime = T0,
-) -> str:
-    execution_id = str(uuid.uuid4())
-    async with database.transaction() as tx:
-        await tx.cache.add_follower(
-            execution_id=execution_id,
-            leader_id=leader_id,
-            kernel_name="python3",
-            timeout_seconds=60.0,
-            source_text=SOURCE,
-            cells_total=2,
-            queue=queue,
-            now=now,
-        )
-    return execution_id
+    return await add(database, queue, now=now, cells_total=2, cache_key=key)
 
 
 async def run_to_end(
