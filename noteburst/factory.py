@@ -30,7 +30,7 @@ import httpx
 import structlog
 from jupyter_client.kernelspec import KernelSpecManager
 
-from .config import Config
+from .config import Config, JupyterSettings, WebhookSettings
 from .constants import CANCELS_CHANNEL
 from .domain.addresses import AddressPolicy, parse_networks
 from .domain.auth import Caller
@@ -41,12 +41,12 @@ from .jupyter.hub import HubLabBackend
 from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
 from .jupyter.rest import JupyterRestClient
-from .services.auth import Authenticator, ProxySettings, TokenCache, TokenService
+from .services.auth import Authenticator, TokenCache, TokenService
 from .services.execution import ExecutionService, SubmissionLimits
 from .services.identity import IdentityLease, NoIdentityAvailableError
 from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner, OutputFlush
-from .services.webhook import WebhookService, WebhookSettings
+from .services.webhook import WebhookService
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
 from .storage.secrets import SecretBox
@@ -78,7 +78,9 @@ def create_broker(config: Config) -> dramatiq.Broker:
     return build_broker(redis_url=config.redis_url, namespace=config.redis_namespace)
 
 
-async def discover_kernel_names(config: Config, http: httpx.AsyncClient) -> list[str]:
+async def discover_kernel_names(
+    config: JupyterSettings, http: httpx.AsyncClient
+) -> list[str]:
     """Return the kernels submissions may name.
 
     Configured names win; else the configured Jupyter server is asked; else
@@ -87,16 +89,16 @@ async def discover_kernel_names(config: Config, http: httpx.AsyncClient) -> list
     """
     if config.kernel_names is not None:
         return list(config.kernel_names)
-    if config.jupyter_url is not None:
-        client = _rest_client(config, http, config.jupyter_url)
+    if config.url is not None:
+        client = _rest_client(config, http, config.url)
         return await client.kernelspecs()
     return sorted(KernelSpecManager().find_kernel_specs())
 
 
 def _rest_client(
-    config: Config, http: httpx.AsyncClient, url: str
+    config: JupyterSettings, http: httpx.AsyncClient, url: str
 ) -> JupyterRestClient:
-    token = config.jupyter_token.get_secret_value() if config.jupyter_token else None
+    token = config.token.get_secret_value() if config.token else None
     return JupyterRestClient(
         http=http, base_url=url, token=token, timeout=config.http_timeout
     )
@@ -163,7 +165,7 @@ class ProcessContext:
                 bus = LocalEventBus()
             await bus.start()
             stack.push_async_callback(bus.aclose)
-            kernel_names = await discover_kernel_names(config, http)
+            kernel_names = await discover_kernel_names(config.jupyter, http)
         except BaseException:
             await stack.aclose()
             raise
@@ -174,7 +176,7 @@ class ProcessContext:
             queue=TaskQueue(broker),
             http=http,
             kernel_names=kernel_names,
-            token_cache=TokenCache(ttl=config.token_cache_seconds),
+            token_cache=TokenCache(ttl=config.auth.token_cache_seconds),
             _closers=stack,
         )
 
@@ -204,26 +206,23 @@ class ProcessContext:
             http = await stack.enter_async_context(_http_client(config))
             database = Database.from_url(config.effective_database_url)
             stack.push_async_callback(database.aclose)
-            token = (
-                config.jupyter_token.get_secret_value()
-                if config.jupyter_token
-                else None
-            )
+            jupyter = config.jupyter
+            token = jupyter.token.get_secret_value() if jupyter.token else None
             backend: LocalLabBackend | HubLabBackend
-            if config.lab_backend == "jupyterhub":
+            if jupyter.lab_backend == "jupyterhub":
                 backend = await _hub_backend(config, http, database, stack)
             else:
                 backend = LocalLabBackend(
                     http=http,
                     root_dir=Path(config.data_dir) / "jupyter",
-                    url=config.jupyter_url,
+                    url=jupyter.url,
                     token=token,
-                    start_timeout=config.jupyter_start_timeout,
-                    kernel_start_timeout=config.kernel_start_timeout,
-                    request_timeout=config.http_timeout,
-                    warm_kernels=config.warm_kernels,
-                    warm_up_code=config.warm_up_code,
-                    retire_delay=config.kernel_retire_delay,
+                    start_timeout=jupyter.start_timeout,
+                    kernel_start_timeout=jupyter.kernel_start_timeout,
+                    request_timeout=jupyter.http_timeout,
+                    warm_kernels=jupyter.warm_kernels,
+                    warm_up_code=jupyter.warm_up_code,
+                    retire_delay=jupyter.kernel_retire_delay,
                 )
             stack.push_async_callback(backend.aclose)
             cancels = await _cancellation_bus(config, database, bus, stack)
@@ -305,7 +304,7 @@ async def _start_backend(
             error=str(exc),
         )
         return
-    await _wait_for_warm_kernels(backend.pool, config.kernel_start_timeout)
+    await _wait_for_warm_kernels(backend.pool, config.jupyter.kernel_start_timeout)
 
 
 async def _wait_for_warm_kernels(pool: KernelPool | None, limit: float) -> None:
@@ -333,32 +332,33 @@ async def _hub_backend(
     stalled past its lease), the backend surrenders the lab at once and
     drives the lab of a newly leased identity.
     """
-    assert config.hub_url is not None
-    assert config.hub_token is not None
+    hub, jupyter = config.hub, config.jupyter
+    assert hub.url is not None
+    assert hub.token is not None
     lease = IdentityLease(
         database=database,
-        pool=config.hub_identities,
+        pool=hub.identities,
         holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-        lease_seconds=config.worker_lease_seconds,
+        lease_seconds=config.workers.lease_seconds,
     )
-    username = await lease.acquire(wait_seconds=config.identity_wait_seconds)
+    username = await lease.acquire(wait_seconds=hub.identity_wait_seconds)
     stack.push_async_callback(lease.release)
     backend = HubLabBackend(
         http=http,
-        hub_url=config.hub_url,
-        token=config.hub_token.get_secret_value(),
+        hub_url=hub.url,
+        token=hub.token.get_secret_value(),
         username=username,
-        spawn_timeout=config.spawn_timeout,
-        kernel_start_timeout=config.kernel_start_timeout,
-        request_timeout=config.http_timeout,
-        user_options=config.hub_user_options,
-        warm_kernels=config.warm_kernels,
-        warm_up_code=config.warm_up_code,
-        idle_timeout=config.lab_idle_seconds,
-        retire_delay=config.kernel_retire_delay,
+        spawn_timeout=hub.spawn_timeout,
+        kernel_start_timeout=jupyter.kernel_start_timeout,
+        request_timeout=jupyter.http_timeout,
+        user_options=hub.user_options,
+        warm_kernels=jupyter.warm_kernels,
+        warm_up_code=jupyter.warm_up_code,
+        idle_timeout=hub.lab_idle_seconds,
+        retire_delay=jupyter.kernel_retire_delay,
     )
     follower = asyncio.create_task(
-        _follow_identity(lease, backend, config.identity_wait_seconds),
+        _follow_identity(lease, backend, hub.identity_wait_seconds),
         name="identity-follower",
     )
     stack.push_async_callback(_cancel, follower)
@@ -398,7 +398,7 @@ async def _http_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     # One client per context: connection pooling to the lab, and one place
     # that sets the timeout every Jupyter call gets.
     async with httpx.AsyncClient(
-        timeout=config.http_timeout, follow_redirects=False
+        timeout=config.jupyter.http_timeout, follow_redirects=False
     ) as client:
         yield client
 
@@ -409,7 +409,7 @@ async def _webhook_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     # environment (a proxy would resolve the name again, past the SSRF
     # check), no connections kept to receivers, one timeout per attempt.
     async with httpx.AsyncClient(
-        timeout=config.webhook_timeout_seconds,
+        timeout=config.webhooks.timeout_seconds,
         follow_redirects=False,
         trust_env=False,
         limits=httpx.Limits(max_keepalive_connections=0),
@@ -417,13 +417,13 @@ async def _webhook_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def webhook_guard(config: Config) -> WebhookGuard:
+def webhook_guard(settings: WebhookSettings) -> WebhookGuard:
     """Build the SSRF guard as configured (with the system resolver)."""
     return WebhookGuard(
         policy=AddressPolicy(
-            allowed_networks=parse_networks(config.webhook_allowed_networks)
+            allowed_networks=parse_networks(settings.allowed_networks)
         ),
-        resolve_timeout=config.webhook_resolve_timeout_seconds,
+        resolve_timeout=settings.resolve_timeout_seconds,
     )
 
 
@@ -435,42 +435,38 @@ class Factory:
 
     def create_authenticator(self) -> Authenticator:
         """Return what identifies the caller of each request (``auth_mode``)."""
-        config = self._context.config
         return Authenticator(
-            mode=config.auth_mode,
+            settings=self._context.config.auth,
             database=self._context.database,
             cache=self._context.token_cache,
-            proxy=ProxySettings(
-                trusted=config.trusted_proxies,
-                user_header=config.proxy_user_header,
-                scopes_header=config.proxy_scopes_header,
-                default_scopes=config.proxy_default_scopes,
-                admin_users=config.proxy_admin_users,
-            ),
         )
 
     def create_execution_service(self, caller: Caller) -> ExecutionService:
         """Service behind the GraphQL API, acting for ``caller``."""
         config = self._context.config
+        limits = config.limits
+        # ExecutionService keeps its own SubmissionLimits for now: all of it
+        # is config.limits, plus the default kernel (config.jupyter) and the
+        # kernel names this process discovered.
         return ExecutionService(
             caller=caller,
             database=self._context.database,
             bus=self._context.bus,
             queue=self._context.queue,
             limits=SubmissionLimits(
-                max_notebook_bytes=config.max_notebook_bytes,
-                default_timeout_seconds=config.default_timeout_seconds,
-                max_timeout_seconds=config.max_timeout_seconds,
-                default_kernel_name=config.default_kernel_name,
+                max_notebook_bytes=limits.max_notebook_bytes,
+                default_timeout_seconds=limits.default_timeout_seconds,
+                max_timeout_seconds=limits.max_timeout_seconds,
+                default_kernel_name=config.jupyter.default_kernel_name,
                 kernel_names=self._context.kernel_names,
-                cache_environment_tag=config.cache_environment_tag,
-                default_cell_timeout_seconds=config.default_cell_timeout_seconds,
+                cache_environment_tag=limits.cache_environment_tag,
+                default_cell_timeout_seconds=limits.default_cell_timeout_seconds,
                 default_no_output_timeout_seconds=(
-                    config.default_no_output_timeout_seconds
+                    limits.default_no_output_timeout_seconds
                 ),
-                max_queued_per_user=config.max_queued_per_user,
-                max_running_per_user=config.max_running_per_user,
-                max_submissions_per_minute=config.max_submissions_per_minute,
+                max_queued_per_user=limits.max_queued_per_user,
+                max_running_per_user=limits.max_running_per_user,
+                max_submissions_per_minute=limits.max_submissions_per_minute,
             ),
             webhooks=self.create_webhook_service(),
         )
@@ -479,7 +475,7 @@ class Factory:
         """Service that registers webhooks (API) and delivers them (workers)."""
         context = self._context
         config = context.config
-        guard = webhook_guard(config)
+        guard = webhook_guard(config.webhooks)
         sender = (
             None
             if context.webhook_http is None
@@ -490,15 +486,8 @@ class Factory:
             queue=context.queue,
             guard=guard,
             secrets=context.secret_box,
-            settings=WebhookSettings(
-                public_url=config.effective_public_url,
-                timeout_seconds=config.webhook_timeout_seconds,
-                resolve_timeout_seconds=config.webhook_resolve_timeout_seconds,
-                max_attempts=config.webhook_max_attempts,
-                horizon_seconds=config.webhook_horizon_seconds,
-                initial_backoff_seconds=config.webhook_initial_backoff_seconds,
-                max_backoff_seconds=config.webhook_max_backoff_seconds,
-            ),
+            settings=config.webhooks,
+            public_url=config.effective_public_url,
             sender=sender,
         )
 
@@ -515,23 +504,27 @@ class Factory:
             msg = "this process context has no lab backend (not a worker)"
             raise RuntimeError(msg)
         config = self._context.config
+        outputs = config.outputs
         return ExecutionRunner(
             database=self._context.database,
             bus=self._context.bus,
             backend=backend,
             queue=self._context.queue,
-            lease_seconds=config.worker_lease_seconds,
-            max_attempts=config.max_attempts,
+            lease_seconds=config.workers.lease_seconds,
+            max_attempts=config.workers.max_attempts,
+            # ExecutionRunner keeps its own OutputFlush for now (all of it is
+            # config.outputs); OutputLimits stays in jupyter/, which may not
+            # import the configuration.
             output_flush=OutputFlush(
-                seconds=config.output_flush_seconds,
-                max_bytes=config.output_flush_bytes,
-                max_resent_bytes=config.output_max_resent_bytes,
-                progress_seconds=config.progress_flush_seconds,
+                seconds=outputs.flush_seconds,
+                max_bytes=outputs.flush_bytes,
+                max_resent_bytes=outputs.max_resent_bytes,
+                progress_seconds=outputs.progress_flush_seconds,
             ),
             cancels=self._context.cancels,
             output_limits=OutputLimits(
-                max_output_bytes=config.max_output_bytes,
-                max_total_bytes=config.max_notebook_output_bytes,
+                max_output_bytes=outputs.max_output_bytes,
+                max_total_bytes=outputs.max_notebook_output_bytes,
             ),
             webhooks=self.create_webhook_service(),
         )

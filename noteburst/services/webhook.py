@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ..config import WebhookSettings
 from ..domain.webhook import (
     WebhookDelivery,
     WebhookState,
@@ -46,25 +47,12 @@ from ..storage.webhook_client import (
     signed_headers,
 )
 
-__all__ = ["NewWebhook", "WebhookService", "WebhookSettings"]
+__all__ = ["NewWebhook", "WebhookService"]
 
 _logger = structlog.get_logger("noteburst.webhooks")
 
 LEASE_MARGIN_SECONDS = 30.0
 """Added to an attempt's timeout for its lease: time to store the outcome."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    """How webhooks are delivered (from ``NOTEBURST_WEBHOOK_*``)."""
-
-    public_url: str
-    timeout_seconds: float = 10.0
-    resolve_timeout_seconds: float = 5.0
-    max_attempts: int = 15
-    horizon_seconds: float = 86400.0
-    initial_backoff_seconds: float = 5.0
-    max_backoff_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +81,11 @@ class WebhookService:
         Returns the box that encrypts secrets at rest (called only when a
         secret is encrypted or decrypted, so the key is loaded lazily).
     settings
-        Timeouts, retry schedule, public URL.
+        Timeouts and retry schedule (``config.webhooks``; the addresses
+        allowed are the guard's).
+    public_url
+        Base URL the messages link to results under
+        (``Config.effective_public_url``).
     sender
         Sends attempts; only workers have one.
     """
@@ -106,6 +98,7 @@ class WebhookService:
         guard: WebhookGuard,
         secrets: Callable[[], SecretBox],
         settings: WebhookSettings,
+        public_url: str,
         sender: WebhookSender | None = None,
     ) -> None:
         self._db = database
@@ -113,6 +106,7 @@ class WebhookService:
         self._guard = guard
         self._secrets = secrets
         self._settings = settings
+        self._public_url = public_url
         self._sender = sender
 
     async def register(self, url: str, secret: str) -> NewWebhook:
@@ -217,9 +211,7 @@ class WebhookService:
             )
             final = True
         else:
-            payload = build_payload(
-                execution, public_url=settings.public_url, now=started
-            )
+            payload = build_payload(execution, public_url=self._public_url, now=started)
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
             headers = signed_headers(
                 secret,

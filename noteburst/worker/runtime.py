@@ -60,9 +60,9 @@ def boot_timeout(config: Config) -> float:
     bot identity and then the lab's spawn; locally, the Jupyter server's
     start.  A minute on top covers the rest (database, warm kernels).
     """
-    if config.lab_backend == "jupyterhub":
-        return config.identity_wait_seconds + config.spawn_timeout + 60
-    return config.jupyter_start_timeout + 60
+    if config.jupyter.lab_backend == "jupyterhub":
+        return config.hub.identity_wait_seconds + config.hub.spawn_timeout + 60
+    return config.jupyter.start_timeout + 60
 
 
 class WorkerStartupError(MiddlewareError):

@@ -52,7 +52,8 @@ async def harness(
     try:
         services = {}
         for tag in ("w_2026_47", "w_2026_48"):
-            tagged = config.model_copy(update={"cache_environment_tag": tag})
+            limits = config.limits.model_copy(update={"cache_environment_tag": tag})
+            tagged = config.model_copy(update={"limits": limits})
             api = await ProcessContext.for_api(tagged, broker=broker, local_bus=bus)
             contexts.append(api)
             services[tag] = Factory(api).create_execution_service(LOCAL_CALLER)

@@ -800,9 +800,9 @@ async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
 
 def _runner_gathering_progress(harness: Harness, seconds: float) -> ExecutionRunner:
     """The harness's runner, but writing cell events at most every ``seconds``."""
-    config = harness.worker.config.model_copy(
-        update={"progress_flush_seconds": seconds}
-    )
+    config = harness.worker.config
+    outputs = config.outputs.model_copy(update={"progress_flush_seconds": seconds})
+    config = config.model_copy(update={"outputs": outputs})
     return Factory(dataclasses.replace(harness.worker, config=config)).create_runner()
 
 
