@@ -37,7 +37,7 @@ from .api.graphiql import render_graphiql, static_routes
 from .api.schema import create_schema
 from .config import Config
 from .exceptions import ClientError, ConfigurationError
-from .factory import Factory, ProcessContext, create_broker
+from .factory import ApiContext, ApiFactory, create_broker
 from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
@@ -57,7 +57,7 @@ _STATIC_PREFIX = "/graphiql-static"
 
 
 class _State(TypedDict):
-    context: ProcessContext
+    context: ApiContext
 
 
 def request_body_limit(config: Config) -> int:
@@ -88,7 +88,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 state: Any = request.state
                 try:
                     caller = await authenticate(
-                        Factory(state.context), request, mode=self._mode
+                        ApiFactory(state.context), request, mode=self._mode
                     )
                 except ClientError as exc:
                     await error_response(exc)(scope, receive, send)
@@ -102,7 +102,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
         state: Any = request.state
         return GraphQLContext(
             request=request,
-            factory=Factory(state.context),
+            factory=ApiFactory(state.context),
             caller=getattr(state, "caller", None),
         )
 
@@ -243,7 +243,7 @@ def create_app(
         # single-process and the scaled-out deployment.
         worker_bus = LocalEventBus()
         postgres = cfg.effective_database_url.startswith("postgresql")
-        context = await ProcessContext.for_api(
+        context = await ApiContext.build(
             cfg, broker=broker, local_bus=None if postgres else worker_bus
         )
         worker: dramatiq.Worker | None = None
@@ -257,7 +257,7 @@ def create_app(
                 database=context.database.dialect_name,
                 queue="redis" if cfg.redis_url else "in-process",
                 worker="in-process" if worker else "separate",
-                kernels=context.kernel_names,
+                kernels=list(context.kernel_names),
             )
             if freeze_after_startup:
                 freeze_startup_objects()

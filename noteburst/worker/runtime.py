@@ -24,7 +24,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..config import Config
-from ..factory import Factory, ProcessContext
+from ..factory import WorkerContext, WorkerFactory
 from ..storage.events import EventBus
 
 __all__ = [
@@ -70,7 +70,7 @@ class WorkerStartupError(MiddlewareError):
 
 
 class WorkerRuntime(Middleware):
-    """Owns a worker process's :class:`ProcessContext` and recovery sweep.
+    """Owns a worker process's :class:`WorkerContext` and recovery sweep.
 
     Add it to the broker *after* ``AsyncIO``, so that its boot hook runs once
     the loop thread exists and its shutdown hook runs before the loop stops.
@@ -100,18 +100,18 @@ class WorkerRuntime(Middleware):
         self._bus = bus
         self._recover_all = recover_everything_at_start
         self._sweep_interval = sweep_interval
-        self._context: ProcessContext | None = None
+        self._context: WorkerContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._broker: dramatiq.Broker | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots: asyncio.Semaphore | None = None
 
-    def factory(self) -> Factory:
+    def factory(self) -> WorkerFactory:
         """Return a factory for one message; only valid after boot."""
         if self._context is None:
             msg = "worker context used before worker boot"
             raise RuntimeError(msg)
-        return Factory(self._context)
+        return WorkerFactory(self._context)
 
     def start_delivery(self, execution_id: str) -> None:
         """Start a webhook attempt on this loop and return at once.
@@ -153,7 +153,7 @@ class WorkerRuntime(Middleware):
         self._run(self._shutdown())
 
     async def _boot(self, broker: dramatiq.Broker) -> None:
-        self._context = await ProcessContext.for_worker(
+        self._context = await WorkerContext.build(
             self._config, broker=broker, bus=self._bus
         )
         await (

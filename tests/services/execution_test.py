@@ -10,7 +10,13 @@ import pytest
 
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
 from noteburst.storage.taskqueue import build_broker
@@ -36,9 +42,9 @@ async def test_submission_survives_an_unreachable_queue(
     dead = build_broker(
         redis_url=f"redis://127.0.0.1:{_closed_port()}/0", namespace="nbtest-dead"
     )
-    api = await ProcessContext.for_api(config, broker=dead, local_bus=LocalEventBus())
+    api = await ApiContext.build(config, broker=dead, local_bus=LocalEventBus())
     try:
-        service = Factory(api).create_execution_service(LOCAL_CALLER)
+        service = ApiFactory(api).create_execution_service(LOCAL_CALLER)
         execution = await service.submit(notebook("1"))
         assert execution.status is ExecutionStatus.QUEUED
     finally:
@@ -49,11 +55,9 @@ async def test_submission_survives_an_unreachable_queue(
         tmp_path, jupyter_server, database_url=postgres_url, redis_url=redis_url
     )
     live = create_broker(live_config)
-    worker = await ProcessContext.for_worker(
-        live_config, broker=live, bus=LocalEventBus()
-    )
+    worker = await WorkerContext.build(live_config, broker=live, bus=LocalEventBus())
     try:
-        runner = Factory(worker).create_runner()
+        runner = WorkerFactory(worker).create_runner()
         assert await runner.recover(everything_running=True) == 1
         outcome = await runner.run(execution.id)
         assert outcome is not None

@@ -31,7 +31,13 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.services import runner as runner_module
@@ -49,9 +55,9 @@ from tests.support.waiting import wait_until
 class Harness:
     service: ExecutionService
     runner: ExecutionRunner
-    api: ProcessContext
+    api: ApiContext
     broker: StubBroker
-    worker: ProcessContext
+    worker: WorkerContext
 
 
 @pytest_asyncio.fixture
@@ -71,12 +77,12 @@ async def harness(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
-    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
+    worker = await WorkerContext.build(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=Factory(api).create_execution_service(LOCAL_CALLER),
-            runner=Factory(worker).create_runner(),
+            service=ApiFactory(api).create_execution_service(LOCAL_CALLER),
+            runner=WorkerFactory(worker).create_runner(),
             api=api,
             broker=broker,
             worker=worker,
@@ -803,7 +809,9 @@ def _runner_gathering_progress(harness: Harness, seconds: float) -> ExecutionRun
     config = harness.worker.config
     outputs = config.outputs.model_copy(update={"progress_flush_seconds": seconds})
     config = config.model_copy(update={"outputs": outputs})
-    return Factory(dataclasses.replace(harness.worker, config=config)).create_runner()
+    return WorkerFactory(
+        dataclasses.replace(harness.worker, config=config)
+    ).create_runner()
 
 
 @pytest.mark.asyncio

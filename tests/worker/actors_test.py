@@ -12,7 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 from noteburst.constants import EXECUTION_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import ApiContext, ApiFactory, create_broker
 from noteburst.storage.events import LocalEventBus
 from noteburst.worker.process import start_worker
 from tests.support.app import make_config
@@ -27,9 +27,9 @@ async def test_same_message_twice_one_execution_one_result(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
     try:
-        service = Factory(api).create_execution_service(LOCAL_CALLER)
+        service = ApiFactory(api).create_execution_service(LOCAL_CALLER)
         execution = await service.submit(notebook("print('once')"))
         await api.queue.enqueue_execution(execution.id)  # the duplicate
         assert broker.queues[EXECUTION_QUEUE].qsize() == 2
