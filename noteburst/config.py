@@ -67,6 +67,7 @@ __all__ = [
     "WebhookSettings",
     "WorkerSettings",
     "render_configuration_docs",
+    "render_variables",
     "variables",
 ]
 
