@@ -592,16 +592,7 @@ def _tail(log_path: Path) -> str:
 def config_environment(config: Config) -> dict[str, str]:
     """``NOTEBURST_*`` variables that configure another process like ``config``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTEBURST_")}
-    for name in config.model_fields_set:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, dict | list):
-            value = json.dumps(value)
-        env[f"NOTEBURST_{name.upper()}"] = str(value)
-    return env
+    return env | config.environment()
 
 
 @contextlib.asynccontextmanager

@@ -34,10 +34,10 @@ from . import __version__
 from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
 from .api.graphiql import render_graphiql, static_routes
-from .api.schema import QueryLimits, create_schema
+from .api.schema import create_schema
 from .config import Config
 from .exceptions import ClientError, ConfigurationError
-from .factory import Factory, ProcessContext, create_broker
+from .factory import ApiContext, ApiFactory, create_broker
 from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
@@ -57,7 +57,7 @@ _STATIC_PREFIX = "/graphiql-static"
 
 
 class _State(TypedDict):
-    context: ProcessContext
+    context: ApiContext
 
 
 def request_body_limit(config: Config) -> int:
@@ -67,7 +67,7 @@ def request_body_limit(config: Config) -> int:
     plus room for the rest of the request, so that an oversized notebook
     still reaches validation and gets its typed "too large" error.
     """
-    return 2 * config.max_notebook_bytes + 1024 * 1024
+    return 2 * config.limits.max_notebook_bytes + 1024 * 1024
 
 
 class _GraphQLApp(GraphQL[GraphQLContext, None]):
@@ -88,7 +88,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 state: Any = request.state
                 try:
                     caller = await authenticate(
-                        Factory(state.context), request, mode=self._mode
+                        ApiFactory(state.context), request, mode=self._mode
                     )
                 except ClientError as exc:
                     await error_response(exc)(scope, receive, send)
@@ -102,7 +102,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
         state: Any = request.state
         return GraphQLContext(
             request=request,
-            factory=Factory(state.context),
+            factory=ApiFactory(state.context),
             caller=getattr(state, "caller", None),
         )
 
@@ -149,9 +149,10 @@ def check_config(config: Config) -> None:
         ``allow_unauthenticated``; or ``auth_mode=proxy`` has no trusted
         proxies.
     """
+    auth = config.auth
     if (
-        config.auth_mode == "none"
-        and not config.allow_unauthenticated
+        auth.mode == "none"
+        and not auth.allow_unauthenticated
         and not _is_loopback(config.host)
     ):
         msg = (
@@ -161,14 +162,14 @@ def check_config(config: Config) -> None:
             "NOTEBURST_ALLOW_UNAUTHENTICATED=true"
         )
         raise ConfigurationError(msg)
-    if config.auth_mode == "proxy" and not config.trusted_proxies:
+    if auth.mode == "proxy" and not auth.trusted_proxies:
         msg = (
             "NOTEBURST_AUTH_MODE=proxy needs NOTEBURST_TRUSTED_PROXIES (the "
             "ingress's addresses); without it every request is anonymous"
         )
         raise ConfigurationError(msg)
-    hub_configured = config.hub_url and config.hub_token
-    if config.lab_backend == "jupyterhub" and not hub_configured:
+    hub_configured = config.hub.url and config.hub.token
+    if config.jupyter.lab_backend == "jupyterhub" and not hub_configured:
         msg = (
             "NOTEBURST_LAB_BACKEND=jupyterhub needs NOTEBURST_HUB_URL and "
             "NOTEBURST_HUB_TOKEN"
@@ -242,7 +243,7 @@ def create_app(
         # single-process and the scaled-out deployment.
         worker_bus = LocalEventBus()
         postgres = cfg.effective_database_url.startswith("postgresql")
-        context = await ProcessContext.for_api(
+        context = await ApiContext.build(
             cfg, broker=broker, local_bus=None if postgres else worker_bus
         )
         worker: dramatiq.Worker | None = None
@@ -256,7 +257,7 @@ def create_app(
                 database=context.database.dialect_name,
                 queue="redis" if cfg.redis_url else "in-process",
                 worker="in-process" if worker else "separate",
-                kernels=context.kernel_names,
+                kernels=list(context.kernel_names),
             )
             if freeze_after_startup:
                 freeze_startup_objects()
@@ -268,15 +269,10 @@ def create_app(
 
     # Only graphql-transport-ws: it is the protocol of the contract, and the
     # legacy graphql-ws protocol has been the channel of past auth bypasses.
-    limits = QueryLimits(
-        max_depth=cfg.graphql_max_depth,
-        max_aliases=cfg.graphql_max_aliases,
-        max_tokens=cfg.graphql_max_tokens,
-    )
     graphql_app = _GraphQLApp(
-        create_schema(limits),
+        create_schema(cfg.graphql),
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
-        mode=cfg.auth_mode,
+        mode=cfg.auth.mode,
     )
     return Starlette(
         routes=[

@@ -58,10 +58,9 @@ from .client import NoteburstClient, NoteburstClientError
 from .config import Config
 from .constants import ADMIN_SCOPE, USER_SCOPE
 from .exceptions import ClientError, ConfigurationError
-from .factory import create_broker, create_token_service
+from .factory import CliContext, CliFactory, create_broker
 from .logs import configure_logging
 from .services.auth import TokenService
-from .storage.database import Database
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
 from .worker.runtime import WorkerStartupError
@@ -153,11 +152,11 @@ def db_upgrade() -> None:
     configure_logging(level=config.log_level, fmt=config.log_format)
 
     async def upgrade() -> None:
-        database = Database.from_url(config.effective_database_url)
+        context = await CliContext.build(config)
         try:
-            await database.upgrade()
+            await context.database.upgrade()
         finally:
-            await database.aclose()
+            await context.aclose()
 
     asyncio.run(upgrade())
     click.echo("database schema is current", err=True)
@@ -175,14 +174,14 @@ def _with_tokens(work: Callable[[TokenService], Awaitable[_T]]) -> _T:
     configure_logging(level=config.log_level, fmt=config.log_format)
 
     async def go() -> _T:
-        database = Database.from_url(config.effective_database_url)
+        context = await CliContext.build(config)
         try:
-            if not await database.is_current():
+            if not await context.database.is_current():
                 msg = "the database schema is not current: run `noteburst db upgrade`"
                 raise click.ClickException(msg)
-            return await work(create_token_service(database))
+            return await work(CliFactory(context).create_token_service())
         finally:
-            await database.aclose()
+            await context.aclose()
 
     try:
         return asyncio.run(go())

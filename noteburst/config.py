@@ -3,19 +3,48 @@
 With nothing set, Noteburst runs the embedded default: SQLite in
 ``data_dir``, an in-process queue and a Jupyter server it starts itself.
 Setting ``NOTEBURST_DATABASE_URL`` and ``NOTEBURST_REDIS_URL`` turns the same
-code into the Postgres/Redis service.  Every field is documented in
-docs/configuration.md; a test keeps that page in step with this class.
+code into the Postgres/Redis service.
+
+The settings are grouped by concern (``config.jupyter``, ``config.hub``,
+``config.limits``, ``config.outputs``, ``config.workers``,
+``config.graphql``, ``config.auth``, ``config.webhooks``), so that a service
+can take its group whole and a new setting is declared in one place.  The
+environment stays flat: each grouped field keeps the variable it always had
+(``config.webhooks.max_attempts`` is ``NOTEBURST_WEBHOOK_MAX_ATTEMPTS``),
+named once, by the field's ``validation_alias`` (or its name when they are
+the same); ``Config(...)`` accepts those flat names as keywords too.  The
+variables tables of docs/configuration.md are generated from these models
+(``python -m noteburst.config``), and a test fails while the page is stale.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import sys
+from functools import cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from .constants import (
     ADMIN_SCOPE,
@@ -25,111 +54,90 @@ from .constants import (
     USER_SCOPE,
 )
 
-__all__ = ["Config"]
+__all__ = [
+    "ENV_PREFIX",
+    "AuthSettings",
+    "Config",
+    "GraphQLSettings",
+    "HubSettings",
+    "JupyterSettings",
+    "LimitSettings",
+    "OutputSettings",
+    "Variable",
+    "WebhookSettings",
+    "WorkerSettings",
+    "render_configuration_docs",
+    "render_variables",
+    "variables",
+]
+
+ENV_PREFIX = "NOTEBURST_"
+
+DOCS_BEGIN = (
+    "<!-- Generated from noteburst/config.py by "
+    "`python3 -m uv run python -m noteburst.config`: edit the models, "
+    "not these tables. -->"
+)
+DOCS_END = "<!-- End of the generated tables. -->"
 
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "noteburst"
 
 
-class Config(BaseSettings):
-    """Noteburst's settings."""
+def _empty_is_unset(value: object) -> object:
+    return None if value == "" else value
 
-    model_config = SettingsConfigDict(
-        env_prefix="NOTEBURST_", extra="ignore", frozen=True
+
+_EmptyIsUnset = BeforeValidator(_empty_is_unset)
+"""An empty variable (``NOTEBURST_REDIS_URL=``) means unset."""
+
+
+def _shown(default: str) -> dict[str, Any]:
+    """Field metadata: the default as docs/configuration.md shows it."""
+    return {"doc_default": default}
+
+
+class _Group(BaseModel):
+    """One concern's settings (a field of :class:`Config`).
+
+    A field whose flat name differs from its name in the group states it
+    as ``validation_alias``: ``NOTEBURST_`` plus that name in capitals is
+    its environment variable, and ``Config`` accepts it as a keyword.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
     )
 
-    database_url: str | None = Field(
-        None,
-        description=(
-            "SQLAlchemy URL of the database, e.g. "
-            "postgresql+asyncpg://user@host/db. Unset: SQLite in data_dir."
-        ),
-    )
-    redis_url: str | None = Field(
-        None,
-        description=(
-            "Redis URL for the Dramatiq broker, e.g. redis://host:6379/0. "
-            "Unset: an in-process broker and worker (embedded default)."
-        ),
-    )
-    data_dir: Path = Field(
-        default_factory=_default_data_dir,
-        description=(
-            "Folder for the embedded SQLite database and the local Jupyter "
-            "server's working directory."
-        ),
-    )
-    host: str = Field("127.0.0.1", description="Address `serve` binds.")
-    port: int = Field(8000, description="Port `serve` binds.")
 
-    jupyter_url: str | None = Field(
+class JupyterSettings(_Group):
+    """Where kernels run and how they are started."""
+
+    url: Annotated[str | None, _EmptyIsUnset] = Field(
         None,
+        validation_alias="jupyter_url",
         description=(
             "Base URL of a running jupyter_server to execute on. Unset: "
             "Noteburst starts a local one on a free loopback port."
         ),
     )
-    jupyter_token: SecretStr | None = Field(
-        None, description="Token for jupyter_url (sent as a header)."
+    token: SecretStr | None = Field(
+        None,
+        validation_alias="jupyter_token",
+        description="Token for jupyter_url (sent as a header).",
     )
-    jupyter_start_timeout: float = Field(
-        60.0, gt=0, description="Seconds to wait for the local server to start."
+    start_timeout: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="jupyter_start_timeout",
+        description="Seconds to wait for the local server to start.",
     )
     lab_backend: Literal["local", "jupyterhub"] = Field(
         "local",
         description=(
             "Where kernels run: `local` (a jupyter_server Noteburst starts, or "
             "jupyter_url) or `jupyterhub` (labs spawned for bot users)."
-        ),
-    )
-    hub_url: str | None = Field(
-        None,
-        description=(
-            "JupyterHub's public URL (the proxy), e.g. http://hub.example/. "
-            "Required with lab_backend=jupyterhub."
-        ),
-    )
-    hub_token: SecretStr | None = Field(
-        None,
-        description=(
-            "JupyterHub service token with scopes admin:users, admin:servers, "
-            "access:servers (sent as a header, never logged)."
-        ),
-    )
-    hub_identities: list[str] = Field(
-        default_factory=lambda: [f"noteburst-bot-{i:02d}" for i in range(1, 9)],
-        description=(
-            "Bot users workers drive labs as (JSON list); each worker process "
-            "leases one. Needs at least as many names as worker processes."
-        ),
-    )
-    spawn_timeout: float = Field(
-        120.0, gt=0, description="Seconds to wait for JupyterHub to start a lab."
-    )
-    hub_user_options: dict[str, Any] | None = Field(
-        None,
-        description=(
-            "Spawner options sent with every spawn request (JSON object), "
-            "e.g. a KubeSpawner profile or image."
-        ),
-    )
-    identity_wait_seconds: float = Field(
-        120.0,
-        ge=0,
-        description=(
-            "Seconds a starting worker waits for a free bot identity when all "
-            "are leased (a crashed worker's lease expires after "
-            "worker_lease_seconds); then it fails to start."
-        ),
-    )
-    lab_idle_seconds: float | None = Field(
-        600.0,
-        gt=0,
-        description=(
-            "Seconds a JupyterHub lab may sit with no execution before the "
-            "worker stops it (the next execution spawns it again). Unset: "
-            "never."
         ),
     )
     kernel_names: list[str] | None = Field(
@@ -174,6 +182,69 @@ class Config(BaseSettings):
         ),
     )
 
+
+class HubSettings(_Group):
+    """The JupyterHub backend (``lab_backend=jupyterhub``)."""
+
+    url: str | None = Field(
+        None,
+        validation_alias="hub_url",
+        description=(
+            "JupyterHub's public URL (the proxy), e.g. http://hub.example/. "
+            "Required with lab_backend=jupyterhub."
+        ),
+    )
+    token: SecretStr | None = Field(
+        None,
+        validation_alias="hub_token",
+        description=(
+            "JupyterHub service token with scopes admin:users, admin:servers, "
+            "access:servers (sent as a header, never logged)."
+        ),
+    )
+    identities: list[str] = Field(
+        default_factory=lambda: [f"noteburst-bot-{i:02d}" for i in range(1, 9)],
+        validation_alias="hub_identities",
+        description=(
+            "Bot users workers drive labs as (JSON list); each worker process "
+            "leases one. Needs at least as many names as worker processes."
+        ),
+        json_schema_extra=_shown("noteburst-bot-01 … noteburst-bot-08"),
+    )
+    spawn_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for JupyterHub to start a lab."
+    )
+    user_options: dict[str, Any] | None = Field(
+        None,
+        validation_alias="hub_user_options",
+        description=(
+            "Spawner options sent with every spawn request (JSON object), "
+            "e.g. a KubeSpawner profile or image."
+        ),
+    )
+    identity_wait_seconds: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "Seconds a starting worker waits for a free bot identity when all "
+            "are leased (a crashed worker's lease expires after "
+            "worker_lease_seconds); then it fails to start."
+        ),
+    )
+    lab_idle_seconds: float | None = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Seconds a JupyterHub lab may sit with no execution before the "
+            "worker stops it (the next execution spawns it again). Unset: "
+            "never."
+        ),
+    )
+
+
+class LimitSettings(_Group):
+    """What a submission may ask for, its defaults, and each user's share."""
+
     max_notebook_bytes: int = Field(
         DEFAULT_MAX_NOTEBOOK_BYTES,
         gt=0,
@@ -206,6 +277,44 @@ class Config(BaseSettings):
             "Unset: none."
         ),
     )
+    cache_environment_tag: str = Field(
+        "default",
+        max_length=200,
+        description=(
+            "Names the execution environment (image, packages, data) in the "
+            "result cache's key: change it when the environment changes, and "
+            "no result computed before is reused."
+        ),
+    )
+    max_queued_per_user: Annotated[int | None, _EmptyIsUnset] = Field(
+        200,
+        ge=0,
+        description=(
+            "Most queued executions one user may have (sharing a run counts); "
+            "a submission past it is refused with LimitExceeded. Unset: no limit."
+        ),
+    )
+    max_running_per_user: Annotated[int | None, _EmptyIsUnset] = Field(
+        50,
+        ge=0,
+        description=(
+            "A user with this many running executions has further submissions "
+            "refused with LimitExceeded until some finish. Unset: no limit."
+        ),
+    )
+    max_submissions_per_minute: Annotated[int | None, _EmptyIsUnset] = Field(
+        600,
+        ge=0,
+        description=(
+            "Most submissions one user may make in any 60 seconds (cache hits "
+            "count). Unset: no limit."
+        ),
+    )
+
+
+class OutputSettings(_Group):
+    """How much output an execution keeps, and how often it is written."""
+
     max_output_bytes: int = Field(
         1024 * 1024,
         gt=0,
@@ -224,46 +333,10 @@ class Config(BaseSettings):
             "kept) and one marker per cell says so."
         ),
     )
-
-    graphql_max_depth: int = Field(
-        12,
-        ge=1,
-        description=(
-            "Deepest selection a GraphQL operation may have (introspection "
-            "not counted)."
-        ),
-    )
-    graphql_max_aliases: int = Field(
-        30, ge=0, description="Most aliases one GraphQL operation may use."
-    )
-    graphql_max_tokens: int = Field(
-        20_000,
-        ge=100,
-        description=(
-            "Most tokens a GraphQL document may have; pass notebooks as "
-            "variables, which do not count."
-        ),
-    )
-
-    worker_threads: int = Field(
-        4, ge=1, description="Executions one worker process runs at once."
-    )
-    worker_lease_seconds: float = Field(
-        30.0,
-        gt=0,
-        description=(
-            "A running execution whose worker has not renewed its lease for "
-            "this long is considered lost and queued again."
-        ),
-    )
-    max_attempts: int = Field(
-        3,
-        ge=1,
-        description="Times an execution is started before a lost worker fails it.",
-    )
-    output_flush_seconds: float = Field(
+    flush_seconds: float = Field(
         0.2,
         gt=0,
+        validation_alias="output_flush_seconds",
         description=(
             "Outputs of a running cell are gathered this long before they are "
             "written as one CELL_OUTPUTS event (a cell's end writes them at once)."
@@ -279,17 +352,19 @@ class Config(BaseSettings):
             "has its events written, and pushed, together with its result."
         ),
     )
-    output_flush_bytes: int = Field(
+    flush_bytes: int = Field(
         65536,
         ge=1,
+        validation_alias="output_flush_bytes",
         description=(
             "Outputs gathered for CELL_OUTPUTS events are written as soon as "
             "they reach this many bytes, without waiting for output_flush_seconds."
         ),
     )
-    output_max_resent_bytes: int = Field(
+    max_resent_bytes: int = Field(
         8 << 20,
         ge=0,
+        validation_alias="output_max_resent_bytes",
         description=(
             "Bytes of outputs that CELL_OUTPUTS events written while a cell runs "
             "may send again (a clear_output animation, a display updated in a "
@@ -297,21 +372,68 @@ class Config(BaseSettings):
             "end of each cell, so a long animation cannot fill the events table."
         ),
     )
-    redis_namespace: str = Field(
-        "noteburst", description="Prefix of the Dramatiq keys in Redis."
+
+
+class WorkerSettings(_Group):
+    """Worker processes: concurrency, and when a lost execution is run again."""
+
+    threads: int = Field(
+        4,
+        ge=1,
+        validation_alias="worker_threads",
+        description="Executions one worker process runs at once.",
     )
-    cache_environment_tag: str = Field(
-        "default",
-        max_length=200,
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="worker_lease_seconds",
         description=(
-            "Names the execution environment (image, packages, data) in the "
-            "result cache's key: change it when the environment changes, and "
-            "no result computed before is reused."
+            "A running execution whose worker has not renewed its lease for "
+            "this long is considered lost and queued again."
+        ),
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times an execution is started before a lost worker fails it.",
+    )
+
+
+class GraphQLSettings(_Group):
+    """Bounds on the GraphQL operations the API accepts."""
+
+    max_depth: int = Field(
+        12,
+        ge=1,
+        validation_alias="graphql_max_depth",
+        description=(
+            "Deepest selection a GraphQL operation may have (introspection "
+            "not counted)."
+        ),
+    )
+    max_aliases: int = Field(
+        30,
+        ge=0,
+        validation_alias="graphql_max_aliases",
+        description="Most aliases one GraphQL operation may use.",
+    )
+    max_tokens: int = Field(
+        20_000,
+        ge=100,
+        validation_alias="graphql_max_tokens",
+        description=(
+            "Most tokens a GraphQL document may have; pass notebooks as "
+            "variables, which do not count."
         ),
     )
 
-    auth_mode: Literal["none", "tokens", "proxy"] = Field(
+
+class AuthSettings(_Group):
+    """How callers are identified."""
+
+    mode: Literal["none", "tokens", "proxy"] = Field(
         "none",
+        validation_alias="auth_mode",
         description=(
             "How callers are identified: `none` (every request is one local "
             "user with admin rights; refused on a non-loopback host unless "
@@ -340,7 +462,7 @@ class Config(BaseSettings):
         "X-Auth-Request-User",
         description="Header naming the authenticated user (Gafaelfawr's).",
     )
-    proxy_scopes_header: str | None = Field(
+    proxy_scopes_header: Annotated[str | None, _EmptyIsUnset] = Field(
         None,
         description=(
             "Header holding the user's scopes, space- or comma-separated "
@@ -369,30 +491,112 @@ class Config(BaseSettings):
             "expired token is refused at most this long after (0: never cached)."
         ),
     )
-    max_queued_per_user: int | None = Field(
-        200,
-        ge=0,
+
+
+class WebhookSettings(_Group):
+    """Which addresses webhooks may reach, and how deliveries are retried."""
+
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        validation_alias="webhook_allowed_networks",
         description=(
-            "Most queued executions one user may have (sharing a run counts); "
-            "a submission past it is refused with LimitExceeded. Unset: no limit."
+            'Addresses or CIDR networks (JSON list, e.g. ["10.1.0.0/16"]) '
+            "webhooks may reach although they are loopback, private, link-local "
+            "or otherwise not public; everything else of that kind is refused."
         ),
     )
-    max_running_per_user: int | None = Field(
-        50,
-        ge=0,
+    timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias="webhook_timeout_seconds",
         description=(
-            "A user with this many running executions has further submissions "
-            "refused with LimitExceeded until some finish. Unset: no limit."
+            "Bound on one delivery attempt: resolving the name, connecting and "
+            "the receiver's response headers."
         ),
     )
-    max_submissions_per_minute: int | None = Field(
-        600,
-        ge=0,
+    resolve_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        validation_alias="webhook_resolve_timeout_seconds",
+        description="Bound on resolving a webhook's host name (at submission too).",
+    )
+    max_attempts: int = Field(
+        15,
+        ge=1,
+        validation_alias="webhook_max_attempts",
+        description="Most delivery attempts of one webhook.",
+    )
+    horizon_seconds: float = Field(
+        86400.0,
+        gt=0,
+        validation_alias="webhook_horizon_seconds",
         description=(
-            "Most submissions one user may make in any 60 seconds (cache hits "
-            "count). Unset: no limit."
+            "No attempt is scheduled later than this many seconds after the "
+            "execution ended; the webhook is then given up (FAILED)."
         ),
     )
+    initial_backoff_seconds: float = Field(
+        5.0,
+        gt=0,
+        validation_alias="webhook_initial_backoff_seconds",
+        description=(
+            "Wait after the first failed attempt; it doubles after each one "
+            "(with jitter: between half and all of it)."
+        ),
+    )
+    max_backoff_seconds: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias="webhook_max_backoff_seconds",
+        description="Longest wait between two delivery attempts.",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            # strict: host bits set (10.0.0.1/8) is a typo, not a network.
+            ipaddress.ip_network(entry.strip(), strict=True)
+        return value
+
+
+class Config(BaseSettings):
+    """Noteburst's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True
+    )
+
+    DOCS_TITLE: ClassVar[str] = "Service"
+    DOCS_INTRO: ClassVar[str] = "Storage, queue, the address served, keys and logging."
+
+    database_url: Annotated[str | None, _EmptyIsUnset] = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the database, e.g. "
+            "postgresql+asyncpg://user@host/db. Unset: SQLite in data_dir."
+        ),
+    )
+    redis_url: Annotated[str | None, _EmptyIsUnset] = Field(
+        None,
+        description=(
+            "Redis URL for the Dramatiq broker, e.g. redis://host:6379/0. "
+            "Unset: an in-process broker and worker (embedded default)."
+        ),
+    )
+    redis_namespace: str = Field(
+        "noteburst", description="Prefix of the Dramatiq keys in Redis."
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description=(
+            "Folder for the embedded SQLite database and the local Jupyter "
+            "server's working directory."
+        ),
+        json_schema_extra=_shown("~/.local/share/noteburst"),
+    )
+    host: str = Field("127.0.0.1", description="Address `serve` binds.")
+    port: int = Field(8000, description="Port `serve` binds.")
     public_url: str | None = Field(
         None,
         description=(
@@ -410,50 +614,6 @@ class Config(BaseSettings):
             "set it when the API and workers do not share data_dir."
         ),
     )
-    webhook_allowed_networks: list[str] = Field(
-        default_factory=list,
-        description=(
-            'Addresses or CIDR networks (JSON list, e.g. ["10.1.0.0/16"]) '
-            "webhooks may reach although they are loopback, private, link-local "
-            "or otherwise not public; everything else of that kind is refused."
-        ),
-    )
-    webhook_timeout_seconds: float = Field(
-        10.0,
-        gt=0,
-        description=(
-            "Bound on one delivery attempt: resolving the name, connecting and "
-            "the receiver's response headers."
-        ),
-    )
-    webhook_resolve_timeout_seconds: float = Field(
-        5.0,
-        gt=0,
-        description="Bound on resolving a webhook's host name (at submission too).",
-    )
-    webhook_max_attempts: int = Field(
-        15, ge=1, description="Most delivery attempts of one webhook."
-    )
-    webhook_horizon_seconds: float = Field(
-        86400.0,
-        gt=0,
-        description=(
-            "No attempt is scheduled later than this many seconds after the "
-            "execution ended; the webhook is then given up (FAILED)."
-        ),
-    )
-    webhook_initial_backoff_seconds: float = Field(
-        5.0,
-        gt=0,
-        description=(
-            "Wait after the first failed attempt; it doubles after each one "
-            "(with jitter: between half and all of it)."
-        ),
-    )
-    webhook_max_backoff_seconds: float = Field(
-        3600.0, gt=0, description="Longest wait between two delivery attempts."
-    )
-
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written."
     )
@@ -461,27 +621,63 @@ class Config(BaseSettings):
         "console", description="Human-readable lines or one JSON object per line."
     )
 
-    @field_validator(
-        "database_url",
-        "redis_url",
-        "jupyter_url",
-        "proxy_scopes_header",
-        "max_queued_per_user",
-        "max_running_per_user",
-        "max_submissions_per_minute",
-        mode="before",
+    jupyter: JupyterSettings = Field(
+        default_factory=JupyterSettings, title="Jupyter and kernels"
     )
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
+    hub: HubSettings = Field(default_factory=HubSettings, title="JupyterHub")
+    limits: LimitSettings = Field(
+        default_factory=LimitSettings, title="Submissions: limits and defaults"
+    )
+    outputs: OutputSettings = Field(default_factory=OutputSettings, title="Outputs")
+    workers: WorkerSettings = Field(default_factory=WorkerSettings, title="Workers")
+    graphql: GraphQLSettings = Field(
+        default_factory=GraphQLSettings, title="GraphQL limits"
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings, title="Authentication")
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings, title="Webhooks")
 
-    @field_validator("webhook_allowed_networks")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            # strict: host bits set (10.0.0.1/8) is a typo, not a network.
-            ipaddress.ip_network(entry.strip(), strict=True)
-        return value
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments first, then the flat ``NOTEBURST_*`` variables.
+
+        No ``env_file`` or ``secrets_dir`` is configured, so the default
+        dotenv and secrets sources would read nothing; they are left out.
+        """
+        return (init_settings, _FlatEnvSource(settings_cls))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regroup_flat_keywords(cls, data: Any) -> Any:
+        """Accept ``Config(warm_kernels={}, webhook_max_attempts=3)``.
+
+        A flat keyword is moved into its group, over what the group was
+        given otherwise (a nested keyword or the environment).
+        """
+        if not isinstance(data, dict):
+            return data
+        targets = _flat_targets()
+        regrouped: dict[str, Any] = {}
+        moved: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            group, name = targets.get(key, (None, key))
+            if group is None:
+                regrouped[key] = value
+            else:
+                moved.setdefault(group, {})[name] = value
+        for group, values in moved.items():
+            given = regrouped.get(group)
+            if isinstance(given, BaseModel):
+                # Only what was set, so model_fields_set stays meaningful.
+                given = {name: getattr(given, name) for name in given.model_fields_set}
+            regrouped[group] = {**(given or {}), **values}
+        return regrouped
 
     @property
     def effective_public_url(self) -> str:
@@ -502,3 +698,190 @@ class Config(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'noteburst.sqlite3'}"
+
+    def environment(self) -> dict[str, str]:
+        """Return the ``NOTEBURST_*`` variables that configure another process alike.
+
+        Only the settings given explicitly (as keywords or variables), as
+        strings the environment source reads back; secrets in clear.
+        """
+        env: dict[str, str] = {}
+        for variable in variables():
+            owner: BaseModel = (
+                self if variable.group is None else getattr(self, variable.group)
+            )
+            if variable.field not in owner.model_fields_set:
+                continue
+            value = getattr(owner, variable.field)
+            if value is None:
+                continue
+            env[variable.name] = _as_variable(value)
+        return env
+
+
+class Variable(NamedTuple):
+    """One ``NOTEBURST_*`` variable and the field it sets."""
+
+    name: str
+    """The variable, e.g. ``NOTEBURST_WEBHOOK_MAX_ATTEMPTS``."""
+    group: str | None
+    """The field of :class:`Config` holding the group (None: Config's own)."""
+    field: str
+    """The field's name (in the group, if any)."""
+    info: FieldInfo
+
+    @property
+    def path(self) -> str:
+        """Where the value lands, e.g. ``webhooks.max_attempts``."""
+        return self.field if self.group is None else f"{self.group}.{self.field}"
+
+    @property
+    def flat_name(self) -> str:
+        """The keyword ``Config`` accepts for it, e.g. ``webhook_max_attempts``."""
+        return self.name.removeprefix(ENV_PREFIX).lower()
+
+
+def _group_model(info: FieldInfo) -> type[_Group] | None:
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, _Group):
+        return annotation
+    return None
+
+
+def _flat_name(name: str, info: FieldInfo) -> str:
+    alias = info.validation_alias
+    return alias if isinstance(alias, str) else name
+
+
+@cache
+def variables() -> tuple[Variable, ...]:
+    """Every ``NOTEBURST_*`` variable, in the order the docs list them."""
+    found: list[Variable] = []
+    groups: list[Variable] = []
+    for name, info in Config.model_fields.items():
+        model = _group_model(info)
+        if model is None:
+            found.append(Variable(ENV_PREFIX + name.upper(), None, name, info))
+            continue
+        groups.extend(
+            Variable(
+                ENV_PREFIX + _flat_name(field, field_info).upper(),
+                name,
+                field,
+                field_info,
+            )
+            for field, field_info in model.model_fields.items()
+        )
+    return (*found, *groups)
+
+
+@cache
+def _flat_targets() -> dict[str, tuple[str | None, str]]:
+    return {v.flat_name: (v.group, v.field) for v in variables()}
+
+
+class _FlatEnvSource(EnvSettingsSource):
+    """Reads each field, grouped or not, from its flat ``NOTEBURST_*`` variable.
+
+    Needed because pydantic-settings maps nested models only onto
+    delimited variables (``NOTEBURST_WEBHOOKS__MAX_ATTEMPTS``) or a JSON
+    object per group, and every existing variable name must keep working.
+    The reading itself is pydantic-settings': the environment as it loads
+    it (case-insensitive), and its decoding of JSON lists and objects.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for variable in variables():
+            raw = self.env_vars.get(self._apply_case_sensitive(variable.name))
+            try:
+                value = self.prepare_field_value(
+                    variable.field, variable.info, raw, value_is_complex=False
+                )
+            except ValueError as exc:
+                msg = (
+                    f'error parsing value for field "{variable.path}" from '
+                    f'source "{type(self).__name__}"'
+                )
+                raise SettingsError(msg) from exc
+            if value is None:
+                continue
+            if variable.group is None:
+                data[variable.field] = value
+            else:
+                data.setdefault(variable.group, {})[variable.field] = value
+        return data
+
+
+def _as_variable(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, str | Path):
+        return str(value)
+    return json.dumps(to_jsonable_python(value))
+
+
+def _shown_default(info: FieldInfo) -> str:
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("doc_default"), str):
+        return str(extra["doc_default"])
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool | list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table(rows: list[Variable]) -> list[str]:
+    lines = ["| variable | meaning | default |", "| --- | --- | --- |"]
+    for variable in rows:
+        meaning = (variable.info.description or "").replace("|", "\\|")
+        lines.append(
+            f"| `{variable.name}` | {meaning} | `{_shown_default(variable.info)}` |"
+        )
+    return lines
+
+
+def render_variables() -> str:
+    """Return the variables tables of docs/configuration.md, one per group."""
+    lines = [DOCS_BEGIN, "", f"### {Config.DOCS_TITLE}", "", Config.DOCS_INTRO, ""]
+    everything = variables()
+    lines += _table([v for v in everything if v.group is None])
+    for name, info in Config.model_fields.items():
+        model = _group_model(info)
+        if model is None:
+            continue
+        intro = " ".join((model.__doc__ or "").split())
+        lines += ["", f"### {info.title} (`config.{name}`)", "", intro, ""]
+        lines += _table([v for v in everything if v.group == name])
+    lines += ["", DOCS_END]
+    return "\n".join(lines)
+
+
+def render_configuration_docs(page: str) -> str:
+    """Return ``page`` with its generated tables replaced by current ones.
+
+    Raises
+    ------
+    ValueError
+        Raised if the page lacks the markers around the tables.
+    """
+    before, begin, rest = page.partition(DOCS_BEGIN)
+    _, end, after = rest.partition(DOCS_END)
+    if not begin or not end:
+        msg = "the page has no generated tables' markers"
+        raise ValueError(msg)
+    return before + render_variables() + after
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Regenerate the tables of the page given (default docs/configuration.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0] if args else "docs/configuration.md")
+    page = path.read_text(encoding="utf-8")
+    path.write_text(render_configuration_docs(page), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

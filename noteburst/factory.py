@@ -1,17 +1,26 @@
 """The one place that builds clients, stores and services.
 
-Two lifetimes, two objects (after Gafaelfawr's factory):
-:class:`ProcessContext` holds what lives as long as a process (or, in the
-embedded default, as long as one event loop): the database engine, the event
-bus, the task queue, the HTTP client and the lab backend.  :class:`Factory`
-is cheap and made per request, websocket operation or message; it hands out
-services wired to that context.  Entry points (app, worker, CLI) build a
-context and ask a factory for services; nothing else calls a constructor of
-a store, client or service.
+Two lifetimes, two kinds of object (after Gafaelfawr's factory).  A
+context holds what lives as long as a process (or, in the embedded
+default, as long as one event loop), and there is one frozen context per
+kind of process, holding exactly what that kind needs:
+:class:`ApiContext` (the database, the event bus it pushes from, the task
+queue, the kernels submissions may name, the token cache, the renders in
+flight), :class:`WorkerContext` (the same stores, the lab backend, the
+cancellation bus, the webhook client) and :class:`CliContext` (a
+database).  A factory (:class:`ApiFactory`, :class:`WorkerFactory`,
+:class:`CliFactory`) is cheap and made per request, websocket operation or
+message; it hands out services wired to its context, so a service only
+one kind of process has (the runner, say) is only offered where it can be
+built.  Entry points (app, worker, CLI) build a context and ask a factory
+for services; nothing else calls a constructor of a store, client or
+service.  This module only builds: what runs for the life of a process
+(identity following, kernel discovery) lives with the services and
+adapters it belongs to.
 
 Async resources are bound to the event loop that created them, so the
-embedded default, whose worker runs on its own loop thread, builds a second
-context there with :meth:`ProcessContext.for_worker`.
+embedded default, whose worker runs on its own loop thread, builds its
+worker context there.
 """
 
 from __future__ import annotations
@@ -28,9 +37,9 @@ from pathlib import Path
 import dramatiq
 import httpx
 import structlog
-from jupyter_client.kernelspec import KernelSpecManager
+from pydantic import SecretStr
 
-from .config import Config
+from .config import Config, WebhookSettings
 from .constants import CANCELS_CHANNEL
 from .domain.addresses import AddressPolicy, parse_networks
 from .domain.auth import Caller
@@ -38,19 +47,18 @@ from .domain.rendering import HtmlVariant
 from .jupyter.backend import LabBackend, LocalLabBackend
 from .jupyter.exceptions import JupyterError
 from .jupyter.hub import HubLabBackend
+from .jupyter.kernelspecs import discover_kernel_names
 from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
-from .jupyter.rest import JupyterRestClient
-from .services.auth import Authenticator, ProxySettings, TokenCache, TokenService
+from .services.auth import Authenticator, TokenCache, TokenService
 from .services.execution import ExecutionService
-from .services.identity import IdentityLease, NoIdentityAvailableError
-from .services.progress import OutputFlush
+from .services.identity import IdentityFollower, IdentityLease
 from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner
-from .services.submission import SubmissionLimits, SubmissionService
+from .services.submission import SubmissionService
 from .services.watch import ExecutionWatcher
-from .services.webhook import WebhookService, WebhookSettings
+from .services.webhook import WebhookService
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
 from .storage.secrets import SecretBox
@@ -58,23 +66,19 @@ from .storage.taskqueue import TaskQueue, build_broker
 from .storage.webhook_client import WebhookGuard, WebhookSender
 
 __all__ = [
-    "Factory",
-    "ProcessContext",
+    "ApiContext",
+    "ApiFactory",
+    "CliContext",
+    "CliFactory",
+    "LazySecretBox",
+    "WorkerContext",
+    "WorkerFactory",
     "create_broker",
-    "create_token_service",
-    "discover_kernel_names",
+    "webhook_guard",
 ]
 
 
 _logger = structlog.get_logger("noteburst.factory")
-
-IDENTITY_RETRY_SECONDS = 5.0
-"""Pause before trying again to lease an identity when none was free."""
-
-
-def create_token_service(database: Database) -> TokenService:
-    """Token management for the CLI, on a database it opened."""
-    return TokenService(database=database)
 
 
 def create_broker(config: Config) -> dramatiq.Broker:
@@ -82,64 +86,68 @@ def create_broker(config: Config) -> dramatiq.Broker:
     return build_broker(redis_url=config.redis_url, namespace=config.redis_namespace)
 
 
-async def discover_kernel_names(config: Config, http: httpx.AsyncClient) -> list[str]:
-    """Return the kernels submissions may name.
+class LazySecretBox:
+    """The server key box for secrets, loaded (or created) on first call.
 
-    Configured names win; else the configured Jupyter server is asked; else
-    the kernelspecs installed beside Noteburst are listed, which is what the
-    local server that Noteburst starts will offer.
+    Lazily, so a deployment that never sees a webhook never needs a key
+    (nor writes a key file).
+
+    Parameters
+    ----------
+    key
+        ``secret_key``; None to use (or create) the key file in ``data_dir``.
+    data_dir
+        Where the key file is.
     """
-    if config.kernel_names is not None:
-        return list(config.kernel_names)
-    if config.jupyter_url is not None:
-        client = _rest_client(config, http, config.jupyter_url)
-        return await client.kernelspecs()
-    return sorted(KernelSpecManager().find_kernel_specs())
+
+    def __init__(self, key: SecretStr | None, data_dir: Path) -> None:
+        self._key = key
+        self._data_dir = data_dir
+        self._box: SecretBox | None = None
+
+    def __call__(self) -> SecretBox:
+        """Return the box, loading it the first time."""
+        if self._box is None:
+            key = self._key
+            self._box = SecretBox.from_settings(
+                None if key is None else key.get_secret_value(), self._data_dir
+            )
+        return self._box
 
 
-def _rest_client(
-    config: Config, http: httpx.AsyncClient, url: str
-) -> JupyterRestClient:
-    token = config.jupyter_token.get_secret_value() if config.jupyter_token else None
-    return JupyterRestClient(
-        http=http, base_url=url, token=token, timeout=config.http_timeout
-    )
+def _secret_box(config: Config) -> LazySecretBox:
+    return LazySecretBox(config.secret_key, Path(config.data_dir))
 
 
-@dataclass
-class ProcessContext:
-    """Resources shared by every unit of work on one event loop."""
+@dataclass(frozen=True, kw_only=True)
+class ApiContext:
+    """What an API process's requests share (on the API's event loop)."""
 
     config: Config
     database: Database
     bus: EventBus
-    queue: TaskQueue
-    http: httpx.AsyncClient
-    kernel_names: list[str] = field(default_factory=list)
-    backend: LabBackend | None = None
-    cancels: EventBus | None = None
-    """A worker's source of cancellation requests (see ``for_worker``)."""
+    """Where the events subscriptions wait for are announced."""
+    task_queue: TaskQueue
+    """Sends wake-ups to workers (Dramatiq)."""
+    kernel_names: tuple[str, ...]
+    """Kernels submissions may name (discovered once, at start)."""
+    token_cache: TokenCache
+    """API tokens checked recently in this process."""
+    secret_box: LazySecretBox
     renders: dict[tuple[str, HtmlVariant], asyncio.Future[str | None]] = field(
         default_factory=dict
     )
     """HTML renders in progress in this process (one per execution and variant)."""
-    token_cache: TokenCache = field(default_factory=lambda: TokenCache(ttl=0))
-    """API tokens checked recently in this process."""
-    webhook_http: httpx.AsyncClient | None = None
-    """A worker's client for webhook deliveries (see ``_webhook_client``)."""
-    _secret_box: SecretBox | None = None
-    _closers: contextlib.AsyncExitStack = field(
-        default_factory=contextlib.AsyncExitStack
-    )
+    _closers: contextlib.AsyncExitStack = field(repr=False)
 
     @classmethod
-    async def for_api(
+    async def build(
         cls,
         config: Config,
         *,
         broker: dramatiq.Broker,
         local_bus: LocalEventBus | None = None,
-    ) -> ProcessContext:
+    ) -> ApiContext:
         """Build the API process's context.
 
         Parameters
@@ -155,7 +163,6 @@ class ProcessContext:
         """
         stack = contextlib.AsyncExitStack()
         try:
-            http = await stack.enter_async_context(_http_client(config))
             database = Database.from_url(config.effective_database_url)
             stack.push_async_callback(database.aclose)
             bus: EventBus
@@ -167,7 +174,15 @@ class ProcessContext:
                 bus = LocalEventBus()
             await bus.start()
             stack.push_async_callback(bus.aclose)
-            kernel_names = await discover_kernel_names(config, http)
+            jupyter = config.jupyter
+            async with _http_client(config) as http:
+                kernel_names = await discover_kernel_names(
+                    configured=jupyter.kernel_names,
+                    url=jupyter.url,
+                    token=_secret(jupyter.token),
+                    http=http,
+                    request_timeout=jupyter.http_timeout,
+                )
         except BaseException:
             await stack.aclose()
             raise
@@ -175,22 +190,49 @@ class ProcessContext:
             config=config,
             database=database,
             bus=bus,
-            queue=TaskQueue(broker),
-            http=http,
-            kernel_names=kernel_names,
-            token_cache=TokenCache(ttl=config.token_cache_seconds),
+            task_queue=TaskQueue(broker),
+            kernel_names=tuple(kernel_names),
+            token_cache=TokenCache(ttl=config.auth.token_cache_seconds),
+            secret_box=_secret_box(config),
             _closers=stack,
         )
 
+    async def aclose(self) -> None:
+        """Release every resource, in reverse order of creation."""
+        await self._closers.aclose()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerContext:
+    """What a worker process's messages share (on the worker's event loop)."""
+
+    config: Config
+    database: Database
+    bus: EventBus
+    """Where committed events are announced."""
+    task_queue: TaskQueue
+    """Sends retries' and the recovery sweep's wake-ups (Dramatiq)."""
+    backend: LabBackend
+    """Where kernels come from (a local server, or a hub lab)."""
+    cancels: EventBus
+    """Where this worker hears that an execution it runs was cancelled."""
+    webhook_http: httpx.AsyncClient
+    """The client webhook deliveries go out with (see ``_webhook_client``)."""
+    secret_box: LazySecretBox
+    _closers: contextlib.AsyncExitStack = field(repr=False)
+
     @classmethod
-    async def for_worker(
+    async def build(
         cls,
         config: Config,
         *,
         broker: dramatiq.Broker,
         bus: EventBus,
-    ) -> ProcessContext:
+    ) -> WorkerContext:
         """Build a worker's context, on the worker's event loop.
+
+        The lab is started, and its warm kernels given time to start, before
+        this returns.
 
         Parameters
         ----------
@@ -208,27 +250,11 @@ class ProcessContext:
             http = await stack.enter_async_context(_http_client(config))
             database = Database.from_url(config.effective_database_url)
             stack.push_async_callback(database.aclose)
-            token = (
-                config.jupyter_token.get_secret_value()
-                if config.jupyter_token
-                else None
-            )
             backend: LocalLabBackend | HubLabBackend
-            if config.lab_backend == "jupyterhub":
+            if config.jupyter.lab_backend == "jupyterhub":
                 backend = await _hub_backend(config, http, database, stack)
             else:
-                backend = LocalLabBackend(
-                    http=http,
-                    root_dir=Path(config.data_dir) / "jupyter",
-                    url=config.jupyter_url,
-                    token=token,
-                    start_timeout=config.jupyter_start_timeout,
-                    kernel_start_timeout=config.kernel_start_timeout,
-                    request_timeout=config.http_timeout,
-                    warm_kernels=config.warm_kernels,
-                    warm_up_code=config.warm_up_code,
-                    retire_delay=config.kernel_retire_delay,
-                )
+                backend = _local_backend(config, http)
             stack.push_async_callback(backend.aclose)
             cancels = await _cancellation_bus(config, database, bus, stack)
             webhook_http = await stack.enter_async_context(_webhook_client(config))
@@ -240,31 +266,53 @@ class ProcessContext:
             config=config,
             database=database,
             bus=bus,
-            queue=TaskQueue(broker),
-            http=http,
+            task_queue=TaskQueue(broker),
             backend=backend,
             cancels=cancels,
             webhook_http=webhook_http,
+            secret_box=_secret_box(config),
             _closers=stack,
         )
-
-    def secret_box(self) -> SecretBox:
-        """Return the server key box for secrets, loaded (or created) on first use.
-
-        Lazily, so a deployment that never sees a webhook never needs a key
-        (nor writes a key file).
-        """
-        if self._secret_box is None:
-            key = self.config.secret_key
-            self._secret_box = SecretBox.from_settings(
-                None if key is None else key.get_secret_value(),
-                Path(self.config.data_dir),
-            )
-        return self._secret_box
 
     async def aclose(self) -> None:
         """Release every resource, in reverse order of creation."""
         await self._closers.aclose()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliContext:
+    """What a command that works on the database directly needs."""
+
+    database: Database
+
+    @classmethod
+    async def build(cls, config: Config) -> CliContext:
+        """Open the configured database (nothing is connected until used)."""
+        return cls(database=Database.from_url(config.effective_database_url))
+
+    async def aclose(self) -> None:
+        """Close the database."""
+        await self.database.aclose()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def _local_backend(config: Config, http: httpx.AsyncClient) -> LocalLabBackend:
+    jupyter = config.jupyter
+    return LocalLabBackend(
+        http=http,
+        root_dir=Path(config.data_dir) / "jupyter",
+        url=jupyter.url,
+        token=_secret(jupyter.token),
+        start_timeout=jupyter.start_timeout,
+        kernel_start_timeout=jupyter.kernel_start_timeout,
+        request_timeout=jupyter.http_timeout,
+        warm_kernels=jupyter.warm_kernels,
+        warm_up_code=jupyter.warm_up_code,
+        retire_delay=jupyter.kernel_retire_delay,
+    )
 
 
 async def _cancellation_bus(
@@ -309,7 +357,7 @@ async def _start_backend(
             error=str(exc),
         )
         return
-    await _wait_for_warm_kernels(backend.pool, config.kernel_start_timeout)
+    await _wait_for_warm_kernels(backend.pool, config.jupyter.kernel_start_timeout)
 
 
 async def _wait_for_warm_kernels(pool: KernelPool | None, limit: float) -> None:
@@ -334,67 +382,38 @@ async def _hub_backend(
     The lease is released after the lab is stopped (the exit stack unwinds
     in reverse), so no other worker can pick the identity up while this one
     still drives it.  If another worker takes the identity over (this one
-    stalled past its lease), the backend surrenders the lab at once and
-    drives the lab of a newly leased identity.
+    stalled past its lease), the :class:`IdentityFollower` has the backend
+    surrender the lab at once and drive the lab of a newly leased identity.
     """
-    assert config.hub_url is not None
-    assert config.hub_token is not None
+    hub, jupyter = config.hub, config.jupyter
+    assert hub.url is not None
+    assert hub.token is not None
     lease = IdentityLease(
         database=database,
-        pool=config.hub_identities,
+        pool=hub.identities,
         holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-        lease_seconds=config.worker_lease_seconds,
+        lease_seconds=config.workers.lease_seconds,
     )
-    username = await lease.acquire(wait_seconds=config.identity_wait_seconds)
+    username = await lease.acquire(wait_seconds=hub.identity_wait_seconds)
     stack.push_async_callback(lease.release)
     backend = HubLabBackend(
         http=http,
-        hub_url=config.hub_url,
-        token=config.hub_token.get_secret_value(),
+        hub_url=hub.url,
+        token=hub.token.get_secret_value(),
         username=username,
-        spawn_timeout=config.spawn_timeout,
-        kernel_start_timeout=config.kernel_start_timeout,
-        request_timeout=config.http_timeout,
-        user_options=config.hub_user_options,
-        warm_kernels=config.warm_kernels,
-        warm_up_code=config.warm_up_code,
-        idle_timeout=config.lab_idle_seconds,
-        retire_delay=config.kernel_retire_delay,
+        spawn_timeout=hub.spawn_timeout,
+        kernel_start_timeout=jupyter.kernel_start_timeout,
+        request_timeout=jupyter.http_timeout,
+        user_options=hub.user_options,
+        warm_kernels=jupyter.warm_kernels,
+        warm_up_code=jupyter.warm_up_code,
+        idle_timeout=hub.lab_idle_seconds,
+        retire_delay=jupyter.kernel_retire_delay,
     )
-    follower = asyncio.create_task(
-        _follow_identity(lease, backend, config.identity_wait_seconds),
-        name="identity-follower",
-    )
-    stack.push_async_callback(_cancel, follower)
+    follower = IdentityFollower(lease, backend, wait_seconds=hub.identity_wait_seconds)
+    follower.start()
+    stack.push_async_callback(follower.aclose)
     return backend
-
-
-async def _follow_identity(
-    lease: IdentityLease, backend: HubLabBackend, wait_seconds: float
-) -> None:
-    """Surrender a lab whose identity was taken over; lease another one."""
-    while True:
-        await lease.lost.wait()
-        backend.surrender_identity(
-            f"another worker took over the lease on {backend.username}"
-        )
-        while True:
-            try:
-                name = await lease.acquire(wait_seconds=wait_seconds)
-            except NoIdentityAvailableError as exc:
-                # Executions meanwhile fail over (LAB_UNAVAILABLE is retried
-                # elsewhere); keep trying, acquire() bounds each wait.
-                _logger.error("No bot identity to drive labs as", error=str(exc))
-                await asyncio.sleep(IDENTITY_RETRY_SECONDS)
-                continue
-            backend.assume_identity(name)
-            break
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 @contextlib.asynccontextmanager
@@ -402,7 +421,7 @@ async def _http_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     # One client per context: connection pooling to the lab, and one place
     # that sets the timeout every Jupyter call gets.
     async with httpx.AsyncClient(
-        timeout=config.http_timeout, follow_redirects=False
+        timeout=config.jupyter.http_timeout, follow_redirects=False
     ) as client:
         yield client
 
@@ -413,7 +432,7 @@ async def _webhook_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     # environment (a proxy would resolve the name again, past the SSRF
     # check), no connections kept to receivers, one timeout per attempt.
     async with httpx.AsyncClient(
-        timeout=config.webhook_timeout_seconds,
+        timeout=config.webhooks.timeout_seconds,
         follow_redirects=False,
         trust_env=False,
         limits=httpx.Limits(max_keepalive_connections=0),
@@ -421,61 +440,62 @@ async def _webhook_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def webhook_guard(config: Config) -> WebhookGuard:
+def webhook_guard(settings: WebhookSettings) -> WebhookGuard:
     """Build the SSRF guard as configured (with the system resolver)."""
     return WebhookGuard(
         policy=AddressPolicy(
-            allowed_networks=parse_networks(config.webhook_allowed_networks)
+            allowed_networks=parse_networks(settings.allowed_networks)
         ),
-        resolve_timeout=config.webhook_resolve_timeout_seconds,
+        resolve_timeout=settings.resolve_timeout_seconds,
     )
 
 
-class Factory:
-    """Hands out services wired to one :class:`ProcessContext`."""
+def _webhook_service(
+    config: Config,
+    *,
+    database: Database,
+    task_queue: TaskQueue,
+    secret_box: LazySecretBox,
+    http: httpx.AsyncClient | None,
+) -> WebhookService:
+    """Build the webhook service; it can deliver only if given a client."""
+    guard = webhook_guard(config.webhooks)
+    return WebhookService(
+        database=database,
+        task_queue=task_queue,
+        guard=guard,
+        secrets=secret_box,
+        settings=config.webhooks,
+        public_url=config.effective_public_url,
+        sender=None if http is None else WebhookSender(http=http, guard=guard),
+    )
 
-    def __init__(self, context: ProcessContext) -> None:
+
+class ApiFactory:
+    """Hands out the API's services, wired to one :class:`ApiContext`."""
+
+    def __init__(self, context: ApiContext) -> None:
         self._context = context
 
     def create_authenticator(self) -> Authenticator:
-        """Return what identifies the caller of each request (``auth_mode``)."""
-        config = self._context.config
+        """Return what identifies the caller of each request (``auth.mode``)."""
         return Authenticator(
-            mode=config.auth_mode,
+            settings=self._context.config.auth,
             database=self._context.database,
             cache=self._context.token_cache,
-            proxy=ProxySettings(
-                trusted=config.trusted_proxies,
-                user_header=config.proxy_user_header,
-                scopes_header=config.proxy_scopes_header,
-                default_scopes=config.proxy_default_scopes,
-                admin_users=config.proxy_admin_users,
-            ),
         )
 
     def create_submission_service(self, caller: Caller) -> SubmissionService:
         """Service behind ``submitExecution``, acting for ``caller``."""
-        config = self._context.config
+        context = self._context
         return SubmissionService(
             caller=caller,
-            database=self._context.database,
-            bus=self._context.bus,
-            task_queue=self._context.queue,
-            limits=SubmissionLimits(
-                max_notebook_bytes=config.max_notebook_bytes,
-                default_timeout_seconds=config.default_timeout_seconds,
-                max_timeout_seconds=config.max_timeout_seconds,
-                default_kernel_name=config.default_kernel_name,
-                kernel_names=self._context.kernel_names,
-                cache_environment_tag=config.cache_environment_tag,
-                default_cell_timeout_seconds=config.default_cell_timeout_seconds,
-                default_no_output_timeout_seconds=(
-                    config.default_no_output_timeout_seconds
-                ),
-                max_queued_per_user=config.max_queued_per_user,
-                max_running_per_user=config.max_running_per_user,
-                max_submissions_per_minute=config.max_submissions_per_minute,
-            ),
+            database=context.database,
+            bus=context.bus,
+            task_queue=context.task_queue,
+            limits=context.config.limits,
+            default_kernel_name=context.config.jupyter.default_kernel_name,
+            kernel_names=context.kernel_names,
             webhooks=self.create_webhook_service(),
         )
 
@@ -495,30 +515,17 @@ class Factory:
         )
 
     def create_webhook_service(self) -> WebhookService:
-        """Service that registers webhooks (API) and delivers them (workers)."""
+        """Service that registers webhooks and wakes their delivery up.
+
+        It cannot deliver: only workers send webhooks.
+        """
         context = self._context
-        config = context.config
-        guard = webhook_guard(config)
-        sender = (
-            None
-            if context.webhook_http is None
-            else WebhookSender(http=context.webhook_http, guard=guard)
-        )
-        return WebhookService(
+        return _webhook_service(
+            context.config,
             database=context.database,
-            queue=context.queue,
-            guard=guard,
-            secrets=context.secret_box,
-            settings=WebhookSettings(
-                public_url=config.effective_public_url,
-                timeout_seconds=config.webhook_timeout_seconds,
-                resolve_timeout_seconds=config.webhook_resolve_timeout_seconds,
-                max_attempts=config.webhook_max_attempts,
-                horizon_seconds=config.webhook_horizon_seconds,
-                initial_backoff_seconds=config.webhook_initial_backoff_seconds,
-                max_backoff_seconds=config.webhook_max_backoff_seconds,
-            ),
-            sender=sender,
+            task_queue=context.task_queue,
+            secret_box=context.secret_box,
+            http=None,
         )
 
     def create_rendering_service(self) -> RenderingService:
@@ -527,42 +534,66 @@ class Factory:
             database=self._context.database, in_flight=self._context.renders
         )
 
+
+class WorkerFactory:
+    """Hands out a worker's services, wired to one :class:`WorkerContext`."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        self._context = context
+
     def create_runner(self) -> ExecutionRunner:
-        """Service behind the worker's actor."""
-        backend = self._context.backend
-        if backend is None:
-            msg = "this process context has no lab backend (not a worker)"
-            raise RuntimeError(msg)
-        config = self._context.config
+        """Service behind the worker's execute actor."""
+        context = self._context
+        config = context.config
+        outputs = config.outputs
         return ExecutionRunner(
-            database=self._context.database,
-            bus=self._context.bus,
-            backend=backend,
-            task_queue=self._context.queue,
-            lease_seconds=config.worker_lease_seconds,
-            max_attempts=config.max_attempts,
-            output_flush=OutputFlush(
-                seconds=config.output_flush_seconds,
-                max_bytes=config.output_flush_bytes,
-                max_resent_bytes=config.output_max_resent_bytes,
-                progress_seconds=config.progress_flush_seconds,
-            ),
-            cancels=self._context.cancels,
+            database=context.database,
+            bus=context.bus,
+            backend=context.backend,
+            task_queue=context.task_queue,
+            lease_seconds=config.workers.lease_seconds,
+            max_attempts=config.workers.max_attempts,
+            # OutputLimits stays in jupyter/, which may not import the
+            # configuration: built here from the outputs group.
+            outputs=outputs,
+            cancels=context.cancels,
             output_limits=OutputLimits(
-                max_output_bytes=config.max_output_bytes,
-                max_total_bytes=config.max_notebook_output_bytes,
+                max_output_bytes=outputs.max_output_bytes,
+                max_total_bytes=outputs.max_notebook_output_bytes,
             ),
             webhooks=self.create_webhook_service(),
         )
 
     def create_recovery_sweep(self) -> RecoverySweep:
         """Service that requeues what lost workers and messages left behind."""
-        config = self._context.config
+        context = self._context
         return RecoverySweep(
-            database=self._context.database,
-            bus=self._context.bus,
-            task_queue=self._context.queue,
-            lease_seconds=config.worker_lease_seconds,
-            max_attempts=config.max_attempts,
+            database=context.database,
+            bus=context.bus,
+            task_queue=context.task_queue,
+            lease_seconds=context.config.workers.lease_seconds,
+            max_attempts=context.config.workers.max_attempts,
             webhooks=self.create_webhook_service(),
         )
+
+    def create_webhook_service(self) -> WebhookService:
+        """Service that delivers webhooks (and sweeps for lost wake-ups)."""
+        context = self._context
+        return _webhook_service(
+            context.config,
+            database=context.database,
+            task_queue=context.task_queue,
+            secret_box=context.secret_box,
+            http=context.webhook_http,
+        )
+
+
+class CliFactory:
+    """Hands out what the ``noteburst`` commands use directly."""
+
+    def __init__(self, context: CliContext) -> None:
+        self._context = context
+
+    def create_token_service(self) -> TokenService:
+        """Token management (``noteburst token``)."""
+        return TokenService(database=self._context.database)

@@ -27,7 +27,7 @@ from websockets.typing import Subprotocol
 
 from noteburst.constants import ADMIN_SCOPE, USER_SCOPE
 from noteburst.domain.auth import new_token
-from noteburst.factory import create_token_service
+from noteburst.services.auth import TokenService
 from noteburst.storage.database import Database
 from tests.support.app import make_config, running
 from tests.support.notebooks import notebook
@@ -92,7 +92,7 @@ async def _make_tokens(url: str) -> dict[str, str]:
     """Tokens for each kind of caller (expired and revoked ones included)."""
     database = Database.from_url(url)
     try:
-        service = create_token_service(database)
+        service = TokenService(database=database)
         alice, _ = await service.create(user="alice", scopes=[USER_SCOPE])
         bob, _ = await service.create(user="bob", scopes=[USER_SCOPE])
         admin, _ = await service.create(user="root", scopes=[ADMIN_SCOPE])

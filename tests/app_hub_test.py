@@ -291,4 +291,4 @@ async def test_a_lab_that_cannot_spawn_fails_executions_clearly(
     assert "No such file or directory" in final["error"]["message"]
     # Bounded: a bad command fails at once, not at the spawn timeout.
     print(f"spawn failure reported after {elapsed:.2f} s")
-    assert elapsed < config.spawn_timeout
+    assert elapsed < config.hub.spawn_timeout

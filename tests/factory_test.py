@@ -17,7 +17,7 @@ import httpx
 import nbformat
 import pytest
 
-from noteburst.factory import ProcessContext, create_broker
+from noteburst.factory import WorkerContext, create_broker
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.jupyter.hub import HubLabBackend, JupyterHubClient
 from noteburst.storage.database import Database
@@ -46,7 +46,7 @@ async def test_identity_taken_over_moves_the_worker_to_another_lab(
     )
     database = Database.from_url(postgres_url)
     await database.upgrade()
-    context = await ProcessContext.for_worker(
+    context = await WorkerContext.build(
         config, broker=create_broker(config), bus=LocalEventBus()
     )
     async with httpx.AsyncClient(trust_env=False) as http:

@@ -26,7 +26,7 @@ from starlette.status import HTTP_401_UNAUTHORIZED, HTTP_403_FORBIDDEN
 
 from ..domain.auth import Caller
 from ..exceptions import AuthenticationError, ClientError, PermissionDeniedError
-from ..factory import Factory
+from ..factory import ApiFactory
 
 __all__ = ["authenticate", "error_response", "wants_graphiql_page"]
 
@@ -41,7 +41,7 @@ _MESSAGES = {
 
 
 async def authenticate(
-    factory: Factory,
+    factory: ApiFactory,
     connection: HTTPConnection,
     *,
     mode: str,

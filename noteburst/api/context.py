@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket
 
 from ..domain.auth import Caller
 from ..exceptions import AuthenticationError
-from ..factory import Factory
+from ..factory import ApiFactory
 from ..services.execution import ExecutionService
 from ..services.submission import SubmissionService
 from ..services.watch import ExecutionWatcher
@@ -30,7 +30,7 @@ class GraphQLContext:
     """What every resolver may use."""
 
     request: Request | WebSocket
-    factory: Factory
+    factory: ApiFactory
     caller: Caller | None = None
     """Who is asking; None only before a websocket's connection_init."""
     connection_params: dict[str, object] | None = None

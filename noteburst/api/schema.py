@@ -10,7 +10,6 @@ The SDL is exported to the repository's ``schema.graphql`` by
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import strawberry
@@ -29,6 +28,7 @@ from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from ..config import GraphQLSettings
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import EventKind, ExecutionQueue, ExecutionStatus
 from ..domain.webhook import WebhookRequest
@@ -378,27 +378,19 @@ class _Schema(strawberry.Schema):
             )
 
 
-@dataclass(frozen=True, slots=True)
-class QueryLimits:
-    """How big a GraphQL document may be, so none can exhaust the server.
-
-    Introspection fields do not count towards the depth (GraphiQL's
-    introspection query is deep but harmless).  Notebooks belong in
-    variables, which are not tokens; a notebook written inline as a GraphQL
-    literal counts every bracket and word.
-    """
-
-    max_depth: int = 12
-    max_aliases: int = 30
-    max_tokens: int = 20_000
-
-
 DOCUMENT_CACHE_SIZE = 128
 """Distinct GraphQL documents whose parse and validation are remembered."""
 
 
-def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
+def create_schema(limits: GraphQLSettings | None = None) -> strawberry.Schema:
     """Build the schema with its error masking and document limits.
+
+    The limits (``config.graphql``) bound how big a GraphQL document may
+    be, so none can exhaust the server.  Introspection fields do not count
+    towards the depth (GraphiQL's introspection query is deep but
+    harmless).  Notebooks belong in variables, which are not tokens; a
+    notebook written inline as a GraphQL literal counts every bracket and
+    word.
 
     Clients send the same few documents over and over (the notebook is a
     variable), and parsing plus validating one is CPU work that would
@@ -408,7 +400,7 @@ def create_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
     schema, not per operation, so that the validation cache key stays the
     same; they keep no state between validations.
     """
-    limits = limits or QueryLimits()
+    limits = limits or GraphQLSettings()
     limit_rules = [
         *QueryDepthLimiter(max_depth=limits.max_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=limits.max_aliases).validation_rules,

@@ -26,10 +26,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import ip_address
 
 import structlog
 
+from ..config import AuthSettings
 from ..constants import ADMIN_SCOPE, USER_SCOPE
 from ..domain.auth import (
     LOCAL_CALLER,
@@ -44,7 +45,6 @@ from ..storage.database import Database
 
 __all__ = [
     "Authenticator",
-    "ProxySettings",
     "TokenCache",
     "TokenService",
     "bearer_token",
@@ -102,44 +102,30 @@ class TokenCache:
         self._entries[token] = (caller, time.monotonic() + lifetime)
 
 
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """How to read an authenticating ingress's headers."""
-
-    trusted: Sequence[IPv4Network | IPv6Network]
-    user_header: str
-    scopes_header: str | None
-    default_scopes: Sequence[str]
-    admin_users: Sequence[str] = ()
-
-
 class Authenticator:
     """Identify the caller of a request.
 
     Parameters
     ----------
-    mode
-        ``none``, ``tokens`` or ``proxy``.
+    settings
+        The mode (``none``, ``tokens`` or ``proxy``) and, for ``proxy``,
+        the trusted networks and which headers to read.
     database
         Where tokens are stored (mode ``tokens``).
     cache
         This process's token cache.
-    proxy
-        Header settings (mode ``proxy``).
     """
 
     def __init__(
         self,
         *,
-        mode: str,
+        settings: AuthSettings,
         database: Database,
         cache: TokenCache,
-        proxy: ProxySettings,
     ) -> None:
-        self._mode = mode
+        self._settings = settings
         self._db = database
         self._cache = cache
-        self._proxy = proxy
 
     async def authenticate(
         self,
@@ -161,9 +147,9 @@ class Authenticator:
             A websocket's ``connection_init`` payload: its ``Authorization``
             key (what GraphiQL sends) wins over the handshake header.
         """
-        if self._mode == "none":
+        if self._settings.mode == "none":
             return LOCAL_CALLER
-        if self._mode == "proxy":
+        if self._settings.mode == "proxy":
             return self._from_proxy(peer, headers)
         value: object = None
         if params is not None:
@@ -202,15 +188,16 @@ class Authenticator:
     ) -> Caller | None:
         if peer is None or not self._is_trusted(peer):
             return None
-        user = (headers.get(self._proxy.user_header.lower()) or "").strip()
+        settings = self._settings
+        user = (headers.get(settings.proxy_user_header.lower()) or "").strip()
         if not user or len(user) > _MAX_USER_LENGTH:
             return None
-        scopes: set[str] = set(self._proxy.default_scopes)
-        if self._proxy.scopes_header is not None:
-            raw = headers.get(self._proxy.scopes_header.lower())
+        scopes: set[str] = set(settings.proxy_default_scopes)
+        if settings.proxy_scopes_header is not None:
+            raw = headers.get(settings.proxy_scopes_header.lower())
             if raw is not None:
                 scopes = set(raw.replace(",", " ").split())
-        if user in self._proxy.admin_users:
+        if user in settings.proxy_admin_users:
             scopes.add(ADMIN_SCOPE)
         return Caller(user=user, scopes=frozenset(scopes))
 
@@ -219,7 +206,7 @@ class Authenticator:
             address = ip_address(peer)
         except ValueError:
             return False
-        return any(address in network for network in self._proxy.trusted)
+        return any(address in network for network in self._settings.trusted_proxies)
 
 
 class TokenService:

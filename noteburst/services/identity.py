@@ -10,6 +10,11 @@ that lab instead of sharing it.
 A worker that starts while every identity is leased waits (bounded) rather
 than failing at once: the usual cause is a worker that just crashed or is
 being replaced, whose lease frees up within one lease period.
+
+:class:`IdentityFollower` is what acts on a lost lease, for the life of
+the worker: it has the hub backend surrender the lab at once and drive
+the lab of the next identity leased.  It lives here, beside the lease it
+watches, rather than in the factory, which only builds.
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ..jupyter.hub import HubLabBackend
 from ..storage.database import Database
 
-__all__ = ["IdentityLease", "NoIdentityAvailableError"]
+__all__ = [
+    "IDENTITY_RETRY_SECONDS",
+    "IdentityFollower",
+    "IdentityLease",
+    "NoIdentityAvailableError",
+]
 
 _logger = structlog.get_logger("noteburst.identity")
+
+IDENTITY_RETRY_SECONDS = 5.0
+"""Pause before trying again to lease an identity when none was free."""
 
 
 class NoIdentityAvailableError(Exception):
@@ -161,3 +175,67 @@ class IdentityLease:
                 _logger.error("Bot identity was taken over", identity=name)
                 self.lost.set()
                 return
+
+
+class IdentityFollower:
+    """Move a hub backend to another identity when its lease is taken over.
+
+    Parameters
+    ----------
+    lease
+        The worker's lease, already acquired.
+    backend
+        The backend driving the lab of the leased identity.
+    wait_seconds
+        How long each new lease may wait for a free identity.
+    retry_seconds
+        Pause before trying again when none became free.
+    """
+
+    def __init__(
+        self,
+        lease: IdentityLease,
+        backend: HubLabBackend,
+        *,
+        wait_seconds: float,
+        retry_seconds: float = IDENTITY_RETRY_SECONDS,
+    ) -> None:
+        self._lease = lease
+        self._backend = backend
+        self._wait_seconds = wait_seconds
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start following, on the running loop, until :meth:`aclose`."""
+        self._task = asyncio.create_task(self._follow(), name="identity-follower")
+
+    async def aclose(self) -> None:
+        """Stop following."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _follow(self) -> None:
+        """Surrender a lab whose identity was taken over; lease another one."""
+        lease, backend = self._lease, self._backend
+        while True:
+            await lease.lost.wait()
+            backend.surrender_identity(
+                f"another worker took over the lease on {backend.username}"
+            )
+            while True:
+                try:
+                    name = await lease.acquire(wait_seconds=self._wait_seconds)
+                except NoIdentityAvailableError as exc:
+                    # Executions meanwhile fail over (LAB_UNAVAILABLE is
+                    # retried elsewhere); keep trying, acquire() bounds each
+                    # wait.
+                    _logger.error("No bot identity to drive labs as", error=str(exc))
+                    await asyncio.sleep(self._retry_seconds)
+                    continue
+                backend.assume_identity(name)
+                break

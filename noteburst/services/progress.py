@@ -7,7 +7,7 @@ Two pieces sit between the kernel and the event log while a notebook runs:
   wait for the database;
 * :class:`OutputStreamer` turns the output folder's change notices into
   ``CELL_OUTPUTS`` events, gathered per cell on a timer and a byte
-  threshold (:class:`OutputFlush`), so a client replaying them rebuilds
+  threshold (``config.outputs``), so a client replaying them rebuilds
   exactly the executed notebook's outputs.
 
 Both are made per attempt by :class:`~noteburst.services.runner.ExecutionRunner`.
@@ -23,6 +23,7 @@ from typing import Any
 
 import nbformat
 
+from ..config import OutputSettings
 from ..domain.execution import EventKind, ExecutionStatus
 from ..exceptions import ExecutionFinishedError, ExecutionNotFoundError
 from ..storage.database import Database
@@ -30,40 +31,7 @@ from ..storage.events import EventBus
 from ..storage.executions import NewEvent
 from ..storage.unit_of_work import UnitOfWork
 
-__all__ = ["OutputFlush", "OutputStreamer", "ProgressWriter", "append_unwritten"]
-
-
-@dataclass(frozen=True, slots=True)
-class OutputFlush:
-    """When a running cell's outputs are written as a CELL_OUTPUTS event.
-
-    Outputs are gathered, not written per kernel message: a cell printing
-    in a tight loop sends thousands of messages a second.  They are written
-    ``seconds`` after the first change not yet written, as soon as the
-    changes reach ``max_bytes`` (a rough count: text and MIME values), and
-    at the end of each cell, so a cell has at most about
-    ``duration / seconds + bytes / max_bytes + 1`` such events.
-
-    Appended outputs are written once, but a clear_output animation or a
-    display updated in a loop sends the same outputs again at every flush.
-    Once an attempt's live flushes have sent ``max_resent_bytes`` again,
-    such changes are written only at the ends of cells (appends still go
-    out live), so a long animation cannot fill the events table.
-    """
-
-    seconds: float = 0.2
-    max_bytes: int = 65536
-    max_resent_bytes: int = 8 << 20
-    progress_seconds: float = 0.1
-    """Least time between two writes of cell events (progress and outputs).
-
-    The end of an attempt writes what is left at once, so a notebook that
-    runs within this time has all its cell events written in the
-    transaction that stores its result: one write and one wake-up of each
-    subscriber instead of one per batch, each of which competes for the CPU
-    with the kernel and the push of the result.  A longer execution's
-    subscribers see progress at least this often.
-    """
+__all__ = ["OutputStreamer", "ProgressWriter", "append_unwritten"]
 
 
 class ProgressWriter:
@@ -79,7 +47,13 @@ class ProgressWriter:
     Each event keeps the time it was posted.
 
     Writes are at least ``interval`` seconds apart, counted from the
-    writer's start for the first one (see :attr:`OutputFlush.progress_seconds`).
+    writer's start for the first one (``outputs.progress_flush_seconds``).
+    The end of an attempt writes what is left at once, so a notebook that
+    runs within this time has all its cell events written in the
+    transaction that stores its result: one write and one wake-up of each
+    subscriber instead of one per batch, each of which competes for the CPU
+    with the kernel and the push of the result.  A longer execution's
+    subscribers see progress at least this often.
 
     A failed write is raised by the next :meth:`post` (stopping the run at
     the next cell, as a failed inline write did) and by :meth:`settle`.
@@ -237,10 +211,20 @@ class OutputStreamer:
     order therefore rebuilds the cell's outputs; appends are the case
     ``output_start == held``, a cleared cell starts at 0.
 
-    Flushes happen on a timer and a byte threshold (see
-    :class:`OutputFlush`, also for the budget of outputs sent again),
-    before each CELL_FINISHED, and at the end.  A
-    pipelined cell's outputs can be folded before its CELL_STARTED is
+    Outputs are gathered, not written per kernel message: a cell printing
+    in a tight loop sends thousands of messages a second.  They are written
+    ``flush_seconds`` after the first change not yet written, as soon as
+    the changes reach ``flush_bytes`` (a rough count: text and MIME
+    values), before each CELL_FINISHED and at the end, so a cell has at
+    most about ``duration / flush_seconds + bytes / flush_bytes + 1`` such
+    events.  Appended outputs are written once, but a clear_output
+    animation or a display updated in a loop sends the same outputs again
+    at every flush: once an attempt's live flushes have sent
+    ``max_resent_bytes`` again, such changes are written only at the ends
+    of cells (appends still go out live), so a long animation cannot fill
+    the events table.
+
+    A pipelined cell's outputs can be folded before its CELL_STARTED is
     queued (that callback runs on a helper task); they wait for it, so a
     cell's CELL_OUTPUTS events come after its CELL_STARTED event and before
     its CELL_FINISHED event (display updates of finished cells aside).
@@ -250,11 +234,11 @@ class OutputStreamer:
         self,
         notebook: nbformat.NotebookNode,
         writer: ProgressWriter,
-        policy: OutputFlush,
+        settings: OutputSettings,
     ) -> None:
         self.notebook = notebook
         self.writer = writer
-        self.policy = policy
+        self.settings = settings
         self._cells: dict[int, _CellOutputsSent] = {}
         self._started = -1
         self._gathered_bytes = 0
@@ -274,11 +258,11 @@ class OutputStreamer:
             self._gathered_bytes += _rough_size(outs[first_changed])
         if cell_index > self._started:
             return  # flushed once its CELL_STARTED is queued
-        if self._gathered_bytes >= self.policy.max_bytes:
+        if self._gathered_bytes >= self.settings.flush_bytes:
             self.flush(live=True)
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
-                self.policy.seconds, self._on_timer
+                self.settings.flush_seconds, self._on_timer
             )
 
     def cell_started(self, cell_index: int) -> None:
@@ -289,7 +273,7 @@ class OutputStreamer:
             for index, sent in self._cells.items()
         ):
             self._timer = asyncio.get_running_loop().call_later(
-                self.policy.seconds, self._on_timer
+                self.settings.flush_seconds, self._on_timer
             )
 
     def flush(self, *, everything: bool = False, live: bool = False) -> None:
@@ -311,7 +295,7 @@ class OutputStreamer:
             outs = self.notebook.cells[index].outputs
             start = min(sent.first_changed, sent.held)
             if start < sent.held:
-                if live and self._resent_bytes >= self.policy.max_resent_bytes:
+                if live and self._resent_bytes >= self.settings.max_resent_bytes:
                     continue  # at the cell's end
                 resent = outs[start : sent.held]
                 self._resent_bytes += sum(_rough_size(out) for out in resent)

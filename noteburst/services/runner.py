@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 import nbformat
 import structlog
 
+from ..config import OutputSettings
 from ..domain.execution import (
     ErrorCode,
     EventKind,
@@ -61,7 +62,7 @@ from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.executions import ClaimedExecution, NewEvent, cancel_signal_key
 from ..storage.taskqueue import TaskQueue
-from .progress import OutputFlush, OutputStreamer, ProgressWriter, append_unwritten
+from .progress import OutputStreamer, ProgressWriter, append_unwritten
 from .webhook import WebhookService
 
 __all__ = ["RETRY_BASE_SECONDS", "ExecutionRunner", "Outcome"]
@@ -106,8 +107,9 @@ class ExecutionRunner:
         How long a claim lasts without renewal.
     max_attempts
         How many times an execution may be started.
-    output_flush
-        How cells' outputs are gathered into CELL_OUTPUTS events.
+    outputs
+        How cells' events and outputs are gathered into writes
+        (``config.outputs``); default: the defaults.
     cancels
         Where cancellations of running executions are announced (see
         :func:`~noteburst.storage.executions.cancel_signal_key`); `None` for
@@ -128,7 +130,7 @@ class ExecutionRunner:
         task_queue: TaskQueue,
         lease_seconds: float,
         max_attempts: int,
-        output_flush: OutputFlush | None = None,
+        outputs: OutputSettings | None = None,
         cancels: EventBus | None = None,
         output_limits: OutputLimits | None = None,
         webhooks: WebhookService | None = None,
@@ -142,7 +144,7 @@ class ExecutionRunner:
         self._task_queue = task_queue
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
-        self._output_flush = output_flush or OutputFlush()
+        self._outputs = outputs or OutputSettings()
 
     async def run(self, execution_id: str) -> Outcome | None:
         """Claim and run one execution.
@@ -198,9 +200,9 @@ class ExecutionRunner:
             self._db,
             self._bus,
             execution_id,
-            interval=self._output_flush.progress_seconds,
+            interval=self._outputs.progress_flush_seconds,
         )
-        outputs = OutputStreamer(notebook, progress, self._output_flush)
+        outputs = OutputStreamer(notebook, progress, self._outputs)
         report = RunReport()
         # The kernel is retired only once the result is stored and announced:
         # its shutdown, and the pool's replacement kernel that starts when it

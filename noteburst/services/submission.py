@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from ..config import LimitSettings
 from ..domain.auth import Caller
 from ..domain.cache import CacheMode, CachePolicy, cache_key
 from ..domain.execution import Execution, ExecutionEvent, ExecutionQueue
@@ -48,39 +49,9 @@ from ..storage.taskqueue import TaskQueue
 from ..storage.unit_of_work import UnitOfWork
 from .webhook import NewWebhook, WebhookService
 
-__all__ = ["SubmissionLimits", "SubmissionService"]
+__all__ = ["SubmissionService"]
 
 _logger = structlog.get_logger("noteburst.executions")
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionLimits:
-    """What a submission may ask for on this deployment."""
-
-    max_notebook_bytes: int
-    default_timeout_seconds: float
-    max_timeout_seconds: float
-    default_kernel_name: str
-    kernel_names: Sequence[str]
-    cache_environment_tag: str = "default"
-    """Part of every result cache key (see ``Config.cache_environment_tag``)."""
-    default_cell_timeout_seconds: float | None = None
-    default_no_output_timeout_seconds: float | None = None
-    max_queued_per_user: int | None = None
-    """Most queued executions per user; None: no limit."""
-    max_running_per_user: int | None = None
-    """Running executions past which a user's submissions are refused."""
-    max_submissions_per_minute: int | None = None
-    """Most submissions per user in any 60 seconds; None: no limit."""
-
-    @property
-    def has_user_limits(self) -> bool:
-        """Whether any per-user limit is set (else none is counted)."""
-        return (
-            self.max_queued_per_user is not None
-            or self.max_running_per_user is not None
-            or self.max_submissions_per_minute is not None
-        )
 
 
 class SubmissionService:
@@ -95,7 +66,11 @@ class SubmissionService:
     task_queue
         Hands execution ids to workers.
     limits
-        What a submission may ask for.
+        What a submission may ask for (``config.limits``).
+    default_kernel_name
+        Kernel of a submission that names none (nor does its notebook).
+    kernel_names
+        Kernels submissions may name (discovered at start).
     caller
         Who is submitting: the executions are theirs.
     webhooks
@@ -109,7 +84,9 @@ class SubmissionService:
         database: Database,
         bus: EventBus,
         task_queue: TaskQueue,
-        limits: SubmissionLimits,
+        limits: LimitSettings,
+        default_kernel_name: str,
+        kernel_names: Sequence[str],
         caller: Caller,
         webhooks: WebhookService | None = None,
     ) -> None:
@@ -117,6 +94,16 @@ class SubmissionService:
         self._bus = bus
         self._task_queue = task_queue
         self._limits = limits
+        self._default_kernel_name = default_kernel_name
+        self._kernel_names = tuple(kernel_names)
+        self._has_user_limits = any(
+            maximum is not None
+            for maximum in (
+                limits.max_queued_per_user,
+                limits.max_running_per_user,
+                limits.max_submissions_per_minute,
+            )
+        )
         self._caller = caller
         self._webhooks = webhooks
 
@@ -209,10 +196,10 @@ class SubmissionService:
         name = (
             kernel_name
             or kernel_name_of(accepted.notebook)
-            or self._limits.default_kernel_name
+            or self._default_kernel_name
         )
-        if name not in self._limits.kernel_names:
-            raise UnknownKernelError(name, list(self._limits.kernel_names))
+        if name not in self._kernel_names:
+            raise UnknownKernelError(name, list(self._kernel_names))
         source, source_text = accepted.notebook, accepted.text
         if parameters is not None:
             if not isinstance(parameters, Mapping):
@@ -249,7 +236,7 @@ class SubmissionService:
         hook = await self._register_webhook(webhook)
         async with self._db.transaction() as tx:
             now = datetime.now(UTC)
-            if self._limits.has_user_limits:
+            if self._has_user_limits:
                 await self._check_user_limits(tx, now)
             event, runs, execution = await _record(tx, new, policy, now)
             if hook is not None:

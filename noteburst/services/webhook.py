@@ -7,7 +7,7 @@ result with the execution, in its transaction.
 
 Delivery is driven by the database, like executions: a pending webhook of
 a terminal execution is owed (see :mod:`noteburst.storage.webhook`), and
-messages on the webhook queue are only wake-ups.  Whatever ends an
+messages on the webhook task queue are only wake-ups.  Whatever ends an
 execution calls :meth:`WebhookService.wake` after its commit (and after
 its terminal event is announced, so nothing here delays a subscriber);
 the workers' periodic sweep (:meth:`WebhookService.sweep`) sends again
@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ..config import WebhookSettings
 from ..domain.webhook import (
     WebhookDelivery,
     WebhookState,
@@ -46,25 +47,12 @@ from ..storage.webhook_client import (
     signed_headers,
 )
 
-__all__ = ["NewWebhook", "WebhookService", "WebhookSettings"]
+__all__ = ["NewWebhook", "WebhookService"]
 
 _logger = structlog.get_logger("noteburst.webhooks")
 
 LEASE_MARGIN_SECONDS = 30.0
 """Added to an attempt's timeout for its lease: time to store the outcome."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    """How webhooks are delivered (from ``NOTEBURST_WEBHOOK_*``)."""
-
-    public_url: str
-    timeout_seconds: float = 10.0
-    resolve_timeout_seconds: float = 5.0
-    max_attempts: int = 15
-    horizon_seconds: float = 86400.0
-    initial_backoff_seconds: float = 5.0
-    max_backoff_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +73,7 @@ class WebhookService:
     ----------
     database
         Where webhooks and their executions live.
-    queue
+    task_queue
         Carries delivery wake-ups to workers.
     guard
         Checks URLs and their addresses.
@@ -93,7 +81,11 @@ class WebhookService:
         Returns the box that encrypts secrets at rest (called only when a
         secret is encrypted or decrypted, so the key is loaded lazily).
     settings
-        Timeouts, retry schedule, public URL.
+        Timeouts and retry schedule (``config.webhooks``; the addresses
+        allowed are the guard's).
+    public_url
+        Base URL the messages link to results under
+        (``Config.effective_public_url``).
     sender
         Sends attempts; only workers have one.
     """
@@ -102,17 +94,19 @@ class WebhookService:
         self,
         *,
         database: Database,
-        queue: TaskQueue,
+        task_queue: TaskQueue,
         guard: WebhookGuard,
         secrets: Callable[[], SecretBox],
         settings: WebhookSettings,
+        public_url: str,
         sender: WebhookSender | None = None,
     ) -> None:
         self._db = database
-        self._queue = queue
+        self._task_queue = task_queue
         self._guard = guard
         self._secrets = secrets
         self._settings = settings
+        self._public_url = public_url
         self._sender = sender
 
     async def register(self, url: str, secret: str) -> NewWebhook:
@@ -157,7 +151,7 @@ class WebhookService:
                     now=datetime.now(UTC), ending_with=execution_id
                 )
             for owed in due:
-                await self._queue.enqueue_webhook(owed)
+                await self._task_queue.enqueue_webhook(owed)
         except Exception:
             _logger.exception(
                 "Webhook wake-up failed; the sweep will send it",
@@ -177,7 +171,7 @@ class WebhookService:
         async with self._db.transaction() as tx:
             due = await tx.webhooks.due(now=datetime.now(UTC))
         for owed in due:
-            await self._queue.enqueue_webhook(owed)
+            await self._task_queue.enqueue_webhook(owed)
         if due:
             _logger.info("Webhook deliveries resent by the sweep", count=len(due))
         return len(due)
@@ -219,9 +213,7 @@ class WebhookService:
             )
             final = True
         else:
-            payload = build_payload(
-                execution, public_url=settings.public_url, now=started
-            )
+            payload = build_payload(execution, public_url=self._public_url, now=started)
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
             headers = signed_headers(
                 secret,
@@ -265,7 +257,9 @@ class WebhookService:
         )
         if delay is not None:
             try:
-                await self._queue.enqueue_webhook(execution_id, delay_seconds=delay)
+                await self._task_queue.enqueue_webhook(
+                    execution_id, delay_seconds=delay
+                )
             except Exception:
                 log.exception("Cannot schedule the webhook's retry; the sweep will")
         return delivery

@@ -67,19 +67,19 @@ def start_worker(
         config,
         bus=bus,
         recover_everything_at_start=embedded,
-        sweep_interval=config.worker_lease_seconds / 2,
+        sweep_interval=config.workers.lease_seconds / 2,
     )
     broker.add_middleware(runtime)
     declare_actors(
-        broker, runtime, time_limit_seconds=config.max_timeout_seconds + 3600
+        broker, runtime, time_limit_seconds=config.limits.max_timeout_seconds + 3600
     )
     worker = dramatiq.Worker(
-        broker, worker_threads=config.worker_threads, worker_timeout=IDLE_POLL_MS
+        broker, worker_threads=config.workers.threads, worker_timeout=IDLE_POLL_MS
     )
     # Dramatiq prefetches twice as many messages as there are threads.  A
     # notebook may run for hours, and a prefetched message would wait behind
     # it while another worker sits idle: take only what can start at once.
-    worker.queue_prefetch = config.worker_threads
+    worker.queue_prefetch = config.workers.threads
     try:
         worker.start()
     except WorkerStartupError:

@@ -24,7 +24,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..config import Config
-from ..factory import Factory, ProcessContext
+from ..factory import WorkerContext, WorkerFactory
 from ..storage.events import EventBus
 
 __all__ = [
@@ -59,9 +59,9 @@ def boot_timeout(config: Config) -> float:
     bot identity and then the lab's spawn; locally, the Jupyter server's
     start.  A minute on top covers the rest (database, warm kernels).
     """
-    if config.lab_backend == "jupyterhub":
-        return config.identity_wait_seconds + config.spawn_timeout + 60
-    return config.jupyter_start_timeout + 60
+    if config.jupyter.lab_backend == "jupyterhub":
+        return config.hub.identity_wait_seconds + config.hub.spawn_timeout + 60
+    return config.jupyter.start_timeout + 60
 
 
 class WorkerStartupError(MiddlewareError):
@@ -69,7 +69,7 @@ class WorkerStartupError(MiddlewareError):
 
 
 class WorkerRuntime(Middleware):
-    """Owns a worker process's :class:`ProcessContext` and recovery sweep.
+    """Owns a worker process's :class:`WorkerContext` and recovery sweep.
 
     Add it to the broker *after* ``AsyncIO``, so that its boot hook runs once
     the loop thread exists and its shutdown hook runs before the loop stops.
@@ -99,18 +99,18 @@ class WorkerRuntime(Middleware):
         self._bus = bus
         self._recover_all = recover_everything_at_start
         self._sweep_interval = sweep_interval
-        self._context: ProcessContext | None = None
+        self._context: WorkerContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._broker: dramatiq.Broker | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots: asyncio.Semaphore | None = None
 
-    def factory(self) -> Factory:
+    def factory(self) -> WorkerFactory:
         """Return a factory for one message; only valid after boot."""
         if self._context is None:
             msg = "worker context used before worker boot"
             raise RuntimeError(msg)
-        return Factory(self._context)
+        return WorkerFactory(self._context)
 
     def start_delivery(self, execution_id: str) -> None:
         """Start a webhook attempt on this loop and return at once.
@@ -152,7 +152,7 @@ class WorkerRuntime(Middleware):
         self._run(self._shutdown())
 
     async def _boot(self, broker: dramatiq.Broker) -> None:
-        self._context = await ProcessContext.for_worker(
+        self._context = await WorkerContext.build(
             self._config, broker=broker, bus=self._bus
         )
         await (

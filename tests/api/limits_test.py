@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from graphql import get_introspection_query
 
-from noteburst.api.schema import QueryLimits, create_schema, schema
+from noteburst.api.schema import create_schema, schema
+from noteburst.config import GraphQLSettings
 from tests.support.app import make_config, running
 
-SMALL = create_schema(QueryLimits(max_depth=3, max_aliases=2, max_tokens=200))
+SMALL = create_schema(GraphQLSettings(max_depth=3, max_aliases=2, max_tokens=200))
 
 
 async def errors_of(document: str, target: Any = SMALL) -> list[str]:

@@ -9,33 +9,38 @@ from __future__ import annotations
 
 from datetime import timedelta
 from ipaddress import ip_network
+from typing import Literal
 
 import pytest
 
+from noteburst.config import AuthSettings
 from noteburst.constants import ADMIN_SCOPE, LOCAL_USER, USER_SCOPE
 from noteburst.domain.auth import Caller, parse_token
 from noteburst.exceptions import InvalidInputError, TokenNotFoundError
 from noteburst.services.auth import (
     Authenticator,
-    ProxySettings,
     TokenCache,
     TokenService,
     bearer_token,
 )
 from noteburst.storage.database import Database
 
-PROXY = ProxySettings(
-    trusted=[ip_network("10.0.0.0/8"), ip_network("::1/128")],
-    user_header="X-Auth-Request-User",
-    scopes_header="X-Auth-Request-Token-Scopes",
-    default_scopes=[USER_SCOPE],
-    admin_users=["root"],
+PROXY = AuthSettings(
+    trusted_proxies=[ip_network("10.0.0.0/8"), ip_network("::1/128")],
+    proxy_user_header="X-Auth-Request-User",
+    proxy_scopes_header="X-Auth-Request-Token-Scopes",
+    proxy_default_scopes=[USER_SCOPE],
+    proxy_admin_users=["root"],
 )
 
 
-def _authenticator(database: Database, mode: str, ttl: float = 0) -> Authenticator:
+def _authenticator(
+    database: Database, mode: Literal["none", "tokens", "proxy"], ttl: float = 0
+) -> Authenticator:
     return Authenticator(
-        mode=mode, database=database, cache=TokenCache(ttl=ttl), proxy=PROXY
+        settings=PROXY.model_copy(update={"mode": mode}),
+        database=database,
+        cache=TokenCache(ttl=ttl),
     )
 
 

@@ -10,7 +10,13 @@ import pytest_asyncio
 from dramatiq.brokers.stub import StubBroker
 
 from noteburst.domain.auth import LOCAL_CALLER
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
 from tests.support.runner_harness import Harness
@@ -34,13 +40,13 @@ async def harness(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
-    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
+    worker = await WorkerContext.build(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=services_for(Factory(api), LOCAL_CALLER),
-            runner=Factory(worker).create_runner(),
-            recovery=Factory(worker).create_recovery_sweep(),
+            service=services_for(ApiFactory(api), LOCAL_CALLER),
+            runner=WorkerFactory(worker).create_runner(),
+            recovery=WorkerFactory(worker).create_recovery_sweep(),
             api=api,
             broker=broker,
             worker=worker,

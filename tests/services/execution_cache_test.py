@@ -22,7 +22,13 @@ from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.cache import CacheMode, CachePolicy
 from noteburst.domain.execution import ExecutionStatus
 from noteburst.exceptions import InvalidInputError
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
@@ -48,18 +54,21 @@ async def harness(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    contexts: list[ProcessContext] = []
+    contexts: list[ApiContext | WorkerContext] = []
     try:
         services = {}
         for tag in ("w_2026_47", "w_2026_48"):
-            tagged = config.model_copy(update={"cache_environment_tag": tag})
-            api = await ProcessContext.for_api(tagged, broker=broker, local_bus=bus)
+            limits = config.limits.model_copy(update={"cache_environment_tag": tag})
+            tagged = config.model_copy(update={"limits": limits})
+            api = await ApiContext.build(tagged, broker=broker, local_bus=bus)
             contexts.append(api)
-            services[tag] = services_for(Factory(api), LOCAL_CALLER)
-        worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+            services[tag] = services_for(ApiFactory(api), LOCAL_CALLER)
+        worker = await WorkerContext.build(config, broker=broker, bus=bus)
         contexts.append(worker)
         yield Harness(
-            broker=broker, runner=Factory(worker).create_runner(), services=services
+            broker=broker,
+            runner=WorkerFactory(worker).create_runner(),
+            services=services,
         )
     finally:
         for context in reversed(contexts):

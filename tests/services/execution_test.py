@@ -10,7 +10,13 @@ import pytest
 
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
 from noteburst.storage.taskqueue import build_broker
@@ -37,9 +43,9 @@ async def test_submission_survives_an_unreachable_queue(
     dead = build_broker(
         redis_url=f"redis://127.0.0.1:{_closed_port()}/0", namespace="nbtest-dead"
     )
-    api = await ProcessContext.for_api(config, broker=dead, local_bus=LocalEventBus())
+    api = await ApiContext.build(config, broker=dead, local_bus=LocalEventBus())
     try:
-        service = services_for(Factory(api), LOCAL_CALLER)
+        service = services_for(ApiFactory(api), LOCAL_CALLER)
         execution = await service.submissions.submit(notebook("1"))
         assert execution.status is ExecutionStatus.QUEUED
     finally:
@@ -50,13 +56,11 @@ async def test_submission_survives_an_unreachable_queue(
         tmp_path, jupyter_server, database_url=postgres_url, redis_url=redis_url
     )
     live = create_broker(live_config)
-    worker = await ProcessContext.for_worker(
-        live_config, broker=live, bus=LocalEventBus()
-    )
+    worker = await WorkerContext.build(live_config, broker=live, bus=LocalEventBus())
     try:
-        recovery = Factory(worker).create_recovery_sweep()
+        recovery = WorkerFactory(worker).create_recovery_sweep()
         assert await recovery.sweep(everything_running=True) == 1
-        runner = Factory(worker).create_runner()
+        runner = WorkerFactory(worker).create_runner()
         outcome = await runner.run(execution.id)
         assert outcome is not None
         assert outcome.status is ExecutionStatus.SUCCEEDED

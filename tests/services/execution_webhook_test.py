@@ -19,7 +19,13 @@ from noteburst.constants import WEBHOOK_TASK_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ErrorCode, ExecutionStatus
 from noteburst.domain.webhook import WebhookRequest, WebhookState
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
@@ -43,12 +49,12 @@ async def test_cancel_and_sweep_endings_wake_and_deliver_webhooks(
     await database.aclose()
     broker = create_broker(config)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
-    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
+    worker = await WorkerContext.build(config, broker=broker, bus=bus)
     secret = new_secret()
     try:
         async with receiver() as hook:
-            service = services_for(Factory(api), LOCAL_CALLER)
+            service = services_for(ApiFactory(api), LOCAL_CALLER)
             request = WebhookRequest(url=hook.url, secret=secret)
             cancelled = await service.submissions.submit(notebook("1"), webhook=request)
             lost = await service.submissions.submit(notebook("2"), webhook=request)
@@ -69,16 +75,16 @@ async def test_cancel_and_sweep_endings_wake_and_deliver_webhooks(
                     max_attempts=1,
                 )
                 assert claimed is not None
-            await Factory(worker).create_recovery_sweep().sweep()
+            await WorkerFactory(worker).create_recovery_sweep().sweep()
             assert wakeups.qsize() == 2
 
-            webhooks = Factory(worker).create_webhook_service()
+            webhooks = WorkerFactory(worker).create_webhook_service()
             for execution_id in (cancelled.id, lost.id):
                 delivery = await webhooks.deliver(execution_id)
                 assert delivery is not None
                 assert delivery.succeeded
             with pytest.raises(RuntimeError, match="no sender"):
-                await Factory(api).create_webhook_service().deliver(lost.id)
+                await ApiFactory(api).create_webhook_service().deliver(lost.id)
             target = await webhooks.get(lost.id)
             assert target is not None
             assert target.state is WebhookState.DELIVERED

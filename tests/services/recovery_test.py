@@ -122,7 +122,7 @@ async def test_the_sweep_wakes_subscribers_only_after_its_commit(
     sweep = RecoverySweep(
         database=harness.worker.database,
         bus=bus,
-        task_queue=harness.worker.queue,
+        task_queue=harness.worker.task_queue,
         lease_seconds=30,
         max_attempts=2,
     )

@@ -22,7 +22,13 @@ from dramatiq.brokers.stub import StubBroker
 
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionEvent, ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.services import runner as runner_module
 from noteburst.services.runner import ExecutionRunner
@@ -68,7 +74,7 @@ class Instance:
 async def make_instance(
     tmp_path: Path, jupyter_server: Any, database_url: str
 ) -> AsyncIterator[Callable[..., Any]]:
-    contexts: list[ProcessContext] = []
+    contexts: list[ApiContext | WorkerContext] = []
 
     async def make(**flush: Any) -> Instance:
         config = make_config(
@@ -77,13 +83,13 @@ async def make_instance(
         broker = create_broker(config)
         assert isinstance(broker, StubBroker)
         bus = LocalEventBus()
-        api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+        api = await ApiContext.build(config, broker=broker, local_bus=bus)
         contexts.append(api)
-        worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+        worker = await WorkerContext.build(config, broker=broker, bus=bus)
         contexts.append(worker)
         return Instance(
-            services_for(Factory(api), LOCAL_CALLER),
-            Factory(worker).create_runner(),
+            services_for(ApiFactory(api), LOCAL_CALLER),
+            WorkerFactory(worker).create_runner(),
         )
 
     try:

@@ -20,7 +20,13 @@ from dramatiq.brokers.stub import StubBroker
 
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import ExecutionQueue, ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
@@ -42,12 +48,12 @@ async def harness(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
-    worker = await ProcessContext.for_worker(config, broker=broker, bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
+    worker = await WorkerContext.build(config, broker=broker, bus=bus)
     try:
         yield Harness(
-            service=services_for(Factory(api), LOCAL_CALLER),
-            runner=Factory(worker).create_runner(),
+            service=services_for(ApiFactory(api), LOCAL_CALLER),
+            runner=WorkerFactory(worker).create_runner(),
         )
     finally:
         await worker.aclose()

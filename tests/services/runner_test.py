@@ -27,7 +27,7 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 from noteburst.exceptions import ExecutionNotFoundError, InvalidInputError
-from noteburst.factory import Factory
+from noteburst.factory import WorkerFactory
 from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.services import runner as runner_module
@@ -116,7 +116,7 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
             database=harness.api.database,
             bus=harness.api.bus,
             backend=backend,
-            task_queue=harness.api.queue,
+            task_queue=harness.api.task_queue,
             lease_seconds=30,
             max_attempts=2,
         )
@@ -711,10 +711,12 @@ async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
 
 def _runner_gathering_progress(harness: Harness, seconds: float) -> ExecutionRunner:
     """The harness's runner, but writing cell events at most every ``seconds``."""
-    config = harness.worker.config.model_copy(
-        update={"progress_flush_seconds": seconds}
-    )
-    return Factory(dataclasses.replace(harness.worker, config=config)).create_runner()
+    config = harness.worker.config
+    outputs = config.outputs.model_copy(update={"progress_flush_seconds": seconds})
+    config = config.model_copy(update={"outputs": outputs})
+    return WorkerFactory(
+        dataclasses.replace(harness.worker, config=config)
+    ).create_runner()
 
 
 @pytest.mark.asyncio

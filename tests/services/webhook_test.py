@@ -9,7 +9,6 @@ DNS rebinding: real DNS cannot be changed on demand.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,12 +22,13 @@ import pytest
 import pytest_asyncio
 from dramatiq.common import dq_name
 
+from noteburst.config import WebhookSettings
 from noteburst.constants import WEBHOOK_TASK_QUEUE
 from noteburst.domain.addresses import AddressPolicy, parse_networks
 from noteburst.domain.execution import ExecutionQueue, ExecutionStatus
 from noteburst.domain.webhook import WebhookState
 from noteburst.exceptions import WebhookRefusedError
-from noteburst.services.webhook import WebhookService, WebhookSettings
+from noteburst.services.webhook import WebhookService
 from noteburst.storage import Database
 from noteburst.storage.secrets import SecretBox
 from noteburst.storage.taskqueue import TaskQueue, build_broker
@@ -69,17 +69,17 @@ def make_service(
             resolver=resolver,
         )
         defaults = WebhookSettings(
-            public_url="http://nb.test",
             initial_backoff_seconds=0.01,
             max_backoff_seconds=0.05,
             timeout_seconds=5.0,
         )
         return WebhookService(
             database=database,
-            queue=TaskQueue(broker),
+            task_queue=TaskQueue(broker),
             guard=guard,
             secrets=lambda: box,
-            settings=dataclasses.replace(defaults, **settings),
+            settings=defaults.model_copy(update=settings),
+            public_url="http://nb.test",
             sender=WebhookSender(http=http, guard=guard),
         )
 

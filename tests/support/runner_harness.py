@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dramatiq.brokers.stub import StubBroker
 
-from noteburst.factory import ProcessContext
+from noteburst.factory import ApiContext, WorkerContext
 from noteburst.services.recovery import RecoverySweep
 from noteburst.services.runner import ExecutionRunner
 from tests.support.services import CallerServices
@@ -24,6 +24,6 @@ class Harness:
     service: CallerServices
     runner: ExecutionRunner
     recovery: RecoverySweep
-    api: ProcessContext
+    api: ApiContext
     broker: StubBroker
-    worker: ProcessContext
+    worker: WorkerContext

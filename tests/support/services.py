@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from noteburst.domain.auth import Caller
-from noteburst.factory import Factory
+from noteburst.factory import ApiFactory
 from noteburst.services.execution import ExecutionService
 from noteburst.services.submission import SubmissionService
 from noteburst.services.watch import ExecutionWatcher
@@ -25,7 +25,7 @@ class CallerServices:
     watcher: ExecutionWatcher
 
 
-def services_for(factory: Factory, caller: Caller) -> CallerServices:
+def services_for(factory: ApiFactory, caller: Caller) -> CallerServices:
     """Return the three execution services acting for ``caller``."""
     return CallerServices(
         submissions=factory.create_submission_service(caller),

@@ -12,7 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionStatus
-from noteburst.factory import Factory, ProcessContext, create_broker
+from noteburst.factory import ApiContext, ApiFactory, create_broker
 from noteburst.storage.events import LocalEventBus
 from noteburst.worker.process import start_worker
 from tests.support.app import make_config
@@ -28,11 +28,11 @@ async def test_same_message_twice_one_execution_one_result(
     broker = create_broker(config)
     assert isinstance(broker, StubBroker)
     bus = LocalEventBus()
-    api = await ProcessContext.for_api(config, broker=broker, local_bus=bus)
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
     try:
-        service = services_for(Factory(api), LOCAL_CALLER)
+        service = services_for(ApiFactory(api), LOCAL_CALLER)
         execution = await service.submissions.submit(notebook("print('once')"))
-        await api.queue.enqueue_execution(execution.id)  # the duplicate
+        await api.task_queue.enqueue_execution(execution.id)  # the duplicate
         assert broker.queues[EXECUTION_TASK_QUEUE].qsize() == 2
         worker = await asyncio.to_thread(
             start_worker, config, broker, bus=bus, embedded=False
