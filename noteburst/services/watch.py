@@ -201,6 +201,7 @@ class ExecutionWatcher:
         read them with ``execution`` (not for a follower), so the first
         round reads nothing.
         """
+        read_again = False
         while True:
             left: ExecutionEvent | None = None
             if first is not None:
@@ -228,8 +229,15 @@ class ExecutionWatcher:
                 if event.kind is EventKind.FINISHED:
                     return
             if not events and execution.status.is_terminal:
-                # Resumed after the terminal event: nothing more will come.
-                return
+                if last_seen >= execution.last_sequence or read_again:
+                    # Resumed after the terminal event: nothing more will come.
+                    return
+                # The end was committed between this round's event read and
+                # its execution read (read committed: each statement sees
+                # what was committed before it), so its FINISHED event is
+                # stored: read once more at once, rather than end without it.
+                read_again = True
+                continue
             if signals[0] is signals[1]:
                 await signals[0].wait()
             else:
