@@ -1,4 +1,9 @@
-"""The ``harness`` fixture of the runner, recovery and watching tests."""
+"""The ``harness`` fixture of the service tests that drive executions.
+
+Submitting, reading and cancelling, watching, progress, running and
+recovery (``submission_test.py`` keeps a harness of its own: services for
+two cache environments).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ async def harness(
         kernel_names=["python3", "no-such-kernel"],
         max_attempts=2,
         # Cell events are written as soon as they are posted, which these
-        # tests were written for; the gathering is tested on its own below.
+        # tests were written for; the gathering is tested in progress_test.py.
         progress_flush_seconds=0,
     )
     broker = create_broker(config)

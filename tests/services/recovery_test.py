@@ -2,8 +2,9 @@
 
 A worker that died mid-run leaves a claim whose lease lapsed; the sweep
 queues it again (and sends its message) until its attempts are spent, then
-fails it with ``WORKER_LOST``.  Subscribers are woken only once the sweep's
-changes are committed.
+fails it with ``WORKER_LOST``.  One whose cancel was requested is ended
+``CANCELLED`` instead of being queued again.  Subscribers are woken only
+once the sweep's changes are committed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ async def test_recovered_execution_runs_to_completion(harness: Harness) -> None:
     final = await harness.service.executions.get(execution.id)
     assert final is not None
     assert final.attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_execution_whose_worker_died_is_not_run_again(
+    harness: Harness,
+) -> None:
+    execution = await harness.service.submissions.submit(notebook("print('never')"))
+    harness.broker.flush_all()
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with harness.api.database.transaction() as tx:
+        # A worker claimed it and died (its lease long expired).
+        assert await tx.claims.claim(
+            execution.id, now=long_ago, lease_until=long_ago, max_attempts=2
+        )
+    requested = await harness.service.executions.cancel(execution.id)
+    assert requested.status is ExecutionStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    # A duplicate message cannot claim it any more...
+    assert await harness.runner.run(execution.id) is None
+    # ...and the sweep ends it instead of queueing it again.
+    assert await harness.recovery.sweep() == 0
+    final = await harness.service.executions.get(execution.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.CANCELLED
+    assert final.error is not None
+    assert final.error.code is ErrorCode.CANCELLED
+    assert all(queue.qsize() == 0 for queue in harness.broker.queues.values())
 
 
 class _CommitCheckingBus(LocalEventBus):

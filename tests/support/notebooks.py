@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -23,3 +24,14 @@ def notebook(*sources: str, kernel: str | None = "python3") -> dict[str, Any]:
         }
     data: dict[str, Any] = nbformat.from_dict(nb)
     return dict(data)
+
+
+def held_until(release: Path) -> str:
+    """Source of a cell that runs until ``release`` exists (at most 60 s)."""
+    return (
+        "import os, time\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(release)!r}):\n"
+        "    assert time.monotonic() < deadline, 'never released'\n"
+        "    time.sleep(0.01)"
+    )

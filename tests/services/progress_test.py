@@ -1,18 +1,26 @@
-"""Live outputs: the runner's CELL_OUTPUTS events rebuild the executed notebook.
+"""ProgressWriter and OutputStreamer: a run's cell events and live outputs.
 
-Real kernels, real databases (SQLite and Postgres).  Every test replays the
-stored events as the GraphQL description tells a client to and compares
-the result with the notebook the execution stored.  Flush policies are
-chosen so that event counts follow from the policy, not from timing: a
-timer of an hour never fires within a test, so only the byte threshold and
-the ends of cells flush.
+Real kernels, real databases (SQLite and Postgres).
+
+Cell events (CELL_STARTED, CELL_FINISHED) are gathered per
+``config.outputs.progress_flush_seconds``: a held-up write delays neither
+the cells nor the order of the events, a quick notebook has them written
+with its result, and a running cell is still seen live.
+
+Live outputs (CELL_OUTPUTS) rebuild the executed notebook: every test of
+them replays the stored events as the GraphQL description tells a client
+to and compares the result with the notebook the execution stored.  Flush
+policies are chosen so that event counts follow from the policy, not from
+timing: a timer of an hour never fires within a test, so only the byte
+threshold and the ends of cells flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +37,14 @@ from noteburst.factory import (
     WorkerFactory,
     create_broker,
 )
+from noteburst.jupyter import execute as jupyter_execute
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.services import runner as runner_module
 from noteburst.services.runner import ExecutionRunner
 from noteburst.storage.events import LocalEventBus
+from noteburst.storage.executions import ClaimStore, EventLogStore, NewEvent
 from tests.support.app import make_config
+from tests.support.notebooks import held_until as _held_until
 from tests.support.notebooks import notebook
 from tests.support.outputs import (
     OUTPUT_CASES,
@@ -41,10 +52,184 @@ from tests.support.outputs import (
     notebook_outputs,
     replay_stored,
 )
+from tests.support.runner_harness import Harness
+from tests.support.runner_harness import cell_started as _cell_started
+from tests.support.runner_harness import stored_events as _events
 from tests.support.services import CallerServices, services_for
 
 NEVER = 3600.0
 """A flush timer that does not fire during a test."""
+
+
+@pytest.mark.asyncio
+async def test_progress_events_are_batched_without_holding_up_the_cells(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow event write neither delays the cells nor loses or reorders events.
+
+    The first progress write is held until every cell has run: the cells
+    must not wait for it, the backlog must go out in one more write, and a
+    watcher must still see every event once, in order, with no gaps.
+    """
+    cells = 12
+    execution = await harness.service.submissions.submit(
+        # No outputs, so no CELL_OUTPUTS events: only cell starts and ends.
+        notebook(*(f"x{i} = {i} * 2" for i in range(cells)))
+    )
+    harness.broker.flush_all()
+    all_ran = asyncio.Event()
+    batches: list[list[EventKind]] = []
+    real_append = EventLogStore.append_many
+
+    async def held_append(
+        self: EventLogStore, execution_id: str, events: Sequence[NewEvent]
+    ) -> list[ExecutionEvent]:
+        batches.append([event.kind for event in events])
+        if len(batches) == 1:
+            await all_ran.wait()
+        return await real_append(self, execution_id, events)
+
+    real_finish = ClaimStore.finish
+
+    async def noted_finish(
+        self: ClaimStore, execution_id: str, **kwargs: Any
+    ) -> ExecutionEvent | None:
+        # The end of a run writes what is left with its own statements.
+        if kwargs.get("progress"):
+            batches.append([event.kind for event in kwargs["progress"]])
+        return await real_finish(self, execution_id, **kwargs)
+
+    real_execute = jupyter_execute.execute_notebook
+
+    async def execute_then_release(*args: Any, **kwargs: Any) -> Any:
+        result = await real_execute(*args, **kwargs)
+        all_ran.set()
+        return result
+
+    monkeypatch.setattr(EventLogStore, "append_many", held_append)
+    monkeypatch.setattr(ClaimStore, "finish", noted_finish)
+    monkeypatch.setattr(runner_module, "execute_notebook", execute_then_release)
+
+    def row(event: ExecutionEvent) -> tuple[int, EventKind, int | None, int]:
+        return (event.sequence, event.kind, event.cell_index, event.cells_done)
+
+    async def watch() -> list[tuple[int, EventKind, int | None, int]]:
+        stream = harness.service.watcher.watch(execution.id, after_sequence=0)
+        return [row(watched.event) async for watched in stream]
+
+    watcher = asyncio.create_task(watch())
+    outcome = await asyncio.wait_for(harness.runner.run(execution.id), 120)
+    seen = await asyncio.wait_for(watcher, 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+
+    # One write held up, then the whole backlog in one more.
+    assert batches[0] == [EventKind.CELL_STARTED]
+    assert len(batches) == 2
+    assert sum(len(batch) for batch in batches) == 2 * cells
+
+    expected: list[tuple[int, EventKind, int | None, int]] = [
+        (1, EventKind.QUEUED, None, 0),
+        (2, EventKind.RUNNING, None, 0),
+    ]
+    for i in range(cells):
+        expected.append((len(expected) + 1, EventKind.CELL_STARTED, i, i))
+        expected.append((len(expected) + 1, EventKind.CELL_FINISHED, i, i + 1))
+    expected.append((len(expected) + 1, EventKind.FINISHED, None, cells))
+    assert seen == expected
+    stored = await _events(harness, execution.id)
+    assert [row(e) for e in stored] == expected
+    times = [e.created_at for e in stored]
+    assert times == sorted(times)
+    final = await harness.service.executions.get(execution.id)
+    assert final is not None
+    assert final.progress.cells_done == cells
+
+
+def _runner_gathering_progress(harness: Harness, seconds: float) -> ExecutionRunner:
+    """The harness's runner, but writing cell events at most every ``seconds``."""
+    config = harness.worker.config
+    outputs = config.outputs.model_copy(update={"progress_flush_seconds": seconds})
+    config = config.model_copy(update={"outputs": outputs})
+    return WorkerFactory(
+        dataclasses.replace(harness.worker, config=config)
+    ).create_runner()
+
+
+@pytest.mark.asyncio
+async def test_a_quick_notebook_has_its_cell_events_written_with_its_result(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the gathering time, no progress write before the end.
+
+    That is the point of gathering (one write and one wake-up of each
+    subscriber per small notebook); the events are all there, in order.
+    """
+    cells = 4
+    execution = await harness.service.submissions.submit(
+        notebook(*(f"x{i} = {i}" for i in range(cells)))
+    )
+    harness.broker.flush_all()
+    writes: list[tuple[str, int]] = []
+    real_append = EventLogStore.append_many
+    real_finish = ClaimStore.finish
+
+    async def counted_append(
+        self: EventLogStore, execution_id: str, events: Sequence[NewEvent]
+    ) -> list[ExecutionEvent]:
+        writes.append(("append", len(events)))
+        return await real_append(self, execution_id, events)
+
+    async def counted_finish(
+        self: ClaimStore, execution_id: str, **kwargs: Any
+    ) -> ExecutionEvent | None:
+        writes.append(("finish", len(kwargs.get("progress", ()))))
+        return await real_finish(self, execution_id, **kwargs)
+
+    monkeypatch.setattr(EventLogStore, "append_many", counted_append)
+    monkeypatch.setattr(ClaimStore, "finish", counted_finish)
+    runner = _runner_gathering_progress(harness, seconds=3600)
+    outcome = await asyncio.wait_for(runner.run(execution.id), 120)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    # One write of all of them: the finish, which stores the result.
+    assert writes == [("finish", 2 * cells)]
+    stored = await _events(harness, execution.id)
+    assert [e.sequence for e in stored] == list(range(1, len(stored) + 1))
+    assert [e.kind for e in stored] == [
+        EventKind.QUEUED,
+        EventKind.RUNNING,
+        *[EventKind.CELL_STARTED, EventKind.CELL_FINISHED] * cells,
+        EventKind.FINISHED,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_running_cell_is_seen_live_despite_gathering(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Gathering delays progress by at most its time, never until the end."""
+    release = tmp_path / "release"
+    execution = await harness.service.submissions.submit(
+        notebook(
+            "x = 1",
+            _held_until(release),
+        )
+    )
+    harness.broker.flush_all()
+    runner = _runner_gathering_progress(harness, seconds=0.05)
+    run = asyncio.create_task(runner.run(execution.id))
+    try:
+        await _cell_started(harness, execution.id, 1)
+        # The second cell is still waiting for us: its start came out live.
+        assert not run.done()
+        release.touch()
+        outcome = await asyncio.wait_for(run, 60)
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
 
 
 class Instance:

@@ -1,8 +1,11 @@
-"""CallerServices's use of the cache: one run per key, one key per environment.
+"""SubmissionService: the checks at submission, the cache and shared runs.
 
-Real Postgres/SQLite and the session's jupyter_server.  Many identical
-submissions at once start one run (the per-key lock), and a result computed
-under one environment tag is not reused under another.
+Real Postgres/SQLite and the session's jupyter_server.  Bad cell timeouts
+are refused before anything is stored.  Many identical submissions at once
+start one run (the per-key lock), and a result computed under one
+environment tag is not reused under another.  A submission is kept when
+the queue cannot be reached, and a worker's recovery sweep sends it once
+one answers.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from noteburst.factory import (
     create_broker,
 )
 from noteburst.services.runner import ExecutionRunner
+from noteburst.storage.database import Database
 from noteburst.storage.events import LocalEventBus
+from noteburst.storage.taskqueue import build_broker
 from tests.support.app import make_config
 from tests.support.notebooks import notebook
 from tests.support.services import CallerServices, services_for
+from tests.support.waiting import free_port as _closed_port
 
 USE = CachePolicy(CacheMode.USE)
 
@@ -44,6 +50,11 @@ class Harness:
     runner: ExecutionRunner
     services: dict[str, CallerServices]
     """Submission services by environment tag, sharing one database."""
+
+    @property
+    def service(self) -> CallerServices:
+        """The services of the first environment, for tests that need only one."""
+        return self.services["w_2026_47"]
 
 
 @pytest_asyncio.fixture
@@ -73,6 +84,27 @@ async def harness(
     finally:
         for context in reversed(contexts):
             await context.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cellTimeoutSeconds", 0),
+        ("cellTimeoutSeconds", float("inf")),
+        ("noOutputTimeoutSeconds", -1),
+        ("noOutputTimeoutSeconds", 1e12),
+    ],
+)
+async def test_bad_cell_timeouts_are_refused(
+    harness: Harness, field: str, value: float
+) -> None:
+    cell, silence = (value, None) if field == "cellTimeoutSeconds" else (None, value)
+    with pytest.raises(InvalidInputError) as caught:
+        await harness.service.submissions.submit(
+            notebook("1"), cell_timeout_seconds=cell, no_output_timeout_seconds=silence
+        )
+    assert caught.value.field == field
 
 
 @pytest.mark.asyncio
@@ -124,3 +156,41 @@ async def test_a_negative_max_age_is_refused(harness: Harness) -> None:
         await harness.services["w_2026_47"].submissions.submit(
             notebook("1"), cache=CachePolicy(CacheMode.USE, max_age_seconds=-1)
         )
+
+
+@pytest.mark.asyncio
+async def test_submission_survives_an_unreachable_queue(
+    tmp_path: Path, jupyter_server: Any, postgres_url: str, redis_url: str
+) -> None:
+    config = make_config(tmp_path, jupyter_server, database_url=postgres_url)
+    database = Database.from_url(postgres_url)
+    await database.upgrade()
+    await database.aclose()
+    dead = build_broker(
+        redis_url=f"redis://127.0.0.1:{_closed_port()}/0", namespace="nbtest-dead"
+    )
+    api = await ApiContext.build(config, broker=dead, local_bus=LocalEventBus())
+    try:
+        service = services_for(ApiFactory(api), LOCAL_CALLER)
+        execution = await service.submissions.submit(notebook("1"))
+        assert execution.status is ExecutionStatus.QUEUED
+    finally:
+        await api.aclose()
+
+    # Once a queue answers, a worker's recovery sweep sends it.
+    live_config = make_config(
+        tmp_path, jupyter_server, database_url=postgres_url, redis_url=redis_url
+    )
+    live = create_broker(live_config)
+    worker = await WorkerContext.build(live_config, broker=live, bus=LocalEventBus())
+    try:
+        recovery = WorkerFactory(worker).create_recovery_sweep()
+        assert await recovery.sweep(everything_running=True) == 1
+        runner = WorkerFactory(worker).create_runner()
+        outcome = await runner.run(execution.id)
+        assert outcome is not None
+        assert outcome.status is ExecutionStatus.SUCCEEDED
+    finally:
+        await worker.aclose()
+        live.close()
+        dead.close()
