@@ -551,8 +551,7 @@ class WorkerFactory:
             bus=context.bus,
             backend=context.backend,
             task_queue=context.task_queue,
-            lease_seconds=config.workers.lease_seconds,
-            max_attempts=config.workers.max_attempts,
+            workers=config.workers,
             # OutputLimits stays in jupyter/, which may not import the
             # configuration: built here from the outputs group.
             outputs=outputs,
@@ -571,8 +570,7 @@ class WorkerFactory:
             database=context.database,
             bus=context.bus,
             task_queue=context.task_queue,
-            lease_seconds=context.config.workers.lease_seconds,
-            max_attempts=context.config.workers.max_attempts,
+            workers=context.config.workers,
             webhooks=self.create_webhook_service(),
         )
 

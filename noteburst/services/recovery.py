@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ..config import WorkerSettings
 from ..domain.execution import (
     ErrorCode,
     EventKind,
@@ -56,11 +57,11 @@ class RecoverySweep:
         Told about each committed event, after the commit.
     task_queue
         Where messages for workers are sent again.
-    lease_seconds
-        How long a claim lasts without renewal; queued executions older
-        than this may have lost their message.
-    max_attempts
-        How many times an execution may be started.
+    workers
+        ``config.workers``: how long a claim lasts without renewal
+        (``lease_seconds``; queued executions older than this may have lost
+        their message) and how many times an execution may be started
+        (``max_attempts``).
     webhooks
         Woken for executions the sweep ends; `None`: no webhooks.
     """
@@ -71,15 +72,14 @@ class RecoverySweep:
         database: Database,
         bus: EventBus,
         task_queue: TaskQueue,
-        lease_seconds: float,
-        max_attempts: int,
+        workers: WorkerSettings,
         webhooks: WebhookService | None = None,
     ) -> None:
         self._db = database
         self._bus = bus
         self._task_queue = task_queue
-        self._lease = timedelta(seconds=lease_seconds)
-        self._max_attempts = max_attempts
+        self._lease = timedelta(seconds=workers.lease_seconds)
+        self._max_attempts = workers.max_attempts
         self._webhooks = webhooks
 
     async def sweep(self, *, everything_running: bool = False) -> int:

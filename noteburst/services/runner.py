@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 import nbformat
 import structlog
 
-from ..config import OutputSettings
+from ..config import OutputSettings, WorkerSettings
 from ..domain.execution import (
     ErrorCode,
     EventKind,
@@ -103,10 +103,10 @@ class ExecutionRunner:
         Provides fresh kernels.
     task_queue
         Where a retry's delayed message is sent.
-    lease_seconds
-        How long a claim lasts without renewal.
-    max_attempts
-        How many times an execution may be started.
+    workers
+        ``config.workers``: how long a claim lasts without renewal
+        (``lease_seconds``) and how many times an execution may be started
+        (``max_attempts``).
     outputs
         How cells' events and outputs are gathered into writes
         (``config.outputs``); default: the defaults.
@@ -128,8 +128,7 @@ class ExecutionRunner:
         bus: EventBus,
         backend: LabBackend,
         task_queue: TaskQueue,
-        lease_seconds: float,
-        max_attempts: int,
+        workers: WorkerSettings,
         outputs: OutputSettings | None = None,
         cancels: EventBus | None = None,
         output_limits: OutputLimits | None = None,
@@ -142,8 +141,8 @@ class ExecutionRunner:
         self._bus = bus
         self._backend = backend
         self._task_queue = task_queue
-        self._lease = timedelta(seconds=lease_seconds)
-        self._max_attempts = max_attempts
+        self._lease = timedelta(seconds=workers.lease_seconds)
+        self._max_attempts = workers.max_attempts
         self._outputs = outputs or OutputSettings()
 
     async def run(self, execution_id: str) -> Outcome | None:

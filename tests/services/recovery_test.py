@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.engine import make_url
 
+from noteburst.config import WorkerSettings
 from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.execution import ErrorCode, EventKind, ExecutionStatus
 from noteburst.services.recovery import RecoverySweep
@@ -151,8 +152,7 @@ async def test_the_sweep_wakes_subscribers_only_after_its_commit(
         database=harness.worker.database,
         bus=bus,
         task_queue=harness.worker.task_queue,
-        lease_seconds=30,
-        max_attempts=2,
+        workers=WorkerSettings(lease_seconds=30, max_attempts=2),
     )
     async with asyncio.timeout(30):
         assert await sweep.sweep() == 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from noteburst.config import WorkerSettings
 from noteburst.constants import EXECUTION_TASK_QUEUE
 from noteburst.domain.execution import (
     ErrorCode,
@@ -143,8 +144,7 @@ async def test_a_lost_lab_is_retried_then_fails_clearly(
             bus=harness.api.bus,
             backend=backend,
             task_queue=harness.api.task_queue,
-            lease_seconds=30,
-            max_attempts=2,
+            workers=WorkerSettings(lease_seconds=30, max_attempts=2),
         )
         first = await asyncio.wait_for(runner.run(execution.id), 60)
         assert first is not None
