@@ -397,6 +397,19 @@ class WorkerSettings(_Group):
         ge=1,
         description="Times an execution is started before a lost worker fails it.",
     )
+    outage_seconds: float = Field(
+        300.0,
+        gt=0,
+        validation_alias="worker_outage_seconds",
+        description=(
+            "How long a worker keeps retrying, with backoff, a write the "
+            "database refused for being unreachable (a restart, a "
+            "failover): the claim of an execution, its progress and its "
+            "result.  A notebook that ran to its end is kept meanwhile and "
+            "stored once the database is back; past this, the attempt is "
+            "abandoned and the execution queued again."
+        ),
+    )
 
 
 class GraphQLSettings(_Group):

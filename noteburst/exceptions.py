@@ -23,6 +23,10 @@ The hierarchy::
     ├── ExecutionFinishedError      a worker tried to change an execution that
     │                               already ended (cancelled, given up on):
     │                               it should stop
+    ├── ServiceUnavailableError     a service Noteburst depends on (the
+    │                               database) cannot be reached right now:
+    │                               transient, retried by workers, shown to
+    │                               API callers as retryable (HTTP 503)
     └── ConfigurationError          the deployment is misconfigured; raised at
                                     start, never per request
 
@@ -51,6 +55,7 @@ __all__ = [
     "LimitKind",
     "NoteburstError",
     "PermissionDeniedError",
+    "ServiceUnavailableError",
     "TokenNotFoundError",
     "UnknownKernelError",
     "WebhookRefusedError",
@@ -197,6 +202,29 @@ class ExecutionFinishedError(NoteburstError):
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"execution {execution_id!r} has already finished")
         self.execution_id = execution_id
+
+
+class ServiceUnavailableError(NoteburstError):
+    """A service Noteburst depends on cannot be reached right now.
+
+    Raised by the storage layer when the database refuses or drops the
+    connection (a restart, a failover, a network blip), never for a
+    statement the database rejected.  It says nothing about the request, so
+    it is not a :class:`ClientError`, but it is not a fault in Noteburst
+    either: the same request succeeds once the service is back.  Workers
+    retry with backoff; the API answers with a typed, retryable error.
+    """
+
+    code = "service_unavailable"
+
+    def __init__(
+        self, service: str, detail: str, *, retry_after_seconds: float = 5.0
+    ) -> None:
+        super().__init__(f"the {service} is unavailable: {detail}")
+        self.service = service
+        self.detail = detail
+        self.retry_after_seconds = retry_after_seconds
+        self.message = f"The {service} is unavailable right now; retry shortly."
 
 
 class ConfigurationError(NoteburstError):

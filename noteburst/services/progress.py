@@ -22,16 +22,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nbformat
+import structlog
 
 from ..config import OutputSettings
 from ..domain.execution import EventKind, ExecutionStatus
-from ..exceptions import ExecutionFinishedError, ExecutionNotFoundError
+from ..exceptions import (
+    ExecutionFinishedError,
+    ExecutionNotFoundError,
+    ServiceUnavailableError,
+)
 from ..storage.database import Database
 from ..storage.events import EventBus
 from ..storage.executions import NewEvent
 from ..storage.unit_of_work import UnitOfWork
+from .outage import Backoff
 
 __all__ = ["OutputStreamer", "ProgressWriter", "append_unwritten"]
+
+_logger = structlog.get_logger("noteburst.progress")
 
 
 class ProgressWriter:
@@ -55,8 +63,12 @@ class ProgressWriter:
     with the kernel and the push of the result.  A longer execution's
     subscribers see progress at least this often.
 
-    A failed write is raised by the next :meth:`post` (stopping the run at
-    the next cell, as a failed inline write did) and by :meth:`settle`.
+    A write the database refused for being unavailable (a restart, a
+    failover) is kept, ahead of what was posted since, and tried again
+    with backoff: the notebook runs on, and what is still unwritten when
+    the attempt ends goes into the transaction that stores its result.
+    Any other failed write is raised by the next :meth:`post` (stopping the
+    run at the next cell) and by :meth:`settle`.
     :meth:`stop` ends the task and hands back what is not written yet, for
     the transaction that ends the attempt (so no extra transaction).
     """
@@ -83,6 +95,8 @@ class ProgressWriter:
         self._error: Exception | None = None
         self._stopped = False
         self._cells_done = 0
+        self._backoff = Backoff()
+        self._unavailable = 0
 
     @property
     def cells_done(self) -> int:
@@ -174,11 +188,39 @@ class ProgressWriter:
             self._idle.clear()
             try:
                 await self._write(batch)
+            except ServiceUnavailableError as exc:
+                # Keep the batch, ahead of what was posted meanwhile.
+                self._pending[:0] = batch
+                if not await self._wait_out_outage(exc):
+                    return
+                continue
             except Exception as exc:
                 self._error = exc
                 return
             finally:
                 self._idle.set()
+            if self._unavailable:
+                _logger.info("Progress written again", execution_id=self._execution_id)
+                self._unavailable = 0
+
+    async def _wait_out_outage(self, error: ServiceUnavailableError) -> bool:
+        """Back off before writing again; False if the attempt ends meanwhile."""
+        if self._unavailable == 0:
+            _logger.warning(
+                "Progress not written: database unavailable; retrying",
+                execution_id=self._execution_id,
+                error=error.detail,
+            )
+        delay = self._backoff.delay(self._unavailable)
+        self._unavailable += 1
+        self._idle.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            return False
+        self._wake.set()
+        return True
 
     async def _write(self, batch: list[NewEvent]) -> None:
         async with self._db.transaction() as tx:

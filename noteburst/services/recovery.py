@@ -16,6 +16,14 @@ send that failed after the commit).  Every worker process runs
 
 Subscribers are woken only after the sweep's transaction commits, so none
 looks for an event that is not committed yet.
+
+A lapsed lease means a lost worker only if the worker could have renewed
+it.  During a database outage nobody can, so right after one (the
+database server started less than a lease ago, or this sweeper's previous
+round found the database unavailable) lapsed leases are left alone for
+that round: their workers, retrying with a short backoff, renew them or
+store their results first, and a notebook that ran to its end is not run
+again.  A worker that really died is then found a round later.
 """
 
 from __future__ import annotations
@@ -82,7 +90,9 @@ class RecoverySweep:
         self._max_attempts = workers.max_attempts
         self._webhooks = webhooks
 
-    async def sweep(self, *, everything_running: bool = False) -> int:
+    async def sweep(
+        self, *, everything_running: bool = False, after_outage: bool = False
+    ) -> int:
         """Queue again what a lost worker or a lost message left behind.
 
         Parameters
@@ -91,6 +101,10 @@ class RecoverySweep:
             Treat every running execution as lost, whatever its lease: true
             at the start of the embedded default, where this process is the
             only worker.
+        after_outage
+            This sweeper's previous round found the database unavailable:
+            leases that lapsed meanwhile are left to their workers this
+            round (see the module documentation).
 
         Returns
         -------
@@ -111,6 +125,17 @@ class RecoverySweep:
                 queued_before=now if everything_running else now - self._lease,
             )
             resend.extend(queued)
+            if (
+                running
+                and not everything_running
+                and (after_outage or await self._database_just_started(tx, now))
+            ):
+                _logger.info(
+                    "Leases lapsed during a database outage; left to "
+                    "their workers for one more round",
+                    count=len(running),
+                )
+                running = []
             for execution_id in running:
                 event = await self._settle_lost(
                     tx, execution_id, now=now, cutoff=cutoff
@@ -133,6 +158,10 @@ class RecoverySweep:
             for execution_id in ended:
                 await self._webhooks.wake(execution_id)
         return len(resend)
+
+    async def _database_just_started(self, tx: UnitOfWork, now: datetime) -> bool:
+        started = await tx.claims.database_started_at()
+        return started is not None and now - started < self._lease
 
     async def _settle_lost(
         self, tx: UnitOfWork, execution_id: str, *, now: datetime, cutoff: datetime

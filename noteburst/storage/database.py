@@ -55,7 +55,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     async_sessionmaker,
@@ -64,7 +65,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_
 
-from noteburst.exceptions import ConfigurationError
+from noteburst.exceptions import ConfigurationError, ServiceUnavailableError
 
 from . import sqlite_driver
 from .unit_of_work import UnitOfWork
@@ -76,6 +77,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "Database",
     "alembic_config",
+    "is_connection_failure",
     "make_engine",
 ]
 
@@ -111,6 +113,62 @@ _CONNECT_TIMEOUT_SECONDS = 10.0
 _PING_TIMEOUT_SECONDS = 10.0
 
 _logger = structlog.get_logger("noteburst.database")
+
+_UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown: "terminating connection due to ..."
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: "the database system is starting up"
+        "53300",  # too_many_connections
+    }
+)
+"""SQLSTATEs outside class 08 (connection exception) that mean "not now".
+
+``57014`` (query_canceled) shares class 57 but is a statement's own
+timeout, not an outage, so the class is not taken whole.
+"""
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether ``error`` means the database could not be reached or went away.
+
+    True for a refused or dropped connection, a server shutting down or
+    starting up (a restart, a failover), a pool with no connection to give
+    in time, or a connect that timed out: the same work succeeds once the
+    database is back.  False for anything the database answered (a
+    constraint, a syntax error, a statement timeout), which retrying would
+    not fix.  Looks through SQLAlchemy's wrapping (``orig``) and the
+    exception's causes, since the asyncpg adapter reports a server's
+    shutdown as its own error class with the SQLSTATE as ``pgcode``.
+    """
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DisconnectionError | PoolTimeoutError | OSError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None) or getattr(
+            current, "pgcode", None
+        )
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+        ):
+            return True
+        if type(current).__name__ == "ConnectionDoesNotExistError":
+            return True
+        for linked in (
+            getattr(current, "orig", None),
+            current.__cause__,
+            current.__context__,
+        ):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return False
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
@@ -289,6 +347,15 @@ def _is_current_on(connection: Connection, config: AlembicConfig) -> bool:
     return current == heads
 
 
+def _describe(error: BaseException) -> str:
+    """Describe a connection failure's root cause in one line, for logs."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text_ = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {text_[0]}" if text_ else type(root).__name__
+
+
 class Database:
     """An engine, its sessions, and the schema's migrations.
 
@@ -361,21 +428,37 @@ class Database:
         UnitOfWork
             Every store, bound to the transaction (``tx.executions``,
             ``tx.claims``, ``tx.webhooks``...); do not keep it past the block.
+
+        Raises
+        ------
+        ServiceUnavailableError
+            The database could not be reached or dropped the connection
+            (see :func:`is_connection_failure`); the transaction is rolled
+            back, unless the connection was lost during the commit itself,
+            when it may have committed.  Every write Noteburst retries is
+            conditional on the row's state (a claim, a finish of this
+            attempt), so repeating one that did commit changes nothing.
         """
         self._check_loop()
-        async with self._sessionmaker() as session:
-            async with session.begin():
+        try:
+            async with self._sessionmaker() as session, session.begin():
                 work = UnitOfWork(session, postgres=self._postgres)
                 yield work
                 committing = time.monotonic()
-            # Reached only if the block ended normally and the commit succeeded.
-            seconds = time.monotonic() - committing
-            if seconds > SLOW_COMMIT_SECONDS:
-                _logger.warning(
-                    "Slow database commit",
-                    seconds=round(seconds, 3),
-                    stores=",".join(work.stores_used),
-                )
+        except ServiceUnavailableError:
+            raise
+        except Exception as exc:
+            if is_connection_failure(exc):
+                raise ServiceUnavailableError("database", _describe(exc)) from exc
+            raise
+        # Reached only if the block ended normally and the commit succeeded.
+        seconds = time.monotonic() - committing
+        if seconds > SLOW_COMMIT_SECONDS:
+            _logger.warning(
+                "Slow database commit",
+                seconds=round(seconds, 3),
+                stores=",".join(work.stores_used),
+            )
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision (``alembic upgrade head``).

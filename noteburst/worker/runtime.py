@@ -24,6 +24,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..config import Config
+from ..exceptions import ServiceUnavailableError
 from ..factory import WorkerContext, WorkerFactory
 from ..storage.events import EventBus
 
@@ -177,12 +178,22 @@ class WorkerRuntime(Middleware):
             self._context = None
 
     async def _sweep(self, interval: float) -> None:
+        after_outage = False
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.factory().create_recovery_sweep().sweep()
+                await (
+                    self.factory()
+                    .create_recovery_sweep()
+                    .sweep(after_outage=after_outage)
+                )
+            except ServiceUnavailableError as exc:
+                _logger.warning("Recovery sweep skipped", error=str(exc))
+                after_outage = True
             except Exception:
                 _logger.exception("Recovery sweep failed")
+            else:
+                after_outage = False
             try:
                 await self.factory().create_webhook_service().sweep()
             except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import asyncpg
 import pytest
 import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from noteburst.exceptions import ConfigurationError
+from noteburst.exceptions import ConfigurationError, ServiceUnavailableError
 from noteburst.storage import Database
-from noteburst.storage.database import make_engine
+from noteburst.storage.database import is_connection_failure, make_engine
 from noteburst.storage.events import asyncpg_dsn
 from noteburst.storage.sqlite_driver import InlineConnection
+from tests.support.servers import PrivatePostgres, private_postgres
 
 TIMEOUT = 30.0
 
@@ -233,3 +236,104 @@ async def test_a_slow_commit_is_a_warning(postgres_url: str) -> None:
     assert slow[0]["log_level"] == "warning"
     assert slow[0]["seconds"] >= 0.3
     assert slow[0]["stores"] == "identities"
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of this module's own, to restart and stop."""
+    with private_postgres() as server:
+        yield server
+
+
+async def _select_one(database: Database) -> int:
+    async with database.transaction() as tx:
+        value: int = await tx._session.scalar(text("SELECT 1"))
+        return value
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_database_is_unavailable_then_back_unaided(
+    own_postgres: PrivatePostgres,
+) -> None:
+    database = Database.from_url(own_postgres.url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert await _select_one(database) == 1  # a pooled connection
+            await asyncio.to_thread(own_postgres.stop, "fast")
+            try:
+                with pytest.raises(ServiceUnavailableError) as raised:
+                    await _select_one(database)
+                assert raised.value.service == "database"
+                assert is_connection_failure(raised.value.__cause__)  # type: ignore[arg-type]
+            finally:
+                await asyncio.to_thread(own_postgres.start)
+            assert await _select_one(database) == 1
+    finally:
+        await database.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_restart_between_transactions_is_not_seen(
+    own_postgres: PrivatePostgres,
+) -> None:
+    database = Database.from_url(own_postgres.url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert await _select_one(database) == 1
+            await asyncio.to_thread(own_postgres.restart, "fast")
+            # The dead pooled connection fails its checkout ping and is
+            # replaced: no error reaches the caller.
+            assert await _select_one(database) == 1
+    finally:
+        await database.aclose()
+
+
+async def _restart_mid_transaction(database: Database, server: PrivatePostgres) -> None:
+    async with database.transaction() as tx:
+        await tx._session.execute(text("SELECT 1"))
+        await asyncio.to_thread(server.restart, "fast")
+        await tx._session.execute(text("SELECT 1"))
+
+
+async def _run_statements(database: Database, *statements: str) -> None:
+    async with database.transaction() as tx:
+        for statement in statements:
+            await tx._session.execute(text(statement))
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_inside_a_transaction_is_unavailable(
+    own_postgres: PrivatePostgres,
+) -> None:
+    database = Database.from_url(own_postgres.url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(ServiceUnavailableError):
+                await _restart_mid_transaction(database, own_postgres)
+            assert await _select_one(database) == 1
+    finally:
+        await database.aclose()
+
+
+@pytest.mark.asyncio
+async def test_errors_the_database_answers_are_not_unavailability(
+    postgres_url: str,
+) -> None:
+    database = Database.from_url(postgres_url)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            # Raised as SQLAlchemy's own error, not as unavailability.
+            with pytest.raises(DBAPIError) as raised:
+                await _run_statements(database, "SELECT no_such_column")
+            assert not is_connection_failure(raised.value)
+            # A statement's own timeout shares SQLSTATE class 57 with a
+            # server's shutdown, but retrying would not help.
+            with pytest.raises(DBAPIError) as cancelled:
+                await _run_statements(
+                    database,
+                    "SET LOCAL statement_timeout = 1",
+                    "SELECT pg_sleep(1)",
+                )
+            assert not is_connection_failure(cancelled.value)
+    finally:
+        await database.aclose()

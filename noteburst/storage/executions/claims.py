@@ -421,6 +421,18 @@ class ClaimStore(ExecutionTableStore):
         )
         return builtins.list(queued), builtins.list(lost)
 
+    async def database_started_at(self) -> datetime | None:
+        """When the database server last started (`None` on SQLite).
+
+        A restart drops every worker's connection, so no lease can be
+        renewed while it lasts; leases that lapsed then say nothing about
+        their workers until those have had a lease's time to renew.
+        """
+        if not self._postgres:
+            return None
+        started = await self._session.scalar(select(func.pg_postmaster_start_time()))
+        return None if started is None else utc(started)
+
     async def finish(
         self,
         execution_id: str,
