@@ -15,6 +15,15 @@ path ends in a terminal status with a reason: the notebook's own error, a
 timeout, a dead kernel, an unreachable lab, a cancellation, or an internal
 fault.
 
+A database outage (a restart, a failover) is not the execution's fault and
+never ends one: the claim, the progress, the cancellation check and the
+result are retried with backoff (:mod:`.outage`) for up to
+``workers.outage_seconds``, the lease is renewed again as soon as the
+database answers, and a notebook that ran to its end is kept and stored
+then, so its run is not repeated.  Only a worker that cannot store for
+longer than that abandons the attempt; its lease lapses and the sweep
+queues the execution again.
+
 Timeouts and cancellation end the same way: the kernel is interrupted, the
 notebook is stored as far as it got, and the kernel is shut down (it never
 serves another notebook).  A cancellation reaches the worker running the
@@ -42,9 +51,11 @@ from ..domain.execution import (
     ErrorCode,
     EventKind,
     Execution,
+    ExecutionEvent,
     ExecutionFailure,
     ExecutionStatus,
 )
+from ..exceptions import ServiceUnavailableError
 from ..jupyter.backend import LabBackend
 from ..jupyter.exceptions import (
     CellTimeoutError,
@@ -62,6 +73,7 @@ from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.executions import ClaimedExecution, NewEvent, cancel_signal_key
 from ..storage.taskqueue import TaskQueue
+from .outage import Backoff, until_available
 from .progress import OutputStreamer, ProgressWriter, append_unwritten
 from .webhook import WebhookService
 
@@ -143,6 +155,7 @@ class ExecutionRunner:
         self._task_queue = task_queue
         self._lease = timedelta(seconds=workers.lease_seconds)
         self._max_attempts = workers.max_attempts
+        self._outage_seconds = workers.outage_seconds
         self._outputs = outputs or OutputSettings()
 
     async def run(self, execution_id: str) -> Outcome | None:
@@ -159,25 +172,46 @@ class ExecutionRunner:
             was a duplicate, or its execution was taken by another wake-up).
         """
         log = _logger.bind(woken_for=execution_id)
-        now = datetime.now(UTC)
         async with contextlib.AsyncExitStack() as subscriptions:
+            claim = await until_available(
+                lambda: self._claim(execution_id, subscriptions),
+                what="a claim",
+                give_up_after=self._outage_seconds,
+                woken_for=execution_id,
+            )
+            if claim is None:
+                log.info("Nothing queued is ready; wake-up ignored")
+                return None
+            claimed, cancel_signal = claim
+            return await self._run_claimed(claimed, cancel_signal, log)
+
+    async def _claim(
+        self, woken_for: str, subscriptions: contextlib.AsyncExitStack
+    ) -> tuple[ClaimedExecution, Signal] | None:
+        """Claim the next queued execution and subscribe to its cancellation.
+
+        The subscription joins ``subscriptions`` only once the claim has
+        committed, so a claim retried after an outage leaves none behind.
+        """
+        now = datetime.now(UTC)
+        async with contextlib.AsyncExitStack() as attempt:
             async with self._db.transaction() as tx:
                 claimed = await tx.claims.claim_next(
                     now=now,
                     lease_until=now + self._lease,
                     max_attempts=self._max_attempts,
-                    woken_for=execution_id,
+                    woken_for=woken_for,
                 )
                 if claimed is None:
-                    log.info("Nothing queued is ready; wake-up ignored")
                     return None
                 # Subscribed before the claim commits, so a cancellation
                 # requested after it wakes this worker, and one requested
                 # before it is on the claimed row: no read needed to start.
-                cancel_signal = await subscriptions.enter_async_context(
+                cancel_signal = await attempt.enter_async_context(
                     self._cancels.subscribe(cancel_signal_key(claimed.execution.id))
                 )
-            return await self._run_claimed(claimed, cancel_signal, log)
+            await subscriptions.enter_async_context(attempt.pop_all())
+        return claimed, cancel_signal
 
     async def _run_claimed(
         self,
@@ -203,55 +237,50 @@ class ExecutionRunner:
         )
         outputs = OutputStreamer(notebook, progress, self._outputs)
         report = RunReport()
-        # The kernel is retired only once the result is stored and announced:
-        # its shutdown, and the pool's replacement kernel that starts when it
-        # is closed, cost CPU that would otherwise compete with storing and
-        # pushing the result.
-        async with contextlib.AsyncExitStack() as kernel_scope:
-            try:
-                outcome = await self._execute(
-                    execution,
-                    notebook,
-                    cancel_signal=cancel_signal,
-                    progress=progress,
-                    outputs=outputs,
-                    kernel_scope=kernel_scope,
-                    report=report,
+        try:
+            # The kernel is retired only once the result is stored and
+            # announced: its shutdown, and the pool's replacement kernel that
+            # starts when it is closed, cost CPU that would otherwise compete
+            # with storing and pushing the result.
+            async with contextlib.AsyncExitStack() as kernel_scope:
+                try:
+                    outcome = await self._execute(
+                        execution,
+                        notebook,
+                        cancel_signal=cancel_signal,
+                        progress=progress,
+                        outputs=outputs,
+                        kernel_scope=kernel_scope,
+                        report=report,
+                    )
+                finally:
+                    # Whatever was folded, also before a timeout or a death.
+                    outputs.close()
+                    # Progress events not written yet go first into the
+                    # transaction that ends this attempt, so they precede
+                    # its event.
+                    unwritten = await progress.stop()
+                if outcome.retryable and await self._may_retry(execution):
+                    await self._retry_later(execution, outcome, unwritten)
+                    return outcome
+                # The lease is renewed until the result is stored: a store
+                # waiting out a database outage keeps the execution its own.
+                final = await self._store_result(
+                    execution, notebook, outcome, report, unwritten
                 )
-            finally:
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
-                # Whatever was folded, also before a timeout or a death.
-                outputs.close()
-                # Progress events not written yet go first into the
-                # transaction that ends this attempt, so they precede its event.
-                unwritten = await progress.stop()
-            if (
-                outcome.retryable
-                and execution.attempts < self._max_attempts
-                and not await self._cancel_requested(execution_id)
-            ):
-                await self._retry_later(execution, outcome, unwritten)
-                return outcome
-            result_text = json.dumps(
-                notebook, ensure_ascii=False, separators=(",", ":")
+                if final is not None:
+                    self._bus.announce(execution_id, final.sequence)
+        except ServiceUnavailableError:
+            log.error(
+                "Database unavailable for too long; attempt abandoned, the "
+                "recovery sweep will queue the execution again",
+                outage_seconds=self._outage_seconds,
             )
-            async with self._db.transaction() as tx:
-                final = await tx.claims.finish(
-                    execution_id,
-                    status=outcome.status,
-                    result_text=result_text,
-                    error=outcome.error,
-                    now=datetime.now(UTC),
-                    # If the lease lapsed and another worker took over, its
-                    # result wins; this one is dropped, with its progress.
-                    attempt=execution.attempts,
-                    outputs_truncated=report.outputs_truncated,
-                    progress=unwritten,
-                )
-            if final is not None:
-                self._bus.announce(execution_id, final.sequence)
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
         log.info(
             "Execution finished",
             status=outcome.status.value,
@@ -262,6 +291,55 @@ class ExecutionRunner:
             # kernel retired; the delivery itself runs in its own actor.
             await self._webhooks.wake(execution_id)
         return outcome
+
+    async def _may_retry(self, execution: Execution) -> bool:
+        """Whether an infrastructure failure may be followed by another attempt."""
+        if execution.attempts >= self._max_attempts:
+            return False
+        return not await until_available(
+            lambda: self._cancel_requested(execution.id),
+            what="a cancellation check",
+            give_up_after=self._outage_seconds,
+            execution_id=execution.id,
+        )
+
+    async def _store_result(
+        self,
+        execution: Execution,
+        notebook: nbformat.NotebookNode,
+        outcome: Outcome,
+        report: RunReport,
+        unwritten: list[NewEvent],
+    ) -> ExecutionEvent | None:
+        """End the attempt: store its notebook, status and remaining progress.
+
+        Retried through a database outage (the finish is conditional on
+        this attempt, so a retry of a commit that did land is refused, not
+        applied twice).  `None` if the execution is no longer this
+        attempt's: the lease lapsed and another worker took over, whose
+        result wins; this one is dropped, with its progress.
+        """
+        result_text = json.dumps(notebook, ensure_ascii=False, separators=(",", ":"))
+
+        async def store() -> ExecutionEvent | None:
+            async with self._db.transaction() as tx:
+                return await tx.claims.finish(
+                    execution.id,
+                    status=outcome.status,
+                    result_text=result_text,
+                    error=outcome.error,
+                    now=datetime.now(UTC),
+                    attempt=execution.attempts,
+                    outputs_truncated=report.outputs_truncated,
+                    progress=unwritten,
+                )
+
+        return await until_available(
+            store,
+            what="the result",
+            give_up_after=self._outage_seconds,
+            execution_id=execution.id,
+        )
 
     async def _retry_later(
         self, execution: Execution, outcome: Outcome, unwritten: list[NewEvent]
@@ -274,19 +352,36 @@ class ExecutionRunner:
         the execution, and the new QUEUED event tells subscribers.
         """
         delay = min(RETRY_BASE_SECONDS * 2 ** (execution.attempts - 1), 30.0)
-        now = datetime.now(UTC)
-        async with self._db.transaction() as tx:
-            await append_unwritten(tx, execution.id, unwritten)
-            event = await tx.claims.requeue(
-                execution.id,
-                now=now,
-                lease_expired_before=now + timedelta(days=36500),
-                not_before=now + timedelta(seconds=delay),
-            )
+
+        async def requeue() -> ExecutionEvent | None:
+            now = datetime.now(UTC)
+            async with self._db.transaction() as tx:
+                await append_unwritten(tx, execution.id, unwritten)
+                return await tx.claims.requeue(
+                    execution.id,
+                    now=now,
+                    lease_expired_before=now + timedelta(days=36500),
+                    not_before=now + timedelta(seconds=delay),
+                )
+
+        event = await until_available(
+            requeue,
+            what="a retry",
+            give_up_after=self._outage_seconds,
+            execution_id=execution.id,
+        )
         if event is None:
             return  # taken over meanwhile; the other worker owns it
         self._bus.announce(execution.id, event.sequence)
-        await self._task_queue.enqueue_execution(execution.id, delay_seconds=delay)
+        try:
+            await self._task_queue.enqueue_execution(execution.id, delay_seconds=delay)
+        except Exception:
+            # Stored as queued: the sweep sends it again once the queue
+            # answers.
+            _logger.exception(
+                "Queue unavailable; retry left for the recovery sweep",
+                execution_id=execution.id,
+            )
         _logger.warning(
             "Execution will be retried",
             execution_id=execution.id,
@@ -322,14 +417,23 @@ class ExecutionRunner:
             progress.post(EventKind.CELL_FINISHED, index, cells_done)
 
         async def lab_starting(message: str) -> None:
-            async with self._db.transaction() as tx:
-                event = await tx.events.append(
-                    execution.id,
-                    kind=EventKind.LAB_STARTING,
-                    status=ExecutionStatus.RUNNING,
-                    message=message,
-                    now=datetime.now(UTC),
+            try:
+                async with self._db.transaction() as tx:
+                    event = await tx.events.append(
+                        execution.id,
+                        kind=EventKind.LAB_STARTING,
+                        status=ExecutionStatus.RUNNING,
+                        message=message,
+                        now=datetime.now(UTC),
+                    )
+            except ServiceUnavailableError as exc:
+                # A courtesy to watchers; the lab's start goes on without it.
+                _logger.warning(
+                    "Lab start progress not recorded: database unavailable",
+                    execution_id=execution.id,
+                    error=exc.detail,
                 )
+                return
             self._bus.announce(execution.id, event.sequence)
 
         try:
@@ -422,6 +526,8 @@ class ExecutionRunner:
             return Outcome(failed.status, failed.error, retryable=True)
         except JupyterError as exc:
             return _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
+        except ServiceUnavailableError:
+            raise  # not the execution's fault: the attempt is abandoned
         except Exception:
             _logger.exception(
                 "Execution failed unexpectedly", execution_id=execution.id
@@ -460,7 +566,14 @@ class ExecutionRunner:
             if not already:
                 while True:
                     await signal.wait()
-                    if await self._cancel_requested(execution_id):
+                    # Through an outage: the bus wakes every subscriber once
+                    # it listens again, and the read then tells.
+                    if await until_available(
+                        lambda: self._cancel_requested(execution_id),
+                        what="a cancellation check",
+                        give_up_after=None,
+                        execution_id=execution_id,
+                    ):
                         break
             requested = True
             task.cancel()
@@ -482,9 +595,19 @@ class ExecutionRunner:
             return await tx.cancels.requested(execution_id)
 
     async def _keep_lease(self, execution_id: str, attempt: int) -> None:
+        """Renew the lease every third of it; after a failure, retry sooner.
+
+        A renewal that failed (the database was unavailable) is tried again
+        with a short backoff rather than a third of a lease later, so that
+        once the database is back the lease is extended before another
+        worker's recovery sweep could take it for lost.
+        """
         interval = self._lease.total_seconds() / 3
+        backoff = Backoff()
+        failures = 0
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             try:
                 async with self._db.transaction() as tx:
                     await tx.claims.renew_lease(
@@ -492,8 +615,20 @@ class ExecutionRunner:
                         lease_until=datetime.now(UTC) + self._lease,
                         attempt=attempt,
                     )
-            except Exception:
-                _logger.warning("Lease renewal failed", execution_id=execution_id)
+            except Exception as exc:
+                if failures == 0:
+                    _logger.warning(
+                        "Lease renewal failed; retrying",
+                        execution_id=execution_id,
+                        error=str(exc),
+                    )
+                delay = min(backoff.delay(failures), interval)
+                failures += 1
+            else:
+                if failures:
+                    _logger.info("Lease renewed again", execution_id=execution_id)
+                failures = 0
+                delay = interval
 
 
 def _log_watcher_failure(task: asyncio.Task[None]) -> None:
