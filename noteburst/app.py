@@ -33,10 +33,11 @@ from strawberry.types.unset import UnsetType
 from . import __version__
 from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
+from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
 from .api.schema import create_schema
 from .config import Config
-from .exceptions import ClientError, ConfigurationError
+from .exceptions import ClientError, ConfigurationError, ServiceUnavailableError
 from .factory import ApiContext, ApiFactory, create_broker
 from .storage.database import Database
 from .storage.events import LocalEventBus
@@ -93,6 +94,11 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 except ClientError as exc:
                     await error_response(exc)(scope, receive, send)
                     return
+                except ServiceUnavailableError as exc:
+                    # Credentials could not be checked: nothing ran.
+                    _logger.warning("Request refused", error=str(exc))
+                    await unavailable_response(exc)(scope, receive, send)
+                    return
                 scope.setdefault("state", {})["caller"] = caller
         await super().__call__(scope, receive, send)
 
@@ -123,6 +129,11 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 "Websocket refused", reason=exc.code, peer=_peer(context.request)
             )
             raise ConnectionRejectionError({"message": exc.message}) from exc
+        except ServiceUnavailableError as exc:
+            _logger.warning("Websocket refused", error=str(exc))
+            raise ConnectionRejectionError(
+                {"message": exc.message, **unavailable_extensions(exc)}
+            ) from exc
         return None
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:

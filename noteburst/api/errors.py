@@ -4,15 +4,30 @@ Expected failures are part of the schema: a mutation returns a union of its
 success type and these payloads, so clients branch on ``__typename`` rather
 than parse error strings.  Where a field cannot return a union (queries and
 subscriptions), :class:`UserFacingError` carries the client error's message
-and code in ``extensions``.  Everything else is masked by
-:func:`should_mask_error`: the client sees "Unexpected error." and the logs
-get the traceback.
+and code in ``extensions``.
+
+A database outage is neither the caller's fault nor a bug: any operation
+it interrupts answers with :func:`unavailable_error`, a GraphQL error whose
+``extensions`` say ``code: "service_unavailable"``, ``retryable: true`` and
+``retryAfterSeconds``, so clients can retry (a subscription resumes with
+``afterSequence``).  A request refused before any GraphQL runs (its
+credentials could not be checked) gets HTTP 503 with ``Retry-After``
+(:func:`unavailable_response`), as GraphQL-over-HTTP asks of a request that
+could not be executed; once execution started the answer is a GraphQL
+response, HTTP 200, with the error in it.
+
+Everything else is masked by :func:`should_mask_error`: the client sees
+"Unexpected error." and the logs get the traceback.
 """
 
 from __future__ import annotations
 
+import math
+
 import strawberry
 from graphql import GraphQLError
+from starlette.responses import JSONResponse
+from starlette.status import HTTP_503_SERVICE_UNAVAILABLE
 
 from ..exceptions import (
     ClientError,
@@ -20,6 +35,7 @@ from ..exceptions import (
     InvalidNotebookError,
     InvalidParametersError,
     LimitExceededError,
+    ServiceUnavailableError,
     UnknownKernelError,
     WebhookRefusedError,
 )
@@ -37,6 +53,9 @@ __all__ = [
     "WebhookRefused",
     "payload_for",
     "should_mask_error",
+    "unavailable_error",
+    "unavailable_extensions",
+    "unavailable_response",
 ]
 
 
@@ -153,12 +172,60 @@ class UserFacingError(GraphQLError):
         super().__init__(error.message, extensions={"code": error.code})
 
 
+def unavailable_extensions(error: ServiceUnavailableError) -> dict[str, object]:
+    """Return the ``extensions`` telling a client to come back shortly."""
+    return {
+        "code": error.code,
+        "retryable": True,
+        "retryAfterSeconds": math.ceil(error.retry_after_seconds),
+    }
+
+
+def unavailable_error(error: GraphQLError) -> GraphQLError | None:
+    """Return the client's view of an operation a database outage interrupted.
+
+    Returns
+    -------
+    GraphQLError or None
+        The error with a fixed message (the cause, which names hosts and
+        ports, stays in the logs) and :func:`unavailable_extensions`; `None`
+        if ``error`` was not caused by an outage.
+    """
+    original = error.original_error
+    if not isinstance(original, ServiceUnavailableError):
+        return None
+    return GraphQLError(
+        message=original.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=unavailable_extensions(original),
+    )
+
+
+def unavailable_response(error: ServiceUnavailableError) -> JSONResponse:
+    """Return the HTTP 503 refusing a request that could not reach GraphQL."""
+    body = {
+        "errors": [
+            {"message": error.message, "extensions": unavailable_extensions(error)}
+        ]
+    }
+    return JSONResponse(
+        body,
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(math.ceil(error.retry_after_seconds))},
+    )
+
+
 def should_mask_error(error: GraphQLError) -> bool:
     """Mask unexpected exceptions, but not validation or client errors.
 
     Validation errors have no original error; our client errors arrive as
     :class:`UserFacingError` (a GraphQLError) or as a raw
-    :class:`ClientError` raised from a resolver.
+    :class:`ClientError` raised from a resolver.  An outage is replaced too,
+    but by :func:`unavailable_error`, not by the mask.
     """
     original = error.original_error
     if original is None:

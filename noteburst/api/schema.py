@@ -32,7 +32,11 @@ from ..config import GraphQLSettings
 from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import EventKind, ExecutionQueue, ExecutionStatus
 from ..domain.webhook import WebhookRequest
-from ..exceptions import ClientError, ExecutionNotFoundError
+from ..exceptions import (
+    ClientError,
+    ExecutionNotFoundError,
+    ServiceUnavailableError,
+)
 from .context import GraphQLContext
 from .errors import (
     ExecutionNotFound,
@@ -45,6 +49,7 @@ from .errors import (
     WebhookRefused,
     payload_for,
     should_mask_error,
+    unavailable_error,
 )
 from .types import (
     Execution,
@@ -343,6 +348,13 @@ class Subscription:
             raise UserFacingError(exc) from exc
 
 
+class _MaskErrors(MaskErrors):
+    """Mask unexpected errors; explain outages (see :mod:`.errors`)."""
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        return unavailable_error(error) or super().anonymise_error(error)
+
+
 class _Schema(strawberry.Schema):
     """Log only unexpected errors; client and validation errors are answers.
 
@@ -368,6 +380,15 @@ class _Schema(strawberry.Schema):
             if not should_mask_error(error):
                 continue
             original = error.original_error
+            if isinstance(original, ServiceUnavailableError):
+                _logger.warning(
+                    "GraphQL operation interrupted: service unavailable",
+                    operation=operation,
+                    path=".".join(str(part) for part in error.path or ()),
+                    user=user,
+                    error=str(original),
+                )
+                continue
             _logger.error(
                 "Unexpected error in a GraphQL operation",
                 operation=operation,
@@ -410,7 +431,7 @@ def create_schema(limits: GraphQLSettings | None = None) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
-            lambda: MaskErrors(should_mask_error=should_mask_error),
+            lambda: _MaskErrors(should_mask_error=should_mask_error),
             # Factories, not instances: an extension keeps per-operation state.
             lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
             lambda: AddValidationRules(limit_rules),

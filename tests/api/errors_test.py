@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import structlog
+from graphql import ExecutionResult
 
 from noteburst.api.schema import schema
 from noteburst.domain.auth import Caller
+from noteburst.exceptions import ServiceUnavailableError
 
 
 class _BoomError(RuntimeError):
@@ -54,4 +56,51 @@ async def test_validation_errors_are_shown_and_not_logged() -> None:
         result = await schema.execute("{ nope }", context_value=_Context(request=None))
     assert result.errors is not None
     assert "Cannot query field 'nope'" in result.errors[0].message
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
+@dataclass
+class _OutageContext:
+    """Every service call meets a database outage (the real one is in
+    ``tests/app_outage_test.py``; here each kind of operation is covered)."""
+
+    request: Any
+    caller: Caller | None = None
+
+    def _down(self) -> Any:
+        raise ServiceUnavailableError("database", "ConnectionRefusedError: 10.0.0.7")
+
+    execution_service = _down
+    submission_service = _down
+    watcher = _down
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_a_typed_retryable_error_not_a_masked_one() -> None:
+    expected = {
+        "code": "service_unavailable",
+        "retryable": True,
+        "retryAfterSeconds": 5,
+    }
+    context = _OutageContext(request=None)
+    with structlog.testing.capture_logs() as logs:
+        query = await schema.execute(
+            '{ execution(id: "x") { id } }', context_value=context
+        )
+        mutation = await schema.execute(
+            'mutation { submitExecution(input: {notebook: "{}"}) { __typename } }',
+            context_value=context,
+        )
+        subscription = await schema.subscribe(
+            'subscription { executionStatus(id: "x") { sequence } }',
+            context_value=context,
+        )
+        assert not isinstance(subscription, ExecutionResult)
+        results = [result async for result in subscription]
+    for result in (query, mutation, *results):
+        assert result.errors is not None
+        [error] = result.errors
+        assert error.extensions == expected
+        assert "10.0.0.7" not in error.message
+    # An outage is worth a warning, not a traceback of a bug.
     assert not [e for e in logs if e["log_level"] == "error"]
