@@ -477,7 +477,7 @@ async def _follow(client: NoteburstClient, request: _Request, *, show: bool) -> 
         console=_stderr,
     ) as progress:
         task = progress.add_task("queued", total=total)
-        async for event in client.watch(execution_id):
+        async for event in client.follow(execution_id):
             status = event["status"].lower()
             description = status
             if event["kind"] == "CELL_STARTED":

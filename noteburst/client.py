@@ -15,6 +15,12 @@ pays the websocket handshake and ``connection_init`` once, not per page view
 opened on first use and again after it is lost; a watch that was running
 when it was lost raises :class:`NoteburstClientError` (resume it with
 ``after_sequence``).
+
+Errors say whether trying again may help (``retryable``): a lost
+connection, HTTP 503, or the server's ``service_unavailable`` errors while
+its database is down.  :meth:`NoteburstClient.follow` is the watch that
+does so by itself, resuming after the last event it yielded, so a caller
+sees every event once across API restarts and database outages.
 """
 
 from __future__ import annotations
@@ -67,7 +73,47 @@ query Result($id: ID!) { execution(id: $id) { status notebook } }
 
 
 class NoteburstClientError(Exception):
-    """The server refused a request or answered with errors."""
+    """The server refused a request or answered with errors.
+
+    Attributes
+    ----------
+    retryable
+        Whether the same request may succeed later: the connection was
+        lost, or the server said so (HTTP 503, ``retryable`` errors).
+    retry_after_seconds
+        How long the server asked to wait, if it did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_seconds = retry_after_seconds
+
+
+def _errors_error(errors: list[dict[str, Any]]) -> NoteburstClientError:
+    """Build the exception for a GraphQL ``errors`` list (retryable if all are)."""
+    extensions = [error.get("extensions") or {} for error in errors]
+    retryable = bool(errors) and all(ext.get("retryable") for ext in extensions)
+    waits = [
+        ext["retryAfterSeconds"] for ext in extensions if ext.get("retryAfterSeconds")
+    ]
+    return NoteburstClientError(
+        "; ".join(error.get("message", "?") for error in errors),
+        retryable=retryable,
+        retry_after_seconds=max(waits) if retryable and waits else None,
+    )
+
+
+RETRY_FIRST_SECONDS = 0.5
+"""First pause of :meth:`NoteburstClient.follow` after a retryable error."""
+RETRY_MAX_SECONDS = 5.0
+"""Longest pause between two attempts of :meth:`NoteburstClient.follow`."""
 
 
 class NoteburstClient:
@@ -131,12 +177,17 @@ class NoteburstClient:
         )
         if response.status_code != httpx.codes.OK:
             msg = f"HTTP {response.status_code}: {response.text[:500]}"
-            raise NoteburstClientError(msg)
+            retry_after = response.headers.get("retry-after", "")
+            raise NoteburstClientError(
+                msg,
+                retryable=response.status_code == httpx.codes.SERVICE_UNAVAILABLE,
+                retry_after_seconds=float(retry_after)
+                if retry_after.isdigit()
+                else None,
+            )
         body: dict[str, Any] = response.json()
         if body.get("errors"):
-            raise NoteburstClientError(
-                "; ".join(e.get("message", "?") for e in body["errors"])
-            )
+            raise _errors_error(body["errors"])
         data: dict[str, Any] = body["data"]
         return data
 
@@ -206,19 +257,74 @@ class NoteburstClient:
                 if kind == "next":
                     payload = message["payload"]
                     if payload.get("errors"):
-                        raise NoteburstClientError(
-                            "; ".join(e["message"] for e in payload["errors"])
-                        )
+                        raise _errors_error(payload["errors"])
                     yield payload["data"]["executionStatus"]
                 elif kind == "error":
-                    raise NoteburstClientError(
-                        "; ".join(e.get("message", "?") for e in message["payload"])
-                    )
+                    raise _errors_error(message["payload"])
                 elif kind == "complete":
                     return
                 else:  # the connection was lost
                     msg = f"the subscription connection was lost: {message['reason']}"
-                    raise NoteburstClientError(msg)
+                    raise NoteburstClientError(msg, retryable=True)
+
+    async def follow(
+        self,
+        execution_id: str,
+        *,
+        after_sequence: int | None = None,
+        kinds: Sequence[str] | None = None,
+        give_up_after: float = 300.0,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Like :meth:`watch`, but resumes after retryable errors.
+
+        After a lost connection or a ``retryable`` error, waits (the
+        server's ``retryAfterSeconds`` when given, else a backoff from
+        ``RETRY_FIRST_SECONDS`` doubling to ``RETRY_MAX_SECONDS``) and
+        subscribes again after the last sequence yielded, so each event is
+        yielded once.
+
+        Parameters
+        ----------
+        after_sequence, kinds
+            As for :meth:`watch` (the first subscription's resume point).
+        give_up_after
+            Seconds of consecutive failures after which the last error is
+            raised.
+
+        Raises
+        ------
+        NoteburstClientError
+            A non-retryable error, or retryable ones for ``give_up_after``.
+        """
+        loop = asyncio.get_running_loop()
+        after = after_sequence
+        failing_since: float | None = None
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                async for event in self.watch(
+                    execution_id, after_sequence=after, kinds=kinds
+                ):
+                    failing_since, delay = None, RETRY_FIRST_SECONDS
+                    after = event["sequence"]
+                    yield event
+                return
+            except NoteburstClientError as exc:
+                now = loop.time()
+                failing_since = now if failing_since is None else failing_since
+                if not exc.retryable or now - failing_since >= give_up_after:
+                    raise
+                pause = exc.retry_after_seconds or delay
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            except OSError as exc:  # the server is not answering at all
+                now = loop.time()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= give_up_after:
+                    msg = f"the server cannot be reached: {exc}"
+                    raise NoteburstClientError(msg, retryable=True) from exc
+                pause = delay
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            await asyncio.sleep(pause)
 
     async def result_notebook(self, execution_id: str) -> dict[str, Any] | None:
         """Return the executed notebook, once the execution is terminal."""

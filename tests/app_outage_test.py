@@ -9,6 +9,8 @@ and the test's Redis) while its database is stopped and started again:
   message names no host;
 * a request whose credentials cannot be checked (``auth_mode=tokens``) is
   refused with HTTP 503 and ``Retry-After`` before any GraphQL runs;
+* :meth:`NoteburstClient.follow` rides out a refused subscription and
+  yields every event once;
 * once the database is back, everything works again unaided: the
   execution that ran during the outage SUCCEEDED once, and a subscriber
   that stayed connected throughout got every event exactly once, ending
@@ -18,19 +20,22 @@ and the test's Redis) while its database is stopped and started again:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
+from noteburst.client import NoteburstClient, _errors_error
 from noteburst.constants import USER_SCOPE
 from noteburst.services.auth import TokenService
 from noteburst.storage.database import Database
 from tests.support.app import GET, make_config, running
 from tests.support.notebooks import held_until, notebook
 from tests.support.servers import PrivatePostgres, private_postgres
+from tests.support.waiting import wait_until
 
 TIMEOUT = 180.0
 
@@ -178,3 +183,63 @@ async def test_credentials_that_cannot_be_checked_get_a_503(
     finally:
         if not own_postgres.is_running():
             await asyncio.to_thread(own_postgres.start)
+
+
+@pytest.mark.asyncio
+async def test_the_client_follows_an_execution_across_an_outage(
+    tmp_path: Path,
+    jupyter_server: Any,
+    own_postgres: PrivatePostgres,
+    redis_url: str,
+) -> None:
+    database_url = await asyncio.to_thread(own_postgres.create_database)
+    config = make_config(
+        tmp_path, jupyter_server, database_url=database_url, redis_url=redis_url
+    )
+    try:
+        async with (
+            asyncio.timeout(TIMEOUT),
+            running(config) as nb,
+            NoteburstClient(nb.url, timeout=30) as client,
+        ):
+            execution = await client.submit(notebook("1 + 1"))
+            await nb.watch(execution["id"])  # it has finished
+            with capture_logs() as logs:
+                await asyncio.to_thread(own_postgres.stop, "fast")
+                following = asyncio.create_task(
+                    _collect(client.follow(execution["id"], after_sequence=0))
+                )
+
+                async def refused() -> bool:
+                    return any("service unavailable" in e["event"] for e in logs)
+
+                await wait_until(refused, "the subscription is refused")
+                await asyncio.to_thread(own_postgres.start)
+            events = await following
+    finally:
+        if not own_postgres.is_running():
+            await asyncio.to_thread(own_postgres.start)
+    sequences = [event["sequence"] for event in events]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert [event["kind"] for event in events].count("FINISHED") == 1
+    assert events[-1]["status"] == "SUCCEEDED"
+
+
+async def _collect(events: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event async for event in events]
+
+
+def test_client_errors_say_whether_to_retry() -> None:
+    outage = _errors_error(
+        [
+            {
+                "message": "The database is unavailable right now; retry shortly.",
+                "extensions": UNAVAILABLE,
+            }
+        ]
+    )
+    assert (outage.retryable, outage.retry_after_seconds) == (True, 5)
+    mixed = _errors_error(
+        [{"message": "x", "extensions": UNAVAILABLE}, {"message": "Unexpected error."}]
+    )
+    assert not mixed.retryable
