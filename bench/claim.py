@@ -19,13 +19,19 @@ the rest interactive, creation times shuffled against insertion order,
 follower of a shared run; each has its ``QUEUED`` event.  On PostgreSQL
 the table is analysed after the fill, as autovacuum would have done.
 
-Each claim is timed as the runner runs it: ``claim_next`` (with
-``woken_for``, the message's execution) in its own transaction, from the
-start of the transaction to its commit.  The median of ``--claims`` claims
-is printed; after each claim (untimed) the claimed execution is put back
-in the queue, so every claim at size N sees the same N queued executions.  ``--explain`` also prints the claim's plan at
-each size: ``EXPLAIN (ANALYZE, BUFFERS)`` on PostgreSQL, in a transaction
-rolled back, and ``EXPLAIN QUERY PLAN`` on SQLite.
+Each claim runs as the runner runs it: ``claim_next`` (with ``woken_for``,
+the message's execution) in its own transaction.  Two times are taken:
+``claim_next`` alone (its two statements: what the queue's length can
+change) and the whole transaction, from its start to its commit (on a
+shared machine PostgreSQL's commit, a WAL flush, varies far more than the
+statements).  The medians of ``--claims`` claims are printed; after each
+claim (untimed) the claimed execution is put back in the queue, so every
+claim at size N sees the same N queued executions.
+``--explain`` also prints the claim's plan at each size: ``EXPLAIN
+(ANALYZE, BUFFERS)`` on PostgreSQL, in a transaction rolled back, and
+``EXPLAIN QUERY PLAN`` on SQLite.  The rows get a ``queue_rank`` only if
+the schema has one, so the script also measures the tree before it (the
+claim order's index, migration ``a8f5c98f5323``).
 
 Needs PostgreSQL on ``127.0.0.1:5432`` (user ``postgres``, trust auth;
 ``--postgres URL`` to change): a database ``nb_bench_<random>`` is created
@@ -47,10 +53,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import Table, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,8 +67,8 @@ from noteburst.storage.events import asyncpg_dsn
 
 SIZES = (10, 1_000, 10_000, 100_000)
 QUICK_SIZES = (10, 1_000)
-EXECUTIONS = ExecutionRow.__table__
-EVENTS = ExecutionEventRow.__table__
+EXECUTIONS = cast(Table, ExecutionRow.__table__)
+EVENTS = cast(Table, ExecutionEventRow.__table__)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 3
@@ -74,15 +80,21 @@ BATCH = 5_000
 class Figure:
     backend: str
     size: int
-    median_ms: float
-    low_ms: float
-    high_ms: float
+    claim_ms: float
+    """Median of ``claim_next`` alone (its two statements)."""
+    transaction_ms: float
+    """Median of the whole transaction (begin, ``claim_next``, commit)."""
     fill_s: float
 
 
-def _row(rng: random.Random, execution_id: str, leaders: Sequence[str]) -> dict[str, Any]:
+def _row(
+    rng: random.Random, execution_id: str, leaders: Sequence[str]
+) -> dict[str, Any]:
     kind = rng.random()
+    queue = ExecutionQueue.INTERACTIVE if rng.random() < 0.1 else ExecutionQueue.BATCH
+    rank = {"queue_rank": queue.rank} if "queue_rank" in EXECUTIONS.c else {}
     return {
+        **rank,
         "id": execution_id,
         "owner": f"user{rng.randrange(20)}",
         "status": ExecutionStatus.QUEUED.value,
@@ -97,9 +109,7 @@ def _row(rng: random.Random, execution_id: str, leaders: Sequence[str]) -> dict[
         "attempts": 0,
         "last_sequence": 1,
         "created_at": T0 + timedelta(milliseconds=rng.randrange(10**9)),
-        "queue": (
-            ExecutionQueue.INTERACTIVE if rng.random() < 0.1 else ExecutionQueue.BATCH
-        ).value,
+        "queue": queue.value,
         # A retry in backoff, and a follower of a shared run: both skipped.
         "not_before": T0 + timedelta(days=365) if kind < 0.01 else None,
         "shares_run_of": leaders[0] if kind > 0.99 and leaders else None,
@@ -191,9 +201,11 @@ async def newest_id(engine: AsyncEngine) -> str:
 
 async def time_claims(
     database: Database, engine: AsyncEngine, claims: int, woken_for: str
-) -> list[float]:
-    """Claim ``claims`` times, each in its own transaction; seconds each.
+) -> list[tuple[float, float]]:
+    """Claim ``claims`` times, each in its own transaction.
 
+    Returns, for each claim, the seconds ``claim_next`` took (its two
+    statements) and those of the whole transaction (with begin and commit).
     The claimed execution is put back in the queue after each claim
     (untimed), so every claim sees the same queue.
     """
@@ -202,13 +214,15 @@ async def time_claims(
         now = T0 + timedelta(days=1)
         start = time.perf_counter()
         async with database.transaction() as tx:
+            before = time.perf_counter()
             claimed = await tx.claims.claim_next(
                 now=now,
                 lease_until=now + LEASE,
                 max_attempts=MAX_ATTEMPTS,
                 woken_for=woken_for,
             )
-        seconds.append(time.perf_counter() - start)
+            statements = time.perf_counter() - before
+        seconds.append((statements, time.perf_counter() - start))
         assert claimed is not None
         await requeue_claimed(engine)
     return seconds
@@ -230,7 +244,7 @@ class StatementCatcher:
         _context: Any,
         _executemany: bool,
     ) -> None:
-        if statement.lstrip().upper().startswith("UPDATE EXECUTIONS SET STATUS"):
+        if "FROM executions AS queued" in statement:
             self.statement, self.parameters = statement, parameters
 
 
@@ -250,7 +264,7 @@ async def explain(engine: AsyncEngine, catcher: StatementCatcher) -> list[str]:
             await transaction.rollback()
     if postgres:
         return [row[0] for row in rows]
-    return [f"{row[1]:>3} {row[3]}" for row in rows]
+    return [f"{row._mapping['parent']:>3} {row._mapping['detail']}" for row in rows]
 
 
 async def run_backend(
@@ -272,20 +286,14 @@ async def run_backend(
             # One claim not counted: the statement's first use is compiled.
             await time_claims(database, engine, 1, woken_for)
             seconds = await time_claims(database, engine, claims, woken_for)
-            millis = [s * 1000 for s in seconds]
-            figure = Figure(
-                backend,
-                size,
-                statistics.median(millis),
-                min(millis),
-                max(millis),
-                fill_seconds,
-            )
+            claim_ms = statistics.median(c * 1000 for c, _ in seconds)
+            transaction_ms = statistics.median(t * 1000 for _, t in seconds)
+            figure = Figure(backend, size, claim_ms, transaction_ms, fill_seconds)
             figures.append(figure)
             print(
-                f"{backend:<10} {size:>8,}  median {figure.median_ms:7.2f} ms"
-                f"  (min {figure.low_ms:.2f}, max {figure.high_ms:.2f};"
-                f" filled in {fill_seconds:.1f} s)",
+                f"{backend:<10} {size:>8,}  claim_next {claim_ms:7.2f} ms,"
+                f" transaction {transaction_ms:7.2f} ms"
+                f" (medians; filled in {fill_seconds:.1f} s)",
                 flush=True,
             )
             if show_plans:
@@ -316,13 +324,17 @@ def print_table(figures: Sequence[Figure]) -> None:
     sizes = sorted({f.size for f in figures})
     by_key = {(f.backend, f.size): f for f in figures}
     print()
-    print("median ms per claim (transaction: begin, claim_next, commit)")
-    print(f"{'queued':>10} " + " ".join(f"{b:>12}" for b in backends))
+    print("median ms per claim: claim_next alone / whole transaction (with commit)")
+    print(f"{'queued':>10} " + " ".join(f"{b:>20}" for b in backends))
     for size in sizes:
         cells = []
         for backend in backends:
             figure = by_key.get((backend, size))
-            cells.append(f"{figure.median_ms:12.2f}" if figure else f"{'':>12}")
+            cells.append(
+                f"{figure.claim_ms:9.2f} / {figure.transaction_ms:8.2f}"
+                if figure
+                else f"{'':>20}"
+            )
         print(f"{size:>10,} " + " ".join(cells))
 
 
