@@ -36,6 +36,10 @@ from .base import Base, UTCDateTime
 
 __all__ = ["ExecutionEventRow", "ExecutionRow"]
 
+_CLAIMABLE = text("status = 'queued' AND shares_run_of IS NULL")
+"""Which rows ``ix_executions_claim_order`` holds: queued, and not a
+follower of a shared run (followers are never claimed)."""
+
 
 class ExecutionRow(Base):
     """One execution (``executions``)."""
@@ -66,6 +70,11 @@ class ExecutionRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     queue: Mapped[str] = mapped_column(String(16), server_default=text("'interactive'"))
     """``ExecutionQueue`` value: workers claim interactive before batch."""
+    queue_rank: Mapped[int] = mapped_column(Integer)
+    """``ExecutionQueue.rank`` of ``queue``, written with it: the claim
+    order's first key, stored so that ``ix_executions_claim_order`` can
+    serve the order (an index on the ``CASE`` expression would do too, but
+    Alembic cannot compare expression indexes on either backend)."""
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """A queued retry in backoff: not claimed by other wake-ups before this."""
     cache_key: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -97,6 +106,23 @@ class ExecutionRow(Base):
         Index("ix_executions_owner_created_at_id", "owner", "created_at", "id"),
         # A user's queued and running counts (per-user limits).
         Index("ix_executions_owner_status", "owner", "status"),
+        # The claim order (claims.ClaimStore.claim_next), of the executions a
+        # claim can take: a claim reads the first entries, not the queue.
+        # The claim spells the predicate out with constants, which both
+        # databases need to know that the partial index covers the query.
+        # status, constant here, leads all the same: without statistics
+        # SQLite prefers an index matching an equality of the query
+        # (ix_executions_status) to one serving its order, unless one does
+        # both.
+        Index(
+            "ix_executions_claim_order",
+            "status",
+            "queue_rank",
+            "created_at",
+            "id",
+            postgresql_where=_CLAIMABLE,
+            sqlite_where=_CLAIMABLE,
+        ),
     )
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "finish_values",
     "owned_by",
     "parse_json",
+    "queue_values",
     "queued_row",
     "stored_event",
     "utc",
@@ -175,6 +176,15 @@ def owned_by(owner: str | None) -> list[ColumnElement[bool]]:
     return [] if owner is None else [EXECUTIONS.c.owner == owner]
 
 
+def queue_values(queue: ExecutionQueue) -> dict[str, Any]:
+    """Return the columns that say which queue an execution waits in.
+
+    ``queue_rank`` is the claim order's first key (see
+    :mod:`.claims`): write it wherever ``queue`` is written.
+    """
+    return {"queue": queue.value, "queue_rank": queue.rank}
+
+
 def queued_row(
     execution_id: str,
     kernel_name: str,
@@ -183,9 +193,11 @@ def queued_row(
     now: datetime,
     *,
     owner: str,
+    queue: ExecutionQueue,
 ) -> dict[str, Any]:
     """Return the columns every new queued execution row starts with."""
     return {
+        **queue_values(queue),
         "id": execution_id,
         "owner": owner,
         "status": ExecutionStatus.QUEUED.value,

@@ -35,7 +35,14 @@ from noteburst.domain.execution import (
     ExecutionStatus,
 )
 
-from ._base import EXECUTIONS, UNFINISHED, ExecutionTableStore, queued_row, utc
+from ._base import (
+    EXECUTIONS,
+    UNFINISHED,
+    ExecutionTableStore,
+    queue_values,
+    queued_row,
+    utc,
+)
 
 __all__ = ["ResultCacheStore"]
 
@@ -138,10 +145,10 @@ class ResultCacheStore(ExecutionTableStore):
                     source_text,
                     now,
                     owner=owner,
+                    queue=queue,
                 ),
                 cells_total=cells_total,
                 last_sequence=0,
-                queue=queue.value,
                 shares_run_of=leader_id,
             )
         )
@@ -153,7 +160,7 @@ class ResultCacheStore(ExecutionTableStore):
                     EXECUTIONS.c.status == ExecutionStatus.QUEUED.value,
                     EXECUTIONS.c.queue != queue.value,
                 )
-                .values(queue=queue.value)
+                .values(**queue_values(queue))
             )
 
     async def add_cache_hit(
@@ -195,6 +202,7 @@ class ResultCacheStore(ExecutionTableStore):
             literal(now, timestamp),
             literal(now, timestamp),
             literal(queue.value),
+            literal(queue.rank),
             columns.id,
             literal(owner),
         ).where(
@@ -217,6 +225,7 @@ class ResultCacheStore(ExecutionTableStore):
                     columns.created_at,
                     columns.finished_at,
                     columns.queue,
+                    columns.queue_rank,
                     columns.cached_from,
                     columns.owner,
                 ],

@@ -3,10 +3,26 @@
 **The database is the queue.**  A worker's message only wakes it; whichever
 execution the message named, :meth:`ClaimStore.claim_next` takes the first
 queued execution in claim order: interactive before batch, then oldest
-first (:func:`claim_rank`).  So a free worker always serves the most urgent
-work, and every message (one is sent per queued execution, and the recovery
-sweep resends lost ones) starts one execution or finds the queue empty.
-:meth:`ClaimStore.queue_position` counts the same order.
+first (``queue_rank``, ``created_at``, ``id``).  So a free worker always
+serves the most urgent work, and every message (one is sent per queued
+execution, and the recovery sweep resends lost ones) starts one execution
+or finds the queue empty.  :meth:`ClaimStore.queue_position` counts the
+same order.
+
+**A claim reads the head of the queue, not the queue.**  The partial index
+``ix_executions_claim_order`` holds the claimable rows (queued, not a
+follower) in claim order, so the claim walks it from its start and stops at
+the first row it may take: with 100,000 executions queued it costs what it
+does with 10 (issue 16; figures in ``bench/README.md``, from
+``bench/claim.py``), where sorting the whole queue for every claim cost
+more the longer the queue.  That is why the rank is a stored column
+(``queue_rank``, written with ``queue``) rather than a ``CASE`` on
+``queue``, and why the claim spells the index's predicate out with
+constants (:func:`_claimable`): a bound parameter there would hide from
+SQLite, and from a generic plan on PostgreSQL, that the index covers the
+query.  Rows the walk passes over are only the exceptions (retries in
+backoff, executions out of attempts); ``tests/storage/executions/
+claims_test.py`` checks the plans on both databases.
 
 A claim sets the execution ``RUNNING`` with a lease and counts the attempt.
 The worker renews the lease while it runs (:meth:`ClaimStore.renew_lease`);
@@ -33,8 +49,8 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
-    case,
     func,
+    literal,
     or_,
     select,
     update,
@@ -66,15 +82,21 @@ from ._base import (
     utc,
 )
 
-__all__ = ["ClaimStore", "ClaimedExecution", "claim_rank"]
+__all__ = ["ClaimStore", "ClaimedExecution"]
 
 
-def claim_rank(queue: ColumnElement[str]) -> ColumnElement[int]:
-    """Return SQL computing :attr:`ExecutionQueue.rank` of a ``queue`` column."""
-    return case(
-        (queue == ExecutionQueue.INTERACTIVE.value, ExecutionQueue.INTERACTIVE.rank),
-        else_=ExecutionQueue.BATCH.rank,
-    )
+def _claimable(columns: Any) -> list[ColumnElement[bool]]:
+    """Return the predicate of ``ix_executions_claim_order``, with constants.
+
+    Rendered into the SQL as ``status = 'queued' AND shares_run_of IS
+    NULL``, as the index is defined (``noteburst.dbschema.execution``), so
+    both databases see at planning time that the index holds every row the
+    query may take.
+    """
+    return [
+        columns.status == literal(ExecutionStatus.QUEUED.value, literal_execute=True),
+        columns.shares_run_of.is_(None),
+    ]
 
 
 def _build_claim_next(*, with_woken_for: bool) -> Update:
@@ -84,16 +106,17 @@ def _build_claim_next(*, with_woken_for: bool) -> Update:
     queued = EXECUTIONS.alias("queued").c
     ready = [queued.not_before.is_(None), queued.not_before <= now]
     if with_woken_for:
+        # A filter, not an order: the one woken for is taken only if it is
+        # the first the others let pass, so the index walk still serves it.
         ready.append(queued.id == bindparam("claim_woken_for", type_=String()))
     candidate = (
         select(queued.id)
         .where(
-            queued.status == ExecutionStatus.QUEUED.value,
-            queued.shares_run_of.is_(None),
+            *_claimable(queued),
             queued.attempts < bindparam("claim_max_attempts", type_=Integer()),
             or_(*ready),
         )
-        .order_by(claim_rank(queued.queue), queued.created_at, queued.id)
+        .order_by(queued.queue_rank, queued.created_at, queued.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -181,9 +204,10 @@ class ClaimStore(ExecutionTableStore):
     ) -> ClaimedExecution | None:
         """Take the queued execution that should run next, if there is one.
 
-        Claim order is interactive before batch, then oldest first (see the
-        module docstring).  On PostgreSQL the candidate row is locked with
-        ``FOR UPDATE SKIP LOCKED``, so concurrent claimers take different
+        Claim order is interactive before batch, then oldest first, read
+        from ``ix_executions_claim_order`` (see the module docstring).  On
+        PostgreSQL the candidate row is locked with ``FOR UPDATE SKIP
+        LOCKED``, so concurrent claimers take different
         executions instead of queueing on one row lock; on SQLite every
         transaction holds the database's write lock (``BEGIN IMMEDIATE``),
         which serialises claimers.
@@ -578,12 +602,11 @@ class ClaimStore(ExecutionTableStore):
             select(func.count())
             .select_from(EXECUTIONS)
             .where(
-                columns.status == ExecutionStatus.QUEUED.value,
-                columns.shares_run_of.is_(None),
+                *_claimable(columns),
                 or_(
-                    claim_rank(columns.queue) < rank,
+                    columns.queue_rank < rank,
                     and_(
-                        claim_rank(columns.queue) == rank,
+                        columns.queue_rank == rank,
                         or_(
                             columns.created_at < row.created_at,
                             and_(

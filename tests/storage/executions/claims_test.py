@@ -6,7 +6,9 @@ lease expired and while attempts remain, and a renewed lease keeps others
 out; ``claim_next`` takes interactive before batch and oldest first,
 concurrent claimers take different executions, and a retry in backoff waits
 (unless its own delayed message wakes a worker); ``queue_position`` counts
-what a free worker takes first.  A run finishes once (a superseded
+what a free worker takes first.  The claim reads that order from
+``ix_executions_claim_order`` and stops at its first entry, without sorting
+the queue (checked on the plans of both databases).  A run finishes once (a superseded
 attempt's finish and progress are refused), writing the progress left
 before its end; a lost run is requeued, and ``find_orphans`` finds what the
 sweep must resend or requeue.
@@ -17,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
 
 from noteburst.domain.execution import (
     ErrorCode,
@@ -31,7 +37,8 @@ from noteburst.domain.execution import (
 )
 from noteburst.exceptions import ExecutionFinishedError
 from noteburst.storage import Database, NewEvent
-from tests.storage.executions._helpers import LEASE, NOTEBOOK, T0, add, claim
+from noteburst.storage.database import make_engine
+from tests.storage.executions._helpers import LEASE, NOTEBOOK, T0, add, add_in, claim
 
 
 async def claim_next(
@@ -470,3 +477,84 @@ async def test_executions_out_of_attempts_are_not_claimed(database: Database) ->
         )
     assert await claim_next(database, max_attempts=1) is None
     assert await claim_next(database, max_attempts=2) is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("woken", [False, True])
+async def test_the_claim_reads_the_head_of_its_index(
+    database_url: str, woken: bool
+) -> None:
+    # The claim statement as the driver receives it, explained on the
+    # same database: an index scan of ix_executions_claim_order that stops
+    # at the first row, and no sort of the queue.
+    engine = make_engine(database_url)
+    caught: list[tuple[str, Any]] = []
+
+    def catch(
+        _conn: Connection,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        _many: bool,
+    ) -> None:
+        if "FROM executions AS queued" in statement:
+            caught.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", catch)
+    database = Database(engine)
+    try:
+        async with database.transaction() as tx:
+            ids = [
+                await add_in(
+                    tx,
+                    ExecutionQueue.BATCH if i % 3 else ExecutionQueue.INTERACTIVE,
+                    now=T0 + timedelta(seconds=(i * 7919) % 200),
+                )
+                for i in range(200)
+            ]
+        woken_for = ids[-1] if woken else None
+        assert await claim_next(database, woken_for=woken_for) is not None
+        statement, parameters = caught[-1]
+        async with engine.connect() as connection:
+            transaction = await connection.begin()
+            if database.is_postgres:
+                await connection.exec_driver_sql("ANALYZE executions")
+                # Off, so that on a table this small the seq scan and sort
+                # of the whole queue cannot win on cost.
+                await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+                plan = (
+                    await connection.exec_driver_sql(
+                        "EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters
+                    )
+                ).scalar_one()
+                nodes = list(plan_nodes(plan[0]["Plan"]))
+                scans = [n for n in nodes if n.get("Index Name") == CLAIM_INDEX]
+                assert len(scans) == 1, nodes
+                assert scans[0]["Node Type"] == "Index Scan"
+                assert scans[0]["Actual Rows"] == 1  # stopped at the first
+                assert not [n for n in nodes if n["Node Type"] == "Sort"]
+            else:
+                rows = (
+                    await connection.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + statement, parameters
+                    )
+                ).all()
+                details = [row._mapping["detail"] for row in rows]
+                assert f"SEARCH queued USING INDEX {CLAIM_INDEX} (status=?)" in (
+                    details
+                ), details
+                assert not [d for d in details if "TEMP B-TREE" in d], details
+            await transaction.rollback()
+    finally:
+        await database.aclose()
+
+
+CLAIM_INDEX = "ix_executions_claim_order"
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a PostgreSQL JSON plan, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
