@@ -225,6 +225,8 @@ class Service:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    ready: bool = False
+    """Set by whoever saw it up (a worker: once it says it is running)."""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -575,6 +577,7 @@ class Stack:
         self.workers.append(worker)
         worker.start()
         await worker.wait_for_output("worker running")
+        worker.ready = True
         return worker
 
     def services(self) -> list[Service]:
@@ -1030,9 +1033,12 @@ class _Run:
         detail = ""
         stack = self.stack
         if fault == "kill-worker":
-            # A replacement still starting is not a victim: let it finish.
-            await self.settle_workers()
-            victim = stack.workers.pop(0)
+            # The oldest worker that is up: a replacement still starting is
+            # not a victim (unless none is up, and then wait for one).
+            if not any(worker.ready for worker in stack.workers):
+                await self.settle_workers()
+            victim = next(worker for worker in stack.workers if worker.ready)
+            stack.workers.remove(victim)
             await asyncio.to_thread(victim.kill)
             stack.retired.append(victim)
             detail = await self._window_after_kill(victim)
@@ -1103,7 +1109,6 @@ class _Run:
                 for index, fault in enumerate(self.options.faults, start=1):
                     await self.pace(index)
                     self.faults.append(await self.inject(fault))
-                await self.settle_workers()
                 say("faults done; waiting for every execution to end")
                 await self.wait_terminal()
                 say("every execution ended (or the bound passed)")
