@@ -629,7 +629,7 @@ class Stack:
                     while index < len(lines) and not stamp.match(lines[index]):
                         block.append(lines[index])
                         index += 1
-                    kept = block if len(block) <= 30 else block[:4] + block[-26:]
+                    kept = _our_frames(block)
                     seen[f"{service.name}: " + "\n    ".join(kept)] += 1
                     continue
                 if level.search(line):
@@ -640,6 +640,21 @@ class Stack:
             line + (f"  (x{count})" if count > 1 else "")
             for line, count in list(seen.items())[:limit]
         ]
+
+
+def _our_frames(block: list[str]) -> list[str]:
+    """A traceback cut to Noteburst's own frames and the exception at the end.
+
+    Library frames (SQLAlchemy, asyncpg) are most of a database error's
+    traceback; the code path that matters is ours.
+    """
+    if len(block) <= 30:
+        return block
+    kept = [block[0]]
+    for index, line in enumerate(block[1:-6], start=1):
+        if "/noteburst/" in line and "site-packages" not in line:
+            kept += block[index : index + 2]
+    return [*kept, "    ...", *block[-6:]]
 
 
 # --------------------------------------------------------------------------
