@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 def test_crashes_and_restarts_lose_nothing() -> None:
     missing = tools_missing()
     if missing is not None:
-        pytest.skip(missing)
+        pytest.fail(missing)
     options = ChaosOptions(
         executions=12,
         faults=SCENARIOS["one-each"],

@@ -75,6 +75,7 @@ __all__ = [
     "MIGRATION_LOCK_KEY",
     "SLOW_COMMIT_SECONDS",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "STATEMENT_TIMEOUT_SECONDS",
     "Database",
     "alembic_config",
     "is_connection_failure",
@@ -110,6 +111,12 @@ threshold is far above a normal commit, so only stalls are logged.
 """
 
 _CONNECT_TIMEOUT_SECONDS = 10.0
+
+STATEMENT_TIMEOUT_SECONDS = 60.0
+"""Longest a PostgreSQL statement may take before the client gives up on it.
+
+Far above any statement Noteburst sends (the largest moves one notebook).
+"""
 _PING_TIMEOUT_SECONDS = 10.0
 
 _logger = structlog.get_logger("noteburst.database")
@@ -207,7 +214,14 @@ def make_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
         engine = create_async_engine(
             parsed,
             echo=echo,
-            connect_args={"timeout": _CONNECT_TIMEOUT_SECONDS},
+            connect_args={
+                "timeout": _CONNECT_TIMEOUT_SECONDS,
+                # A bound on every statement: a connection that died without
+                # a word (a half-open socket after a failover) would
+                # otherwise hold its transaction, and the worker, forever.
+                # Expired, it is a connection failure, retried as such.
+                "command_timeout": STATEMENT_TIMEOUT_SECONDS,
+            },
         )
         _ping_on_checkout(engine)
         return engine
