@@ -3,7 +3,10 @@
 ``create_app`` is the web entry point's factory.  Its lifespan builds the
 process context and, when this process runs a worker (the embedded default,
 or ``serve --with-worker``), starts the Dramatiq worker beside the API on
-its own loop thread, sharing an in-process event bus with it.
+its own loop thread, sharing an in-process event bus with it.  Every
+request and websocket handshake addressed to a name outside
+``Config.effective_allowed_hosts`` is refused first, so that a web page
+on a name rebound to this address (DNS rebinding) cannot run code here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -20,6 +22,8 @@ import dramatiq
 import structlog
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -157,22 +161,31 @@ def check_config(config: Config) -> None:
         Raised if Redis is set without a Postgres database: separate worker
         processes could not push events to the API through SQLite; or if
         ``auth_mode=none`` would serve a non-loopback host without
-        ``allow_unauthenticated``; or ``auth_mode=proxy`` has no trusted
-        proxies.
+        ``allow_unauthenticated`` and ``allowed_hosts``; or
+        ``auth_mode=proxy`` has no trusted proxies.
     """
     auth = config.auth
-    if (
-        auth.mode == "none"
-        and not auth.allow_unauthenticated
-        and not _is_loopback(config.host)
-    ):
-        msg = (
-            f"NOTEBURST_AUTH_MODE=none on the non-loopback host {config.host!r} "
-            "would make anyone who can reach it an administrator: choose "
-            "NOTEBURST_AUTH_MODE=tokens or proxy, or set "
-            "NOTEBURST_ALLOW_UNAUTHENTICATED=true"
-        )
-        raise ConfigurationError(msg)
+    if auth.mode == "none" and not config.binds_loopback:
+        if not auth.allow_unauthenticated:
+            msg = (
+                f"NOTEBURST_AUTH_MODE=none on the non-loopback host "
+                f"{config.host!r} would make anyone who can reach it an "
+                "administrator: choose NOTEBURST_AUTH_MODE=tokens or proxy, or "
+                "set NOTEBURST_ALLOW_UNAUTHENTICATED=true"
+            )
+            raise ConfigurationError(msg)
+        if config.allowed_hosts is None:
+            # Anyone who can reach it includes every web page its users
+            # open: one on a name rebound to this address would be
+            # same-origin to their browser (see Config.effective_allowed_hosts).
+            msg = (
+                f"NOTEBURST_AUTH_MODE=none on the non-loopback host "
+                f"{config.host!r} needs NOTEBURST_ALLOWED_HOSTS, the names "
+                "clients reach it by: accepting any name would let a web "
+                "page on a name rebound to this address run code here "
+                '(["*"] accepts that)'
+            )
+            raise ConfigurationError(msg)
     if auth.mode == "proxy" and not auth.trusted_proxies:
         msg = (
             "NOTEBURST_AUTH_MODE=proxy needs NOTEBURST_TRUSTED_PROXIES (the "
@@ -292,18 +305,23 @@ def create_app(
             Route("/healthz", _healthz),
             *static_routes(_STATIC_PREFIX),
         ],
+        middleware=[
+            # The Host check against DNS rebinding (see
+            # Config.effective_allowed_hosts), on every route.  Starlette's
+            # own: it checks websocket handshakes as well as HTTP requests,
+            # refusing both with 400 "Invalid host header" (a handshake
+            # before it is accepted, as an HTTP denial response), and parses
+            # bracketed IPv6 hosts.  No www. redirect: a refused name is
+            # refused, not sent elsewhere.
+            Middleware(
+                TrustedHostMiddleware,
+                allowed_hosts=cfg.effective_allowed_hosts,
+                www_redirect=False,
+            ),
+        ],
         lifespan=lifespan,
         max_body_size=request_body_limit(cfg),
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _prepare_database(config: Config) -> None:

@@ -19,8 +19,10 @@ variables tables of docs/configuration.md are generated from these models
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import re
 import sys
 from functools import cache
 from ipaddress import IPv4Network, IPv6Network
@@ -66,6 +68,7 @@ __all__ = [
     "Variable",
     "WebhookSettings",
     "WorkerSettings",
+    "host_pattern",
     "render_configuration_docs",
     "render_variables",
     "variables",
@@ -460,7 +463,7 @@ class AuthSettings(_Group):
         False,
         description=(
             "Let auth_mode=none serve on a non-loopback host (anyone who can "
-            "reach it is an administrator)."
+            "reach it is an administrator); allowed_hosts must then be set."
         ),
     )
     trusted_proxies: list[IPv4Network | IPv6Network] = Field(
@@ -618,6 +621,19 @@ class Config(BaseSettings):
             "http://host:port."
         ),
     )
+    allowed_hosts: Annotated[list[str] | None, _EmptyIsUnset] = Field(
+        None,
+        description=(
+            "Names requests may be addressed to (the Host header, port left "
+            'out; JSON list, e.g. ["noteburst.example"]; "*.example.org" '
+            'covers its subdomains, "*" any name); other requests get HTTP '
+            "400, so that a web page on a name rebound to this address (DNS "
+            "rebinding) cannot use it. Unset: on a loopback host, localhost, "
+            "127.0.0.1, [::1] and the host itself; elsewhere any name, except "
+            "that auth_mode=none there needs it set."
+        ),
+        json_schema_extra=_shown("loopback names on a loopback host, else any"),
+    )
     secret_key: SecretStr | None = Field(
         None,
         description=(
@@ -700,6 +716,65 @@ class Config(BaseSettings):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            msg = "an empty list would refuse every request: leave it unset"
+            raise ValueError(msg)
+        return [host_pattern(entry) for entry in value]
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (or ``localhost``)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def effective_allowed_hosts(self) -> list[str]:
+        """The names requests may be addressed to (see ``allowed_hosts``).
+
+        DNS rebinding: a web page on a name its author controls can, once
+        loaded, have that name resolve to 127.0.0.1 (or any address the
+        browser reaches), and the browser then lets the page talk to what
+        listens there as to its own origin, with no CORS or Origin check
+        to stop it.  The only trace is the ``Host`` header, which carries
+        the page's name.  Jupyter refuses such names for this reason.
+
+        - ``allowed_hosts`` set: exactly that list (loopback names are not
+          added, so a loopback server behind a local reverse proxy lists
+          both, if local clients also connect directly).
+        - Unset, on a loopback host: where the embedded default runs with
+          no authentication and every caller may run code, so only names
+          no DNS answer can change: ``localhost`` (browsers and the
+          system's hosts file resolve it locally), ``127.0.0.1``,
+          ``[::1]``, and the bound address if it is another loopback one.
+          ``*.localhost`` is left out: major browsers keep it on loopback,
+          but other resolvers may ask DNS, whose answer a hostile network
+          chooses; nothing of Noteburst's needs it (list it to use it).
+        - Unset, elsewhere: any name.  The names an ingress forwards, and
+          the pod address a Kubernetes probe uses, are not known here, and
+          a fixed list would break them; and off loopback callers
+          authenticate (:func:`noteburst.app.check_config` refuses
+          ``auth_mode=none`` there without this list), with credentials a
+          rebound page does not have: a token is sent only by code that
+          holds it, and an ingress sets the proxy headers only for its own
+          names, whose cookies the browser does not send to the attacker's.
+        """
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        if not self.binds_loopback:
+            return ["*"]
+        names = ["localhost", "127.0.0.1", "[::1]"]
+        bound = host_pattern(self.host)
+        return names if bound in names else [*names, bound]
+
     @property
     def is_embedded(self) -> bool:
         """Whether this process runs the in-process queue and worker."""
@@ -730,6 +805,37 @@ class Config(BaseSettings):
                 continue
             env[variable.name] = _as_variable(value)
         return env
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+
+def host_pattern(entry: str) -> str:
+    """Return an ``allowed_hosts`` entry as the Host check compares it.
+
+    Lowercase, an IPv6 address in brackets (as the ``Host`` header has
+    it), in its compressed form (as browsers write it).
+
+    Raises
+    ------
+    ValueError
+        Raised if the entry is not a host name, ``*.`` and a domain, an IP
+        address or ``*`` (a scheme or a port is a mistake: the check
+        compares names only).
+    """
+    pattern = entry.strip().lower()
+    if pattern == "*":
+        return pattern
+    bracketed = pattern.startswith("[") and pattern.endswith("]")
+    with contextlib.suppress(ValueError):
+        return f"[{ipaddress.IPv6Address(pattern[1:-1] if bracketed else pattern)}]"
+    if _HOST_NAME.fullmatch(pattern):
+        return pattern
+    msg = (
+        f"{entry!r} is not a host name, *.domain, IP address or *: give "
+        "names without scheme or port"
+    )
+    raise ValueError(msg)
 
 
 class Variable(NamedTuple):

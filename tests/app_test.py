@@ -466,7 +466,7 @@ async def test_served_connections_do_not_wait_for_delayed_acks(
         port = int(app.url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
             client = writer.get_extra_info("socket")
             nodelay = await asyncio.to_thread(_server_side_nodelay, port, client)

@@ -146,6 +146,12 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
         13,
     ),
     ("NOTEBURST_PUBLIC_URL", "https://nb.example", "public_url", "https://nb.example"),
+    (
+        "NOTEBURST_ALLOWED_HOSTS",
+        '["NB.example", "*.apps.example", "::1"]',
+        "allowed_hosts",
+        ["nb.example", "*.apps.example", "[::1]"],
+    ),
     ("NOTEBURST_SECRET_KEY", "k1,k2", "secret_key", SecretStr("k1,k2")),
     (
         "NOTEBURST_WEBHOOK_ALLOWED_NETWORKS",
@@ -317,8 +323,67 @@ def test_unauthenticated_mode_stays_on_loopback(tmp_path: Path) -> None:
         check_config(Config(data_dir=tmp_path, host=host))
     with pytest.raises(ConfigurationError, match="ALLOW_UNAUTHENTICATED"):
         check_config(Config(data_dir=tmp_path, host="0.0.0.0"))
-    check_config(Config(data_dir=tmp_path, host="0.0.0.0", allow_unauthenticated=True))
+    # Off loopback without authentication, the names must be stated too: a
+    # page on any name rebound to the address could run code otherwise.
+    with pytest.raises(ConfigurationError, match="ALLOWED_HOSTS"):
+        check_config(
+            Config(data_dir=tmp_path, host="0.0.0.0", allow_unauthenticated=True)
+        )
+    for hosts in (["nb.lan"], ["*"]):
+        check_config(
+            Config(
+                data_dir=tmp_path,
+                host="0.0.0.0",
+                allow_unauthenticated=True,
+                allowed_hosts=hosts,
+            )
+        )
     check_config(Config(data_dir=tmp_path, host="0.0.0.0", auth_mode="tokens"))
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", ["localhost", "127.0.0.1", "[::1]"]),
+        ("localhost", ["localhost", "127.0.0.1", "[::1]"]),
+        ("::1", ["localhost", "127.0.0.1", "[::1]"]),
+        ("127.0.0.2", ["localhost", "127.0.0.1", "[::1]", "127.0.0.2"]),
+        ("0.0.0.0", ["*"]),
+        ("10.0.0.5", ["*"]),
+        ("::", ["*"]),
+    ],
+)
+def test_allowed_hosts_default_to_loopback_names_on_loopback(
+    host: str, expected: list[str]
+) -> None:
+    """No name a DNS answer could point here is accepted on loopback.
+
+    ``*.localhost`` is not among them (see Config.effective_allowed_hosts).
+    """
+    assert Config(host=host).effective_allowed_hosts == expected
+
+
+def test_allowed_hosts_replace_the_default() -> None:
+    config = Config(allowed_hosts=["nb.example"])
+    assert config.effective_allowed_hosts == ["nb.example"]
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["https://nb.example"],
+        ["nb.example:8000"],
+        ["nb.example/graphql"],
+        ["*nb.example"],
+        ["nb.*.example"],
+        ["[::1"],
+        [""],
+        [],
+    ],
+)
+def test_allowed_hosts_are_names_without_scheme_or_port(hosts: list[str]) -> None:
+    with pytest.raises(ValueError, match="allowed_hosts"):
+        Config(allowed_hosts=hosts)
 
 
 def test_proxy_mode_needs_trusted_proxies(tmp_path: Path) -> None:
