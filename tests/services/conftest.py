@@ -12,20 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-from dramatiq.brokers.stub import StubBroker
 
-from noteburst.domain.auth import LOCAL_CALLER
-from noteburst.factory import (
-    ApiContext,
-    ApiFactory,
-    WorkerContext,
-    WorkerFactory,
-    create_broker,
-)
-from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
-from tests.support.runner_harness import Harness
-from tests.support.services import services_for
+from tests.support.runner_harness import Harness, build_harness
 
 
 @pytest_asyncio.fixture
@@ -42,20 +31,5 @@ async def harness(
         # tests were written for; the gathering is tested in progress_test.py.
         progress_flush_seconds=0,
     )
-    broker = create_broker(config)
-    assert isinstance(broker, StubBroker)
-    bus = LocalEventBus()
-    api = await ApiContext.build(config, broker=broker, local_bus=bus)
-    worker = await WorkerContext.build(config, broker=broker, bus=bus)
-    try:
-        yield Harness(
-            service=services_for(ApiFactory(api), LOCAL_CALLER),
-            runner=WorkerFactory(worker).create_runner(),
-            recovery=WorkerFactory(worker).create_recovery_sweep(),
-            api=api,
-            broker=broker,
-            worker=worker,
-        )
-    finally:
-        await worker.aclose()
-        await api.aclose()
+    async with build_harness(config) as harness:
+        yield harness

@@ -20,29 +20,23 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import structlog
-from dramatiq.brokers.stub import StubBroker
 from structlog.testing import capture_logs
 
 from noteburst.config import WorkerSettings
-from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionStatus
 from noteburst.exceptions import ServiceUnavailableError
-from noteburst.factory import (
-    ApiContext,
-    ApiFactory,
-    WorkerContext,
-    WorkerFactory,
-    create_broker,
-)
 from noteburst.services.outage import Backoff, until_available
 from noteburst.services.recovery import RecoverySweep
 from noteburst.storage.database import Database
-from noteburst.storage.events import LocalEventBus
 from tests.support.app import make_config
 from tests.support.notebooks import held_until, notebook
-from tests.support.runner_harness import Harness, cell_started, stored_events
+from tests.support.runner_harness import (
+    Harness,
+    build_harness,
+    cell_started,
+    stored_events,
+)
 from tests.support.servers import PrivatePostgres, private_postgres
-from tests.support.services import services_for
 from tests.support.waiting import wait_until
 
 TIMEOUT = 120.0
@@ -116,25 +110,12 @@ async def outage_harness(
         progress_flush_seconds=0,
         worker_lease_seconds=30,
     )
-    broker = create_broker(config)
-    assert isinstance(broker, StubBroker)
-    bus = LocalEventBus()
-    api = await ApiContext.build(config, broker=broker, local_bus=bus)
-    worker = await WorkerContext.build(config, broker=broker, bus=bus)
     try:
-        yield Harness(
-            service=services_for(ApiFactory(api), LOCAL_CALLER),
-            runner=WorkerFactory(worker).create_runner(),
-            recovery=WorkerFactory(worker).create_recovery_sweep(),
-            api=api,
-            broker=broker,
-            worker=worker,
-        )
+        async with build_harness(config) as harness:
+            yield harness
     finally:
         if not own_postgres.is_running():
             await asyncio.to_thread(own_postgres.start)
-        await worker.aclose()
-        await api.aclose()
 
 
 @pytest.mark.asyncio

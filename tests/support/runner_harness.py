@@ -13,15 +13,26 @@ events of an execution, and the moment a cell starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dramatiq.brokers.stub import StubBroker
 
+from noteburst.config import Config
+from noteburst.domain.auth import LOCAL_CALLER
 from noteburst.domain.execution import EventKind, ExecutionEvent
-from noteburst.factory import ApiContext, WorkerContext
+from noteburst.factory import (
+    ApiContext,
+    ApiFactory,
+    WorkerContext,
+    WorkerFactory,
+    create_broker,
+)
 from noteburst.services.recovery import RecoverySweep
 from noteburst.services.runner import ExecutionRunner
-from tests.support.services import CallerServices
+from noteburst.storage.events import LocalEventBus
+from tests.support.services import CallerServices, services_for
 
 
 @dataclass
@@ -32,6 +43,30 @@ class Harness:
     api: ApiContext
     broker: StubBroker
     worker: WorkerContext
+
+
+@contextlib.asynccontextmanager
+async def build_harness(config: Config) -> AsyncIterator[Harness]:
+    """Build a harness on ``config``'s (migrated) database; close it after."""
+    broker = create_broker(config)
+    assert isinstance(broker, StubBroker)
+    bus = LocalEventBus()
+    api = await ApiContext.build(config, broker=broker, local_bus=bus)
+    try:
+        worker = await WorkerContext.build(config, broker=broker, bus=bus)
+        try:
+            yield Harness(
+                service=services_for(ApiFactory(api), LOCAL_CALLER),
+                runner=WorkerFactory(worker).create_runner(),
+                recovery=WorkerFactory(worker).create_recovery_sweep(),
+                api=api,
+                broker=broker,
+                worker=worker,
+            )
+        finally:
+            await worker.aclose()
+    finally:
+        await api.aclose()
 
 
 async def stored_events(harness: Harness, execution_id: str) -> list[ExecutionEvent]:
