@@ -196,6 +196,8 @@ class WorkerRuntime(Middleware):
                 after_outage = False
             try:
                 await self.factory().create_webhook_service().sweep()
+            except ServiceUnavailableError as exc:
+                _logger.warning("Webhook sweep skipped", error=str(exc))
             except Exception:
                 _logger.exception("Webhook sweep failed")
 
