@@ -137,7 +137,9 @@ class _Batch:
         if self._next is None and self._error is None:
             await self._ready.wait()
         if self._error is not None:
-            raise self._error
+            # One error, many watchers: each raises its own, chained to it.
+            msg = "the execution's event feed failed"
+            raise RuntimeError(msg) from self._error
         assert self._next is not None
         return self._next
 
