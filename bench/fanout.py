@@ -213,6 +213,20 @@ async def measure(
     name: str, config: Config, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
     """Watch one execution with ``args.watchers`` subscribers; return figures."""
+    try:
+        return await _measure(name, config, args, tmp)
+    except BenchError as exc:
+        log = tmp / f"{name}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        first = max(0, text.find("[error"))
+        excerpt = text[first : first + 3000]
+        msg = f"{name}: {exc}\nthe server's first error:\n{excerpt}"
+        raise BenchError(msg) from exc
+
+
+async def _measure(
+    name: str, config: Config, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
     print(f"{name}: starting noteburst serve…", flush=True)
     async with (
         serve(config, tmp / f"{name}.log") as (url, pid),

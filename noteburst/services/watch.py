@@ -50,8 +50,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Sequence,
+)
 from dataclasses import dataclass, replace
+from functools import partial
 
 from ..domain.auth import Caller
 from ..domain.execution import EventKind, Execution, ExecutionEvent
@@ -64,6 +72,9 @@ __all__ = ["EventFeeds", "ExecutionWatcher", "WatchedEvent"]
 
 Kinds = frozenset[EventKind] | None
 """The kinds a watcher wants (always with ``FINISHED``); None: every kind."""
+
+_Read = tuple[Execution, Sequence[ExecutionEvent]]
+"""A watcher's own read: the execution, and its events up to it."""
 
 FEED_START_SECONDS = 30.0
 """How long a watcher waits for a new feed to subscribe to the bus."""
@@ -180,6 +191,8 @@ class _Feed:
         """The kinds that reads not published yet covered (None: no such read)."""
         self.reads = 0
         """Reads made (for tests and metrics)."""
+        self._reading: dict[Hashable, asyncio.Future[_Read]] = {}
+        """Watchers' backlog reads in flight (see :meth:`read_once`)."""
         self.task = asyncio.create_task(self._run(), name=f"noteburst-feed-{stream}")
 
     def want(self, kinds: Kinds, count: int) -> None:
@@ -208,6 +221,41 @@ class _Feed:
         if not self._listening.is_set():
             self.task.result()  # its error
             raise RuntimeError("event feed stopped")  # pragma: no cover
+
+    async def read_once(
+        self, key: Hashable, read: Callable[[], Awaitable[_Read]]
+    ) -> _Read:
+        """Return what ``read`` returns, or what an identical read in flight does.
+
+        Watchers that join at once (a page shown to many, opened together)
+        make the same backlog read; ``key`` says which reads are the same
+        (their resume point, kinds and owner).  Sharing one that started
+        before a watcher joined is safe: the feed was listening before any
+        of its watchers read, so whatever that read missed reaches the
+        chain, and the watcher's walk reads for itself whatever the chain
+        has already passed (see :meth:`ExecutionWatcher._walk`).
+        """
+        shared = self._reading.get(key)
+        if shared is None:
+            shared = self._reading[key] = asyncio.ensure_future(read())
+            shared.add_done_callback(lambda done: self._forget(key, done))
+            return await asyncio.shield(shared)
+        try:
+            return await asyncio.shield(shared)
+        except Exception:
+            # Not this watcher's read: its own gives it its own error.
+            return await read()
+
+    def _forget(self, key: Hashable, done: asyncio.Future[_Read]) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # raised to whoever awaited it
+
+    def stop_reads(self) -> None:
+        """Cancel the shared reads in flight (their watchers have gone)."""
+        for read in list(self._reading.values()):
+            read.cancel()
 
     def anchor(self, through: int, execution: Execution) -> _Batch:
         """Start the chain after a watcher read up to ``through``; the newest batch."""
@@ -316,6 +364,7 @@ class EventFeeds:
             if feed.users == 0:
                 if self._feeds.get(stream) is feed:
                     del self._feeds[stream]
+                feed.stop_reads()
                 await _stop(feed.task)
 
     async def aclose(self) -> None:
@@ -391,11 +440,15 @@ class ExecutionWatcher:
         wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
         follower = False
         async with self._feeds.join(execution_id, wanted) as feed:
-            execution, events = await self._read_own(
-                execution_id,
-                after=after_sequence,
-                kinds=wanted,
-                owner=self._owner,
+            execution, events = await feed.read_once(
+                (after_sequence, wanted, self._owner),
+                partial(
+                    self._read_own,
+                    execution_id,
+                    after=after_sequence,
+                    kinds=wanted,
+                    owner=self._owner,
+                ),
             )
             if execution.shares_run_of is not None:
                 # Its events are the shared run's (or, cancelled alone, its
@@ -475,8 +528,9 @@ class ExecutionWatcher:
             ):
                 # The feed read further than this watcher (or for other
                 # kinds): read the difference, up to at least batch.end.
-                own, backlog = await self._read_own(
-                    feed.stream, after=covered, kinds=kinds
+                own, backlog = await feed.read_once(
+                    (covered, kinds, None),
+                    partial(self._read_own, feed.stream, after=covered, kinds=kinds),
                 )
                 for event in backlog:
                     yield WatchedEvent(event=event, execution=own)

@@ -438,3 +438,48 @@ async def test_a_late_joiner_behind_the_feed_gets_every_event_once(
     stored = await _events(harness, execution.id)
     assert late_seen == stored
     assert [early_first, *early_rest] == stored[early_first.sequence - 1 :]
+
+
+@pytest.mark.asyncio
+async def test_watchers_joining_at_once_share_their_backlog_read(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty watchers subscribing together make one backlog read, not twenty.
+
+    At 10,000 subscribers opened together on PostgreSQL each read on its
+    own, and the waits for a pooled connection timed out (bench/fanout.py).
+    """
+    release = tmp_path / "release"
+    execution = await harness.service.submissions.submit(
+        notebook(_held_until(release), "print('a')")
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    backlog_reads = 0
+    real_read_own = ExecutionWatcher._read_own
+
+    async def counted(self: ExecutionWatcher, *args: Any, **kwargs: Any) -> Any:
+        nonlocal backlog_reads
+        backlog_reads += 1
+        return await real_read_own(self, *args, **kwargs)
+
+    watches = [
+        harness.service.watcher.watch(execution.id, kinds=_STATUS) for _ in range(20)
+    ]
+    try:
+        await _cell_started(harness, execution.id, 0)
+        monkeypatch.setattr(ExecutionWatcher, "_read_own", counted)
+        async with asyncio.timeout(60):
+            firsts = await asyncio.gather(*(anext(watch) for watch in watches))
+        release.touch()
+        async with asyncio.timeout(60):
+            rests = await asyncio.gather(*(_rest(watch) for watch in watches))
+            await run
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+        for watch in watches:
+            await watch.aclose()  # type: ignore[attr-defined]
+    assert backlog_reads == 1
+    assert {w.event.kind for w in firsts} == {EventKind.RUNNING}
+    assert [[e.kind for e in rest] for rest in rests] == [[EventKind.FINISHED]] * 20
