@@ -57,7 +57,7 @@ from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner
 from .services.submission import SubmissionService
-from .services.watch import ExecutionWatcher
+from .services.watch import EventFeeds, ExecutionWatcher
 from .services.webhook import WebhookService
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
@@ -127,6 +127,8 @@ class ApiContext:
     database: Database
     bus: EventBus
     """Where the events subscriptions wait for are announced."""
+    feeds: EventFeeds
+    """The shared readers of the executions watched in this process."""
     task_queue: TaskQueue
     """Sends wake-ups to workers (Dramatiq)."""
     kernel_names: tuple[str, ...]
@@ -174,6 +176,8 @@ class ApiContext:
                 bus = LocalEventBus()
             await bus.start()
             stack.push_async_callback(bus.aclose)
+            feeds = EventFeeds(database=database, bus=bus)
+            stack.push_async_callback(feeds.aclose)
             jupyter = config.jupyter
             async with _http_client(config) as http:
                 kernel_names = await discover_kernel_names(
@@ -190,6 +194,7 @@ class ApiContext:
             config=config,
             database=database,
             bus=bus,
+            feeds=feeds,
             task_queue=TaskQueue(broker),
             kernel_names=tuple(kernel_names),
             token_cache=TokenCache(ttl=config.auth.token_cache_seconds),
@@ -510,8 +515,12 @@ class ApiFactory:
 
     def create_watcher(self, caller: Caller) -> ExecutionWatcher:
         """Service behind the ``executionStatus`` subscription."""
+        context = self._context
         return ExecutionWatcher(
-            caller=caller, database=self._context.database, bus=self._context.bus
+            caller=caller,
+            database=context.database,
+            bus=context.bus,
+            feeds=context.feeds,
         )
 
     def create_webhook_service(self) -> WebhookService:

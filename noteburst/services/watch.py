@@ -1,24 +1,68 @@
 """Watching an execution: its stored events, then live ones, until it ends.
 
-Watching is "subscribe, then read": the watcher registers with the event
-bus before reading stored events, and re-reads after every wake-up, so it
-sees each stored event exactly once in sequence order, however late it
-joined.  The bus carries no data, only "look again" (see
-:mod:`noteburst.storage.events`), so a lost or repeated wake-up can neither
-lose nor repeat an event.  This is the logic behind the GraphQL
-subscription, kept apart from its resolver (as Strawberry's docs advise).
+Watching is "subscribe, then read": a watcher registers for wake-ups before
+reading stored events, and reads again after every wake-up, so it sees each
+stored event exactly once in sequence order, however late it joined.  The
+bus carries no data, only "look again" (see :mod:`noteburst.storage.events`),
+so a lost or repeated wake-up can neither lose nor repeat an event.  This is
+the logic behind the GraphQL subscription, kept apart from its resolver (as
+Strawberry's docs advise).
+
+Many watchers of one execution share one reader.  A dashboard shown to a
+thousand people has a thousand subscriptions to one execution; when each
+read the log for itself after every wake-up, a thousand identical reads
+stood between the event and the last of them (on PostgreSQL the spread of
+the terminal event was ~0.4-0.8 s at 1,000 watchers, see
+``bench/README.md``).  So :class:`EventFeeds` (one per API process) keeps,
+per execution being watched here, one :class:`_Feed`: one bus subscription
+and one task that, on each wake-up, reads the execution and the events after
+the last one it read, once, and appends them as a :class:`_Batch` to a
+chain that every local watcher walks.  Watchers share the batches and the
+event objects in them; each applies its own ``kinds`` (a batch keeps one
+filtered view per distinct ``kinds``) and its own resume point.  A watcher
+holds a reference into the chain and nothing else: no queue, no signal, no
+read of its own once it has caught up.  Watchers that subscribe together
+(a page opened by a class at once) share their backlog read as well
+(:meth:`_Feed.read_once`): 10,000 of them reading one by one held the
+database pool long enough for connection waits to time out.
+
+The log's gap-free sequence stays the truth, and what makes joining safe.
+Each read is bounded (``through``) by the execution's ``last_sequence``,
+read first in the same transaction, so it covers exactly the sequences
+``(after, through]`` whatever the kinds, and the execution read with the
+events is exactly as of the last of them (a ``FINISHED`` event always comes
+with the ended execution).  A batch records the range it covers and the
+kinds it was read for.  A watcher joins the feed (so the feed is subscribed
+to the bus), then reads its own backlog up to ``through``; it starts
+walking at the feed's newest batch and, if that batch already reaches past
+its own read, reads once more up to a ``through`` that covers it.  From
+there it takes from each later batch only the sequences above the ones it
+has, and reads for itself only when a batch cannot serve it (read before
+its kinds were added to the feed's): gaps and repeats are impossible by
+construction, and a terminal execution ends a watch only once it has read
+up to the execution's last sequence, which is its ``FINISHED`` event.
 
 A follower of a shared run (see :mod:`noteburst.storage.executions.cache`)
-has no events of its own: its watcher follows the run it shares, and
-yields each of that run's events with the follower as its execution.
+has no events of its own: its watcher follows the run it shares, reading
+for itself, and yields each of that run's events with the follower as its
+execution.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Sequence,
+)
 from dataclasses import dataclass, replace
+from functools import partial
 
 from ..domain.auth import Caller
 from ..domain.execution import EventKind, Execution, ExecutionEvent
@@ -27,7 +71,18 @@ from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.unit_of_work import UnitOfWork
 
-__all__ = ["ExecutionWatcher", "WatchedEvent"]
+__all__ = ["EventFeeds", "ExecutionWatcher", "WatchedEvent"]
+
+Kinds = frozenset[EventKind] | None
+"""The kinds a watcher wants (always with ``FINISHED``); None: every kind."""
+
+_Read = tuple[Execution, Sequence[ExecutionEvent]]
+"""A watcher's own read: the execution, and its events up to it."""
+
+FEED_START_SECONDS = 30.0
+"""How long a watcher waits for a new feed to subscribe to the bus."""
+FEED_STOP_SECONDS = 10.0
+"""How long a feed's task may take to stop once cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +91,299 @@ class WatchedEvent:
 
     event: ExecutionEvent
     execution: Execution
+
+
+class _Batch:
+    """One read of a feed: the events of ``(start, end]`` of some kinds.
+
+    ``kinds`` are those the read asked for (None: all): a watcher wanting
+    others cannot be served by this batch.  ``execution`` is as of
+    ``end``.  Batches form a chain (``following``), walked by every
+    watcher of the feed; the first batch is an empty anchor.
+    """
+
+    __slots__ = (
+        "_error",
+        "_next",
+        "_ready",
+        "_views",
+        "end",
+        "events",
+        "execution",
+        "kinds",
+        "start",
+    )
+
+    def __init__(
+        self,
+        *,
+        start: int,
+        end: int,
+        kinds: Kinds,
+        events: Sequence[ExecutionEvent],
+        execution: Execution,
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.kinds = kinds
+        self.events = events
+        self.execution = execution
+        self._next: _Batch | None = None
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._views: dict[Kinds, tuple[ExecutionEvent, ...]] = {}
+
+    def serves(self, kinds: Kinds) -> bool:
+        """Whether this batch holds every event of ``kinds`` in its range."""
+        return self.kinds is None or (kinds is not None and kinds <= self.kinds)
+
+    def view(self, kinds: Kinds) -> Sequence[ExecutionEvent]:
+        """Return the events of ``kinds``, filtered once for all their watchers."""
+        if kinds is None or kinds == self.kinds:
+            return self.events
+        view = self._views.get(kinds)
+        if view is None:
+            view = self._views[kinds] = tuple(e for e in self.events if e.kind in kinds)
+        return view
+
+    async def following(self) -> _Batch:
+        """Wait for the next batch (or the feed's failure) and return it."""
+        if self._next is None and self._error is None:
+            await self._ready.wait()
+        if self._error is not None:
+            # One error, many watchers: each raises its own, chained to it.
+            msg = "the execution's event feed failed"
+            raise RuntimeError(msg) from self._error
+        assert self._next is not None
+        return self._next
+
+    def link(self, batch: _Batch) -> None:
+        self._next = batch
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+
+def _narrowest(first: Kinds, second: Kinds) -> Kinds:
+    """Return the kinds two reads both covered."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first & second
+
+
+class _Feed:
+    """The shared reader of one execution's events in this process."""
+
+    def __init__(self, stream: str, *, database: Database, bus: EventBus) -> None:
+        self.stream = stream
+        self._db = database
+        self._bus = bus
+        self.users = 0
+        self._wants: Counter[Kinds] = Counter()
+        self.head: _Batch | None = None
+        """The newest batch; None until a watcher has anchored the feed."""
+        self._listening = asyncio.Event()
+        self._anchored = asyncio.Event()
+        self._position = 0
+        """The last sequence read (published or not)."""
+        self._unpublished: tuple[Kinds] | None = None
+        """The kinds that reads not published yet covered (None: no such read)."""
+        self.reads = 0
+        """Reads made (for tests and metrics)."""
+        self._reading: dict[Hashable, asyncio.Future[_Read]] = {}
+        """Watchers' backlog reads in flight (see :meth:`read_once`)."""
+        self.task = asyncio.create_task(self._run(), name=f"noteburst-feed-{stream}")
+
+    def want(self, kinds: Kinds, count: int) -> None:
+        self._wants[kinds] += count
+        if self._wants[kinds] <= 0:
+            del self._wants[kinds]
+
+    def _kinds(self) -> Kinds:
+        """Return what the next read asks for: every kind a watcher wants."""
+        if None in self._wants:
+            return None
+        union: frozenset[EventKind] = frozenset()
+        for kinds in self._wants:
+            assert kinds is not None
+            union |= kinds
+        return union
+
+    async def listening(self) -> None:
+        """Return once the feed is subscribed to the bus."""
+        waits = [asyncio.ensure_future(self._listening.wait()), self.task]
+        try:
+            async with asyncio.timeout(FEED_START_SECONDS):
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waits[0].cancel()
+        if not self._listening.is_set():
+            self.task.result()  # its error
+            raise RuntimeError("event feed stopped")  # pragma: no cover
+
+    async def read_once(
+        self, key: Hashable, read: Callable[[], Awaitable[_Read]]
+    ) -> _Read:
+        """Return what ``read`` returns, or what an identical read in flight does.
+
+        Watchers that join at once (a page shown to many, opened together)
+        make the same backlog read; ``key`` says which reads are the same
+        (their resume point, kinds and owner).  Sharing one that started
+        before a watcher joined is safe: the feed was listening before any
+        of its watchers read, so whatever that read missed reaches the
+        chain, and the watcher's walk reads for itself whatever the chain
+        has already passed (see :meth:`ExecutionWatcher._walk`).
+        """
+        shared = self._reading.get(key)
+        if shared is None:
+            shared = self._reading[key] = asyncio.ensure_future(read())
+            shared.add_done_callback(lambda done: self._forget(key, done))
+            return await asyncio.shield(shared)
+        try:
+            return await asyncio.shield(shared)
+        except Exception:
+            # Not this watcher's read: its own gives it its own error.
+            return await read()
+
+    def _forget(self, key: Hashable, done: asyncio.Future[_Read]) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # raised to whoever awaited it
+
+    def stop_reads(self) -> None:
+        """Cancel the shared reads in flight (their watchers have gone)."""
+        for read in list(self._reading.values()):
+            read.cancel()
+
+    def anchor(self, through: int, execution: Execution) -> _Batch:
+        """Start the chain after a watcher read up to ``through``; the newest batch."""
+        if self.head is None:
+            self.head = _Batch(
+                start=through, end=through, kinds=None, events=(), execution=execution
+            )
+            self._position = through
+            self._anchored.set()
+        return self.head
+
+    async def _run(self) -> None:
+        async with self._bus.subscribe(self.stream) as signal:
+            self._listening.set()
+            await self._anchored.wait()
+            try:
+                while True:
+                    await signal.wait()
+                    if await self._read():
+                        return
+            except Exception as exc:
+                assert self.head is not None
+                self.head.fail(exc)
+                raise
+
+    async def _read(self) -> bool:
+        """Read what is new and publish it; whether the execution has ended."""
+        assert self.head is not None
+        after = self._position
+        kinds = self._kinds()
+        self.reads += 1
+        async with self._db.transaction() as tx:
+            # The execution first: its last_sequence bounds the event read
+            # (see the module docstring).  Both statements run even when
+            # nothing is new (a resync or a cancel request woke the feed):
+            # the second is an index probe that finds nothing.
+            execution = await tx.executions.get(self.stream)
+            through = after if execution is None else execution.last_sequence
+            events = await tx.events.after(
+                self.stream, after, kinds=kinds, through=through
+            )
+        if execution is None or through <= after:
+            return False
+        if self._unpublished is not None:
+            kinds = _narrowest(self._unpublished[0], kinds)
+        self._position = through
+        ended = execution.status.is_terminal
+        if not events and not ended:
+            # Nothing any watcher here wants (cell events, say, and only
+            # status watchers): no batch and no wake-up; the next batch
+            # covers this range too, for the kinds both reads asked for.
+            self._unpublished = (kinds,)
+            return False
+        batch = _Batch(
+            start=self.head.end,
+            end=through,
+            kinds=kinds,
+            events=events,
+            execution=execution,
+        )
+        self._unpublished = None
+        self.head.link(batch)
+        self.head = batch
+        return ended
+
+    def close(self) -> None:
+        """Fail the watchers waiting on this feed (the process is stopping)."""
+        if self.head is not None:
+            self.head.fail(RuntimeError("the event feeds were closed"))
+
+
+class EventFeeds:
+    """The shared readers of a process, one per execution watched in it.
+
+    Built once per API process (:class:`noteburst.factory.ApiContext`) on
+    its event loop; every :class:`ExecutionWatcher` of the process uses it.
+    """
+
+    def __init__(self, *, database: Database, bus: EventBus) -> None:
+        self._db = database
+        self._bus = bus
+        self._feeds: dict[str, _Feed] = {}
+
+    def feed(self, stream: str) -> _Feed | None:
+        """Return the feed of ``stream`` if one runs (for tests and metrics)."""
+        return self._feeds.get(stream)
+
+    @contextlib.asynccontextmanager
+    async def join(self, stream: str, kinds: Kinds) -> AsyncIterator[_Feed]:
+        """Use the feed of ``stream`` for a block, starting it if need be.
+
+        The feed is subscribed to the bus on entry: read the backlog after
+        entering, and nothing committed after that read is missed.
+        """
+        feed = self._feeds.get(stream)
+        if feed is None or feed.task.done():
+            feed = self._feeds[stream] = _Feed(stream, database=self._db, bus=self._bus)
+        feed.users += 1
+        feed.want(kinds, 1)
+        try:
+            await feed.listening()
+            yield feed
+        finally:
+            feed.users -= 1
+            feed.want(kinds, -1)
+            if feed.users == 0:
+                if self._feeds.get(stream) is feed:
+                    del self._feeds[stream]
+                feed.stop_reads()
+                await _stop(feed.task)
+
+    async def aclose(self) -> None:
+        """Stop every feed (their watchers fail with the feed's error)."""
+        feeds, self._feeds = list(self._feeds.values()), {}
+        for feed in feeds:
+            await _stop(feed.task)
+            feed.close()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait, boundedly, until it has stopped."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=FEED_STOP_SECONDS)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: its watchers were given it
 
 
 class ExecutionWatcher:
@@ -47,14 +395,19 @@ class ExecutionWatcher:
         Where executions and their events live.
     bus
         Wakes the watcher when new events are committed.
+    feeds
+        The process's shared readers.
     caller
         Who is watching: only their executions are visible unless they are
         an administrator.
     """
 
-    def __init__(self, *, database: Database, bus: EventBus, caller: Caller) -> None:
+    def __init__(
+        self, *, database: Database, bus: EventBus, feeds: EventFeeds, caller: Caller
+    ) -> None:
         self._db = database
         self._bus = bus
+        self._feeds = feeds
         self._owner = caller.owner_filter
 
     async def watch(
@@ -88,32 +441,138 @@ class ExecutionWatcher:
         if after_sequence is not None and after_sequence < 0:
             raise InvalidInputError("afterSequence", "must not be negative")
         wanted = None if kinds is None else frozenset(kinds) | {EventKind.FINISHED}
+        follower = False
+        async with self._feeds.join(execution_id, wanted) as feed:
+            execution, events = await feed.read_once(
+                (after_sequence, wanted, self._owner),
+                partial(
+                    self._read_own,
+                    execution_id,
+                    after=after_sequence,
+                    kinds=wanted,
+                    owner=self._owner,
+                ),
+            )
+            if execution.shares_run_of is not None:
+                # Its events are the shared run's (or, cancelled alone, its
+                # own end): read for itself, as below.
+                follower = True
+            else:
+                async for item in self._walk(
+                    feed,
+                    execution,
+                    events,
+                    after=after_sequence or 0,
+                    kinds=wanted,
+                ):
+                    yield item
+        if follower:
+            async for item in self._watch_follower(
+                execution_id, after_sequence=after_sequence, wanted=wanted
+            ):
+                yield item
+
+    async def _read_own(
+        self,
+        execution_id: str,
+        *,
+        after: int | None,
+        kinds: Kinds,
+        owner: str | None = None,
+    ) -> tuple[Execution, Sequence[ExecutionEvent]]:
+        """Read the execution, then its events after ``after`` up to it.
+
+        ``after`` None: the latest event of ``kinds`` (the current state).
+        The events are exactly those of ``kinds`` in ``(after,
+        execution.last_sequence]``, and the execution is as of the last.
+        """
+        async with self._db.transaction() as tx:
+            execution = await tx.executions.get(execution_id, owner=owner)
+            if execution is None:
+                raise ExecutionNotFoundError(execution_id)
+            through = execution.last_sequence
+            if after is None:
+                latest = await tx.events.latest(
+                    execution_id, kinds=kinds, through=through
+                )
+                events: Sequence[ExecutionEvent] = [] if latest is None else [latest]
+            else:
+                events = await tx.events.after(
+                    execution_id, after, kinds=kinds, through=through
+                )
+        return execution, events
+
+    async def _walk(
+        self,
+        feed: _Feed,
+        execution: Execution,
+        events: Sequence[ExecutionEvent],
+        *,
+        after: int,
+        kinds: Kinds,
+    ) -> AsyncIterator[WatchedEvent]:
+        """Yield ``events`` (read with ``execution``), then the feed's, to the end.
+
+        ``after``: nothing at or below this sequence is yielded.
+        """
+        covered = max(after, execution.last_sequence)
+        # Take a place in the chain before yielding (the feed starts
+        # reading once anchored); batches pile up behind it meanwhile.
+        ended = execution.status.is_terminal
+        batch = None if ended else feed.anchor(execution.last_sequence, execution)
+        for event in events:
+            yield WatchedEvent(event=event, execution=execution)
+        if batch is None:
+            return
+        del execution, events  # the feed's batches hold what is needed now
+        while True:
+            if batch.end > covered and (
+                batch.start > covered or not batch.serves(kinds)
+            ):
+                # The feed read further than this watcher (or for other
+                # kinds): read the difference, up to at least batch.end.
+                own, backlog = await feed.read_once(
+                    (covered, kinds, None),
+                    partial(self._read_own, feed.stream, after=covered, kinds=kinds),
+                )
+                for event in backlog:
+                    yield WatchedEvent(event=event, execution=own)
+                covered = max(covered, own.last_sequence)
+                if own.status.is_terminal:
+                    return
+                del own, backlog
+            elif batch.end > covered:
+                for event in batch.view(kinds):
+                    if event.sequence > covered:
+                        yield WatchedEvent(event=event, execution=batch.execution)
+                covered = batch.end
+                if batch.execution.status.is_terminal:
+                    return
+            batch = await batch.following()
+
+    async def _watch_follower(
+        self,
+        execution_id: str,
+        *,
+        after_sequence: int | None,
+        wanted: Kinds,
+    ) -> AsyncIterator[WatchedEvent]:
+        """:meth:`watch` for a follower of a shared run, reading for itself.
+
+        Followers are one per submission of an identical notebook, each
+        watched by its submitter: there is nothing to share.
+        """
         async with contextlib.AsyncExitStack() as subscriptions:
             signal = await subscriptions.enter_async_context(
                 self._bus.subscribe(execution_id)
             )
-            if after_sequence is not None and (
-                replay := await self._start_replay(execution_id, after_sequence, wanted)
+            async for item in self._watch_from_state(
+                execution_id,
+                subscriptions=subscriptions,
+                signal=signal,
+                after_sequence=after_sequence,
+                wanted=wanted,
             ):
-                execution, first = replay
-                events = self._follow(
-                    execution_id,
-                    stream=execution_id,
-                    execution=execution,
-                    last_seen=after_sequence,
-                    signals=(signal, signal),
-                    kinds=wanted,
-                    first=first,
-                )
-            else:
-                events = self._watch_from_state(
-                    execution_id,
-                    subscriptions=subscriptions,
-                    signal=signal,
-                    after_sequence=after_sequence,
-                    wanted=wanted,
-                )
-            async for item in events:
                 yield item
 
     async def _watch_from_state(
@@ -125,11 +584,11 @@ class ExecutionWatcher:
         after_sequence: int | None,
         wanted: frozenset[EventKind] | None,
     ) -> AsyncIterator[WatchedEvent]:
-        """:meth:`watch` from the current state, or a follower's replay.
+        """:meth:`_watch_follower` from the current state or a replay.
 
         Starts with the latest stored event (of the ``wanted`` kinds)
         unless ``after_sequence`` is given; a follower of a shared run
-        follows that run's events too (subscribed on ``subscriptions``).
+        follows that run's events (subscribed on ``subscriptions``).
         """
         stream = execution_id
         async with self._db.transaction() as tx:
@@ -191,29 +650,21 @@ class ExecutionWatcher:
         last_seen: int,
         signals: tuple[Signal, Signal],
         kinds: frozenset[EventKind] | None,
-        first: Sequence[ExecutionEvent] | None = None,
     ) -> AsyncIterator[WatchedEvent]:
         """Yield the events of ``stream`` after ``last_seen`` until the end.
 
         ``stream`` is the execution itself, or for a follower the run it
         shares; ``signals`` wake it for either.  ``kinds``: only these.
-        ``first``: the events after ``last_seen`` if the caller has just
-        read them with ``execution`` (not for a follower), so the first
-        round reads nothing.
         """
         read_again = False
         while True:
-            left: ExecutionEvent | None = None
-            if first is not None:
-                events, first = first, None
-            else:
-                events, left, execution = await self._read_followed(
-                    execution_id,
-                    stream=stream,
-                    execution=execution,
-                    last_seen=last_seen,
-                    kinds=kinds,
-                )
+            events, left, execution = await self._read_followed(
+                execution_id,
+                stream=stream,
+                execution=execution,
+                last_seen=last_seen,
+                kinds=kinds,
+            )
             if left is not None:
                 # Cancelled on its own: the shared run goes on without it.
                 for event in events:
@@ -242,34 +693,6 @@ class ExecutionWatcher:
                 await signals[0].wait()
             else:
                 await _either(*signals)
-
-    async def _start_replay(
-        self,
-        execution_id: str,
-        after_sequence: int,
-        kinds: frozenset[EventKind] | None,
-    ) -> tuple[Execution, Sequence[ExecutionEvent]] | None:
-        """Read the execution and its events after ``after_sequence``.
-
-        A page that subscribes right after submitting passes 0: this is the
-        one transaction that starts its subscription (the first round of
-        :meth:`_follow`, which then reads nothing).  None for a follower of
-        a shared run, whose events are another's (see :meth:`watch`).
-
-        Raises
-        ------
-        ExecutionNotFoundError
-            Raised if there is no such execution (or it is another user's).
-        """
-        async with self._db.transaction() as tx:
-            # Events before the execution (see _watch_from_state).
-            events = await tx.events.after(execution_id, after_sequence, kinds=kinds)
-            execution = await tx.executions.get(execution_id, owner=self._owner)
-        if execution is None:
-            raise ExecutionNotFoundError(execution_id)
-        if execution.shares_run_of is not None:
-            return None
-        return execution, events
 
     async def _read_followed(
         self,

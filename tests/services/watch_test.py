@@ -5,12 +5,15 @@ from ``afterSequence`` starts with one read of the execution and its
 events; an end committed while a subscription starts is yielded with the
 execution as it ended (its error included); a watcher of some kinds that
 joins mid-run starts from the latest event of those kinds; a watch never
-ends before yielding the terminal event.
+ends before yielding the terminal event.  Many watchers of one execution
+share one read per wake-up (the process's feed), a watcher the feed has
+overtaken reads the gap itself, and cell events wake no status watcher.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from noteburst.domain.execution import (
     ExecutionFailure,
     ExecutionStatus,
 )
+from noteburst.services.watch import ExecutionWatcher, WatchedEvent
 from noteburst.storage.database import Database
 from noteburst.storage.executions import EventLogStore
 from tests.support.notebooks import held_until as _held_until
@@ -238,3 +242,244 @@ async def test_an_end_committed_after_an_empty_read_is_still_yielded(
     ]
     assert watched[-1].execution.status is ExecutionStatus.CANCELLED
     assert watched[-1].execution.error == error
+
+
+async def _first_events(
+    watches: list[AsyncIterator[WatchedEvent]],
+) -> list[ExecutionEvent]:
+    """The current state each watch starts with (all subscribed after this)."""
+    async with asyncio.timeout(60):
+        return [(await anext(watch)).event for watch in watches]
+
+
+async def _rest(watch: AsyncIterator[WatchedEvent]) -> list[ExecutionEvent]:
+    return [watched.event async for watched in watch]
+
+
+@pytest.mark.asyncio
+async def test_watchers_of_one_execution_share_each_read(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty watchers of one execution cost one event read per wake-up, not forty.
+
+    Each watcher read the log for itself after every wake-up, so the last
+    of many learnt of an event only after all the others' reads (bench/
+    fanout.py).  Now the process's feed reads once and hands the same
+    events to every watcher, each keeping its own kinds and resume point.
+    """
+    release = tmp_path / "release"
+    execution = await harness.service.submissions.submit(
+        notebook(_held_until(release), "print('a')", "1 + 1")
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    reads = 0
+    real_after = EventLogStore.after
+
+    async def counted(self: EventLogStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_after(self, *args, **kwargs)
+
+    watcher = harness.service.watcher
+    watches = [
+        *(watcher.watch(execution.id) for _ in range(15)),
+        *(watcher.watch(execution.id, kinds=_STATUS) for _ in range(15)),
+        *(watcher.watch(execution.id, after_sequence=0) for _ in range(10)),
+    ]
+    try:
+        await _cell_started(harness, execution.id, 0)
+        monkeypatch.setattr(EventLogStore, "after", counted)
+        firsts = await _first_events(watches)
+        feed = harness.api.feeds.feed(execution.id)
+        assert feed is not None
+        reads, feed_reads = 0, feed.reads
+        release.touch()
+        async with asyncio.timeout(60):
+            rests = await asyncio.gather(*(_rest(watch) for watch in watches))
+            outcome = await run
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+        for watch in watches:
+            await watch.aclose()  # type: ignore[attr-defined]
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    assert 0 < reads == feed.reads - feed_reads < len(watches)
+    stored = await _events(harness, execution.id)
+    at_start = next(e for e in stored if e.kind is EventKind.CELL_STARTED)
+    running = next(e for e in stored if e.kind is EventKind.RUNNING)
+    seen = [[first, *rest] for first, rest in zip(firsts, rests, strict=True)]
+    assert seen[:15] == [stored[at_start.sequence - 1 :]] * 15
+    assert seen[15:30] == [[running, stored[-1]]] * 15
+    assert seen[30:] == [stored] * 10
+    assert stored[-1].kind is EventKind.FINISHED
+
+
+_STATUS = (EventKind.QUEUED, EventKind.RUNNING, EventKind.LAB_STARTING)
+
+
+@pytest.mark.asyncio
+async def test_status_watchers_are_woken_once_for_the_end(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The cell events status watchers skip wake none of them.
+
+    The feed reads only the kinds its watchers want; a read that finds none
+    publishes nothing, and the next batch covers its range.
+    """
+    release = tmp_path / "release"
+    execution = await harness.service.submissions.submit(
+        notebook(_held_until(release), "print('a')", "1 + 1")
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    watches = [
+        harness.service.watcher.watch(execution.id, kinds=_STATUS) for _ in range(5)
+    ]
+    try:
+        await _cell_started(harness, execution.id, 0)
+        firsts = await _first_events(watches)
+        feed = harness.api.feeds.feed(execution.id)
+        assert feed is not None
+        assert feed.head is not None
+        anchor = feed.head
+        release.touch()
+        async with asyncio.timeout(60):
+            rests = await asyncio.gather(*(_rest(watch) for watch in watches))
+            outcome = await run
+            only = await anchor.following()
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+        for watch in watches:
+            await watch.aclose()  # type: ignore[attr-defined]
+    assert outcome is not None
+    stored = await _events(harness, execution.id)
+    assert [e.kind for e in only.events] == [EventKind.FINISHED]
+    assert (only.start, only.end) == (anchor.end, stored[-1].sequence)
+    assert [
+        [f.kind, *(e.kind for e in r)] for f, r in zip(firsts, rests, strict=True)
+    ] == [[EventKind.RUNNING, EventKind.FINISHED]] * 5
+
+
+@pytest.mark.asyncio
+async def test_a_late_joiner_behind_the_feed_gets_every_event_once(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher whose own read the feed has overtaken reads the gap, then joins.
+
+    The late watcher's backlog read is made stale: before it returns, the
+    run goes on and the feed publishes events past it (up to a held cell).
+    The watcher must read the difference itself, then take the rest from
+    the feed's batches: every stored event once, in order.
+    """
+    first_hold, second_hold = tmp_path / "first", tmp_path / "second"
+    execution = await harness.service.submissions.submit(
+        notebook(
+            _held_until(first_hold),
+            "print('between')",
+            _held_until(second_hold),
+            "print('end')",
+        )
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    real_read_own = ExecutionWatcher._read_own
+    overtaken = False
+
+    async def stale_read(self: ExecutionWatcher, *args: Any, **kwargs: Any) -> Any:
+        nonlocal overtaken
+        result = await real_read_own(self, *args, **kwargs)
+        if overtaken:
+            return result
+        overtaken = True
+        feed = harness.api.feeds.feed(execution.id)
+        assert feed is not None
+        assert feed.head is not None
+        batch = feed.head
+        first_hold.touch()
+        while not any(
+            e.kind is EventKind.CELL_STARTED and e.cell_index == 2 for e in batch.events
+        ):
+            batch = await batch.following()
+        assert batch.end > result[0].last_sequence
+        return result
+
+    early = harness.service.watcher.watch(execution.id)
+    late_seen: list[ExecutionEvent] = []
+
+    async def late() -> None:
+        async for watched in harness.service.watcher.watch(
+            execution.id, after_sequence=0
+        ):
+            late_seen.append(watched.event)
+            if watched.event.kind is EventKind.CELL_STARTED and (
+                watched.event.cell_index == 2
+            ):
+                second_hold.touch()
+
+    try:
+        await _cell_started(harness, execution.id, 0)
+        (early_first,) = await _first_events([early])
+        monkeypatch.setattr(ExecutionWatcher, "_read_own", stale_read)
+        async with asyncio.timeout(60):
+            await late()
+            early_rest = await _rest(early)
+            outcome = await run
+    finally:
+        first_hold.touch()
+        second_hold.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+        await early.aclose()  # type: ignore[attr-defined]
+    assert overtaken
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    stored = await _events(harness, execution.id)
+    assert late_seen == stored
+    assert [early_first, *early_rest] == stored[early_first.sequence - 1 :]
+
+
+@pytest.mark.asyncio
+async def test_watchers_joining_at_once_share_their_backlog_read(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty watchers subscribing together make one backlog read, not twenty.
+
+    At 10,000 subscribers opened together on PostgreSQL each read on its
+    own, and the waits for a pooled connection timed out (bench/fanout.py).
+    """
+    release = tmp_path / "release"
+    execution = await harness.service.submissions.submit(
+        notebook(_held_until(release), "print('a')")
+    )
+    harness.broker.flush_all()
+    run = asyncio.create_task(harness.runner.run(execution.id))
+    backlog_reads = 0
+    real_read_own = ExecutionWatcher._read_own
+
+    async def counted(self: ExecutionWatcher, *args: Any, **kwargs: Any) -> Any:
+        nonlocal backlog_reads
+        backlog_reads += 1
+        return await real_read_own(self, *args, **kwargs)
+
+    watches = [
+        harness.service.watcher.watch(execution.id, kinds=_STATUS) for _ in range(20)
+    ]
+    try:
+        await _cell_started(harness, execution.id, 0)
+        monkeypatch.setattr(ExecutionWatcher, "_read_own", counted)
+        async with asyncio.timeout(60):
+            firsts = await asyncio.gather(*(anext(watch) for watch in watches))
+        release.touch()
+        async with asyncio.timeout(60):
+            rests = await asyncio.gather(*(_rest(watch) for watch in watches))
+            await run
+    finally:
+        release.touch()
+        await asyncio.wait_for(asyncio.shield(run), 60)
+        for watch in watches:
+            await watch.aclose()  # type: ignore[attr-defined]
+    assert backlog_reads == 1
+    assert {w.event.kind for w in firsts} == {EventKind.RUNNING}
+    assert [[e.kind for e in rest] for rest in rests] == [[EventKind.FINISHED]] * 20

@@ -8,7 +8,14 @@ worker between writes; :meth:`EventLogStore.append_many` writes such a
 batch with one ``UPDATE`` (allocating every sequence) and one insert.
 
 Readers filter by kind (a page waiting only for the result asks for status
-changes), and the sequences keep their gaps then.
+changes), and the sequences keep their gaps then.  A reader that filters
+cannot tell from the events it got how far it has read, so it may bound the
+read with ``through``: the execution's ``last_sequence`` read first in the
+same transaction.  Every event up to it is committed (the sequence is
+allocated by the committing transaction's ``UPDATE``, which holds the row
+until the commit), so the read then covers exactly ``(after, through]``
+whatever the kinds, and the execution it read is exactly as of its last
+event (a watcher's resume point; see :mod:`noteburst.services.watch`).
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ __all__ = ["EventLogStore"]
 
 def _build_events(*, latest: bool, of_kinds: bool) -> Select[Any]:
     statement = select(*EVENT_COLUMNS).where(
-        EVENTS.c.execution_id == bindparam("events_id", type_=String())
+        EVENTS.c.execution_id == bindparam("events_id", type_=String()),
+        EVENTS.c.sequence <= bindparam("events_through", type_=Integer()),
     )
     if of_kinds:
         statement = statement.where(
@@ -62,6 +70,9 @@ _LATEST_EVENT = {
     of_kinds: _build_events(latest=True, of_kinds=of_kinds)
     for of_kinds in (False, True)
 }
+
+_NO_BOUND = 2**31 - 1
+"""``through`` when the caller gives none (the column is a 32-bit integer)."""
 
 _ALLOCATE_EVENTS = (
     update(EXECUTIONS)
@@ -190,15 +201,18 @@ class EventLogStore(ExecutionTableStore):
         after_sequence: int,
         *,
         kinds: Collection[EventKind] | None = None,
+        through: int | None = None,
     ) -> builtins.list[ExecutionEvent]:
         """Events with a sequence above ``after_sequence``, oldest first.
 
         ``kinds``, if given, keeps only events of those kinds (their
-        sequences keep their gaps).
+        sequences keep their gaps); ``through``, if given, only sequences
+        up to it (see the module docstring).
         """
         parameters: dict[str, Any] = {
             "events_id": execution_id,
             "events_after": after_sequence,
+            "events_through": _NO_BOUND if through is None else through,
         }
         if kinds is not None:
             parameters["events_kinds"] = [kind.value for kind in kinds]
@@ -208,13 +222,20 @@ class EventLogStore(ExecutionTableStore):
         return [event_from_row(row) for row in result]
 
     async def latest(
-        self, execution_id: str, *, kinds: Collection[EventKind] | None = None
+        self,
+        execution_id: str,
+        *,
+        kinds: Collection[EventKind] | None = None,
+        through: int | None = None,
     ) -> ExecutionEvent | None:
-        """Return the newest event (of ``kinds``, if given), else None.
+        """Return the newest event (of ``kinds``, up to ``through``), else None.
 
-        None: there is no such execution, or it has no event of ``kinds``.
+        None: there is no such execution, or it has no such event.
         """
-        parameters: dict[str, Any] = {"events_id": execution_id}
+        parameters: dict[str, Any] = {
+            "events_id": execution_id,
+            "events_through": _NO_BOUND if through is None else through,
+        }
         if kinds is not None:
             parameters["events_kinds"] = [kind.value for kind in kinds]
         result = await self._session.execute(
