@@ -66,10 +66,15 @@ from functools import partial
 
 from ..domain.auth import Caller
 from ..domain.execution import EventKind, Execution, ExecutionEvent
-from ..exceptions import ExecutionNotFoundError, InvalidInputError
+from ..exceptions import (
+    ExecutionNotFoundError,
+    InvalidInputError,
+    ServiceUnavailableError,
+)
 from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.unit_of_work import UnitOfWork
+from .outage import until_available
 
 __all__ = ["EventFeeds", "ExecutionWatcher", "WatchedEvent"]
 
@@ -78,6 +83,11 @@ Kinds = frozenset[EventKind] | None
 
 _Read = tuple[Execution, Sequence[ExecutionEvent]]
 """A watcher's own read: the execution, and its events up to it."""
+
+FEED_OUTAGE_SECONDS = 120.0
+"""How long a shared reader waits out a database outage before its
+watchers get a retryable ``service_unavailable`` error (and resume with
+``afterSequence``)."""
 
 FEED_START_SECONDS = 30.0
 """How long a watcher waits for a new feed to subscribe to the bus."""
@@ -152,6 +162,10 @@ class _Batch:
             await self._ready.wait()
         if self._error is not None:
             # One error, many watchers: each raises its own, chained to it.
+            if isinstance(self._error, ServiceUnavailableError):
+                raise ServiceUnavailableError(
+                    self._error.service, self._error.detail
+                ) from self._error
             msg = "the execution's event feed failed"
             raise RuntimeError(msg) from self._error
         assert self._next is not None
@@ -277,7 +291,15 @@ class _Feed:
             try:
                 while True:
                     await signal.wait()
-                    if await self._read():
+                    # Through a database outage the watchers just wait: the
+                    # read is by position in the log, so a late one misses
+                    # nothing.
+                    if await until_available(
+                        self._read,
+                        what="events for watchers",
+                        give_up_after=FEED_OUTAGE_SECONDS,
+                        execution_id=self.stream,
+                    ):
                         return
             except Exception as exc:
                 assert self.head is not None

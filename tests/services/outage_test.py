@@ -6,7 +6,7 @@ start while a real kernel runs a notebook: a worker that finished a
 notebook keeps it through the outage and stores it once the database is
 back (one run, no failure), progress posted meanwhile is kept, and the
 recovery sweep does not take leases that lapsed during an outage for lost
-workers.
+workers, and the shared reader of watchers waits an outage out.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from noteburst.domain.execution import EventKind, ExecutionStatus
 from noteburst.exceptions import ServiceUnavailableError
 from noteburst.services.outage import Backoff, until_available
 from noteburst.services.recovery import RecoverySweep
+from noteburst.services.watch import WatchedEvent
 from noteburst.storage.database import Database
 from tests.support.app import make_config
 from tests.support.notebooks import held_until, notebook
@@ -250,3 +251,37 @@ async def test_the_sweep_leaves_leases_alone_right_after_a_restart(
             assert await harness.recovery.sweep() == 0
         assert any("database outage" in entry["event"] for entry in logs)
         assert await _status(harness, execution_id) is ExecutionStatus.RUNNING
+
+
+@pytest.mark.asyncio
+async def test_watchers_wait_out_an_outage_and_miss_nothing(
+    outage_harness: Harness, own_postgres: PrivatePostgres
+) -> None:
+    harness = outage_harness
+    execution = await harness.service.submissions.submit(notebook("1 + 1"))
+    async with asyncio.timeout(TIMEOUT):
+        watch = harness.service.watcher.watch(execution.id, after_sequence=0)
+        watched = [await anext(watch)]  # QUEUED; the shared feed is listening
+        rest = asyncio.create_task(_drain(watch))
+        with capture_logs() as logs:
+            await asyncio.to_thread(own_postgres.stop, "fast")
+            # A wake-up during the outage: the shared read fails and waits.
+            harness.api.bus.announce(execution.id, watched[0].event.sequence)
+
+            async def feed_waits() -> bool:
+                return any(e.get("what") == "events for watchers" for e in logs)
+
+            await wait_until(feed_waits, "the shared read waits")
+            await asyncio.to_thread(own_postgres.start)
+        outcome = await harness.runner.run(execution.id)
+        watched.extend(await rest)
+    assert outcome is not None
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    sequences = [item.event.sequence for item in watched]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert [item.event.kind for item in watched].count(EventKind.FINISHED) == 1
+    assert watched[-1].event.kind is EventKind.FINISHED
+
+
+async def _drain(watch: AsyncIterator[WatchedEvent]) -> list[WatchedEvent]:
+    return [item async for item in watch]
