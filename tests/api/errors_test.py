@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 
 from noteburst.api.schema import schema
 from noteburst.domain.auth import Caller
+from tests.support.app import make_config, running
 
 
 class _BoomError(RuntimeError):
@@ -55,3 +59,23 @@ async def test_validation_errors_are_shown_and_not_logged() -> None:
     assert result.errors is not None
     assert "Cannot query field 'nope'" in result.errors[0].message
     assert not [e for e in logs if e["log_level"] == "error"]
+
+
+@pytest.mark.asyncio
+async def test_a_body_too_deep_to_decode_is_a_bad_request(tmp_path: Path) -> None:
+    """json.loads raises RecursionError past ~1,000 levels: a 400, not a 500."""
+    config = make_config(
+        tmp_path, SimpleNamespace(url=None, token=None), kernel_names=["python3"]
+    )
+    body = '{"query": "{ __typename }", "variables": ' + "[" * 10_000 + "]" * 10_000
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(base_url=nb.url, timeout=30) as client,
+    ):
+        response = await client.post(
+            "/graphql",
+            content=body + "}",
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 400
+    assert "JSON" in response.text
