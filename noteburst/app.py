@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -105,6 +106,22 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                     return
                 scope.setdefault("state", {})["caller"] = caller
         await super().__call__(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Decode a request; one nested past the decoder's reach is not JSON to us.
+
+        ``json.loads`` recurses, and raises RecursionError on arrays or
+        objects nested about a thousand deep.  Reported as a decoding error,
+        the request is refused like any malformed body (HTTP 400; on a
+        websocket, the close for a non-JSON message) instead of failing
+        with a 500.  Shallower notebooks reach validation, which refuses
+        them by name (:data:`noteburst.domain.notebook.MAX_NESTING`).
+        """
+        try:
+            return json.loads(data)
+        except RecursionError as exc:
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            raise json.JSONDecodeError("nested too deeply", text, 0) from exc
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

@@ -3,11 +3,20 @@
 Every rule a submission must pass lives here so that the API refuses bad
 input before anything is stored, with a message that says exactly what is
 wrong (the JSON error position, the failing nbformat path, the size).
+
+The notebook is checked completely before anything else reads it, and in
+an order where no check can trip over the input: first its nesting depth
+(without recursion: the JSON decoder, ``copy.deepcopy``, nbformat and
+jsonschema all recurse, and a 10,000-deep value in metadata would end in
+``RecursionError``), then the version fields, then the few shapes that
+nbformat's own repair step and error reporting assume before its schema
+has been applied (cells are objects, a cell id is a string, a cell or
+output type is a string), and only then nbformat's validation.  Every
+refusal is an :class:`InvalidNotebookError` naming the failing path.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from collections.abc import Mapping
@@ -17,11 +26,12 @@ from typing import Any
 import nbformat
 from nbformat.v4.rwbase import rejoin_lines
 from nbformat.validator import ValidationError, normalize
-from nbformat.warnings import MissingIDFieldWarning
+from nbformat.warnings import DuplicateCellId, MissingIDFieldWarning
 
 from ..exceptions import InvalidNotebookError
 
 __all__ = [
+    "MAX_NESTING",
     "AcceptedNotebook",
     "accept_notebook",
     "cell_source",
@@ -29,6 +39,16 @@ __all__ = [
     "kernel_name_of",
     "runnable_cell_count",
 ]
+
+
+MAX_NESTING = 100
+"""Deepest nesting of arrays and objects accepted in a notebook.
+
+Real notebooks nest a few levels (widget state and Vega specs a few
+dozen); every layer that handles the notebook afterwards (copying,
+validation, parameter injection, the worker) recurses, so the bound keeps
+them all far from Python's recursion limit.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,38 +89,39 @@ def accept_notebook(
             raise InvalidNotebookError(
                 f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from exc
+        except RecursionError as exc:
+            raise InvalidNotebookError(
+                f"nested too deeply: more than {MAX_NESTING} levels of arrays "
+                "and objects"
+            ) from exc
     else:
         data = raw
     if not isinstance(data, dict):
         raise InvalidNotebookError(
             f"not a notebook: expected a JSON object, got {_json_kind(data)}"
         )
+    _check_nesting(data)
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     size = len(text.encode("utf-8"))
     _check_size(size, max_bytes)
-    major = data.get("nbformat")
-    if "cells" not in data or major is None:
-        raise InvalidNotebookError(
-            "not a notebook: an nbformat document needs 'nbformat' and 'cells'"
-        )
-    if major != 4:  # noqa: PLR2004 - the nbformat major version we run
-        raise InvalidNotebookError(
-            f"nbformat {major} is not supported: convert the notebook to "
-            "nbformat 4 (jupyter nbconvert --to notebook)"
-        )
+    minor = _check_version(data)
+    _check_shapes(data)
     try:
         # normalize() adds the cell ids nbformat 4.5 requires, so that an
         # older writer's notebook is accepted (and stored) in valid form
         # instead of raising a deprecation warning on every validation.
+        # It works on a copy parsed from the text: the caller's data stays
+        # as given, and parsing is faster than copy.deepcopy.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MissingIDFieldWarning)
-            _, normalized = normalize(copy.deepcopy(data))
+            warnings.simplefilter("ignore", DuplicateCellId)
+            _, normalized = normalize(json.loads(text), version=4, version_minor=minor)
         node = nbformat.from_dict(normalized)
-        nbformat.validate(node, version=4)
+        nbformat.validate(node, version=4, version_minor=minor)
     except ValidationError as exc:
         path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise InvalidNotebookError(
-            f"invalid nbformat at {path}: {exc.message}"
+            f"invalid nbformat at {path}: {_shortened(exc.message)}"
         ) from exc
     # On disk, sources and stream texts are often lists of lines; in memory
     # nbformat (and nbclient) work with joined strings.  Join them once, here,
@@ -110,6 +131,118 @@ def accept_notebook(
     return AcceptedNotebook(
         notebook=data, text=text, size_bytes=len(text.encode("utf-8"))
     )
+
+
+def _check_nesting(data: dict[str, Any]) -> None:
+    """Refuse arrays and objects nested more than MAX_NESTING deep.
+
+    Iterative (an explicit stack), so that any depth is measured safely.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_NESTING:
+            raise InvalidNotebookError(
+                f"nested too deeply at {_path(path[:8])}/…: more than {MAX_NESTING} "
+                "levels of arrays and objects"
+            )
+        if isinstance(value, dict):
+            stack.extend(
+                (item, (*path, key))
+                for key, item in value.items()
+                if isinstance(item, dict | list)
+            )
+        elif isinstance(value, list):
+            stack.extend(
+                (item, (*path, index))
+                for index, item in enumerate(value)
+                if isinstance(item, dict | list)
+            )
+
+
+def _check_version(data: dict[str, Any]) -> int:
+    """Check ``nbformat`` and ``nbformat_minor``; return the minor version."""
+    major = data.get("nbformat")
+    if "cells" not in data or major is None:
+        raise InvalidNotebookError(
+            "not a notebook: an nbformat document needs 'nbformat' and 'cells'"
+        )
+    if not _is_int(major):
+        raise InvalidNotebookError(
+            f"invalid nbformat at nbformat: {major!r} is not an integer"
+        )
+    if major != 4:  # noqa: PLR2004 - the nbformat major version we run
+        raise InvalidNotebookError(
+            f"nbformat {major} is not supported: convert the notebook to "
+            "nbformat 4 (jupyter nbconvert --to notebook)"
+        )
+    newest = nbformat.v4.nbformat_minor
+    minor = data.get("nbformat_minor", 0)
+    if not _is_int(minor) or not 0 <= minor <= newest:
+        raise InvalidNotebookError(
+            f"invalid nbformat at nbformat_minor: {minor!r} is not an integer "
+            f"from 0 to {newest} (nbformat 4.{newest} is the newest supported)"
+        )
+    result: int = minor
+    return result
+
+
+def _check_shapes(data: dict[str, Any]) -> None:
+    """Check what nbformat reads before its schema applies.
+
+    ``normalize`` iterates the cells and hashes their ids; on a failed
+    ``oneOf`` the validator picks the schema of a cell or output by its
+    ``cell_type`` or ``output_type``.  Anything else is the schema's.
+    """
+    cells = data["cells"]
+    if not isinstance(cells, list):
+        raise InvalidNotebookError(
+            f"invalid nbformat at cells: expected an array, got {_json_kind(cells)}"
+        )
+    for index, cell in enumerate(cells):
+        where = ("cells", index)
+        if not isinstance(cell, dict):
+            raise InvalidNotebookError(
+                f"invalid nbformat at {_path(where)}: expected an object, "
+                f"got {_json_kind(cell)}"
+            )
+        _check_string_field(cell, "id", where)
+        _check_string_field(cell, "cell_type", where)
+        outputs = cell.get("outputs")
+        if isinstance(outputs, list):
+            for number, output in enumerate(outputs):
+                if isinstance(output, dict):
+                    _check_string_field(
+                        output, "output_type", (*where, "outputs", number)
+                    )
+
+
+def _check_string_field(
+    value: dict[str, Any], key: str, where: tuple[str | int, ...]
+) -> None:
+    if key in value and not isinstance(value[key], str):
+        raise InvalidNotebookError(
+            f"invalid nbformat at {_path((*where, key))}: expected a string, "
+            f"got {_json_kind(value[key])}"
+        )
+
+
+_MAX_MESSAGE_CHARS = 500
+
+
+def _shortened(message: str) -> str:
+    """Cut a validation message (it quotes the failing value, maybe megabytes)."""
+    if len(message) <= _MAX_MESSAGE_CHARS:
+        return message
+    return message[: _MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    return "/".join(str(part) for part in path) or "(root)"
 
 
 def kernel_name_of(notebook: dict[str, Any]) -> str | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 from graphql import ExecutionResult
@@ -12,6 +15,7 @@ from graphql import ExecutionResult
 from noteburst.api.schema import schema
 from noteburst.domain.auth import Caller
 from noteburst.exceptions import ServiceUnavailableError
+from tests.support.app import make_config, running
 
 
 class _BoomError(RuntimeError):
@@ -104,3 +108,23 @@ async def test_an_outage_is_a_typed_retryable_error_not_a_masked_one() -> None:
         assert "10.0.0.7" not in error.message
     # An outage is worth a warning, not a traceback of a bug.
     assert not [e for e in logs if e["log_level"] == "error"]
+
+
+@pytest.mark.asyncio
+async def test_a_body_too_deep_to_decode_is_a_bad_request(tmp_path: Path) -> None:
+    """json.loads raises RecursionError past ~1,000 levels: a 400, not a 500."""
+    config = make_config(
+        tmp_path, SimpleNamespace(url=None, token=None), kernel_names=["python3"]
+    )
+    body = '{"query": "{ __typename }", "variables": ' + "[" * 10_000 + "]" * 10_000
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(base_url=nb.url, timeout=30) as client,
+    ):
+        response = await client.post(
+            "/graphql",
+            content=body + "}",
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 400
+    assert "JSON" in response.text
