@@ -13,13 +13,15 @@ overtaken reads the gap itself, and cell events wake no status watcher.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from noteburst.domain.cache import CacheMode, CachePolicy
 from noteburst.domain.execution import (
     ErrorCode,
     EventKind,
@@ -483,3 +485,99 @@ async def test_watchers_joining_at_once_share_their_backlog_read(
     assert backlog_reads == 1
     assert {w.event.kind for w in firsts} == {EventKind.RUNNING}
     assert [[e.kind for e in rest] for rest in rests] == [[EventKind.FINISHED]] * 20
+
+
+_STATUS_KINDS = [EventKind.QUEUED, EventKind.RUNNING, EventKind.LAB_STARTING]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", ["stale", "kinds", "cancel", "follower"])
+async def test_every_watch_ends_with_its_terminal_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """An end committed right after a round's empty read is still yielded.
+
+    Each case makes an empty read certain: a wake-up with nothing new
+    (``stale``), a cell event that a status-only watch filters out
+    (``kinds``), a cancellation request, which wakes watchers without
+    writing an event (``cancel``), and a wake-up of the run a follower
+    shares (``follower``).  The hook commits the end right after that
+    empty read; the watch must yield FINISHED and only then complete.
+    """
+    source = notebook(f"'{case}'")
+    use = CachePolicy(CacheMode.USE)
+    run = await harness.service.submissions.submit(source, cache=use)
+    watched_id = run.id
+    if case == "follower":
+        follower = await harness.service.submissions.submit(source, cache=use)
+        assert follower.shares_run_of == run.id
+        watched_id = follower.id
+    now = datetime.now(UTC)
+    async with harness.worker.database.transaction() as tx:
+        claimed = await tx.claims.claim_next(
+            now=now,
+            lease_until=now + timedelta(minutes=5),
+            max_attempts=3,
+            woken_for=run.id,
+        )
+    assert claimed is not None
+    harness.worker.bus.announce(run.id, claimed.event.sequence)
+
+    armed = False
+    ended = False
+    ending: list[asyncio.Task[None]] = []
+    real_after = EventLogStore.after
+
+    async def after_then_end(self: EventLogStore, *args: Any, **kwargs: Any) -> Any:
+        nonlocal ended
+        events = await real_after(self, *args, **kwargs)
+        if armed and not events and not ended:
+            ended = True
+            if harness.worker.database.is_postgres:
+                await end()  # between this read and the next statement
+            else:
+                # SQLite's reader holds the write lock to its commit: the
+                # end lands right after the round (no gap to fall into).
+                ending.append(asyncio.create_task(end()))
+        return events
+
+    async def end() -> None:
+        async with harness.worker.database.transaction() as other:
+            event = await other.claims.finish(
+                run.id,
+                status=ExecutionStatus.SUCCEEDED,
+                result_text=json.dumps(source),
+                error=None,
+                now=datetime.now(UTC),
+                attempt=claimed.execution.attempts,
+            )
+        assert event is not None
+        for stream in {run.id, watched_id}:
+            harness.worker.bus.announce(stream, event.sequence)
+
+    monkeypatch.setattr(EventLogStore, "after", after_then_end)
+    kinds = _STATUS_KINDS if case == "kinds" else None
+    async with asyncio.timeout(60):
+        watch = harness.service.watcher.watch(watched_id, kinds=kinds)
+        watched = [await anext(watch)]
+        armed = True
+        if case == "kinds":
+            async with harness.worker.database.transaction() as tx:
+                cell = await tx.events.append(
+                    run.id,
+                    kind=EventKind.CELL_STARTED,
+                    status=ExecutionStatus.RUNNING,
+                    now=datetime.now(UTC),
+                    cell_index=0,
+                )
+            harness.worker.bus.announce(run.id, cell.sequence)
+        elif case == "cancel":
+            await harness.service.executions.cancel(run.id)
+        else:
+            harness.api.bus.announce(run.id, watched[0].event.sequence)
+        watched.extend([item async for item in watch])
+        await asyncio.gather(*ending)
+    assert ended
+    assert watched[-1].event.kind is EventKind.FINISHED
+    assert [item.event.kind for item in watched].count(EventKind.FINISHED) == 1
+    assert watched[-1].execution.status is ExecutionStatus.SUCCEEDED
