@@ -52,12 +52,13 @@ from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
 from .services.auth import Authenticator, TokenCache, TokenService
 from .services.execution import ExecutionService
+from .services.feeds import EventFeeds
 from .services.identity import IdentityFollower, IdentityLease
 from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
 from .services.runner import ExecutionRunner
 from .services.submission import SubmissionService
-from .services.watch import EventFeeds, ExecutionWatcher
+from .services.watch import ExecutionWatcher
 from .services.webhook import WebhookService
 from .storage.database import Database
 from .storage.events import EventBus, LocalEventBus, PostgresEventBus
