@@ -55,6 +55,7 @@ __all__ = [
     "listening_socket",
     "request_body_limit",
     "serve_in_background",
+    "server_options",
 ]
 
 _logger = structlog.get_logger("noteburst.app")
@@ -159,6 +160,28 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(render_graphiql(_STATIC_PREFIX))
+
+
+def server_options(config: Config) -> dict[str, Any]:
+    """Return the uvicorn settings every way of serving Noteburst shares.
+
+    * ``ws_max_size``: see :func:`request_body_limit`.
+    * ``proxy_headers`` off: the peer must be the TCP peer;
+      ``trusted_proxies`` decides whom to believe, not uvicorn's
+      X-Forwarded-For rewriting.
+    * ``ws_per_message_deflate`` off: a browser offers permessage-deflate,
+      and accepting it gives each websocket a zlib compressor and
+      decompressor with their windows, about 40 KB a connection (a
+      thousand watchers of a page cost 40 MB more), to deflate events of a
+      few hundred bytes, on the latency path, at the cost of CPU on both
+      sides (``bench/fanout.py``).
+    """
+    return {
+        "log_config": None,
+        "ws_max_size": request_body_limit(config),
+        "ws_per_message_deflate": False,
+        "proxy_headers": False,
+    }
 
 
 def _peer(connection: Request | WebSocket) -> str | None:
@@ -409,13 +432,9 @@ async def serve_in_background(
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config, run_worker=run_worker),
-            log_config=None,
             log_level="warning",
             lifespan="on",
-            ws_max_size=request_body_limit(config),
-            # The peer must be the TCP peer: trusted_proxies decides whom
-            # to believe, not uvicorn's X-Forwarded-For rewriting.
-            proxy_headers=False,
+            **server_options(config),
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

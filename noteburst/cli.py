@@ -51,8 +51,8 @@ from .app import (
     check_config,
     create_app,
     freeze_startup_objects,
-    request_body_limit,
     serve_in_background,
+    server_options,
 )
 from .client import NoteburstClient, NoteburstClientError
 from .config import Config
@@ -107,12 +107,8 @@ def serve(host: str | None, port: int | None, with_worker: bool | None) -> None:
         app,
         host=config.host,
         port=config.port,
-        log_config=None,
-        ws_max_size=request_body_limit(config),
         timeout_graceful_shutdown=30,
-        # The peer must be the TCP peer: trusted_proxies decides whom to
-        # believe, not uvicorn's X-Forwarded-For rewriting.
-        proxy_headers=False,
+        **server_options(config),
     )
 
 

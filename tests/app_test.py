@@ -393,6 +393,29 @@ async def test_only_graphql_transport_ws_is_spoken(
 
 
 @pytest.mark.asyncio
+async def test_websockets_are_not_compressed(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    """Offered permessage-deflate (as browsers offer it), the server declines.
+
+    Each accepted offer costs the server a zlib compressor and decompressor
+    per connection, about 40 KB, to deflate small events (bench/fanout.py).
+    """
+    config = make_config(tmp_path, jupyter_server)
+    async with (
+        running(config, run_worker=False) as nb,
+        connect(
+            nb.ws_url,
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            compression="deflate",
+            open_timeout=30,
+        ) as ws,
+    ):
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
+@pytest.mark.asyncio
 async def test_warm_kernels_are_fresh_and_warmed_up(
     tmp_path: Path, jupyter_server: Any
 ) -> None:
