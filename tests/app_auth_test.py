@@ -78,16 +78,6 @@ subscription Watch($id: ID!, $after: Int) {{
 """
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 async def _make_tokens(url: str) -> dict[str, str]:
     """Tokens for each kind of caller (expired and revoked ones included)."""
     database = Database.from_url(url)

@@ -18,16 +18,6 @@ from tests.support.notebooks import notebook
 from tests.support.waiting import wait_until
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 async def _cancel(nb: Noteburst, execution_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = (await nb.execute(CANCEL, id=execution_id))[
         "cancelExecution"

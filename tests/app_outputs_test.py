@@ -20,16 +20,6 @@ from tests.support.outputs import OUTPUT_CASES, notebook_outputs, replay_graphql
 WAIT = 120
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 def _content(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (e["sequence"], e["kind"], e["cellIndex"], e["outputStart"], e["outputs"])

@@ -54,16 +54,6 @@ subscription Watch($id: ID!) {{
 """
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 def gated(name: str, log: Path, gate: Path | None, *extra: str) -> dict[str, Any]:
     """A notebook that logs ``name`` when it runs, then waits for ``gate``."""
     cells = [f"with open({str(log)!r}, 'a') as f:\n    f.write({name!r} + '\\n')"]

@@ -40,16 +40,6 @@ HELLO = notebook(
 )
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 def _kinds(events: list[dict[str, Any]]) -> list[tuple[str, str, int | None]]:
     """Kinds, statuses and cells of the events, CELL_OUTPUTS left out."""
     return [

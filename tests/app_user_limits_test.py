@@ -37,16 +37,6 @@ mutation Cancel($id: ID!) {
 GET = "query Get($id: ID!) { execution(id: $id) { status } }"
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 class _Users:
     def __init__(self, url: str, http: httpx.AsyncClient) -> None:
         self._url = url + "/graphql"

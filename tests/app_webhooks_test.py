@@ -55,16 +55,6 @@ LIST = "query { executions(first: 10) { edges { node { id } } } }"
 NOTEBOOK = notebook("x = 6 * 7", "print(x)")
 
 
-@pytest.fixture(params=["postgres+redis", "embedded"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 def _config(tmp_path: Path, jupyter: Any, **overrides: Any) -> Any:
     return make_config(
         tmp_path,

@@ -498,16 +498,6 @@ def _examples(cases: list[Submission]) -> Callable[[_F], _F]:
     return decorate
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"])
-def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    if request.param == "embedded":
-        return {"database_url": None, "redis_url": None}
-    return {
-        "database_url": request.getfixturevalue("postgres_url"),
-        "redis_url": request.getfixturevalue("redis_url"),
-    }
-
-
 @pytest.mark.asyncio
 async def test_broken_notebooks_get_typed_answers(
     tmp_path: Path, backend_urls: dict[str, str | None]

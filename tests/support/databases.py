@@ -13,7 +13,9 @@ Where the servers are comes from the environment:
     lock key in database 0 so concurrent test runs on one server never
     share one, and flushed before and after the test.
 
-Fixtures: ``postgres_url`` and ``sqlite_url`` (empty databases, no schema),
+Fixtures: ``backend_urls`` (the embedded default, then PostgreSQL + Redis:
+the ``database_url``/``redis_url`` settings of each, for tests of a whole
+Noteburst), ``postgres_url`` and ``sqlite_url`` (empty databases, no schema),
 ``database_url`` (each backend in turn, migrated), ``database`` (a migrated
 :class:`~noteburst.storage.database.Database` on the test's loop),
 ``redis_url``, and ``postgres_admin_url``.
@@ -43,6 +45,7 @@ from noteburst.storage.database import Database
 from noteburst.storage.events import asyncpg_dsn
 
 __all__ = [
+    "backend_urls",
     "database",
     "database_url",
     "postgres_admin_url",
@@ -203,3 +206,15 @@ def redis_url() -> Iterator[str]:
                 locks.delete(lock)
     finally:
         locks.close()
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def backend_urls(request: pytest.FixtureRequest) -> dict[str, str | None]:
+    """Settings of each backend in turn: embedded (None: the default), then
+    a clean PostgreSQL database and Redis of the test's own."""
+    if request.param == "embedded":
+        return {"database_url": None, "redis_url": None}
+    return {
+        "database_url": request.getfixturevalue("postgres_url"),
+        "redis_url": request.getfixturevalue("redis_url"),
+    }
