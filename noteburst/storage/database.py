@@ -166,8 +166,6 @@ def is_connection_failure(error: BaseException) -> bool:
             sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
         ):
             return True
-        if type(current).__name__ == "ConnectionDoesNotExistError":
-            return True
         for linked in (
             getattr(current, "orig", None),
             current.__cause__,
