@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import nbformat
@@ -52,7 +51,6 @@ from ..domain.execution import (
     EventKind,
     Execution,
     ExecutionEvent,
-    ExecutionFailure,
     ExecutionStatus,
 )
 from ..exceptions import ServiceUnavailableError
@@ -60,13 +58,8 @@ from ..jupyter.backend import LabBackend
 from ..jupyter.exceptions import (
     CellTimeoutError,
     JupyterError,
-    KernelDiedError,
-    KernelMessageTooLargeError,
-    KernelStartError,
-    LabUnavailableError,
-    NoOutputTimeoutError,
 )
-from ..jupyter.execute import CellFailure, RunReport, execute_notebook
+from ..jupyter.execute import RunReport, execute_notebook
 from ..jupyter.kernel import KernelConnection
 from ..jupyter.protocol import OutputLimits
 from ..storage.database import Database
@@ -74,6 +67,16 @@ from ..storage.events import EventBus, Signal
 from ..storage.executions import ClaimedExecution, NewEvent, cancel_signal_key
 from ..storage.taskqueue import TaskQueue
 from .outage import Backoff, until_available
+from .outcome import (
+    SUCCEEDED,
+    Outcome,
+    cancelled,
+    cell_failed,
+    cell_timed_out,
+    execution_timed_out,
+    failed,
+    jupyter_failed,
+)
 from .progress import OutputStreamer, ProgressWriter, append_unwritten
 from .webhook import WebhookService
 
@@ -90,16 +93,6 @@ INTERRUPT_TIMEOUT_SECONDS = 5.0
 
 class _CancelRequestedError(Exception):
     """The execution's cancellation was requested while it ran."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How an execution ended."""
-
-    status: ExecutionStatus
-    error: ExecutionFailure | None
-    retryable: bool = False
-    """An infrastructure failure (the lab went away): worth another attempt."""
 
 
 class ExecutionRunner:
@@ -390,7 +383,7 @@ class ExecutionRunner:
             reason=outcome.error.message if outcome.error else None,
         )
 
-    async def _execute(  # noqa: PLR0911, PLR0912 - one return per kind of outcome
+    async def _execute(  # noqa: PLR0911 - one return per kind of outcome
         self,
         execution: Execution,
         notebook: nbformat.NotebookNode,
@@ -475,71 +468,29 @@ class ExecutionRunner:
                 # A failed progress write fails the execution, as before.
                 await progress.settle()
         except _CancelRequestedError:
-            return Outcome(
-                ExecutionStatus.CANCELLED,
-                ExecutionFailure(
-                    code=ErrorCode.CANCELLED,
-                    message=(
-                        "cancelled"
-                        if current_cell is None
-                        else f"cancelled while cell {current_cell} was running"
-                    ),
-                    cell_index=current_cell,
-                ),
-            )
+            return cancelled(current_cell)
         except CellTimeoutError as exc:
-            return _cell_timed_out(exc)
+            return cell_timed_out(exc)
         except TimeoutError:
             if not scope.expired():
                 raise
-            return Outcome(
-                ExecutionStatus.TIMED_OUT,
-                ExecutionFailure(
-                    code=ErrorCode.TIMEOUT,
-                    message=(
-                        f"execution exceeded its timeout of "
-                        f"{execution.timeout_seconds:g} s"
-                        + (
-                            ""
-                            if current_cell is None
-                            else f" while cell {current_cell} was running"
-                        )
-                    ),
-                    cell_index=current_cell,
-                ),
-            )
-        except KernelStartError as exc:
-            return _failed(ErrorCode.KERNEL_START_FAILED, str(exc), None)
-        except KernelDiedError as exc:
-            # The kernel's own account names the cell even when the dying
-            # cell's start was never reported (its messages died with it).
-            died_in = exc.cell_index if exc.cell_index is not None else current_cell
-            return _failed(ErrorCode.KERNEL_DIED, str(exc), died_in)
-        except KernelMessageTooLargeError as exc:
-            return _failed(
-                ErrorCode.OUTPUT_TOO_LARGE,
-                f"cell {current_cell}: {exc}" if current_cell is not None else str(exc),
-                current_cell,
-            )
-        except LabUnavailableError as exc:
-            failed = _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
-            return Outcome(failed.status, failed.error, retryable=True)
+            return execution_timed_out(execution.timeout_seconds, current_cell)
         except JupyterError as exc:
-            return _failed(ErrorCode.LAB_UNAVAILABLE, str(exc), current_cell)
+            return jupyter_failed(exc, current_cell)
         except ServiceUnavailableError:
             raise  # not the execution's fault: the attempt is abandoned
         except Exception:
             _logger.exception(
                 "Execution failed unexpectedly", execution_id=execution.id
             )
-            return _failed(
+            return failed(
                 ErrorCode.INTERNAL,
                 "internal error in Noteburst; see the service logs",
                 current_cell,
             )
         if failure is not None:
-            return _cell_failed(failure)
-        return Outcome(ExecutionStatus.SUCCEEDED, None)
+            return cell_failed(failure)
+        return SUCCEEDED
 
     @contextlib.asynccontextmanager
     async def _cancel_on_request(
@@ -650,42 +601,3 @@ async def _interrupt(kernel: KernelConnection) -> None:
             kernel_id=kernel.kernel_id,
             error=str(exc),
         )
-
-
-def _cell_timed_out(exc: CellTimeoutError) -> Outcome:
-    which = (
-        "no-output timeout" if isinstance(exc, NoOutputTimeoutError) else "cell timeout"
-    )
-    return Outcome(
-        ExecutionStatus.TIMED_OUT,
-        ExecutionFailure(
-            code=ErrorCode.TIMEOUT,
-            message=(
-                f"cell {exc.cell_index} exceeded its {which} of {exc.timeout:g} s"
-            ),
-            cell_index=exc.cell_index,
-        ),
-    )
-
-
-def _failed(code: ErrorCode, message: str, cell_index: int | None) -> Outcome:
-    return Outcome(
-        ExecutionStatus.FAILED,
-        ExecutionFailure(code=code, message=message, cell_index=cell_index),
-    )
-
-
-def _cell_failed(failure: CellFailure) -> Outcome:
-    return Outcome(
-        ExecutionStatus.FAILED,
-        ExecutionFailure(
-            code=ErrorCode.CELL_ERROR,
-            message=(
-                f"cell {failure.cell_index} raised {failure.ename}: {failure.evalue}"
-            ),
-            cell_index=failure.cell_index,
-            ename=failure.ename,
-            evalue=failure.evalue,
-            traceback=list(failure.traceback),
-        ),
-    )
