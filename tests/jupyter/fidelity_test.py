@@ -22,6 +22,7 @@ import pytest_asyncio
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbformat import NotebookNode
+from traitlets.config import Config
 
 from noteburst.jupyter.backend import LocalLabBackend
 from noteburst.jupyter.execute import CellFailure, execute_notebook
@@ -39,14 +40,6 @@ TIMING_KEYS = {
 EXPECTED_FAILURES = {
     "error_middle": ("ValueError", "bad value 42", 2),
 }
-
-
-@pytest.fixture
-def nbclient_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the in-process nbclient kernels' files out of the home directory."""
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
 
 
 @pytest_asyncio.fixture
@@ -74,8 +67,18 @@ def read(path: Path) -> NotebookNode:
     return nb
 
 
-async def run_with_nbclient(nb: NotebookNode) -> CellExecutionError | None:
-    client = NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60)
+async def run_with_nbclient(
+    nb: NotebookNode, runtime: Path
+) -> CellExecutionError | None:
+    # Over IPC, not TCP: a TCP kernel binds ports that jupyter_client chose
+    # and released, and with the suite's other servers starting kernels at
+    # once, another process took one first ("Address already in use", the
+    # kernel died before kernel_info; seen once in CI).  nbclient has no
+    # restarter to retry with new ports, as a Jupyter server does.
+    ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(runtime / "ipc")}})
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=60, startup_timeout=60, config=ipc
+    )
     try:
         await client.async_execute()
     except CellExecutionError as exc:
@@ -110,14 +113,16 @@ def normalize(nb: NotebookNode) -> dict[str, Any]:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-@pytest.mark.usefixtures("nbclient_env")
 async def test_same_notebook_as_nbclient(
-    jupyter_backend: LocalLabBackend, legacy_backend: LocalLabBackend, path: Path
+    jupyter_backend: LocalLabBackend,
+    legacy_backend: LocalLabBackend,
+    nbclient_runtime: Path,
+    path: Path,
 ) -> None:
     reference, over_v1, over_legacy = read(path), read(path), read(path)
 
     async with asyncio.timeout(90), asyncio.TaskGroup() as tasks:
-        nbclient_run = tasks.create_task(run_with_nbclient(reference))
+        nbclient_run = tasks.create_task(run_with_nbclient(reference, nbclient_runtime))
         v1_run = tasks.create_task(
             run_with_noteburst(jupyter_backend, over_v1, WireProtocol.V1)
         )

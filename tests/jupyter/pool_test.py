@@ -29,7 +29,6 @@ from tests.jupyter.backend_test import kernel_ids
 from tests.jupyter.fidelity_test import (
     EXPECTED_FAILURES,
     NOTEBOOKS,
-    nbclient_env,  # noqa: F401 - fixture used by name
     normalize,
     read,
     run_with_nbclient,
@@ -355,9 +354,8 @@ async def run_pooled(backend: LocalLabBackend, nb: NotebookNode) -> object:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-@pytest.mark.usefixtures("nbclient_env")
 async def test_pooled_kernel_gives_nbclient_outputs(
-    pooled_backend: BackendFactory, path: Path
+    pooled_backend: BackendFactory, nbclient_runtime: Path, path: Path
 ) -> None:
     reference, pooled = read(path), read(path)
     async with (
@@ -365,7 +363,7 @@ async def test_pooled_kernel_gives_nbclient_outputs(
         asyncio.timeout(90),
         asyncio.TaskGroup() as tasks,
     ):
-        nbclient_run = tasks.create_task(run_with_nbclient(reference))
+        nbclient_run = tasks.create_task(run_with_nbclient(reference, nbclient_runtime))
         pooled_run = tasks.create_task(run_pooled(backend, pooled))
     assert normalize(pooled) == normalize(reference)
     nbformat.validate(pooled)
