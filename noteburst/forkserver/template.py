@@ -1,0 +1,287 @@
+"""The template process: ipykernel imported once, a kernel forked per request.
+
+Run by :class:`~.provisioner.ForkingProvisioner` as
+``python -m noteburst.forkserver.template --socket PATH --status-fd N
+--parent-pid P [--warmup CODE]`` with the kernel spec's interpreter.
+
+It imports ipykernel's stack (and runs the warm-up code, whose imports stay
+in ``sys.modules`` and whose variables are dropped), then checks that it is
+safe to fork: a thread, or a ZMQ context, started by an import would be
+copied into every kernel half-alive (a thread does not survive a fork, its
+locks may), so the template then reports ``unsafe`` and exits, and the
+provisioner starts that spec's kernels the plain way.  Then it listens on a
+Unix socket; each connection asks for one kernel (see :mod:`.wire`).
+
+The child of each fork becomes the kernel: a session of its own (so
+signals to the kernel's process group reach only it), the request's cwd,
+environment and argv, fresh random seeds, default signal handlers; then
+ipykernel's own entry point, as ``python -m ipykernel_launcher`` runs it.
+It never returns into the template's code (``os._exit``).
+
+The template reaps its children and reports each exit on the kernel's
+connection, since only a parent can learn a child's exit status.  It
+leaves once its parent (the Jupyter server) is gone; its kernels then see
+their parent change and stop, as a plain kernel does when its server dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+from . import wire
+
+__all__ = ["main", "why_unforkable"]
+
+PRELOADED: Final = (
+    "zmq",
+    "tornado.ioloop",
+    "IPython",
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    # Imported lazily by IPKernelApp.init_kernel otherwise: with debugpy,
+    # 0.24 s of the 0.26 s a forked kernel took to initialise.
+    "ipykernel.debugger",
+)
+"""What every kernel would import first; imported once, here."""
+
+INLINE_BACKEND: Final = "module://matplotlib_inline.backend_inline"
+
+REQUEST_SECONDS: Final = 10.0
+"""How long a connection may take to send its request."""
+LIFELINE_SECONDS: Final = 1.0
+"""How often the template checks that its parent is still there."""
+
+
+def why_unforkable() -> str | None:
+    """Return why forking this process would be unsafe, or None.
+
+    Checked after the imports and the warm-up code, which may have started
+    threads (a metrics exporter, a pool) or a ZMQ context.
+    """
+    main = threading.main_thread()
+    threads = [t.name for t in threading.enumerate() if t is not main]
+    if threads:
+        names = ", ".join(threads)
+        return f"the warm-up left {len(threads)} thread(s) running: {names}"
+    zmq = sys.modules.get("zmq")
+    if zmq is not None and getattr(zmq.Context, "_instance", None) is not None:
+        return "the warm-up created a ZMQ context"
+    return None
+
+
+def _preload(warmup: str) -> None:
+    # What IPKernelApp sets before a kernel imports matplotlib, so that a
+    # warm-up importing it picks the inline backend, as the kernel would.
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    for module in PRELOADED:
+        __import__(module)
+    if warmup:
+        namespace: dict[str, object] = {"__name__": "__noteburst_warmup__"}
+        exec(compile(warmup, "<warm-up>", "exec"), namespace)  # noqa: S102 - the operator's own code
+        namespace.clear()
+
+
+def _reseed() -> None:
+    """Give this kernel random state of its own.
+
+    Python's ``random`` reseeds itself in a fork child already
+    (``os.register_at_fork``); numpy's global generator, seeded when numpy
+    was imported in the template, does not.
+    """
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
+def _become_kernel(request: wire.ForkRequest, inherited: Sequence[int]) -> NoReturn:
+    """Turn this fork child into the requested kernel; never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.setsid()
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        # ipykernel watches its parent and stops when it changes: the
+        # parent is this template, not the server that sent the request.
+        os.environ["JPY_PARENT_PID"] = str(os.getppid())
+        _reseed()
+        # IPKernelApp read JPY_PARENT_PID when the template imported it:
+        # its default is the template's environment, so say it again.
+        argv = [*request["argv"], f"--IPKernelApp.parent_handle={os.getppid()}"]
+        spec = importlib.util.find_spec("ipykernel_launcher")
+        sys.argv = [spec.origin if spec and spec.origin else "ipykernel_launcher"]
+        sys.argv += argv
+        from ipykernel import kernelapp  # noqa: PLC0415 - preloaded: a lookup
+
+        kernelapp.launch_new_instance(argv=argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # reported, then the process ends
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    os._exit(code)
+
+
+class Template:
+    """The template's loop: accept requests, fork, reap, report exits."""
+
+    def __init__(self, listener: socket.socket, parent_pid: int) -> None:
+        self.listener = listener
+        self.parent_pid = parent_pid
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, socket.socket] = {}
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+
+    def serve(self) -> None:
+        """Serve until the parent is gone."""
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_write)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wake_read, selectors.EVENT_READ, "signal")
+        while os.getppid() == self.parent_pid:
+            for key, _ in self.selector.select(timeout=LIFELINE_SECONDS):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "signal":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_read, 4096)
+                else:
+                    self._peer_readable(key.data)
+            self._reap()
+
+    def _inherited(self) -> list[int]:
+        """Return the descriptors a child must close: the template's own."""
+        fds = [self.listener.fileno(), self.wake_read, self.wake_write]
+        fds += [conn.fileno() for conn in self.children.values()]
+        with contextlib.suppress(Exception):
+            fds.append(self.selector.fileno())
+        return fds
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            conn.settimeout(REQUEST_SECONDS)
+            line = conn.makefile("rb").readline(wire.MAX_LINE)
+            request = wire.decode(line)
+            fields = ("argv", "env", "cwd")
+            if not all(key in request for key in fields):
+                conn.sendall(wire.encode({"error": f"a request needs {fields}"}))
+                conn.close()
+                return
+        except (OSError, ValueError) as exc:
+            with contextlib.suppress(OSError):
+                conn.sendall(wire.encode({"error": f"bad request: {exc}"}))
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0:
+            _become_kernel(request, [*self._inherited(), conn.fileno()])  # type: ignore[arg-type]
+        self.children[pid] = conn
+        # If the provisioner gave up waiting, the exit is reaped all the same.
+        with contextlib.suppress(OSError):
+            conn.sendall(wire.encode({"pid": pid}))
+        conn.setblocking(False)
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _peer_readable(self, pid: int) -> None:
+        """Stop reporting a kernel whose provisioner closed its connection."""
+        conn = self.children.get(pid)
+        if conn is None:
+            return
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(conn)
+            conn.close()
+            del self.children[pid]  # still reaped, reported to no one
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            with contextlib.suppress(OSError):
+                self.selector.unregister(conn)
+                conn.setblocking(True)
+                conn.settimeout(REQUEST_SECONDS)
+                message = {"exited": pid, "status": wire.exit_status(status)}
+                conn.sendall(wire.encode(message))
+            conn.close()
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Noteburst's kernel template")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--status-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--warmup", default="")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Preload, check, listen, report, serve."""
+    args = _parse(argv)
+    # As ipykernel_launcher does: the cwd off sys.path while importing.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is its own
+    with os.fdopen(args.status_fd, "wb", buffering=0) as status:
+        try:
+            _preload(args.warmup)
+        except BaseException as exc:  # reported to the provisioner
+            status.write(wire.encode({"unsafe": f"the warm-up failed: {exc!r}"}))
+            return 3
+        unsafe = why_unforkable()
+        if unsafe is not None:
+            status.write(wire.encode({"unsafe": unsafe}))
+            return 3
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(args.socket)
+        listener.listen(128)
+        status.write(wire.encode(wire.READY))
+    try:
+        Template(listener, args.parent_pid).serve()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
