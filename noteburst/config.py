@@ -169,6 +169,15 @@ class JupyterSettings(_Group):
             'kernel name (JSON object, e.g. {"python3": "import numpy"}).'
         ),
     )
+    fork_kernels: bool = Field(
+        True,
+        description=(
+            "Fork `python3` kernels of the Jupyter server Noteburst starts "
+            "from a template process that has imported ipykernel and run "
+            "warm_up_code's python3 code once (a fresh process per kernel, "
+            "imports shared copy-on-write). false: start each the plain way."
+        ),
+    )
     kernel_start_timeout: float = Field(
         60.0, gt=0, description="Seconds to wait for a kernel to start."
     )

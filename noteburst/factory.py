@@ -318,6 +318,7 @@ def _local_backend(config: Config, http: httpx.AsyncClient) -> LocalLabBackend:
         warm_kernels=jupyter.warm_kernels,
         warm_up_code=jupyter.warm_up_code,
         retire_delay=jupyter.kernel_retire_delay,
+        fork_kernels=jupyter.fork_kernels,
     )
 
 

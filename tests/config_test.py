@@ -76,6 +76,7 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
         "jupyter.warm_up_code",
         {"python3": "import os"},
     ),
+    ("NOTEBURST_FORK_KERNELS", "false", "jupyter.fork_kernels", False),
     ("NOTEBURST_KERNEL_START_TIMEOUT", "44", "jupyter.kernel_start_timeout", 44.0),
     ("NOTEBURST_HTTP_TIMEOUT", "3", "jupyter.http_timeout", 3.0),
     ("NOTEBURST_KERNEL_RETIRE_DELAY", "0", "jupyter.kernel_retire_delay", 0.0),

@@ -53,6 +53,20 @@ PRELOADED: Final = (
     # Imported lazily by IPKernelApp.init_kernel otherwise: with debugpy,
     # 0.24 s of the 0.26 s a forked kernel took to initialise.
     "ipykernel.debugger",
+    # The rest of what a forked kernel still imported while initialising
+    # (psutil alone, for jupyter_client's list of local addresses, ~50 ms).
+    "psutil",
+    "jupyter_client.localinterfaces",
+    "IPython.core.completerlib",
+    "IPython.core.debugger",
+    "IPython.core.oinspect",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "sqlite3",
+    "pdb",
+    "faulthandler",
+    "resource",
+    "tornado.platform.asyncio",
 )
 """What every kernel would import first; imported once, here."""
 

@@ -33,7 +33,7 @@ import httpx
 
 from .exceptions import JupyterError, JupyterWebError, KernelDiedError, KernelStartError
 from .kernel import KernelConnection
-from .local import LocalJupyterServer
+from .local import FORKED_KERNEL_NAME, LocalJupyterServer
 from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
@@ -140,6 +140,10 @@ class LocalLabBackend:
     retire_delay
         Seconds a used kernel is left alone before it is shut down (and its
         pool replacement started); see :class:`KernelShutdowns`.
+    fork_kernels
+        Fork ``python3`` kernels from a template that ran
+        ``warm_up_code["python3"]`` (only for a server this backend starts;
+        see :class:`~.local.LocalJupyterServer`).
     """
 
     def __init__(
@@ -158,8 +162,10 @@ class LocalLabBackend:
         warm_up_code: Mapping[str, str] | None = None,
         warm_up_max_failures: int = 5,
         retire_delay: float = 0.0,
+        fork_kernels: bool = False,
     ) -> None:
         self._http = http
+        self.fork_kernels = fork_kernels
         self.root_dir = root_dir
         self._url = url
         self._token = token
@@ -209,8 +215,11 @@ class LocalLabBackend:
             return
         url, token = self._url, self._token
         if url is None:
+            warmup = self.warm_up_code.get(FORKED_KERNEL_NAME, "")
             server = LocalJupyterServer(
-                root_dir=self.root_dir, start_timeout=self.start_timeout
+                root_dir=self.root_dir,
+                start_timeout=self.start_timeout,
+                fork_kernels=warmup if self.fork_kernels else None,
             )
             await server.start()
             self._server = server

@@ -15,6 +15,9 @@ process with the settings measured to matter (``jupyter-on-loopback.md``):
   :class:`~.server_settings.LowLatencyKernelManager` for the kernels (their
   IPython history in memory, as nbclient keeps it, and no sleep before each
   reply): the arguments a hub operator gives the spawner;
+* with ``fork_kernels``, a ``python3`` kernelspec in its own data directory
+  that names Noteburst's forking provisioner (:mod:`noteburst.forkserver`),
+  with that warm-up code: kernels are forked from a preloaded template;
 * hermetic ``JUPYTER_CONFIG_DIR``, ``JUPYTER_DATA_DIR``,
   ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` under ``root_dir``.  Only the
   *user* directories move: kernelspecs installed in the environment
@@ -36,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,9 +51,10 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import httpx
+from ipykernel.kernelspec import get_kernel_dict
 
 from .exceptions import JupyterError, LabUnavailableError
 from .rest import JupyterRestClient
@@ -74,6 +80,24 @@ _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL: Final = 2000
 
 
+FORKED_KERNEL_NAME: Final = "python3"
+FORK_PROVISIONER: Final = "noteburst-fork-provisioner"
+
+
+def forked_kernel_spec(python: str, warmup: str) -> dict[str, Any]:
+    """Return ipykernel's ``python3`` kernelspec, forked from a template."""
+    spec: dict[str, Any] = get_kernel_dict()
+    spec["argv"] = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec["metadata"] = {
+        **spec.get("metadata", {}),
+        "kernel_provisioner": {
+            "provisioner_name": FORK_PROVISIONER,
+            "config": {"warmup": warmup},
+        },
+    }
+    return spec
+
+
 class LocalJupyterServer:
     """A jupyter_server child process on 127.0.0.1.
 
@@ -94,6 +118,10 @@ class LocalJupyterServer:
         More command-line options for jupyter_server.
     env
         Extra environment variables for the server (and its kernels).
+    fork_kernels
+        Warm-up code (``""`` for none) to fork ``python3`` kernels from a
+        template that ran it (see :mod:`noteburst.forkserver`); None:
+        kernels are started the plain way.
     """
 
     def __init__(
@@ -105,8 +133,10 @@ class LocalJupyterServer:
         stop_timeout: float = 10.0,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        fork_kernels: str | None = None,
     ) -> None:
         self.root_dir = root_dir
+        self.fork_kernels = fork_kernels
         self.start_timeout = start_timeout
         self.python = python
         self.stop_timeout = stop_timeout
@@ -205,6 +235,16 @@ class LocalJupyterServer:
     def _prepare_dirs(self) -> None:
         for name in ("config", "data", "runtime", "ipython"):
             (self.state_dir / name).mkdir(parents=True, exist_ok=True)
+        spec = self.state_dir / "data" / "kernels" / FORKED_KERNEL_NAME
+        if self.fork_kernels is None:
+            shutil.rmtree(spec, ignore_errors=True)
+        else:
+            # In the server's JUPYTER_DATA_DIR, which comes before the
+            # environment's, so this python3 replaces ipykernel's.
+            spec.mkdir(parents=True, exist_ok=True)
+            (spec / "kernel.json").write_text(
+                json.dumps(forked_kernel_spec(self.python, self.fork_kernels))
+            )
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -220,6 +260,11 @@ class LocalJupyterServer:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.fork_kernels is not None:
+            # In a virtualenv, jupyter_core looks in the environment's data
+            # directory (ipykernel's python3) before the user's, where the
+            # forked python3 is: the hermetic user directories come first.
+            env["JUPYTER_PREFER_ENV_PATH"] = "0"
         env.update(self.extra_env)
         return env
 

@@ -1,8 +1,9 @@
 """Our notebook runs must write exactly what nbclient writes.
 
-Each notebook in ``tests/data/notebooks`` is executed three times, at once:
-by ``nbclient.NotebookClient`` in-process (the reference), and by
-``execute_notebook`` over our websocket client with each wire protocol.  The
+Each notebook in ``tests/data/notebooks`` is executed four times, at once:
+by ``nbclient.NotebookClient`` in-process (the reference), by
+``execute_notebook`` over our websocket client with each wire protocol, and
+by it on a kernel forked from a template (:mod:`noteburst.forkserver`).  The
 results must be equal after masking the ``metadata.execution`` timestamps,
 the only thing that is meant to differ between two runs.
 """
@@ -116,10 +117,12 @@ def normalize(nb: NotebookNode) -> dict[str, Any]:
 async def test_same_notebook_as_nbclient(
     jupyter_backend: LocalLabBackend,
     legacy_backend: LocalLabBackend,
+    forked_backend: LocalLabBackend,
     nbclient_runtime: Path,
     path: Path,
 ) -> None:
     reference, over_v1, over_legacy = read(path), read(path), read(path)
+    on_forked = read(path)
 
     async with asyncio.timeout(90), asyncio.TaskGroup() as tasks:
         nbclient_run = tasks.create_task(run_with_nbclient(reference, nbclient_runtime))
@@ -129,15 +132,20 @@ async def test_same_notebook_as_nbclient(
         legacy_run = tasks.create_task(
             run_with_noteburst(legacy_backend, over_legacy, WireProtocol.LEGACY)
         )
-    nbclient_error, failure_v1, failure_legacy = (
+        forked_run = tasks.create_task(
+            run_with_noteburst(forked_backend, on_forked, WireProtocol.V1)
+        )
+    nbclient_error, failure_v1, failure_legacy, failure_forked = (
         nbclient_run.result(),
         v1_run.result(),
         legacy_run.result(),
+        forked_run.result(),
     )
 
     expected = normalize(reference)
     assert normalize(over_v1) == expected
     assert normalize(over_legacy) == expected
+    assert normalize(on_forked) == expected
     nbformat.validate(over_v1)
     nbformat.validate(over_legacy)
 
@@ -145,7 +153,7 @@ async def test_same_notebook_as_nbclient(
         ename, evalue, cell_index = EXPECTED_FAILURES[path.stem]
         assert nbclient_error is not None
         assert (nbclient_error.ename, nbclient_error.evalue) == (ename, evalue)
-        for failure in (failure_v1, failure_legacy):
+        for failure in (failure_v1, failure_legacy, failure_forked):
             assert failure is not None
             assert (failure.ename, failure.evalue, failure.cell_index) == (
                 ename,
@@ -159,6 +167,7 @@ async def test_same_notebook_as_nbclient(
         assert nbclient_error is None
         assert failure_v1 is None
         assert failure_legacy is None
+        assert failure_forked is None
 
 
 def test_every_feature_is_covered() -> None:

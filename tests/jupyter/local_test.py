@@ -40,8 +40,13 @@ def command_line(pid: int) -> bytes:
 
 
 @pytest.mark.asyncio
-async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
-    server = LocalJupyterServer(root_dir=tmp_path, start_timeout=60)
+@pytest.mark.parametrize("fork_kernels", [None, "import json"], ids=["plain", "forked"])
+async def test_lifecycle_leaves_nothing_behind(
+    tmp_path: Path, fork_kernels: str | None
+) -> None:
+    server = LocalJupyterServer(
+        root_dir=tmp_path, start_timeout=60, fork_kernels=fork_kernels
+    )
     with pytest.raises(JupyterError):
         _ = server.url
     await server.start()
@@ -71,7 +76,7 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
             nb = nbformat.v4.new_notebook(
                 cells=[
                     nbformat.v4.new_code_cell(
-                        "import os\nprint(os.getpid(), os.getcwd())"
+                        "import os\nprint(os.getpid(), os.getcwd(), os.getppid())"
                     ),
                     # LowLatencyKernelManager's arguments reached the kernel.
                     nbformat.v4.new_code_cell(
@@ -84,10 +89,16 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
                 assert await execute_notebook(conn, nb) is None
         tuned = nb.cells[1].outputs[0].data["text/plain"]
         assert tuned == "(':memory:', 0.0)", tuned
-        kernel_pid_text, kernel_cwd = nb.cells[0].outputs[0].text.split()
-        kernel_pid = int(kernel_pid_text)
+        kernel_pid_text, kernel_cwd, parent_text = nb.cells[0].outputs[0].text.split()
+        kernel_pid, kernel_parent = int(kernel_pid_text), int(parent_text)
         assert Path(kernel_cwd) == tmp_path
         assert alive(kernel_pid)
+        if fork_kernels is None:
+            assert kernel_parent == pid
+        else:
+            # A fork of the template, which the server started.
+            assert kernel_parent != pid
+            assert b"noteburst.forkserver.template" in command_line(kernel_parent)
 
         # Stop with a kernel still running: the server shuts it down.
         await server.stop()
@@ -95,6 +106,9 @@ async def test_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
         assert server.pid is None
         assert not alive(pid)
         assert not alive(kernel_pid)
+        if fork_kernels is not None:
+            async with asyncio.timeout(WAIT):
+                await wait_for_exit(kernel_parent)
         with pytest.raises(LabUnavailableError):
             await rest.status()
 

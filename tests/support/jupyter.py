@@ -65,13 +65,13 @@ def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-@pytest.fixture(scope="session")
-def jupyter_server(
-    tmp_path_factory: pytest.TempPathFactory,
+def _session_server(
+    tmp_path_factory: pytest.TempPathFactory, fork_kernels: str | None
 ) -> Iterator[JupyterServerInfo]:
-    """Start one jupyter_server for the session; stop it at the end."""
     root_dir = tmp_path_factory.mktemp("jupyter-server")
-    server = LocalJupyterServer(root_dir=root_dir, start_timeout=60)
+    server = LocalJupyterServer(
+        root_dir=root_dir, start_timeout=60, fork_kernels=fork_kernels
+    )
     run_in_thread(server.start())
     try:
         assert server.pid is not None
@@ -80,6 +80,29 @@ def jupyter_server(
         )
     finally:
         run_in_thread(server.stop())
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JupyterServerInfo]:
+    """Start one jupyter_server for the session; stop it at the end.
+
+    Its kernels are started the plain way (see ``forking_jupyter_server``).
+    """
+    yield from _session_server(tmp_path_factory, None)
+
+
+@pytest.fixture(scope="session")
+def forking_jupyter_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JupyterServerInfo]:
+    """A session server whose ``python3`` kernels are forked from a template."""
+    yield from _session_server(tmp_path_factory, FORK_WARMUP)
+
+
+FORK_WARMUP = "import json, decimal"
+"""The forking server's warm-up code."""
 
 
 @pytest_asyncio.fixture
@@ -93,6 +116,27 @@ async def jupyter_backend(
             root_dir=tmp_path,
             url=jupyter_server.url,
             token=jupyter_server.token,
+            kernel_start_timeout=60,
+            request_timeout=30,
+        )
+        await backend.start()
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+
+@pytest_asyncio.fixture
+async def forked_backend(
+    forking_jupyter_server: JupyterServerInfo, tmp_path: Path
+) -> AsyncIterator[LocalLabBackend]:
+    """A started backend on the forking session server; closed after the test."""
+    async with httpx.AsyncClient(trust_env=False) as http:
+        backend = LocalLabBackend(
+            http=http,
+            root_dir=tmp_path,
+            url=forking_jupyter_server.url,
+            token=forking_jupyter_server.token,
             kernel_start_timeout=60,
             request_timeout=30,
         )
