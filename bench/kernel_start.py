@@ -1,0 +1,195 @@
+"""Kernel start, plain against forked from a template (issue 17).
+
+Run with ``uv run python bench/kernel_start.py [--runs N] [--json PATH]``.
+
+Why: every notebook Noteburst runs gets a fresh kernel, and a plain start
+is a new interpreter importing ipykernel's stack, then whatever the
+notebook imports.  :mod:`noteburst.forkserver` forks kernels from a
+template that has imported them once.  This measures what that saves.
+
+What is measured, ``--runs`` times each, one kernel at a time, through
+jupyter_client's own ``AsyncKernelManager`` (what jupyter_server uses),
+with kernel specs written to a private ``JUPYTER_PATH``:
+
+``start``
+    From ``start_kernel()`` to the first ``kernel_info`` reply read off the
+    shell channel: ``plain`` (ipykernel's spec), ``forked`` (the same
+    command through the forking provisioner, no warm-up), and ``nbclient``
+    (``NotebookClient``'s own kernel start, ``async_start_new_kernel`` and
+    ``async_start_new_kernel_client``, which waits for the kernel to be
+    ready).
+``heavy``
+    From ``start_kernel()`` to the reply of a cell that imports numpy,
+    pandas and matplotlib.pyplot: ``plain`` and ``forked`` with
+    ``warmup = "import numpy, pandas, matplotlib.pyplot"``.
+
+The first start of each variant is not counted (it starts the template,
+and fills the disk cache).  Ratios are printed against the plain start
+measured in the same run, so the machine's speed cancels out; absolute
+milliseconds are printed too, for this machine.  Nothing asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbformat import v4
+
+from noteburst.forkserver.provisioner import stop_templates
+
+HEAVY_IMPORTS = "import numpy, pandas, matplotlib.pyplot"
+WAIT = 120.0
+
+
+def write_spec(root: Path, name: str, *, warmup: str | None) -> None:
+    """Write a python3 spec; ``warmup`` None: plain, else forked with it."""
+    spec: dict[str, Any] = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": name,
+        "language": "python",
+        "metadata": {},
+    }
+    if warmup is not None:
+        spec["metadata"]["kernel_provisioner"] = {
+            "provisioner_name": "noteburst-fork-provisioner",
+            "config": {"warmup": warmup},
+        }
+    folder = root / "kernels" / name
+    folder.mkdir(parents=True)
+    (folder / "kernel.json").write_text(json.dumps(spec))
+
+
+async def time_kernel(name: str, code: str | None) -> float:
+    """Seconds from start_kernel() to the kernel_info reply (or ``code``'s)."""
+    manager = AsyncKernelManager(kernel_name=name)
+    client = None
+    try:
+        async with asyncio.timeout(WAIT):
+            t0 = time.perf_counter()
+            await manager.start_kernel()
+            client = manager.client()
+            client.start_channels()
+            msg_id = client.kernel_info() if code is None else client.execute(code)
+            while True:
+                reply = await client.get_shell_msg(timeout=WAIT)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            seconds = time.perf_counter() - t0
+            if reply["content"]["status"] != "ok":
+                msg = f"{name}: {reply['content']}"
+                raise RuntimeError(msg)
+            return seconds
+    finally:
+        if client is not None:
+            client.stop_channels()
+        if await manager.is_alive():
+            await manager.shutdown_kernel(now=True)
+        manager.context.destroy(linger=0)
+
+
+async def time_nbclient() -> float:
+    """Seconds for nbclient to start a kernel and have it ready."""
+    client = NotebookClient(v4.new_notebook(), kernel_name="plain", timeout=60)
+    t0 = time.perf_counter()
+    async with client.async_setup_kernel():
+        return time.perf_counter() - t0
+
+
+async def measure(runs: int, what: Callable[[], Awaitable[float]]) -> list[float]:
+    await what()  # not counted: template start, disk cache
+    return [await what() for _ in range(runs)]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": statistics.median(values) * 1000,
+        "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        * 1000,
+    }
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        os.environ["JUPYTER_PATH"] = str(root / "jupyter")
+        os.environ["JUPYTER_RUNTIME_DIR"] = str(root / "runtime")
+        os.environ["IPYTHONDIR"] = str(root / "ipython")
+        write_spec(root / "jupyter", "plain", warmup=None)
+        write_spec(root / "jupyter", "forked", warmup="")
+        write_spec(root / "jupyter", "forked-heavy", warmup=HEAVY_IMPORTS)
+        try:
+            cases: dict[str, Callable[[], Awaitable[float]]] = {
+                "start/plain": lambda: time_kernel("plain", None),
+                "start/forked": lambda: time_kernel("forked", None),
+                "start/nbclient": time_nbclient,
+            }
+            if not args.skip_heavy:
+                cases["heavy/plain"] = lambda: time_kernel("plain", HEAVY_IMPORTS)
+                cases["heavy/forked"] = lambda: time_kernel(
+                    "forked-heavy", HEAVY_IMPORTS
+                )
+            for case, what in cases.items():
+                results[case] = summary(await measure(args.runs, what))
+                print(
+                    f"{case:16} p50 {results[case]['p50_ms']:7.1f} ms   "
+                    f"p95 {results[case]['p95_ms']:7.1f} ms",
+                    flush=True,
+                )
+        finally:
+            stop_templates()
+    report(results)
+    return results
+
+
+def report(results: dict[str, Any]) -> None:
+    def ratio(slow: str, fast: str) -> float:
+        return float(results[slow]["p50_ms"] / results[fast]["p50_ms"])
+
+    print()
+    plain = ratio("start/plain", "start/forked")
+    nbclient = ratio("start/nbclient", "start/forked")
+    print(f"forked start: {plain:.1f}x sooner than plain,")
+    print(f"              {nbclient:.1f}x sooner than nbclient's")
+    forked = results["start/forked"]["p50_ms"]
+    print(
+        f"goal: forked start p50 <= 50 ms: {'met' if forked <= 50 else 'NOT met'} "
+        f"({forked:.0f} ms here)"
+    )
+    if "heavy/plain" in results:
+        heavy = ratio("heavy/plain", "heavy/forked")
+        print(
+            f"a kernel that imports numpy, pandas, matplotlib: {heavy:.1f}x sooner "
+            f"forked from a template that imported them; goal >= 10x: "
+            f"{'met' if heavy >= 10 else 'NOT met'}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--skip-heavy", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = asyncio.run(bench(args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nAbsolute figures depend on this machine ({os.cpu_count()} CPUs).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
