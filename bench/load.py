@@ -133,6 +133,8 @@ class Figures:
 
     latencies: list[float]
     wall: float
+    cpu_busy: float | None = None
+    """Share of the machine's CPU time busy during the block (any process)."""
 
     @property
     def throughput(self) -> float:
@@ -155,7 +157,7 @@ class Figures:
             "min": min(self.latencies),
             "max": max(self.latencies),
             "wall": self.wall,
-        }
+        } | ({} if self.cpu_busy is None else {"cpu_busy": self.cpu_busy})
 
 
 @dataclass
@@ -190,6 +192,7 @@ async def under_load(measure: Measure, mode: str, count: int, lanes: int) -> Fig
             sample = await measure(mode, True)
             latencies.append(sample.seconds)
 
+    cpu0 = cpu_times()
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(lane()) for _ in range(min(lanes, count))]
     try:
@@ -198,7 +201,28 @@ async def under_load(measure: Measure, mode: str, count: int, lanes: int) -> Fig
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return Figures(latencies, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    cpu1 = cpu_times()
+    busy = None
+    if cpu0 is not None and cpu1 is not None and cpu1[1] > cpu0[1]:
+        busy = (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
+    return Figures(latencies, wall, busy)
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """Busy and total CPU time of the machine so far, in ticks (Linux).
+
+    From the first line of ``/proc/stat``: user, nice, system, idle,
+    iowait, irq, softirq, steal; idle and iowait are not busy.  `None`
+    where there is no ``/proc/stat``.
+    """
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    ticks = [int(value) for value in line.split()[1:9]]
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total
 
 
 @dataclass
@@ -325,94 +349,14 @@ def _goal(met: bool, text: str) -> str:
 
 def report(results: Results) -> dict[str, Any]:
     """Print the table, the ratios and the goals; return them for the JSON."""
-    output: dict[str, Any] = {"figures": {}, "ratios": {}, "goals": {}}
-    print()
-    print(f"{'':<8}{'system':<44} {'n':>3} {'nb/s':>7} {'p50':>8} {'p95':>8}")
-    for mode in MODES:
-        for system, figures in results.figures[mode].items():
-            output["figures"].setdefault(mode, {})[system] = figures.summary()
-            print(
-                f"{mode[:7]:<8}{LABELS[system]:<44} {len(figures.latencies):>3} "
-                f"{figures.throughput:>7.2f} {figures.p50:>7.3f}s {figures.p95:>7.3f}s"
-            )
-
-    concurrent = results.figures["concurrent"]
-    noteburst = concurrent.get("noteburst")
-    if noteburst is not None:
-        print("\nconcurrent (goals of issue 17):")
-        ratios: dict[str, float] = {}
-        for baseline in ("nbclient", "papermill"):
-            if baseline in concurrent:
-                other = concurrent[baseline]
-                ratios[f"throughput_vs_{baseline}"] = (
-                    noteburst.throughput / other.throughput
-                )
-                ratios[f"p50_vs_{baseline}"] = noteburst.p50 / other.p50
-        if ratios:
-            print(
-                "  noteburst throughput = "
-                + ", ".join(
-                    f"{ratios[f'throughput_vs_{b}']:.1f}x {b}"
-                    for b in ("nbclient", "papermill")
-                    if f"throughput_vs_{b}" in ratios
-                )
-                + "; latency p50 = "
-                + ", ".join(
-                    f"{ratios[f'p50_vs_{b}']:.2f}x {b}"
-                    for b in ("nbclient", "papermill")
-                    if f"p50_vs_{b}" in ratios
-                )
-            )
-        goals: dict[str, bool] = {}
-        if "throughput_vs_nbclient" in ratios:
-            met = ratios["throughput_vs_nbclient"] >= GOAL_NBCLIENT_THROUGHPUT
-            goals["throughput_vs_nbclient"] = met
-            print(
-                f"  {ratios['throughput_vs_nbclient']:.1f}x nbclient's throughput: "
-                + _goal(met, f"≥ {GOAL_NBCLIENT_THROUGHPUT:g}x")
-            )
-        if "throughput_vs_papermill" in ratios:
-            met = ratios["throughput_vs_papermill"] >= GOAL_PAPERMILL_THROUGHPUT
-            goals["throughput_vs_papermill"] = met
-            print(
-                f"  {ratios['throughput_vs_papermill']:.1f}x papermill's throughput: "
-                + _goal(met, f"≥ {GOAL_PAPERMILL_THROUGHPUT:g}x")
-            )
-        met = noteburst.p95 < GOAL_P95_SECONDS
-        goals["p95"] = met
-        print(
-            f"  latency p95 {noteburst.p95:.3f} s: "
-            + _goal(met, f"< {GOAL_P95_SECONDS:g} s")
-        )
-        output["ratios"]["concurrent"] = ratios
-        output["goals"]["concurrent"] = goals
-
-    serial = results.figures["back-to-back"]
-    noteburst = serial.get("noteburst")
-    if noteburst is not None:
-        print("\nback-to-back (goal of issue 17):")
-        ratios = {
-            f"p50_vs_{other}": noteburst.p50 / serial[other].p50
-            for other in ("floor", "nbclient", "papermill")
-            if other in serial
-        }
-        if ratios:
-            print(
-                "  noteburst p50 = "
-                + ", ".join(
-                    f"{value:.2f}x {key.removeprefix('p50_vs_')}"
-                    for key, value in ratios.items()
-                )
-            )
-        if "p50_vs_floor" in ratios:
-            met = ratios["p50_vs_floor"] <= GOAL_FLOOR_RATIO
-            output["goals"]["back-to-back"] = {"p50_vs_floor": met}
-            print(
-                f"  p50 {ratios['p50_vs_floor']:.1f}x the floor: "
-                + _goal(met, f"≤ {GOAL_FLOOR_RATIO:g}x")
-            )
-        output["ratios"]["back-to-back"] = ratios
-
+    output: dict[str, Any] = {"figures": _report_table(results)}
+    output["ratios"], output["goals"] = {}, {}
+    for mode, part in (
+        ("concurrent", _report_concurrent),
+        ("back-to-back", _report_back_to_back),
+    ):
+        if "noteburst" in results.figures[mode]:
+            output["ratios"][mode], output["goals"][mode] = part(results.figures[mode])
     print(
         "\nmachine load average (1, 5, 15 min): "
         + "; ".join(
@@ -431,6 +375,81 @@ def report(results: Results) -> dict[str, Any]:
         for mode, by_system in results.figures.items()
     }
     return output
+
+
+def _report_table(results: Results) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    print()
+    print(
+        f"{'':<8}{'system':<44} {'n':>3} {'nb/s':>7} {'p50':>8} {'p95':>8} "
+        f"{'CPU busy':>8}"
+    )
+    for mode in MODES:
+        for system, figures in results.figures[mode].items():
+            table.setdefault(mode, {})[system] = figures.summary()
+            busy = "" if figures.cpu_busy is None else f"{figures.cpu_busy:>8.0%}"
+            print(
+                f"{mode[:7]:<8}{LABELS[system]:<44} {len(figures.latencies):>3} "
+                f"{figures.throughput:>7.2f} {figures.p50:>7.3f}s {figures.p95:>7.3f}s "
+                + busy
+            )
+    print(
+        "(CPU busy: the share of all the machine's CPU time, any process, "
+        "busy during the block)"
+    )
+    return table
+
+
+def _report_concurrent(
+    figures: dict[str, Figures],
+) -> tuple[dict[str, float], dict[str, bool]]:
+    noteburst = figures["noteburst"]
+    baselines = [b for b in ("nbclient", "papermill") if b in figures]
+    ratios: dict[str, float] = {}
+    for b in baselines:
+        ratios[f"throughput_vs_{b}"] = noteburst.throughput / figures[b].throughput
+        ratios[f"p50_vs_{b}"] = noteburst.p50 / figures[b].p50
+    print("\nconcurrent (goals of issue 17):")
+    if baselines:
+        throughput = (f"{ratios[f'throughput_vs_{b}']:.1f}x {b}" for b in baselines)
+        latency = (f"{ratios[f'p50_vs_{b}']:.2f}x {b}" for b in baselines)
+        print(
+            f"  noteburst throughput = {', '.join(throughput)}; "
+            f"latency p50 = {', '.join(latency)}"
+        )
+    goals: dict[str, bool] = {}
+    for b, goal in (
+        ("nbclient", GOAL_NBCLIENT_THROUGHPUT),
+        ("papermill", GOAL_PAPERMILL_THROUGHPUT),
+    ):
+        if b in baselines:
+            ratio = ratios[f"throughput_vs_{b}"]
+            goals[f"throughput_vs_{b}"] = met = ratio >= goal
+            print(f"  {ratio:.1f}x {b}'s throughput: {_goal(met, f'≥ {goal:g}x')}")
+    goals["p95"] = met = noteburst.p95 < GOAL_P95_SECONDS
+    print(
+        f"  latency p95 {noteburst.p95:.3f} s: "
+        + _goal(met, f"< {GOAL_P95_SECONDS:g} s")
+    )
+    return ratios, goals
+
+
+def _report_back_to_back(
+    figures: dict[str, Figures],
+) -> tuple[dict[str, float], dict[str, bool]]:
+    noteburst = figures["noteburst"]
+    others = [o for o in ("floor", "nbclient", "papermill") if o in figures]
+    ratios = {f"p50_vs_{o}": noteburst.p50 / figures[o].p50 for o in others}
+    print("\nback-to-back (goal of issue 17):")
+    if others:
+        parts = (f"{ratios[f'p50_vs_{o}']:.2f}x {o}" for o in others)
+        print(f"  noteburst p50 = {', '.join(parts)}")
+    goals: dict[str, bool] = {}
+    if "floor" in others:
+        ratio = ratios["p50_vs_floor"]
+        goals["p50_vs_floor"] = met = ratio <= GOAL_FLOOR_RATIO
+        print(f"  p50 {ratio:.1f}x the floor: {_goal(met, f'≤ {GOAL_FLOOR_RATIO:g}x')}")
+    return ratios, goals
 
 
 def _commit() -> str | None:
