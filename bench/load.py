@@ -133,8 +133,7 @@ class Figures:
 
     latencies: list[float]
     wall: float
-    cpu_busy: float | None = None
-    """Share of the machine's CPU time busy during the block (any process)."""
+    cpu: CpuUse | None = None
 
     @property
     def throughput(self) -> float:
@@ -157,7 +156,34 @@ class Figures:
             "min": min(self.latencies),
             "max": max(self.latencies),
             "wall": self.wall,
-        } | ({} if self.cpu_busy is None else {"cpu_busy": self.cpu_busy})
+        } | ({} if self.cpu is None else self.cpu.summary(len(self.latencies)))
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds spent during a block: the machine's, and this benchmark's.
+
+    ``ours`` is this script's process and every process under it (Noteburst,
+    its Jupyter server and kernels, nbclient's kernels, papermill and its
+    kernels), the ones that ended included; ``busy - ours`` is every other
+    process on the machine (another agent's tests, say).
+    """
+
+    ours: float
+    busy: float
+    total: float
+
+    @property
+    def others_share(self) -> float:
+        """Share of the machine's CPU time used by other processes."""
+        return max(0.0, self.busy - self.ours) / self.total
+
+    def summary(self, notebooks: int) -> dict[str, float]:
+        return {
+            "cpu_seconds_per_notebook": self.ours / notebooks,
+            "machine_busy_share": self.busy / self.total,
+            "others_share": self.others_share,
+        }
 
 
 @dataclass
@@ -203,26 +229,48 @@ async def under_load(measure: Measure, mode: str, count: int, lanes: int) -> Fig
         await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - t0
     cpu1 = cpu_times()
-    busy = None
-    if cpu0 is not None and cpu1 is not None and cpu1[1] > cpu0[1]:
-        busy = (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
-    return Figures(latencies, wall, busy)
+    cpu = None
+    if cpu0 is not None and cpu1 is not None and cpu1[2] > cpu0[2]:
+        cpu = CpuUse(*(end - start for start, end in zip(cpu0, cpu1, strict=True)))
+    return Figures(latencies, wall, cpu)
 
 
-def cpu_times() -> tuple[int, int] | None:
-    """Busy and total CPU time of the machine so far, in ticks (Linux).
+def cpu_times() -> tuple[float, float, float] | None:
+    """CPU seconds so far: this process's tree, the machine's busy and total.
 
-    From the first line of ``/proc/stat``: user, nice, system, idle,
-    iowait, irq, softirq, steal; idle and iowait are not busy.  `None`
-    where there is no ``/proc/stat``.
+    Linux only (`None` elsewhere).  The machine's from the first line of
+    ``/proc/stat`` (user, nice, system, idle, iowait, irq, softirq, steal;
+    idle and iowait are not busy).  The tree's from ``/proc/PID/stat`` of
+    this process and each live descendant: utime and stime, plus cutime and
+    cstime, the children it has reaped (so a papermill or a kernel that
+    ended during the block still counts).
     """
+    tick = os.sysconf("SC_CLK_TCK")
     try:
         line = Path("/proc/stat").read_text().split("\n", 1)[0]
     except OSError:
         return None
     ticks = [int(value) for value in line.split()[1:9]]
     total = sum(ticks)
-    return total - ticks[3] - ticks[4], total
+    busy = total - ticks[3] - ticks[4]
+    children: dict[int, list[int]] = {}
+    own: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # from field 3, state, on
+        children.setdefault(int(fields[1]), []).append(int(name))
+        own[int(name)] = sum(int(value) for value in fields[11:15])
+    ours, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        ours += own.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return ours / tick, busy / tick, total / tick
 
 
 @dataclass
@@ -382,20 +430,27 @@ def _report_table(results: Results) -> dict[str, Any]:
     print()
     print(
         f"{'':<8}{'system':<44} {'n':>3} {'nb/s':>7} {'p50':>8} {'p95':>8} "
-        f"{'CPU busy':>8}"
+        f"{'CPU/nb':>7} {'busy':>5} {'others':>6}"
     )
     for mode in MODES:
         for system, figures in results.figures[mode].items():
             table.setdefault(mode, {})[system] = figures.summary()
-            busy = "" if figures.cpu_busy is None else f"{figures.cpu_busy:>8.0%}"
+            cpu = figures.cpu
+            usage = (
+                ""
+                if cpu is None
+                else f" {cpu.ours / len(figures.latencies):>6.2f}s "
+                f"{cpu.busy / cpu.total:>5.0%} {cpu.others_share:>6.0%}"
+            )
             print(
                 f"{mode[:7]:<8}{LABELS[system]:<44} {len(figures.latencies):>3} "
-                f"{figures.throughput:>7.2f} {figures.p50:>7.3f}s {figures.p95:>7.3f}s "
-                + busy
+                f"{figures.throughput:>7.2f} {figures.p50:>7.3f}s {figures.p95:>7.3f}s"
+                + usage
             )
     print(
-        "(CPU busy: the share of all the machine's CPU time, any process, "
-        "busy during the block)"
+        "(CPU/nb: CPU seconds of this benchmark's processes per notebook; busy:"
+        "\n share of the machine's CPU time busy during the block; others: the"
+        "\n share used by processes that are not this benchmark's)"
     )
     return table
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load import Figures, Results, parse_args, report
+from bench.load import CpuUse, Figures, Results, parse_args, report
 
 
 def test_defaults_and_quick() -> None:
@@ -35,7 +35,8 @@ def test_rejects_zero() -> None:
 def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
     results = Results()
     results.figures["concurrent"] = {
-        "noteburst": Figures([0.2] * 30, wall=1.0),  # 30 nb/s
+        # 30 nb/s; 0.1 CPU-s a notebook, other processes 1 of the 4 CPU-s busy
+        "noteburst": Figures([0.2] * 30, wall=1.0, cpu=CpuUse(3.0, 4.0, 4.0)),
         "nbclient": Figures([1.0] * 30, wall=10.0),  # 3 nb/s
         "papermill": Figures([4.0] * 30, wall=30.0),  # 1 nb/s
     }
@@ -47,6 +48,9 @@ def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
 
     output = report(results)
 
+    cpu = output["figures"]["concurrent"]["noteburst"]
+    assert cpu["cpu_seconds_per_notebook"] == pytest.approx(0.1)
+    assert cpu["others_share"] == pytest.approx(0.25)
     concurrent = output["ratios"]["concurrent"]
     assert concurrent["throughput_vs_nbclient"] == pytest.approx(10.0)
     assert concurrent["throughput_vs_papermill"] == pytest.approx(30.0)
