@@ -304,6 +304,48 @@ def _stamp(event: dict[str, Any], t0_wall: float) -> float:
     return _parse_time(event["createdAt"]) - t0_wall
 
 
+@dataclass
+class Watched:
+    """One submission followed to its end (times after ``t0``, perf_counter)."""
+
+    execution_id: str
+    t0: float
+    t0_wall: float
+    submit: float
+    first: float | None = None
+    total: float | None = None
+    terminal: dict[str, Any] | None = None
+
+    def succeeded(self, system: str) -> tuple[float, float]:
+        """Seconds to the first and the terminal event; raise unless SUCCEEDED."""
+        if self.terminal is None or self.total is None or self.first is None:
+            raise BenchError(
+                f"{system}: the subscription ended without a terminal event"
+            )
+        if self.terminal["status"] != "SUCCEEDED":
+            raise BenchError(f"{system}: execution ended {self.terminal['execution']}")
+        return self.first, self.total
+
+
+async def submit_and_watch(
+    client: NoteburstClient,
+    notebook: dict[str, Any],
+    kinds: tuple[str, ...] | None = None,
+) -> Watched:
+    """Submit, subscribe (to ``kinds``), and time until the terminal event."""
+    t0_wall = time.time()
+    t0 = time.perf_counter()
+    execution = await client.submit(notebook, timeout_seconds=60)
+    watched = Watched(execution["id"], t0, t0_wall, time.perf_counter() - t0)
+    async for event in client.watch(execution["id"], after_sequence=0, kinds=kinds):
+        now = time.perf_counter() - t0
+        if watched.first is None:
+            watched.first = now
+        if event["status"] in TERMINAL and watched.terminal is None:
+            watched.total, watched.terminal = now, event
+    return watched
+
+
 async def noteburst_once(
     client: NoteburstClient,
     url: str,
@@ -315,32 +357,18 @@ async def noteburst_once(
     kinds: tuple[str, ...] | None = None,
 ) -> tuple[float, dict[str, float], float | None]:
     """Submit, subscribe (to ``kinds``), and time until the terminal event."""
-    t0_wall = time.time()
-    t0 = time.perf_counter()
-    execution = await client.submit(notebook, timeout_seconds=60)
-    t_submit = time.perf_counter() - t0
-    t_first: float | None = None
-    t_total: float | None = None
-    terminal: dict[str, Any] | None = None
-    async for event in client.watch(execution["id"], after_sequence=0, kinds=kinds):
-        now = time.perf_counter() - t0
-        if t_first is None:
-            t_first = now
-        if event["status"] in TERMINAL and terminal is None:
-            t_total, terminal = now, event
+    watched = await submit_and_watch(client, notebook, kinds)
+    t0_wall, t0 = watched.t0_wall, watched.t0
     # Everything below is outside the timed window.  First wait until the
     # kernels shut down or started in the background have settled, so that
     # this work does not run into the next measurement.
     await settle()
     t_settled = time.perf_counter() - t0
-    if terminal is None or t_total is None or t_first is None:
-        raise BenchError(f"{system}: the subscription ended without a terminal event")
-    if terminal["status"] != "SUCCEEDED":
-        raise BenchError(f"{system}: execution ended {terminal['execution']}")
-    result = await client.result_notebook(execution["id"])
+    t_first, t_total = watched.succeeded(system)
+    result = await client.result_notebook(watched.execution_id)
     if check:
         check_outputs(result, system)
-    events = await replay_events(url, execution["id"])
+    events = await replay_events(url, watched.execution_id)
 
     def first(kind: str) -> dict[str, Any]:
         return next(e for e in events if e["kind"] == kind)
@@ -349,7 +377,7 @@ async def noteburst_once(
         return next(e for e in reversed(events) if e["kind"] == kind)
 
     breakdown = {
-        "submit": t_submit,
+        "submit": watched.submit,
         "subscribed": t_first,
         "queued": _stamp(first("QUEUED"), t0_wall),
         "running": _stamp(first("RUNNING"), t0_wall),
@@ -734,7 +762,8 @@ def papermill_measure(workdir: Path) -> Measure:
         nonlocal counter
         counter += 1
         out = workdir / f"out-{counter}.ipynb"
-        log = workdir / "papermill.log"
+        # One log per run: bench/load.py runs several at once.
+        log = workdir / f"papermill-{counter}.log"
         with log.open("wb") as log_file:
             t0 = time.perf_counter()
             process = await asyncio.create_subprocess_exec(
@@ -1116,6 +1145,22 @@ class Run:
         }
 
 
+def hermetic_jupyter_dirs(home: Path) -> None:
+    """Point this process's Jupyter/IPython user dirs into ``home``.
+
+    For nbclient and papermill, and every process started after (the
+    local jupyter_server sets its own); kernelspecs in the venv stay.
+    """
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+    ):
+        (home / sub).mkdir(parents=True)
+        os.environ[var] = str(home / sub)
+
+
 async def measure_all(
     args: argparse.Namespace, stack: contextlib.AsyncExitStack, results: Results
 ) -> None:
@@ -1123,16 +1168,7 @@ async def measure_all(
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbbench-")))
     # Runs before the folder goes: the processes' logs are in it.
     stack.callback(lambda: results.service_warnings.extend(service_warnings(tmp)))
-    # Hermetic Jupyter/IPython user dirs for nbclient and papermill (the
-    # local jupyter_server sets its own); kernelspecs in the venv stay.
-    for var, sub in (
-        ("JUPYTER_CONFIG_DIR", "config"),
-        ("JUPYTER_DATA_DIR", "data"),
-        ("JUPYTER_RUNTIME_DIR", "runtime"),
-        ("IPYTHONDIR", "ipython"),
-    ):
-        (tmp / "home" / sub).mkdir(parents=True)
-        os.environ[var] = str(tmp / "home" / sub)
+    hermetic_jupyter_dirs(tmp / "home")
     (tmp / "papermill").mkdir()
 
     print("starting jupyter_server…", flush=True)
