@@ -338,6 +338,12 @@ class ForkingProvisioner(LocalProvisioner):
                 reason = str(exc)
             else:
                 self.fallback_reason = None
+                self.log.info(
+                    "Kernel %s forked from template %s as pid %s",
+                    self.kernel_id,
+                    template.process.pid if template.process else None,
+                    process.pid,
+                )
                 # Popen's interface, as far as LocalProvisioner uses it.
                 self.process = process  # type: ignore[assignment]
                 self.pid = process.pid
