@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,17 +106,17 @@ FORK_WARMUP = "import json, decimal"
 """The forking server's warm-up code."""
 
 
-@pytest_asyncio.fixture
-async def jupyter_backend(
-    jupyter_server: JupyterServerInfo, tmp_path: Path
+@contextlib.asynccontextmanager
+async def backend_on(
+    server: JupyterServerInfo, root_dir: Path
 ) -> AsyncIterator[LocalLabBackend]:
-    """A started backend on the session server; closed after the test."""
+    """A started backend on a session server; closed on exit."""
     async with httpx.AsyncClient(trust_env=False) as http:
         backend = LocalLabBackend(
             http=http,
-            root_dir=tmp_path,
-            url=jupyter_server.url,
-            token=jupyter_server.token,
+            root_dir=root_dir,
+            url=server.url,
+            token=server.token,
             kernel_start_timeout=60,
             request_timeout=30,
         )
@@ -124,6 +125,15 @@ async def jupyter_backend(
             yield backend
         finally:
             await backend.aclose()
+
+
+@pytest_asyncio.fixture
+async def jupyter_backend(
+    jupyter_server: JupyterServerInfo, tmp_path: Path
+) -> AsyncIterator[LocalLabBackend]:
+    """A started backend on the session server; closed after the test."""
+    async with backend_on(jupyter_server, tmp_path) as backend:
+        yield backend
 
 
 @pytest_asyncio.fixture
@@ -131,17 +141,5 @@ async def forked_backend(
     forking_jupyter_server: JupyterServerInfo, tmp_path: Path
 ) -> AsyncIterator[LocalLabBackend]:
     """A started backend on the forking session server; closed after the test."""
-    async with httpx.AsyncClient(trust_env=False) as http:
-        backend = LocalLabBackend(
-            http=http,
-            root_dir=tmp_path,
-            url=forking_jupyter_server.url,
-            token=forking_jupyter_server.token,
-            kernel_start_timeout=60,
-            request_timeout=30,
-        )
-        await backend.start()
-        try:
-            yield backend
-        finally:
-            await backend.aclose()
+    async with backend_on(forking_jupyter_server, tmp_path) as backend:
+        yield backend
