@@ -92,7 +92,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1438,9 +1438,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(level="WARNING")
+BenchFunction = Callable[
+    [argparse.Namespace, Interrupts], Coroutine[Any, Any, dict[str, Any]]
+]
+
+
+def run_main(args: argparse.Namespace, bench: BenchFunction, what: str) -> int:
+    """Run ``bench`` as a command: exit codes, interrupts, ``--json``.
+
+    Shared by the benchmarks that stop what they started on Ctrl-C
+    (:class:`Interrupts`); ``what`` names the figures ``--json`` writes.
+    """
     interrupts = Interrupts()
     try:
         output = asyncio.run(bench(args, interrupts))
@@ -1460,8 +1468,14 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if args.json:
         args.json.write_text(json.dumps(output, indent=2) + "\n")
-        print(f"\nraw numbers written to {args.json}")
+        print(f"\n{what} written to {args.json}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(level="WARNING")
+    return run_main(args, bench, "raw numbers")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,6 @@ import httpx
 import nbformat
 
 from bench.latency import (
-    BenchError,
     Interrupts,
     Measure,
     Sample,
@@ -99,6 +98,7 @@ from bench.latency import (
     noteburst_service,
     p95,
     papermill_measure,
+    run_main,
     service_warnings,
     submit_and_watch,
 )
@@ -597,22 +597,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(level="WARNING")
-    interrupts = Interrupts()
-    try:
-        output = asyncio.run(bench(args, interrupts))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        if interrupts.requested:
-            print("interrupted; everything started was stopped", file=sys.stderr)
-            return 130
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.write_text(json.dumps(output, indent=2) + "\n")
-        print(f"\nfigures written to {args.json}")
-    return 0
+    return run_main(args, bench, "figures")
 
 
 if __name__ == "__main__":
