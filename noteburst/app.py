@@ -41,6 +41,11 @@ from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
 from .api.schema import create_schema
+from .api.shared_subscriptions import (
+    SharingTransportWSHandler,
+    SubscriptionGroups,
+    encode_shared_message,
+)
 from .config import Config
 from .exceptions import ClientError, ConfigurationError, ServiceUnavailableError
 from .factory import ApiContext, ApiFactory, create_broker
@@ -81,12 +86,23 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
     """Strawberry's ASGI app, with every HTTP request authenticated first.
 
     See :mod:`noteburst.api.auth` for what is accepted and how a refusal
-    looks; websockets authenticate in :meth:`on_ws_connect`.
+    looks; websockets authenticate in :meth:`on_ws_connect`.  Subscriptions
+    asking the same thing share one execution (see
+    :mod:`noteburst.api.shared_subscriptions`).
     """
 
-    def __init__(self, *args: Any, mode: str, **kwargs: Any) -> None:
+    graphql_transport_ws_handler_class = SharingTransportWSHandler
+
+    def __init__(
+        self,
+        *args: Any,
+        mode: str,
+        subscription_groups: SubscriptionGroups,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._mode = mode
+        self.subscription_groups = subscription_groups
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -107,6 +123,9 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                     return
                 scope.setdefault("state", {})["caller"] = caller
         await super().__call__(scope, receive, send)
+
+    def encode_json(self, data: object) -> str | bytes:
+        return encode_shared_message(data) or super().encode_json(data)
 
     def decode_json(self, data: str | bytes) -> object:
         """Decode a request; one nested past the decoder's reach is not JSON to us.
@@ -337,6 +356,7 @@ def create_app(
         create_schema(cfg.graphql),
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         mode=cfg.auth.mode,
+        subscription_groups=SubscriptionGroups(max_tokens=cfg.graphql.max_tokens),
     )
     return Starlette(
         routes=[
