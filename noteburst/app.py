@@ -41,11 +41,7 @@ from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
 from .api.schema import create_schema
-from .api.shared_subscriptions import (
-    SharingTransportWSHandler,
-    SubscriptionGroups,
-    encode_shared_message,
-)
+from .api.shared_subscriptions import SharingTransportWSHandler, SubscriptionGroups
 from .config import Config
 from .exceptions import ClientError, ConfigurationError, ServiceUnavailableError
 from .factory import ApiContext, ApiFactory, create_broker
@@ -54,13 +50,14 @@ from .storage.events import LocalEventBus
 from .worker.process import start_worker
 
 __all__ = [
+    "FULL_COLLECTION_SPACING",
     "check_config",
     "create_app",
-    "freeze_startup_objects",
     "listening_socket",
     "request_body_limit",
     "serve_in_background",
     "server_options",
+    "tune_garbage_collector",
 ]
 
 _logger = structlog.get_logger("noteburst.app")
@@ -123,9 +120,6 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                     return
                 scope.setdefault("state", {})["caller"] = caller
         await super().__call__(scope, receive, send)
-
-    def encode_json(self, data: object) -> str | bytes:
-        return encode_shared_message(data) or super().encode_json(data)
 
     def decode_json(self, data: str | bytes) -> object:
         """Decode a request; one nested past the decoder's reach is not JSON to us.
@@ -268,24 +262,43 @@ def check_config(config: Config) -> None:
         raise ConfigurationError(msg)
 
 
-def freeze_startup_objects() -> None:
-    """Keep what start-up built out of every later full garbage collection.
+FULL_COLLECTION_SPACING = 100
+"""Young-generation collections between two chances of a full one
+(CPython's third threshold; its default is 10)."""
 
-    A serving process holds a great many objects made at import and
-    start-up (modules, the GraphQL schema, SQLAlchemy's and Alembic's
-    structures) that live as long as it does.  Each full collection by
-    CPython's cyclic collector traverses them all, a pause that grows with
-    their number and is added to whatever request or execution is running
-    at that moment (a full collection comes once the objects that survived
-    since the last one exceed a quarter of the long-lived ones, so at
-    irregular intervals under load).  ``gc.freeze()`` moves them to the
-    permanent generation, which collections skip, so a full collection
-    traverses only what was made since.  For long-lived server processes only
-    (the ``serve`` and ``worker`` commands): a process that creates and
-    discards many apps, such as the test suite, would freeze its garbage.
+
+def tune_garbage_collector() -> None:
+    """Keep full garbage collections rare and short in a long-lived server.
+
+    Each full collection by CPython's cyclic collector traverses every
+    tracked object, a pause added to whatever request, push or execution
+    runs at that moment.  Two things make it short and rare:
+
+    * **Start-up's objects are frozen.**  A serving process holds a great
+      many objects made at import and start-up (modules, the GraphQL
+      schema, SQLAlchemy's and Alembic's structures) that live as long as
+      it does.  ``gc.freeze()`` moves them to the permanent generation,
+      which collections skip.
+    * **Full collections are spaced out.**  What is made later is mostly
+      open subscriptions: about 150 tracked objects each, and a full
+      collection took 30-115 ms while 1,000 of them opened (about 0.1 ms
+      a subscription: a second at 10,000), coming seven times in that
+      minute.  One landing in the push of an event to those subscribers
+      doubled the time until the last got it (bench/README.md, "Full
+      collections").  A full collection is considered after every
+      :data:`FULL_COLLECTION_SPACING` young-generation collections
+      instead of every 10, and still only once the objects that survived
+      since the last one exceed a quarter of the long-lived ones; young
+      cycles, most of the garbage, are collected as often as before.
+
+    For long-lived server processes only (the ``serve`` and ``worker``
+    commands): a process that creates and discards many apps, such as the
+    test suite, would freeze its garbage.
     """
     gc.collect()
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_SPACING)
 
 
 def create_app(
@@ -304,7 +317,7 @@ def create_app(
         Run a Dramatiq worker in this process; default: only in the embedded
         default (no Redis configured).
     freeze_after_startup
-        Call :func:`freeze_startup_objects` once start-up is done (for a
+        Call :func:`tune_garbage_collector` once start-up is done (for a
         process that serves this one app until it exits).
 
     Returns
@@ -343,7 +356,7 @@ def create_app(
                 kernels=list(context.kernel_names),
             )
             if freeze_after_startup:
-                freeze_startup_objects()
+                tune_garbage_collector()
             yield {"context": context}
         finally:
             if worker is not None:

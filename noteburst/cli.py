@@ -50,9 +50,9 @@ from rich.progress import (
 from .app import (
     check_config,
     create_app,
-    freeze_startup_objects,
     serve_in_background,
     server_options,
+    tune_garbage_collector,
 )
 from .client import NoteburstClient, NoteburstClientError
 from .config import Config
@@ -127,7 +127,7 @@ def worker() -> None:
         running = start_worker(config, broker, bus=LocalEventBus(), embedded=False)
     except WorkerStartupError as exc:
         raise click.ClickException(f"the worker could not start: {exc}") from exc
-    freeze_startup_objects()
+    tune_garbage_collector()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

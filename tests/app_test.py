@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from noteburst.app import create_app
+from noteburst.app import FULL_COLLECTION_SPACING, create_app
 from noteburst.storage.database import Database
 from tests.support.app import LIST, make_config, running
 from tests.support.notebooks import notebook
@@ -501,8 +501,13 @@ async def test_startup_objects_are_frozen_only_when_asked(
         freeze_after_startup=freeze,
     )
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         async with asyncio.timeout(60), app.router.lifespan_context(app):
             assert (gc.get_freeze_count() > 0) is freeze
+            spacing = gc.get_threshold()[2]
+            assert (spacing == FULL_COLLECTION_SPACING) is freeze
+            assert gc.get_threshold()[:2] == thresholds[:2]
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

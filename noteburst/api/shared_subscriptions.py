@@ -13,7 +13,7 @@ So the subscriptions of one caller with the same document, operation name
 and variables form a :class:`SubscriptionGroup`: one Strawberry stream runs
 for the whole group, each of its results is encoded to JSON once, and every
 member's websocket gets that text with the member's own operation id
-(:func:`next_message_text`).  The results are the same ones each member's
+(:func:`next_message_prefix`).  The results are the same ones each member's
 own operation would have produced: the same resolvers, extensions, error
 masking and logging run, once.
 
@@ -58,13 +58,13 @@ from graphql import (
     parse,
 )
 from graphql.utilities import get_operation_ast
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     CompleteMessage,
-    NextMessage,
     NextMessagePayload,
 )
 from strawberry.types.execution import ExecutionResult, PreExecutionError
@@ -76,14 +76,12 @@ __all__ = [
     "MAX_HISTORY_BYTES",
     "RESUME_ARGUMENT",
     "SHARED_FIELD",
-    "EncodedPayload",
     "GroupKey",
     "SharedResult",
     "SharingTransportWSHandler",
     "SubscriptionGroup",
     "SubscriptionGroups",
-    "encode_shared_message",
-    "next_message_text",
+    "next_message_prefix",
     "resume_argument",
 ]
 
@@ -101,15 +99,14 @@ StreamStart = Callable[[], Awaitable[AsyncIterator[Any]]]
 """Starts the group's one Strawberry stream (``schema.stream(...)``)."""
 
 
-class EncodedPayload(str):
-    """The JSON text of a ``next`` message's payload, encoded once per group."""
+def next_message_prefix(operation_id: str) -> str:
+    """Return what comes before a shared payload in one member's ``next``.
 
-    __slots__ = ()
-
-
-def next_message_text(operation_id: str, payload: EncodedPayload) -> str:
-    """Return the ``next`` message for one member, around the shared payload."""
-    return f'{{"id":{json.dumps(operation_id)},"type":"next","payload":{payload}}}'
+    The message is this, the payload's JSON text, and a closing ``}``:
+    the same JSON as Strawberry's ``{"id": ..., "type": "next", "payload":
+    ...}``, without encoding the payload again for every member.
+    """
+    return f'{{"id":{json.dumps(operation_id)},"type":"next","payload":'
 
 
 class SharedResult:
@@ -123,7 +120,7 @@ class SharedResult:
 
     __slots__ = ("_following", "_ready", "payload", "result")
 
-    def __init__(self, result: object, payload: EncodedPayload | None) -> None:
+    def __init__(self, result: object, payload: str | None) -> None:
         self.result = result
         self.payload = payload
         self._following: SharedResult | None = None
@@ -222,7 +219,7 @@ class SubscriptionGroup:
     def _append(self, result: object) -> None:
         payload = None
         if isinstance(result, ExecutionResult):
-            payload = EncodedPayload(self._encode(_next_payload(result)))
+            payload = self._encode(_next_payload(result))
             self._history_bytes += len(payload)
             if self._history_bytes > self._max_history_bytes:
                 self._first = None  # results every member sent may go now
@@ -446,6 +443,11 @@ class SharingTransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, No
 
         async with groups.join(key, start, encode) as group:
             await self._send_shared(operation, group)
+        # The members were woken together for the last result: yielding
+        # once puts this member's complete behind the others' last results
+        # (a page waits for the result, not for the protocol's complete),
+        # which halves the time until the last of them is sent.
+        await asyncio.sleep(0)
         if group.failure is not None:
             # As Strawberry ends an operation that failed unexpectedly (the
             # group logged the failure once).
@@ -462,7 +464,16 @@ class SharingTransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, No
     async def _send_shared(
         self, operation: Operation[GraphQLContext, None], group: SubscriptionGroup
     ) -> None:
-        """Send a group's results to one member, from the first."""
+        """Send a group's results to one member, from the first.
+
+        Each ``next`` goes straight to the Starlette websocket as the text
+        of :func:`next_message_prefix` and the shared payload, not through
+        Strawberry's message layers and ``encode_json``: with the GraphQL
+        work shared, those layers were a good part of what is left per
+        member of the push.
+        """
+        send_text = cast("ASGIWebSocketAdapter", self.websocket).ws.send_text
+        prefix = next_message_prefix(operation.id)
         first = True
         async with aclosing(group.results()) as results:
             async for shared in results:
@@ -475,27 +486,5 @@ class SharingTransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, No
                 if shared.payload is None:
                     await self._reject_incremental_delivery(operation)
                     return
-                # The payload stays text: the view's encode_json splices it
-                # in (encode_shared_message).
-                await operation.send_operation_message(
-                    NextMessage(
-                        id=operation.id,
-                        type="next",
-                        payload=cast("NextMessagePayload", shared.payload),
-                    )
-                )
+                await send_text(prefix + shared.payload + "}")
                 first = False
-
-
-def encode_shared_message(message: object) -> str | None:
-    """Return the text of a ``next`` message whose payload a group encoded.
-
-    The view's ``encode_json`` calls this first: Strawberry sends every
-    message through it, and a shared payload must be spliced in as it is,
-    not encoded again as a string.  None for every other message.
-    """
-    if isinstance(message, dict):
-        payload = message.get("payload")
-        if isinstance(payload, EncodedPayload):
-            return next_message_text(str(message["id"]), payload)
-    return None
