@@ -114,6 +114,37 @@ def test_run_exits_non_zero_with_the_error(tmp_path: Path) -> None:
     assert executed.cells[1].outputs[0]["ename"] == "ValueError"
 
 
+@pytest.mark.parametrize("fork", ["default", "false"])
+def test_the_embedded_default_forks_kernels_unless_told_not_to(
+    tmp_path: Path, fork: str
+) -> None:
+    """The setting reaches the Jupyter server Noteburst starts for itself."""
+    source = notebook(
+        "import os\n"
+        "with open(f'/proc/{os.getppid()}/cmdline', 'rb') as f:\n"
+        "    print(f.read().replace(b'\\0', b' ').decode())"
+    )
+    path = tmp_path / "parent.ipynb"
+    path.write_text(json.dumps(source))
+    out = tmp_path / "parent.out.ipynb"
+    env = _clean_env(tmp_path)
+    if fork != "default":
+        env["NOTEBURST_FORK_KERNELS"] = fork
+    result = subprocess.run(
+        [*NOTEBURST, "run", str(path), "-o", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    parent = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"]
+    # A forked kernel's parent is the template; a plain one's, the server.
+    assert ("noteburst.forkserver.template" in parent) is (fork == "default")
+    assert ("jupyter_server" in parent) is (fork != "default"), parent
+
+
 def test_run_with_parameters_as_papermill_types_them(tmp_path: Path) -> None:
     source = notebook(
         'year = 2000\nratio = 0.5\nlabel = "x"\nflag = False\ncode = "0"',
