@@ -74,6 +74,7 @@ from .context import GraphQLContext
 
 __all__ = [
     "MAX_HISTORY_BYTES",
+    "MAX_SHARED_QUERY_CHARS",
     "RESUME_ARGUMENT",
     "SHARED_FIELD",
     "GroupKey",
@@ -89,6 +90,11 @@ MAX_HISTORY_BYTES: Final = 256 * 1024
 """Encoded results a group keeps for members that join late; past this it
 takes no new members.  A status subscription's whole history is a few
 hundred bytes; a subscription to every cell's outputs may pass it."""
+
+MAX_SHARED_QUERY_CHARS: Final = 16 * 1024
+"""Longer documents run alone: the documents looked at for sharing are
+remembered (like parsing, in a bounded cache), and a subscription to
+``executionStatus`` is a few hundred characters."""
 
 STREAM_CLOSE_SECONDS: Final = 10.0
 """How long a group waits for its stream to close once its last member left."""
@@ -275,7 +281,7 @@ class SubscriptionGroups:
         :func:`resume_argument`), and only among subscriptions of one
         caller (what a caller may see depends on who it is).
         """
-        if caller is None:
+        if caller is None or len(query) > MAX_SHARED_QUERY_CHARS:
             return None
         resume = resume_argument(query, operation_name, self._max_tokens)
         if resume is None:

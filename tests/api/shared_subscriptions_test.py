@@ -21,6 +21,7 @@ from websockets.typing import Subprotocol
 
 from noteburst.api.schema import create_schema
 from noteburst.api.shared_subscriptions import (
+    MAX_SHARED_QUERY_CHARS,
     RESUME_ARGUMENT,
     SHARED_FIELD,
     SubscriptionGroup,
@@ -109,6 +110,8 @@ def test_keys_are_per_caller_and_ignore_the_order_of_variables() -> None:
     assert replaying is not None
     assert replaying.replay
     assert groups.key(None, STATUS, None, {"id": "x"}) is None
+    padded = STATUS + " " * MAX_SHARED_QUERY_CHARS
+    assert groups.key("alice", padded, None, {"id": "x"}) is None
     defaulted = (
         "subscription S($a: Int = 3) "
         "{ executionStatus(id: 1, afterSequence: $a) { kind } }"
