@@ -23,6 +23,13 @@ with kernel specs written to a private ``JUPYTER_PATH``:
     pandas and matplotlib.pyplot: ``plain`` and ``forked`` with
     ``warmup = "import numpy, pandas, matplotlib.pyplot"``.
 
+``memory``
+    Once a kernel has answered (and, for ``heavy``, run the imports), its
+    process's resident memory and the part of it that is its own
+    (``/proc/PID/smaps_rollup``: Rss, and Private_Clean + Private_Dirty,
+    which is what one more kernel costs the machine), and the template's
+    resident memory for the forked ones: what copy-on-write shares.
+
 The first start of each variant is not counted (it starts the template,
 and fills the disk cache).  Ratios are printed against the plain start
 measured in the same run, so the machine's speed cancels out; absolute
@@ -47,7 +54,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbformat import v4
 
-from noteburst.forkserver.provisioner import stop_templates
+from noteburst.forkserver.provisioner import stop_templates, template_for
 
 HEAVY_IMPORTS = "import numpy, pandas, matplotlib.pyplot"
 WAIT = 120.0
@@ -91,6 +98,53 @@ async def time_kernel(name: str, code: str | None) -> float:
                 msg = f"{name}: {reply['content']}"
                 raise RuntimeError(msg)
             return seconds
+    finally:
+        if client is not None:
+            client.stop_channels()
+        if await manager.is_alive():
+            await manager.shutdown_kernel(now=True)
+        manager.context.destroy(linger=0)
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident and private (unshared) memory of a process, in MiB."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0]) / 1024
+    return {
+        "rss_mib": fields["Rss"],
+        "private_mib": fields["Private_Clean"] + fields["Private_Dirty"],
+    }
+
+
+async def kernel_memory(
+    name: str, code: str | None, warmup: str | None
+) -> dict[str, Any]:
+    """Memory of a started kernel (after ``code``), and of its template."""
+    manager = AsyncKernelManager(kernel_name=name)
+    client = None
+    try:
+        async with asyncio.timeout(WAIT):
+            await manager.start_kernel()
+            client = manager.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=WAIT)
+            if code is not None:
+                reply = await client.execute_interactive(code, timeout=WAIT)
+                if reply["content"]["status"] != "ok":
+                    msg = f"{name}: {reply['content']}"
+                    raise RuntimeError(msg)
+            pid = getattr(manager.provisioner, "pid", None)
+            assert pid is not None, f"{name}: no kernel pid"
+            figures: dict[str, Any] = {"kernel": memory_mib(pid)}
+            if warmup is not None:
+                process = template_for(sys.executable, warmup).process
+                assert process is not None
+                figures["template"] = memory_mib(process.pid)
+            return figures
     finally:
         if client is not None:
             client.stop_channels()
@@ -149,6 +203,31 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f"p95 {results[case]['p95_ms']:7.1f} ms",
                     flush=True,
                 )
+            kernels: dict[str, tuple[str, str | None, str | None]] = {
+                "memory/plain": ("plain", None, None),
+                "memory/forked": ("forked", None, ""),
+            }
+            if not args.skip_heavy:
+                kernels["memory/heavy-plain"] = ("plain", HEAVY_IMPORTS, None)
+                kernels["memory/heavy-forked"] = (
+                    "forked-heavy",
+                    HEAVY_IMPORTS,
+                    HEAVY_IMPORTS,
+                )
+            for case, (name, code, warmup) in kernels.items():
+                results[case] = await kernel_memory(name, code, warmup)
+                kernel = results[case]["kernel"]
+                template = results[case].get("template")
+                print(
+                    f"{case:19} kernel RSS {kernel['rss_mib']:6.1f} MiB, its own "
+                    f"{kernel['private_mib']:6.1f} MiB"
+                    + (
+                        f"; template RSS {template['rss_mib']:6.1f} MiB"
+                        if template
+                        else ""
+                    ),
+                    flush=True,
+                )
         finally:
             stop_templates()
     report(results)
@@ -168,6 +247,12 @@ def report(results: dict[str, Any]) -> None:
     print(
         f"goal: forked start p50 <= 50 ms: {'met' if forked <= 50 else 'NOT met'} "
         f"({forked:.0f} ms here)"
+    )
+    plain_own = results["memory/plain"]["kernel"]["private_mib"]
+    forked_own = results["memory/forked"]["kernel"]["private_mib"]
+    print(
+        f"memory: a forked kernel's own {forked_own:.1f} MiB against a plain "
+        f"one's {plain_own:.1f} MiB (the rest is shared with its template)"
     )
     if "heavy/plain" in results:
         heavy = ratio("heavy/plain", "heavy/forked")

@@ -21,8 +21,14 @@ def test_the_kernel_start_benchmark_runs(
         kernel_start.main(["--runs", "1", "--skip-heavy", "--json", str(figures)]) == 0
     )
     results = json.loads(figures.read_text())
-    assert set(results) == {"start/plain", "start/forked", "start/nbclient"}
-    assert all(case["p50_ms"] > 0 for case in results.values())
+    starts = {"start/plain", "start/forked", "start/nbclient"}
+    assert set(results) == starts | {"memory/plain", "memory/forked"}
+    assert all(results[case]["p50_ms"] > 0 for case in starts)
+    plain, forked = results["memory/plain"], results["memory/forked"]
+    assert "template" not in plain
+    for figures in (plain["kernel"], forked["kernel"], forked["template"]):
+        assert 0 < figures["private_mib"] <= figures["rss_mib"]
     printed = capsys.readouterr().out
     assert "sooner than plain" in printed
     assert "goal: forked start p50 <= 50 ms" in printed
+    assert "memory: a forked kernel's own" in printed
