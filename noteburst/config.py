@@ -162,6 +162,16 @@ class JupyterSettings(_Group):
             "replacement starts in the background. {} turns the pool off."
         ),
     )
+    warm_kernels_max: int = Field(
+        4,
+        ge=0,
+        description=(
+            "The most kernels a kernel name's pool grows to when requests "
+            "come faster than kernels start: it keeps warm_kernels ready plus "
+            "what the recent arrival rate keeps in use or starting. At most "
+            "warm_kernels (or 0): a fixed pool."
+        ),
+    )
     warm_up_code: dict[str, str] = Field(
         default_factory=dict,
         description=(

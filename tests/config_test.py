@@ -70,6 +70,7 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
         "jupyter.warm_kernels",
         {"python3": 3},
     ),
+    ("NOTEBURST_WARM_KERNELS_MAX", "6", "jupyter.warm_kernels_max", 6),
     (
         "NOTEBURST_WARM_UP_CODE",
         '{"python3": "import os"}',

@@ -130,6 +130,9 @@ class LocalLabBackend:
         :class:`~.pool.KernelPool`); `None` or 0 for none (start on demand).
         :meth:`start` begins filling the pool without waiting for it; await
         ``backend.pool.wait_full()`` (under `asyncio.timeout`) to wait.
+    warm_kernels_max
+        The most kernels a kernel name's pool grows to with demand (see
+        :class:`~.pool.Demand`); `None`: a fixed pool.
     warm_up_code
         Code run (silently, outside the history) in each pooled kernel of a
         kernel name before it is handed out, e.g. ``import numpy``.
@@ -159,6 +162,7 @@ class LocalLabBackend:
         shutdown_timeout: float = 10,
         wire_protocol: WireProtocol = WireProtocol.V1,
         warm_kernels: Mapping[str, int] | None = None,
+        warm_kernels_max: int | None = None,
         warm_up_code: Mapping[str, str] | None = None,
         warm_up_max_failures: int = 5,
         retire_delay: float = 0.0,
@@ -177,6 +181,7 @@ class LocalLabBackend:
         self._server: LocalJupyterServer | None = None
         self._rest: JupyterRestClient | None = None
         self._shutdowns = KernelShutdowns(delay=retire_delay)
+        self.warm_kernels_max = warm_kernels_max
         self.warm_kernels = {
             name: size for name, size in (warm_kernels or {}).items() if size > 0
         }
@@ -238,6 +243,7 @@ class LocalLabBackend:
                 rest=rest,
                 retire=lambda kernel_id, conn: self._retire(rest, kernel_id, conn),
                 sizes=self.warm_kernels,
+                max_size=self.warm_kernels_max,
                 warm_up_code=self.warm_up_code,
                 wire_protocol=self.wire_protocol,
                 start_timeout=self.kernel_start_timeout,

@@ -455,6 +455,8 @@ class HubLabBackend:
         one); keep it quick, it runs inside the spawn timeout.
     warm_kernels
         Started kernels to keep ready per kernel name in each lab.
+    warm_kernels_max
+        The most kernels a kernel name's pool grows to with demand.
     warm_up_code
         Code run in each pooled kernel of a kernel name before it is used.
     warm_up_max_failures
@@ -484,6 +486,7 @@ class HubLabBackend:
         user_options: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         warm_kernels: Mapping[str, int] | None = None,
+        warm_kernels_max: int | None = None,
         warm_up_code: Mapping[str, str] | None = None,
         warm_up_max_failures: int = 5,
         idle_timeout: float | None = None,
@@ -499,6 +502,7 @@ class HubLabBackend:
         self.wire_protocol = wire_protocol
         self.user_options = dict(user_options) if user_options else None
         self.on_progress = on_progress
+        self.warm_kernels_max = warm_kernels_max
         self.warm_kernels = {
             name: size for name, size in (warm_kernels or {}).items() if size > 0
         }
@@ -766,6 +770,7 @@ class HubLabBackend:
                 rest=rest,
                 retire=lambda kernel_id, conn: self._retire(lab, kernel_id, conn),
                 sizes=self.warm_kernels,
+                max_size=self.warm_kernels_max,
                 warm_up_code=self.warm_up_code,
                 wire_protocol=self.wire_protocol,
                 start_timeout=self.kernel_start_timeout,

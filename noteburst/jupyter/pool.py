@@ -53,6 +53,16 @@ Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
   before it is taken fails the notebook's first request, as a cold kernel
   would.
 
+The pool follows demand.  A kernel name's pool keeps its configured
+number of kernels ready, plus what the recent arrival rate keeps in use or
+starting (Little's law: arrivals per second times the seconds a kernel is
+held before its replacement may start plus the seconds a start takes,
+see :class:`Demand`), up to a limit.  With a fixed pool of one, requests
+that come back to back always found it empty: its replacement was still
+starting, and each paid a whole kernel start.  A pool that has grown keeps
+its extra kernels when demand falls (they are started already; they are
+not replaced once taken).
+
 The pool is used from one event loop and does not depend on the backend:
 it gets the REST client and a ``retire`` callback that shuts a kernel down
 in the background (the backend's tracked shutdown path).
@@ -63,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +85,7 @@ from .kernel import KernelConnection
 from .protocol import Message, WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["DEFAULT_BACKOFF", "KernelPool", "PoolStats", "RetireCallback"]
+__all__ = ["DEFAULT_BACKOFF", "Demand", "KernelPool", "PoolStats", "RetireCallback"]
 
 _log = logging.getLogger(__name__)
 
@@ -114,6 +125,62 @@ DEFAULT_BACKOFF: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Pauses after the 1st, 2nd, ... consecutive failed start (the last repeats)."""
 
 
+DEMAND_WINDOW_SECONDS: Final = 30.0
+"""Takes older than this say nothing about the arrival rate."""
+DEMAND_SAMPLES: Final = 16
+"""The arrival rate is measured over at most this many recent takes."""
+SMOOTHING: Final = 0.3
+"""Weight of the newest duration in the moving averages of :class:`Demand`."""
+
+
+@dataclass
+class Demand:
+    """What recent takes of one kernel name ask of its pool.
+
+    Every take counts, also one that found the pool empty (the caller then
+    starts a kernel of its own).  The rate is measured between the recent
+    takes, (n - 1) over the time from the first to the last, so that a
+    burst is seen from its second request on rather than averaged over a
+    long window.
+    """
+
+    takes: deque[float] = field(default_factory=lambda: deque(maxlen=DEMAND_SAMPLES))
+    start_seconds: float = 0.0
+    """Moving average of a start: creation to ready, warm-up included."""
+    held_seconds: float = 0.0
+    """Moving average of how long a taken kernel holds its slot (until its
+    connection closes, at most the pool's ``refill_delay``)."""
+
+    def record_take(self, now: float) -> None:
+        """Count a take (or a miss) at ``now`` (``time.monotonic()``)."""
+        self.takes.append(now)
+
+    def record_start(self, seconds: float) -> None:
+        """Count a start that took ``seconds``."""
+        self.start_seconds = _smooth(self.start_seconds, seconds)
+
+    def record_held(self, seconds: float) -> None:
+        """Count a taken kernel that held its slot ``seconds``."""
+        self.held_seconds = _smooth(self.held_seconds, seconds)
+
+    def rate(self, now: float) -> float:
+        """Return the takes per second lately (0 with fewer than two)."""
+        recent = [t for t in self.takes if now - t <= DEMAND_WINDOW_SECONDS]
+        if len(recent) <= 1:
+            return 0.0
+        span = recent[-1] - recent[0]
+        return (len(recent) - 1) / max(span, 1e-3)
+
+    def target(self, base: int, limit: int, now: float) -> int:
+        """Kernels to keep: ``base`` ready, plus those in use or starting."""
+        in_flight = self.rate(now) * (self.held_seconds + self.start_seconds)
+        return max(base, min(limit, base + round(in_flight)))
+
+
+def _smooth(average: float, value: float) -> float:
+    return value if average == 0 else average + SMOOTHING * (value - average)
+
+
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of one kernel name's pool.
@@ -121,7 +188,8 @@ class PoolStats:
     Attributes
     ----------
     target
-        Configured number of ready kernels.
+        Kernels the pool keeps now, ready or in use or starting: the
+        configured number, grown with demand (see :class:`Demand`).
     ready
         Kernels ready to be taken.
     starting
@@ -155,6 +223,8 @@ class PoolStats:
     consecutive_failures: int
     error: JupyterError | None
     deferred: int = 0
+    limit: int = 0
+    """The most ``target`` may grow to."""
 
 
 class _PoolConnection(KernelConnection):
@@ -189,6 +259,7 @@ class _Deferred:
     """The replacement of one handed-out kernel, not started yet."""
 
     lane: _Lane
+    taken_at: float
     timer: asyncio.TimerHandle | None = None
 
 
@@ -202,8 +273,11 @@ class _Pooled:
 @dataclass(eq=False)
 class _Lane:
     name: str
-    target: int
+    base: int
+    limit: int
     warm_up_code: str | None
+    demand: Demand = field(default_factory=Demand)
+    target: int = 0
     ready: deque[_Pooled] = field(default_factory=deque)
     starting: int = 0
     handed_out: int = 0
@@ -213,6 +287,9 @@ class _Lane:
     consecutive_failures: int = 0
     error: JupyterError | None = None
     deferred: set[_Deferred] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.target = self.target or self.base
 
 
 class KernelPool:
@@ -229,6 +306,9 @@ class KernelPool:
     sizes
         Number of ready kernels to keep per kernel name; names with 0 (or
         absent) have no pool.
+    max_size
+        The most kernels a kernel name's pool grows to with demand (ready,
+        in use or starting); None or at most its size: a fixed pool.
     warm_up_code
         Code to run in each new kernel of a kernel name before it is pooled.
     wire_protocol
@@ -260,6 +340,7 @@ class KernelPool:
         rest: JupyterRestClient,
         retire: RetireCallback,
         sizes: Mapping[str, int],
+        max_size: int | None = None,
         warm_up_code: Mapping[str, str] | None = None,
         wire_protocol: WireProtocol = WireProtocol.V1,
         start_timeout: float = 60,
@@ -277,7 +358,8 @@ class KernelPool:
             if size < 0:
                 raise ValueError(f"negative pool size for {name!r}")
             if size > 0:
-                self._lanes[name] = _Lane(name, size, code.get(name) or None)
+                limit = max(size, max_size or 0)
+                self._lanes[name] = _Lane(name, size, limit, code.get(name) or None)
         self._rest = rest
         self._retire = retire
         self.wire_protocol = wire_protocol
@@ -321,6 +403,9 @@ class KernelPool:
         lane = self._lanes.get(kernel_name)
         if lane is None:
             return None
+        now = time.monotonic()
+        lane.demand.record_take(now)
+        lane.target = lane.demand.target(lane.base, lane.limit, now)
         conn: KernelConnection | None = None
         while lane.ready:
             pooled = lane.ready.popleft()
@@ -357,7 +442,7 @@ class KernelPool:
 
     def stats(self, kernel_name: str) -> PoolStats:
         """Return a snapshot of the counters of ``kernel_name``'s pool."""
-        lane = self._lanes.get(kernel_name) or _Lane(kernel_name, 0, None)
+        lane = self._lanes.get(kernel_name) or _Lane(kernel_name, 0, 0, None)
         return PoolStats(
             target=lane.target,
             ready=len(lane.ready),
@@ -369,6 +454,7 @@ class KernelPool:
             consecutive_failures=lane.consecutive_failures,
             error=lane.error,
             deferred=len(lane.deferred),
+            limit=lane.limit,
         )
 
     async def wait_full(self, kernel_name: str | None = None) -> None:
@@ -447,7 +533,7 @@ class KernelPool:
 
     def _defer_refill(self, lane: _Lane, conn: KernelConnection) -> None:
         """Hold a handed-out kernel's slot until it is closed, or a delay."""
-        deferred = _Deferred(lane)
+        deferred = _Deferred(lane, taken_at=time.monotonic())
         lane.deferred.add(deferred)
         deferred.timer = asyncio.get_running_loop().call_later(
             self.refill_delay, self._release, deferred
@@ -461,6 +547,7 @@ class KernelPool:
         if deferred not in lane.deferred:
             return
         lane.deferred.discard(deferred)
+        lane.demand.record_held(time.monotonic() - deferred.taken_at)
         if deferred.timer is not None:
             deferred.timer.cancel()
             deferred.timer = None
@@ -480,11 +567,13 @@ class KernelPool:
 
     async def _start_one(self, lane: _Lane) -> None:
         try:
+            began = time.monotonic()
             try:
                 pooled = await self._start_kernel(lane)
             except Exception as exc:  # every failure is counted
                 await self._record_failure(lane, exc)
                 return
+            lane.demand.record_start(time.monotonic() - began)
             lane.consecutive_failures = 0
             lane.started += 1
             if self._closed.is_set():
