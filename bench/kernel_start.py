@@ -46,7 +46,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,29 @@ def write_spec(root: Path, name: str, *, warmup: str | None) -> None:
     (folder / "kernel.json").write_text(json.dumps(spec))
 
 
-async def time_kernel(name: str, code: str | None) -> float:
-    """Seconds from start_kernel() to the kernel_info reply (or ``code``'s)."""
+@asynccontextmanager
+async def started_kernel(name: str) -> AsyncIterator[tuple[AsyncKernelManager, Any]]:
+    """Start kernel ``name`` with its channels; shut it down afterwards."""
     manager = AsyncKernelManager(kernel_name=name)
     client = None
     try:
-        async with asyncio.timeout(WAIT):
-            t0 = time.perf_counter()
-            await manager.start_kernel()
-            client = manager.client()
-            client.start_channels()
+        await manager.start_kernel()
+        client = manager.client()
+        client.start_channels()
+        yield manager, client
+    finally:
+        if client is not None:
+            client.stop_channels()
+        if await manager.is_alive():
+            await manager.shutdown_kernel(now=True)
+        manager.context.destroy(linger=0)
+
+
+async def time_kernel(name: str, code: str | None) -> float:
+    """Seconds from start_kernel() to the kernel_info reply (or ``code``'s)."""
+    async with asyncio.timeout(WAIT):
+        t0 = time.perf_counter()
+        async with started_kernel(name) as (_, client):
             msg_id = client.kernel_info() if code is None else client.execute(code)
             while True:
                 reply = await client.get_shell_msg(timeout=WAIT)
@@ -98,12 +112,6 @@ async def time_kernel(name: str, code: str | None) -> float:
                 msg = f"{name}: {reply['content']}"
                 raise RuntimeError(msg)
             return seconds
-    finally:
-        if client is not None:
-            client.stop_channels()
-        if await manager.is_alive():
-            await manager.shutdown_kernel(now=True)
-        manager.context.destroy(linger=0)
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -124,33 +132,21 @@ async def kernel_memory(
     name: str, code: str | None, warmup: str | None
 ) -> dict[str, Any]:
     """Memory of a started kernel (after ``code``), and of its template."""
-    manager = AsyncKernelManager(kernel_name=name)
-    client = None
-    try:
-        async with asyncio.timeout(WAIT):
-            await manager.start_kernel()
-            client = manager.client()
-            client.start_channels()
-            await client.wait_for_ready(timeout=WAIT)
-            if code is not None:
-                reply = await client.execute_interactive(code, timeout=WAIT)
-                if reply["content"]["status"] != "ok":
-                    msg = f"{name}: {reply['content']}"
-                    raise RuntimeError(msg)
-            pid = getattr(manager.provisioner, "pid", None)
-            assert pid is not None, f"{name}: no kernel pid"
-            figures: dict[str, Any] = {"kernel": memory_mib(pid)}
-            if warmup is not None:
-                process = template_for(sys.executable, warmup).process
-                assert process is not None
-                figures["template"] = memory_mib(process.pid)
-            return figures
-    finally:
-        if client is not None:
-            client.stop_channels()
-        if await manager.is_alive():
-            await manager.shutdown_kernel(now=True)
-        manager.context.destroy(linger=0)
+    async with asyncio.timeout(WAIT), started_kernel(name) as (manager, client):
+        await client.wait_for_ready(timeout=WAIT)
+        if code is not None:
+            reply = await client.execute_interactive(code, timeout=WAIT)
+            if reply["content"]["status"] != "ok":
+                msg = f"{name}: {reply['content']}"
+                raise RuntimeError(msg)
+        pid = getattr(manager.provisioner, "pid", None)
+        assert pid is not None, f"{name}: no kernel pid"
+        figures: dict[str, Any] = {"kernel": memory_mib(pid)}
+        if warmup is not None:
+            process = template_for(sys.executable, warmup).process
+            assert process is not None
+            figures["template"] = memory_mib(process.pid)
+        return figures
 
 
 async def time_nbclient() -> float:

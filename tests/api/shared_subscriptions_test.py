@@ -257,18 +257,26 @@ async def test_a_group_past_its_history_limit_takes_no_more_replaying_members() 
     assert (first, second) == ([1, 2], [2])
 
 
-@pytest.mark.asyncio
-async def test_the_stream_stops_when_its_last_member_leaves() -> None:
+async def _members_with_one_result(
+    count: int,
+) -> tuple[SubscriptionGroups, _Stream, list[object], list[asyncio.Task[Any]]]:
+    """``count`` members of one group, each having got the stream's first result."""
     groups = SubscriptionGroups()
     key = groups.key("alice", STATUS, None, {"id": "x"})
     stream = _Stream()
     got: list[object] = []
     members = [
-        asyncio.create_task(_collect(groups, key, stream, got)) for _ in range(2)
+        asyncio.create_task(_collect(groups, key, stream, got)) for _ in range(count)
     ]
     await _until(lambda: stream.starts == 1)
     stream.put(1)
-    await _until(lambda: got == [1, 1])
+    await _until(lambda: got == [1] * count)
+    return groups, stream, got, members
+
+
+@pytest.mark.asyncio
+async def test_the_stream_stops_when_its_last_member_leaves() -> None:
+    groups, stream, _, members = await _members_with_one_result(2)
     members[0].cancel()
     await asyncio.gather(members[0], return_exceptions=True)
     assert stream.closed == 0
@@ -282,16 +290,7 @@ async def test_the_stream_stops_when_its_last_member_leaves() -> None:
 async def test_a_failing_stream_ends_every_member_and_is_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    groups = SubscriptionGroups()
-    key = groups.key("alice", STATUS, None, {"id": "x"})
-    stream = _Stream()
-    got: list[object] = []
-    members = [
-        asyncio.create_task(_collect(groups, key, stream, got)) for _ in range(3)
-    ]
-    await _until(lambda: stream.starts == 1)
-    stream.put(1)
-    await _until(lambda: got == [1, 1, 1])
+    _, stream, _, members = await _members_with_one_result(3)
     stream.fail(RuntimeError("boom"))
     ended = await asyncio.wait_for(asyncio.gather(*members), 10)
     assert all(isinstance(group.failure, RuntimeError) for group in ended)
