@@ -57,7 +57,7 @@ The pool follows demand.  A kernel name's pool keeps its configured
 number of kernels ready, plus what the recent arrival rate keeps in use or
 starting (Little's law: arrivals per second times the seconds a kernel is
 held before its replacement may start plus the seconds a start takes,
-see :class:`Demand`), up to a limit.  With a fixed pool of one, requests
+see :class:`~.demand.Demand`), up to a limit.  With a fixed pool of one, requests
 that come back to back always found it empty: its replacement was still
 starting, and each paid a whole kernel start.  A pool that has grown keeps
 its extra kernels when demand falls (they are started already; they are
@@ -80,12 +80,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import protocol
+from .demand import Demand
 from .exceptions import JupyterError, KernelDiedError, KernelStartError
 from .kernel import KernelConnection
 from .protocol import Message, WireProtocol
 from .rest import JupyterRestClient
 
-__all__ = ["DEFAULT_BACKOFF", "Demand", "KernelPool", "PoolStats", "RetireCallback"]
+__all__ = ["DEFAULT_BACKOFF", "KernelPool", "PoolStats", "RetireCallback"]
 
 _log = logging.getLogger(__name__)
 
@@ -125,62 +126,6 @@ DEFAULT_BACKOFF: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Pauses after the 1st, 2nd, ... consecutive failed start (the last repeats)."""
 
 
-DEMAND_WINDOW_SECONDS: Final = 30.0
-"""Takes older than this say nothing about the arrival rate."""
-DEMAND_SAMPLES: Final = 16
-"""The arrival rate is measured over at most this many recent takes."""
-SMOOTHING: Final = 0.3
-"""Weight of the newest duration in the moving averages of :class:`Demand`."""
-
-
-@dataclass
-class Demand:
-    """What recent takes of one kernel name ask of its pool.
-
-    Every take counts, also one that found the pool empty (the caller then
-    starts a kernel of its own).  The rate is measured between the recent
-    takes, (n - 1) over the time from the first to the last, so that a
-    burst is seen from its second request on rather than averaged over a
-    long window.
-    """
-
-    takes: deque[float] = field(default_factory=lambda: deque(maxlen=DEMAND_SAMPLES))
-    start_seconds: float = 0.0
-    """Moving average of a start: creation to ready, warm-up included."""
-    held_seconds: float = 0.0
-    """Moving average of how long a taken kernel holds its slot (until its
-    connection closes, at most the pool's ``refill_delay``)."""
-
-    def record_take(self, now: float) -> None:
-        """Count a take (or a miss) at ``now`` (``time.monotonic()``)."""
-        self.takes.append(now)
-
-    def record_start(self, seconds: float) -> None:
-        """Count a start that took ``seconds``."""
-        self.start_seconds = _smooth(self.start_seconds, seconds)
-
-    def record_held(self, seconds: float) -> None:
-        """Count a taken kernel that held its slot ``seconds``."""
-        self.held_seconds = _smooth(self.held_seconds, seconds)
-
-    def rate(self, now: float) -> float:
-        """Return the takes per second lately (0 with fewer than two)."""
-        recent = [t for t in self.takes if now - t <= DEMAND_WINDOW_SECONDS]
-        if len(recent) <= 1:
-            return 0.0
-        span = recent[-1] - recent[0]
-        return (len(recent) - 1) / max(span, 1e-3)
-
-    def target(self, base: int, limit: int, now: float) -> int:
-        """Kernels to keep: ``base`` ready, plus those in use or starting."""
-        in_flight = self.rate(now) * (self.held_seconds + self.start_seconds)
-        return max(base, min(limit, base + round(in_flight)))
-
-
-def _smooth(average: float, value: float) -> float:
-    return value if average == 0 else average + SMOOTHING * (value - average)
-
-
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of one kernel name's pool.
@@ -189,7 +134,7 @@ class PoolStats:
     ----------
     target
         Kernels the pool keeps now, ready or in use or starting: the
-        configured number, grown with demand (see :class:`Demand`).
+        configured number, grown with demand (see :class:`~.demand.Demand`).
     ready
         Kernels ready to be taken.
     starting

@@ -20,11 +20,8 @@ from noteburst.jupyter.execute import execute_notebook
 from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.pool import (
     DEFAULT_BACKOFF,
-    DEMAND_WINDOW_SECONDS,
     IPYTHON_PRIMER,
     IPYTHON_PRIMER_RUNS,
-    SMOOTHING,
-    Demand,
     KernelPool,
 )
 from noteburst.jupyter.protocol import STOP_AFTER_ERROR_GUARD, Message
@@ -170,31 +167,6 @@ async def test_replacement_starts_only_once_the_taken_kernel_is_closed(
             stats = pool.stats(PY)
             assert (stats.deferred, stats.started, stats.handed_out) == (0, 2, 1)
             assert conn.kernel_id not in pool.ready_kernel_ids(PY)
-
-
-def test_demand_is_the_rate_of_recent_takes_times_how_long_each_occupies_a_kernel() -> (
-    None
-):
-    demand = Demand()
-    assert demand.target(1, 4, now=0.0) == 1
-    demand.record_start(0.3)
-    demand.record_held(0.1)
-    demand.record_take(10.0)
-    assert demand.rate(10.0) == 0  # one take says nothing of a rate
-    for moment in (10.2, 10.4, 10.6):
-        demand.record_take(moment)
-    assert demand.rate(10.6) == pytest.approx(5.0)
-    # 5 a second, each holding its kernel 0.1 s and its replacement
-    # starting 0.3 s: 2 kernels in use or starting, plus the 1 kept ready.
-    assert demand.target(1, 4, now=10.6) == 3
-    assert demand.target(1, 2, now=10.6) == 2  # the limit
-    assert demand.target(1, 1, now=10.6) == 1  # a fixed pool
-    assert demand.target(2, 4, now=10.6) == 4
-    # Takes older than the window no longer count.
-    assert demand.target(1, 4, now=10.6 + DEMAND_WINDOW_SECONDS + 1) == 1
-    # Durations are moving averages.
-    demand.record_start(0.6)
-    assert demand.start_seconds == pytest.approx(0.3 + SMOOTHING * 0.3)
 
 
 @pytest.mark.asyncio
