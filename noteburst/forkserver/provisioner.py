@@ -34,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +55,8 @@ TEMPLATE_START_SECONDS: Final = 120.0
 """How long a template may take to import ipykernel and run the warm-up."""
 FORK_SECONDS: Final = 10.0
 """How long a fork request may take to be answered."""
+LISTEN_SECONDS: Final = 20.0
+"""How long to wait for a forked kernel to bind its ports before going on."""
 LAUNCHER_MODULES: Final = frozenset({"ipykernel_launcher", "ipykernel"})
 """``python -m X`` commands that start an IPython kernel."""
 
@@ -150,6 +153,48 @@ class ForkedProcess:
             self._connection = None
 
 
+class _Lines:
+    """The messages of a template connection, read one line at a time.
+
+    What :meth:`read_until` reads past is kept: an ``exited`` line read
+    while waiting for another goes on to :class:`ForkedProcess`.
+    """
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.buffer = b""
+        self.read: list[dict[str, Any]] = []
+
+    def read_until(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Return the first message ``wanted`` accepts, reading as needed.
+
+        Raises TemplateUnavailableError if the connection ends first, and
+        OSError (a timeout) as the socket's own timeout says.
+        """
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                with contextlib.suppress(ValueError):
+                    message = wire.decode(line)
+                    self.read.append(message)
+                    if wanted(message):
+                        return message
+            data = self.connection.recv(65536)
+            if not data:
+                msg = "the template closed the connection"
+                raise TemplateUnavailableError(msg)
+            self.buffer += data
+
+    def seen(self, kind: str, pid: int) -> bool:
+        """Whether a ``kind`` message about ``pid`` has been read."""
+        return any(message.get(kind) == pid for message in self.read)
+
+    def unread(self) -> bytes:
+        """Return the exits read so far and the bytes not yet parsed."""
+        exits = [message for message in self.read if "exited" in message]
+        return b"".join(wire.encode(message) for message in exits) + self.buffer
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -243,30 +288,39 @@ class _Template:
         raise TemplateUnavailableError(self.unusable)
 
     def fork(self, request: wire.ForkRequest) -> ForkedProcess:
-        """Ask the template for a kernel (blocking; run it off the loop)."""
+        """Ask the template for a kernel (blocking; run it off the loop).
+
+        Returns once the kernel has bound its ports (or has exited, or
+        :data:`LISTEN_SECONDS` have passed): see ``template._launch`` for
+        what connecting any sooner costs a client.
+        """
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lines = _Lines(connection)
         try:
             connection.settimeout(FORK_SECONDS)
             connection.connect(self.socket_path)
             connection.sendall(wire.encode(request))
-            buffer = b""
-            while b"\n" not in buffer:
-                data = connection.recv(65536)
-                if not data:
-                    msg = "the template closed the connection"
-                    raise TemplateUnavailableError(msg)
-                buffer += data
+            reply = lines.read_until(
+                lambda message: "pid" in message or "error" in message
+            )
         except (OSError, TemplateUnavailableError) as exc:
             connection.close()
             msg = f"the template did not fork the kernel: {exc}"
             raise TemplateUnavailableError(msg) from exc
-        line, pending = buffer.split(b"\n", 1)
-        reply = wire.decode(line)
         if "pid" not in reply:
             connection.close()
             msg = f"the template refused: {reply.get('error', reply)}"
             raise TemplateUnavailableError(msg)
-        return ForkedProcess(int(reply["pid"]), connection, pending)
+        pid = int(reply["pid"])
+        if reply.get("reports_listening") and not lines.seen("listening", pid):
+            with contextlib.suppress(OSError, TemplateUnavailableError):
+                connection.settimeout(LISTEN_SECONDS)
+                lines.read_until(
+                    lambda message: (
+                        pid in (message.get("listening"), message.get("exited"))
+                    )
+                )
+        return ForkedProcess(pid, connection, lines.unread())
 
     def stop(self) -> None:
         """Stop the template (its kernels see their parent change and stop)."""

@@ -119,7 +119,55 @@ def _reseed() -> None:
         numpy_random.seed()
 
 
-def _become_kernel(request: wire.ForkRequest, inherited: Sequence[int]) -> NoReturn:
+def _report_listening(connection: socket.socket) -> None:
+    """Tell the provisioner that this kernel's sockets are bound; let go of it.
+
+    The connection is the template's to the provisioner: the kernel
+    writes one line on it, then closes its copy, so that the connection
+    still ends when the template (its only other holder) goes.
+    """
+    if connection.fileno() == -1:
+        return  # reported already
+    with contextlib.suppress(OSError):
+        connection.settimeout(REQUEST_SECONDS)
+        connection.sendall(wire.encode({"listening": os.getpid()}))
+    connection.close()
+
+
+def _launch(argv: list[str], connection: socket.socket) -> None:
+    """Run ipykernel as ``launch_new_instance`` does, reporting when bound.
+
+    A client connects to a kernel's ports as soon as the kernel manager's
+    ``start_kernel`` returns.  Before the kernel has bound them, ZMQ
+    refuses, and tries again only after its reconnect interval (100 ms):
+    measured here, that was most of a forked start (fork to ``kernel_info``
+    reply 120-210 ms, 57-85 ms with the client retrying every 5 ms).  So
+    the provisioner waits for this line, and the kernel sends it as soon
+    as ``init_sockets`` has bound its ports, before the rest of its
+    initialisation.
+    """
+    from ipykernel import kernelapp  # noqa: PLC0415 - preloaded: a lookup
+
+    app = kernelapp.IPKernelApp.instance()
+    bind = app.init_sockets
+
+    def bind_then_report() -> None:
+        try:
+            bind()  # type: ignore[no-untyped-call]
+        finally:
+            _report_listening(connection)
+
+    app.init_sockets = bind_then_report  # type: ignore[method-assign]
+    try:
+        app.initialize(argv)  # type: ignore[no-untyped-call]
+    finally:
+        _report_listening(connection)  # once more, should init_sockets not run
+    app.start()  # type: ignore[no-untyped-call]
+
+
+def _become_kernel(
+    request: wire.ForkRequest, inherited: Sequence[int], connection: socket.socket
+) -> NoReturn:
     """Turn this fork child into the requested kernel; never returns."""
     code = 1
     try:
@@ -144,9 +192,7 @@ def _become_kernel(request: wire.ForkRequest, inherited: Sequence[int]) -> NoRet
         spec = importlib.util.find_spec("ipykernel_launcher")
         sys.argv = [spec.origin if spec and spec.origin else "ipykernel_launcher"]
         sys.argv += argv
-        from ipykernel import kernelapp  # noqa: PLC0415 - preloaded: a lookup
-
-        kernelapp.launch_new_instance(argv=argv)
+        _launch(argv, connection)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -214,11 +260,11 @@ class Template:
             return
         pid = os.fork()
         if pid == 0:
-            _become_kernel(request, [*self._inherited(), conn.fileno()])  # type: ignore[arg-type]
+            _become_kernel(request, self._inherited(), conn)  # type: ignore[arg-type]
         self.children[pid] = conn
         # If the provisioner gave up waiting, the exit is reaped all the same.
         with contextlib.suppress(OSError):
-            conn.sendall(wire.encode({"pid": pid}))
+            conn.sendall(wire.encode({"pid": pid, "reports_listening": True}))
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, pid)
 

@@ -1,11 +1,16 @@
 """The messages between the provisioner and a template: JSON lines.
 
 One connection per kernel: the provisioner connects, sends one
-:class:`ForkRequest` line, and reads one reply line (``{"pid": N}`` or
-``{"error": "..."}``).  The connection then stays open: when the kernel
-exits, the template (its parent, the only process that can reap it) sends
-``{"exited": N, "status": S}``, ``S`` as :attr:`subprocess.Popen.returncode`
-gives it (negative: killed by that signal), and closes it.  The template's
+:class:`ForkRequest` line, and reads one reply line (``{"pid": N,
+"reports_listening": true}`` or ``{"error": "..."}``).  The connection
+then stays open.  The kernel itself, which holds a copy of the template's
+end until then, sends ``{"listening": N}`` once its ports are bound (this
+line may come before the ``pid`` line); a template that does not say
+``reports_listening`` (an older Noteburst in the kernel's interpreter)
+never sends it.  When the kernel exits, the template (its parent, the
+only process that can reap it) sends ``{"exited": N, "status": S}``,
+``S`` as :attr:`subprocess.Popen.returncode` gives it (negative: killed by
+that signal), and closes it.  The template's
 own start is reported on a pipe: one :data:`READY` or ``{"unsafe": why}``
 line.
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,34 @@ async def test_a_kernel_is_a_fork_of_the_template(start_kernel: StartKernel) -> 
     # The warm-up's imports are there, its names are not.
     assert await kernel.value("'decimal' in __import__('sys').modules") is True
     assert await kernel.value("'decimal' in dir()") is False
+
+
+@pytest.mark.asyncio
+async def test_a_forked_kernel_listens_once_start_kernel_returns(
+    jupyter_path: Path,
+) -> None:
+    # A client connecting before the kernel has bound its ports waits out
+    # ZMQ's reconnect interval (100 ms): start_kernel waits for the bind.
+    manager = AsyncKernelManager(kernel_name="forked")
+    try:
+        async with asyncio.timeout(WAIT):
+            await manager.start_kernel()
+        assert isinstance(manager.provisioner, ForkingProvisioner)
+        assert manager.provisioner.fallback_reason is None
+        ports = [
+            manager.shell_port,
+            manager.iopub_port,
+            manager.stdin_port,
+            manager.control_port,
+            manager.hb_port,
+        ]
+        for port in ports:
+            with socket.create_connection((manager.ip, port), timeout=5):
+                pass  # refused (ConnectionRefusedError) if not yet bound
+    finally:
+        if await manager.is_alive():
+            await asyncio.wait_for(manager.shutdown_kernel(now=True), WAIT)
+        manager.context.destroy(linger=0)
 
 
 @pytest.mark.asyncio
@@ -244,3 +275,74 @@ async def test_a_failing_warmup_falls_back_with_its_error(
     assert reason is not None
     assert "the warm-up failed: RuntimeError('no such stack')" in reason
     assert await kernel.value("1 + 1") == 2
+
+
+def _answer_forks_with(
+    folder: Path, lines: bytes
+) -> tuple[provisioner._Template, threading.Thread]:
+    """Stand in for a template that answers one fork request with ``lines``.
+
+    The order of a kernel's ``listening`` line and the template's ``pid``
+    line is a race a real template almost never loses: a stand-in makes
+    each order happen.
+    """
+    template = provisioner._Template(sys.executable, "")
+    shutil.rmtree(template.folder)
+    template.socket_path = str(folder / "t.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(template.socket_path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.makefile("rb").readline()
+        conn.sendall(lines)
+        conn.recv(1)  # until the test closes its end
+        conn.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return template, thread
+
+
+REQUEST = {"argv": [], "env": {}, "cwd": "/"}
+
+
+def test_fork_reads_the_listening_line_before_or_after_the_pid(tmp_path: Path) -> None:
+    lines = (
+        b'{"listening":7}\n'
+        b'{"pid":7,"reports_listening":true}\n'
+        b'{"exited":7,"status":3}\n'
+    )
+    template, thread = _answer_forks_with(tmp_path, lines)
+    process = template.fork(REQUEST)  # type: ignore[arg-type]
+    assert process.pid == 7
+    assert process.poll() == 3  # the exit read past is kept
+    thread.join(WAIT)
+
+
+def test_fork_stops_waiting_for_a_kernel_that_exited_before_listening(
+    tmp_path: Path,
+) -> None:
+    lines = b'{"pid":8,"reports_listening":true}\n{"exited":8,"status":-9}\n'
+    template, thread = _answer_forks_with(tmp_path, lines)
+    process = template.fork(REQUEST)  # type: ignore[arg-type]
+    assert process.poll() == -9
+    thread.join(WAIT)
+
+
+def test_fork_does_not_wait_on_a_template_that_never_reports_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older Noteburst in the kernel's interpreter: no reports_listening.
+    monkeypatch.setattr(provisioner, "LISTEN_SECONDS", 3600.0)
+    template, thread = _answer_forks_with(tmp_path, b'{"pid":9}\n')
+    forked: list[provisioner.ForkedProcess] = []
+    waiter = threading.Thread(target=lambda: forked.append(template.fork(REQUEST)))  # type: ignore[arg-type]
+    waiter.start()
+    waiter.join(WAIT)
+    assert forked, "fork() waited for a line an older template never sends"
+    assert forked[0].pid == 9
+    forked[0]._close()
+    thread.join(WAIT)
