@@ -18,6 +18,13 @@ with kernel specs written to a private ``JUPYTER_PATH``:
     (``NotebookClient``'s own kernel start, ``async_start_new_kernel`` and
     ``async_start_new_kernel_client``, which waits for the kernel to be
     ready).
+``server``
+    The same through Noteburst's own Jupyter server (what the embedded
+    default starts, :class:`~noteburst.jupyter.local.LocalJupyterServer`,
+    plain or forking): from the ``POST /api/kernels`` request to the
+    ``kernel_info`` reply on the kernel's websocket
+    (:class:`~noteburst.jupyter.kernel.KernelConnection`): what an
+    execution that finds no pooled kernel waits for.
 ``heavy``
     From ``start_kernel()`` to the reply of a cell that imports numpy,
     pandas and matplotlib.pyplot: ``plain`` and ``forked`` with
@@ -51,11 +58,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbformat import v4
 
 from noteburst.forkserver.provisioner import stop_templates, template_for
+from noteburst.jupyter.kernel import KernelConnection
+from noteburst.jupyter.local import LocalJupyterServer
+from noteburst.jupyter.rest import JupyterRestClient
 
 HEAVY_IMPORTS = "import numpy, pandas, matplotlib.pyplot"
 WAIT = 120.0
@@ -157,6 +168,37 @@ async def time_nbclient() -> float:
         return time.perf_counter() - t0
 
 
+@asynccontextmanager
+async def jupyter_server(
+    root: Path, fork_kernels: str | None
+) -> AsyncIterator[JupyterRestClient]:
+    """Noteburst's own Jupyter server, and a REST client of it."""
+    server = LocalJupyterServer(
+        root_dir=root, start_timeout=WAIT, fork_kernels=fork_kernels
+    )
+    await server.start()
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            yield JupyterRestClient(
+                http=http, base_url=server.url, token=server.token, timeout=WAIT
+            )
+    finally:
+        await server.stop()
+
+
+async def time_server_kernel(rest: JupyterRestClient) -> float:
+    """Seconds from ``POST /api/kernels`` to the ``kernel_info`` reply."""
+    async with asyncio.timeout(WAIT):
+        t0 = time.perf_counter()
+        kernel_id = await rest.create_kernel("python3")
+        try:
+            async with await KernelConnection.open(rest, kernel_id) as conn:
+                await conn.kernel_info()
+                return time.perf_counter() - t0
+        finally:
+            await rest.delete_kernel(kernel_id)
+
+
 async def measure(runs: int, what: Callable[[], Awaitable[float]]) -> list[float]:
     await what()  # not counted: template start, disk cache
     return [await what() for _ in range(runs)]
@@ -194,11 +236,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
             for case, what in cases.items():
                 results[case] = summary(await measure(args.runs, what))
-                print(
-                    f"{case:16} p50 {results[case]['p50_ms']:7.1f} ms   "
-                    f"p95 {results[case]['p95_ms']:7.1f} ms",
-                    flush=True,
-                )
+                print_case(case, results[case])
+            for case, fork_kernels in (("server/plain", None), ("server/forked", "")):
+                server_root = root / case.replace("/", "-")
+                server_root.mkdir()
+                async with jupyter_server(server_root, fork_kernels) as rest:
+                    timed = await measure(args.runs, lambda: time_server_kernel(rest))
+                    results[case] = summary(timed)
+                print_case(case, results[case])
             kernels: dict[str, tuple[str, str | None, str | None]] = {
                 "memory/plain": ("plain", None, None),
                 "memory/forked": ("forked", None, ""),
@@ -230,6 +275,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def print_case(case: str, figures: dict[str, float]) -> None:
+    print(
+        f"{case:16} p50 {figures['p50_ms']:7.1f} ms   p95 {figures['p95_ms']:7.1f} ms",
+        flush=True,
+    )
+
+
 def report(results: dict[str, Any]) -> None:
     def ratio(slow: str, fast: str) -> float:
         return float(results[slow]["p50_ms"] / results[fast]["p50_ms"])
@@ -243,6 +295,12 @@ def report(results: dict[str, Any]) -> None:
     print(
         f"goal: forked start p50 <= 50 ms: {'met' if forked <= 50 else 'NOT met'} "
         f"({forked:.0f} ms here)"
+    )
+    server = ratio("server/plain", "server/forked")
+    print(
+        f"through Noteburst's Jupyter server: forked "
+        f"{results['server/forked']['p50_ms']:.0f} ms, {server:.1f}x sooner than "
+        f"plain ({results['server/plain']['p50_ms']:.0f} ms)"
     )
     plain_own = results["memory/plain"]["kernel"]["private_mib"]
     forked_own = results["memory/forked"]["kernel"]["private_mib"]

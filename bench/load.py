@@ -375,13 +375,15 @@ async def _measure_in(tmp: Path, args: argparse.Namespace, results: Results) -> 
         runs = NoteburstRuns(client, notebook)
         await measure_system("noteburst", runs.measure, args, results, runs)
 
-    await measure_system("nbclient", nbclient_measure(), args, results)
-    (tmp / "papermill").mkdir()
-    await measure_system(
-        "papermill", papermill_measure(tmp / "papermill"), args, results
-    )
+    if "nbclient" in args.systems:
+        await measure_system("nbclient", nbclient_measure(), args, results)
+    if "papermill" in args.systems:
+        (tmp / "papermill").mkdir()
+        await measure_system(
+            "papermill", papermill_measure(tmp / "papermill"), args, results
+        )
 
-    if "back-to-back" in args.modes:
+    if "back-to-back" in args.modes and "floor" in args.systems:
         print("starting a jupyter_server and a kernel for the floor…", flush=True)
         async with running_kernel(tmp / "floor") as conn:
             await measure_system("floor", floor_measure(conn), args, results)
@@ -583,6 +585,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="small numbers, for development"
     )
+    parser.add_argument(
+        "--without",
+        action="append",
+        choices=SYSTEMS[1:],
+        default=[],
+        help="leave out a baseline (repeat for more), e.g. to profile Noteburst "
+        "alone; the goals then print only the ratios measured",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     defaults = {"notebooks": 8, "runs": 4} if args.quick else {}
@@ -591,6 +601,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, option) is None:
             setattr(args, option, default)
     args.modes = MODES if args.mode == "both" else (args.mode,)
+    args.systems = tuple(s for s in SYSTEMS if s not in args.without)
     return args
 
 

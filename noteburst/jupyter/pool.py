@@ -25,7 +25,7 @@ Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
   not send it ahead of the first cell.  This also takes off the notebook's
   path what a fresh ipykernel does lazily on its first execution, which
   the notebook's first cell would otherwise wait for.  Then
-  :data:`IPYTHON_PRIMER` runs a few times, as cells do (not silently) but
+  :data:`IPYTHON_PRIMER` runs once, as cells do (not silently) but
   outside the history, for what a fresh process still does slowly the
   first few times.
 * Warm-up code runs with ``silent=True, store_history=False``: the
@@ -110,7 +110,7 @@ del _noteburst_prime
 A fresh kernel runs its first cells measurably more slowly than one that
 has already run notebooks: the first executions in a Python process are
 slower (probably imports done on first use and the interpreter specializing
-hot code after a few runs).  Run :data:`IPYTHON_PRIMER_RUNS` times,
+hot code after a few runs).  Run :data:`IPYTHON_PRIMER_RUNS` time(s),
 non-silently (an execution as a cell's) but outside the history, it puts
 those first executions behind the kernel before a notebook gets it, so the
 notebook does not pay for them.  It leaves nothing in the namespace, does
@@ -120,7 +120,16 @@ stdout arms ipykernel's 0.2 s flush timer, and a notebook taken before it
 fired had its first ``print`` split in two stream messages by it.
 """
 
-IPYTHON_PRIMER_RUNS: Final = 10
+IPYTHON_PRIMER_RUNS: Final = 1
+"""How many times the primer runs: once.
+
+It ran 10 times until 2026-12-07; measured then (bench/latency.py, 20
+runs each, embedded-warm), the 5 cells of a notebook on a pooled kernel
+took the same after 1 run as after 10 (26 against 27 ms on plain kernels,
+22 ms on forked ones, the floor 22-24 ms), while the 9 runs more cost every
+kernel about 50 ms of CPU (kernel, Jupyter server and Noteburst), the
+ceiling under load (bench/load.py).
+"""
 
 DEFAULT_BACKOFF: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Pauses after the 1st, 2nd, ... consecutive failed start (the last repeats)."""

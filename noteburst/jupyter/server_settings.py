@@ -22,8 +22,10 @@ environment (or this file on its ``PYTHONPATH``)::
     ]
 
 The second argument matters as much: with the default IOPub rate limits the
-server silently drops large outputs (G3).  The third starts IPython kernels
-with :data:`IPYKERNEL_ARGUMENTS`, two per-cell costs Noteburst does not need:
+server silently drops large outputs (G3).  The third starts kernels without
+jupyter_client's 10 ms pause after each start (see
+:class:`LowLatencyKernelManager`), and IPython kernels with
+:data:`IPYKERNEL_ARGUMENTS`, two per-cell costs Noteburst does not need:
 
 * History in memory, as nbclient's and papermill's kernels keep it
   (``--HistoryManager.hist_file=:memory:``): otherwise every cell's input
@@ -56,10 +58,14 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
+from jupyter_client.manager import AsyncKernelManager, _get_future
 from jupyter_server.services.kernels.connection.channels import (
     ZMQChannelsWebsocketConnection,
 )
-from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+from jupyter_server.services.kernels.kernelmanager import (
+    ServerKernelManager,
+    emit_kernel_action_event,
+)
 from tornado.ioloop import PeriodicCallback
 
 __all__ = [
@@ -94,11 +100,37 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
 
 
 class LowLatencyKernelManager(ServerKernelManager):
-    """Start IPython kernels with :data:`IPYKERNEL_ARGUMENTS`.
+    """Start IPython kernels with :data:`IPYKERNEL_ARGUMENTS`, without a pause.
 
     Only commands that run ipykernel get the arguments: another kernel
     would refuse options it does not know.
+
+    jupyter_client's ``in_pending_state`` (the decorator of
+    ``start_kernel``) sleeps 10 ms after a start "to ensure tests can
+    capture the state before done": every kernel start paid it, a sixth of
+    a forked kernel's whole start (bench/kernel_start.py).
+    :meth:`start_kernel` does what that decorator does, but the sleep.
     """
+
+    @emit_kernel_action_event(success_msg="Kernel {kernel_id} was started.")
+    async def start_kernel(self, *args: Any, **kwargs: Any) -> None:
+        """Start the kernel; resolve :attr:`ready` with the outcome."""
+        start = getattr(AsyncKernelManager.start_kernel, "__wrapped__", None)
+        if start is None:  # jupyter_client changed: its own way, pause included
+            # (undecorated: this method's decorator emits the event)
+            plain_start = ServerKernelManager.start_kernel.__wrapped__
+            await plain_start(self, *args, **kwargs)
+            return
+        if self._attempted_start or not self._ready:
+            self._ready = _get_future()
+        try:
+            await start(self, *args, **kwargs)
+        except Exception as exc:
+            self._ready.set_exception(exc)
+            self.log.exception(exc)
+            raise
+        if self.owns_kernel:
+            self._ready.set_result(None)
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         """Return the kernelspec's command, plus the arguments for ipykernel."""

@@ -1,0 +1,91 @@
+"""The kernel manager Noteburst's Jupyter servers use, in process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import jupyter_client.manager
+import pytest
+
+from noteburst.jupyter.server_settings import (
+    IPYKERNEL_ARGUMENTS,
+    LowLatencyKernelManager,
+)
+
+WAIT = 60
+KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+
+
+def ready(manager: LowLatencyKernelManager) -> asyncio.Future[None]:
+    """The manager's ``ready`` future (an asyncio one, on a running loop)."""
+    future = manager.ready
+    assert isinstance(future, asyncio.Future)
+    return future
+
+
+class SleepWatch:
+    """``asyncio`` as jupyter_client.manager sees it, noting its sleeps."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        self.sleeps.append(delay)
+        return await asyncio.sleep(delay, result)
+
+
+@pytest.mark.asyncio
+async def test_start_kernel_skips_the_pause_and_keeps_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    manager = LowLatencyKernelManager(kernel_name="python3")
+    events: list[dict[str, Any]] = []
+
+    async def on_event(logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        events.append(data)
+
+    manager.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_event)
+    watch = SleepWatch()
+    monkeypatch.setattr(jupyter_client.manager, "asyncio", watch)
+    try:
+        async with asyncio.timeout(WAIT):
+            await manager.start_kernel()
+            await ready(manager)  # resolved, as in_pending_state resolves it
+        assert watch.sleeps == []  # in_pending_state's sleep(0.01) is gone
+        assert await manager.is_alive()
+        command = manager.format_kernel_cmd()
+        assert all(argument in command for argument in IPYKERNEL_ARGUMENTS)
+        async with asyncio.timeout(WAIT):
+            while not events:  # listeners run in tasks of their own
+                await asyncio.sleep(0.01)
+        assert events[0]["action"] == "start"
+        assert events[0]["status"] == "success"
+    finally:
+        monkeypatch.undo()
+        if await manager.is_alive():
+            await asyncio.wait_for(manager.shutdown_kernel(now=True), WAIT)
+        manager.context.destroy(linger=0)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_start_fails_ready_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    manager = LowLatencyKernelManager(kernel_name="python3")
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(manager, "_async_pre_start_kernel", refuse)
+    with pytest.raises(RuntimeError, match="no kernel today"):
+        await asyncio.wait_for(manager.start_kernel(), WAIT)
+    with pytest.raises(RuntimeError, match="no kernel today"):
+        await asyncio.wait_for(ready(manager), WAIT)
+    manager.context.destroy(linger=0)
