@@ -83,6 +83,8 @@ class ForkedProcess:
     def __init__(self, pid: int, connection: socket.socket, pending: bytes) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.from_standby = False
+        """Whether the template's standby child became this kernel."""
         self._connection: socket.socket | None = connection
         self._buffer = pending
         connection.setblocking(False)
@@ -320,7 +322,9 @@ class _Template:
                         pid in (message.get("listening"), message.get("exited"))
                     )
                 )
-        return ForkedProcess(pid, connection, lines.unread())
+        process = ForkedProcess(pid, connection, lines.unread())
+        process.from_standby = bool(reply.get("standby"))
+        return process
 
     def stop(self) -> None:
         """Stop the template (its kernels see their parent change and stop)."""
@@ -393,10 +397,11 @@ class ForkingProvisioner(LocalProvisioner):
             else:
                 self.fallback_reason = None
                 self.log.info(
-                    "Kernel %s forked from template %s as pid %s",
+                    "Kernel %s forked from template %s as pid %s%s",
                     self.kernel_id,
                     template.process.pid if template.process else None,
                     process.pid,
+                    " (its standby)" if process.from_standby else "",
                 )
                 # Popen's interface, as far as LocalProvisioner uses it.
                 self.process = process  # type: ignore[assignment]

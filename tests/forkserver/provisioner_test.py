@@ -157,6 +157,52 @@ async def test_a_forked_kernel_listens_once_start_kernel_returns(
         manager.context.destroy(linger=0)
 
 
+def forked(kernel: Kernel) -> provisioner.ForkedProcess:
+    process: object = kernel.provisioner.process
+    assert isinstance(process, provisioner.ForkedProcess)
+    return process
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) child processes of ``pid``."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.asyncio
+async def test_kernels_come_from_a_standby_and_a_dead_one_is_replaced(
+    start_kernel: StartKernel,
+) -> None:
+    first = await start_kernel()
+    assert forked(first).from_standby
+    template = provisioner.template_for(sys.executable, "import json, decimal")
+    assert template.process is not None
+    children = children_of(template.process.pid)
+    standbys = [pid for pid in children if pid != first.provisioner.pid]
+    assert len(standbys) == 1, children
+    os.kill(standbys[0], signal.SIGKILL)
+    async with asyncio.timeout(WAIT):  # until the template has reaped it
+        while standbys[0] in children_of(template.process.pid):
+            await asyncio.sleep(0.05)
+
+    second = await start_kernel()  # forked at once, as without a standby
+    assert not forked(second).from_standby
+    assert await second.value("1 + 1") == 2
+    third = await start_kernel()  # from the standby made after the second
+    assert forked(third).from_standby
+    assert await third.value("'json' in __import__('sys').modules") is True
+    pids = {await k.value("__import__('os').getpid()") for k in (first, second, third)}
+    assert len(pids) == 3
+
+
 @pytest.mark.asyncio
 async def test_kernels_share_nothing_but_imports(start_kernel: StartKernel) -> None:
     first = await start_kernel()
