@@ -8,8 +8,11 @@ notebook imports.  :mod:`noteburst.forkserver` forks kernels from a
 template that has imported them once.  This measures what that saves.
 
 What is measured, ``--runs`` times each, one kernel at a time, through
-jupyter_client's own ``AsyncKernelManager`` (what jupyter_server uses),
-with kernel specs written to a private ``JUPYTER_PATH``:
+the kernel manager Noteburst's Jupyter servers use
+(:class:`~noteburst.jupyter.server_settings.LowLatencyKernelManager`,
+jupyter_server's with ipykernel's arguments and without jupyter_client's
+10 ms pause after a start), with kernel specs written to a private
+``JUPYTER_PATH``:
 
 ``start``
     From ``start_kernel()`` to the first ``kernel_info`` reply read off the
@@ -67,6 +70,7 @@ from noteburst.forkserver.provisioner import stop_templates, template_for
 from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.local import LocalJupyterServer
 from noteburst.jupyter.rest import JupyterRestClient
+from noteburst.jupyter.server_settings import LowLatencyKernelManager
 
 HEAVY_IMPORTS = "import numpy, pandas, matplotlib.pyplot"
 WAIT = 120.0
@@ -93,7 +97,7 @@ def write_spec(root: Path, name: str, *, warmup: str | None) -> None:
 @asynccontextmanager
 async def started_kernel(name: str) -> AsyncIterator[tuple[AsyncKernelManager, Any]]:
     """Start kernel ``name`` with its channels; shut it down afterwards."""
-    manager = AsyncKernelManager(kernel_name=name)
+    manager = LowLatencyKernelManager(kernel_name=name)
     client = None
     try:
         await manager.start_kernel()

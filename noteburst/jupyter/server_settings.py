@@ -56,6 +56,7 @@ This module imports jupyter_server, so nothing else in
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Final
 
 from jupyter_client.manager import AsyncKernelManager, _get_future
@@ -67,6 +68,7 @@ from jupyter_server.services.kernels.kernelmanager import (
     emit_kernel_action_event,
 )
 from tornado.ioloop import PeriodicCallback
+from traitlets import default
 
 __all__ = [
     "IPYKERNEL_ARGUMENTS",
@@ -99,6 +101,10 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         return super().connect()
 
 
+_LOGGERS_WITH_SCHEMAS: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Server event loggers that have the kernel event schemas registered."""
+
+
 class LowLatencyKernelManager(ServerKernelManager):
     """Start IPython kernels with :data:`IPYKERNEL_ARGUMENTS`, without a pause.
 
@@ -111,6 +117,24 @@ class LowLatencyKernelManager(ServerKernelManager):
     a forked kernel's whole start (bench/kernel_start.py).
     :meth:`start_kernel` does what that decorator does, but the sleep.
     """
+
+    @default("event_logger")
+    def _event_logger_registered_once(self) -> Any:
+        """Return the server's event logger, its schemas registered once.
+
+        jupyter_server's own default registers the kernel event schemas
+        with the server's logger again for every kernel, and each try
+        reads and validates the schema files (YAML) before finding them
+        registered: milliseconds of every kernel start.
+        """
+        server = getattr(self.parent, "parent", None)
+        logger = getattr(server, "event_logger", None)
+        if logger is not None and logger in _LOGGERS_WITH_SCHEMAS:
+            return logger
+        logger = ServerKernelManager._default_event_logger(self)
+        if logger is getattr(server, "event_logger", None):
+            _LOGGERS_WITH_SCHEMAS.add(logger)
+        return logger
 
     @emit_kernel_action_event(success_msg="Kernel {kernel_id} was started.")
     async def start_kernel(self, *args: Any, **kwargs: Any) -> None:

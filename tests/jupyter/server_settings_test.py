@@ -8,6 +8,8 @@ from typing import Any
 
 import jupyter_client.manager
 import pytest
+from jupyter_events import EventLogger
+from traitlets.config import Configurable
 
 from noteburst.jupyter.server_settings import (
     IPYKERNEL_ARGUMENTS,
@@ -89,3 +91,30 @@ async def test_a_failed_start_fails_ready_too(
     with pytest.raises(RuntimeError, match="no kernel today"):
         await asyncio.wait_for(ready(manager), WAIT)
     manager.context.destroy(linger=0)
+
+
+def test_kernel_event_schemas_are_registered_with_the_server_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Server(Configurable):
+        event_logger = EventLogger()
+
+    kernels = Configurable(parent=Server())
+
+    registered: list[str] = []
+    register = EventLogger.register_event_schema
+
+    def counting(self: EventLogger, schema: Any) -> Any:
+        registered.append(str(schema))
+        return register(self, schema)
+
+    monkeypatch.setattr(EventLogger, "register_event_schema", counting)
+    first = LowLatencyKernelManager(kernel_name="python3", parent=kernels)
+    assert first.event_logger is Server.event_logger
+    assert registered  # the first kernel registers them
+    registered.clear()
+    second = LowLatencyKernelManager(kernel_name="python3", parent=kernels)
+    assert second.event_logger is Server.event_logger
+    assert registered == []  # the next ones do not read them again
+    first.context.destroy(linger=0)
+    second.context.destroy(linger=0)
