@@ -16,7 +16,11 @@ The child of each fork becomes the kernel: a session of its own (so
 signals to the kernel's process group reach only it), the request's cwd,
 environment and argv, fresh random seeds, default signal handlers; then
 ipykernel's own entry point, as ``python -m ipykernel_launcher`` runs it.
-It never returns into the template's code (``os._exit``).
+It never returns into the template's code (``os._exit``).  The fork is
+made ahead of the request: the template keeps one *standby* child that
+has already detached and parsed the last request's command line, hands
+it the next request (see :func:`_stand_by`), and forks a new standby;
+without one (it died), it forks on the request.
 
 The template reaps its children and reports each exit on the kernel's
 connection, since only a parent can learn a child's exit status.  It
