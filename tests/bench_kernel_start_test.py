@@ -22,6 +22,7 @@ def test_the_kernel_start_benchmark_runs(
     )
     results = json.loads(figures.read_text())
     starts = {"start/plain", "start/forked", "start/nbclient"}
+    starts |= {"server/plain", "server/forked"}
     assert set(results) == starts | {"memory/plain", "memory/forked"}
     assert all(results[case]["p50_ms"] > 0 for case in starts)
     plain, forked = results["memory/plain"], results["memory/forked"]
@@ -31,4 +32,5 @@ def test_the_kernel_start_benchmark_runs(
     printed = capsys.readouterr().out
     assert "sooner than plain" in printed
     assert "goal: forked start p50 <= 50 ms" in printed
+    assert "through Noteburst's Jupyter server: forked" in printed
     assert "memory: a forked kernel's own" in printed

@@ -40,6 +40,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
@@ -79,6 +80,11 @@ INLINE_BACKEND: Final = "module://matplotlib_inline.backend_inline"
 
 REQUEST_SECONDS: Final = 10.0
 """How long a connection may take to send its request."""
+STANDBY_DELAY_SECONDS: Final = 0.1
+"""How long after a hand-off the next standby is forked: after the new
+kernel's own start (~50 ms here), which it would otherwise slow down
+(bench/kernel_start.py, through the server: p50 69-75 ms with this pause,
+78-104 ms without)."""
 LIFELINE_SECONDS: Final = 1.0
 """How often the template checks that its parent is still there."""
 
@@ -348,6 +354,8 @@ class Template:
         """The child waiting to become the next kernel, and its channel."""
         self.generic_argv: list[str] | None = None
         """The last request's command line, its connection file a placeholder."""
+        self.standby_due: float | None = None
+        """When to fork the next standby (``time.monotonic()``), if not yet."""
 
     def serve(self) -> None:
         """Serve until the parent is gone."""
@@ -357,7 +365,10 @@ class Template:
         self.selector.register(self.wake_read, selectors.EVENT_READ, "signal")
         self._prepare_standby()
         while os.getppid() == self.parent_pid:
-            for key, _ in self.selector.select(timeout=LIFELINE_SECONDS):
+            timeout = LIFELINE_SECONDS
+            if self.standby is None and self.standby_due is not None:
+                timeout = min(timeout, max(0.0, self.standby_due - time.monotonic()))
+            for key, _ in self.selector.select(timeout=timeout):
                 if key.data == "accept":
                     self._accept()
                 elif key.data == "signal":
@@ -366,6 +377,8 @@ class Template:
                 else:
                     self._peer_readable(key.data)
             self._reap()
+            if self.standby_due is not None and time.monotonic() >= self.standby_due:
+                self._prepare_standby()
 
     def _inherited(self) -> list[int]:
         """Return the descriptors a child must close: the template's own."""
@@ -379,6 +392,7 @@ class Template:
 
     def _prepare_standby(self) -> None:
         """Fork the child that will become the next kernel, unless there is one."""
+        self.standby_due = None
         if self.standby is not None:
             return
         ours, theirs = socket.socketpair()
@@ -456,7 +470,9 @@ class Template:
             conn.sendall(wire.encode(reply))
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, pid)
-        self._prepare_standby()
+        # Not at once: the kernel just started initialises meanwhile, and
+        # preparing its successor would take CPU from it.
+        self.standby_due = time.monotonic() + STANDBY_DELAY_SECONDS
 
     def _peer_readable(self, pid: int) -> None:
         """Stop reporting a kernel whose provisioner closed its connection."""
@@ -482,6 +498,9 @@ class Template:
                 return
             if pid == 0:
                 return
+            if self.standby is not None and pid == self.standby[0]:
+                self._drop_standby()  # it died waiting: make another
+                self.standby_due = time.monotonic() + STANDBY_DELAY_SECONDS
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue

@@ -185,22 +185,31 @@ async def test_kernels_come_from_a_standby_and_a_dead_one_is_replaced(
     assert forked(first).from_standby
     template = provisioner.template_for(sys.executable, "import json, decimal")
     assert template.process is not None
-    children = children_of(template.process.pid)
-    standbys = [pid for pid in children if pid != first.provisioner.pid]
-    assert len(standbys) == 1, children
-    os.kill(standbys[0], signal.SIGKILL)
-    async with asyncio.timeout(WAIT):  # until the template has reaped it
-        while standbys[0] in children_of(template.process.pid):
-            await asyncio.sleep(0.05)
+    kernels = {first.provisioner.pid}
+    standby = await next_standby(template.process.pid, kernels)
+    os.kill(standby, signal.SIGKILL)
+    replacement = await next_standby(template.process.pid, kernels | {standby})
 
-    second = await start_kernel()  # forked at once, as without a standby
-    assert not forked(second).from_standby
+    second = await start_kernel()
+    assert forked(second).from_standby
+    assert second.provisioner.pid == replacement
     assert await second.value("1 + 1") == 2
-    third = await start_kernel()  # from the standby made after the second
+    kernels.add(second.provisioner.pid)
+    await next_standby(template.process.pid, kernels)
+    third = await start_kernel()
     assert forked(third).from_standby
     assert await third.value("'json' in __import__('sys').modules") is True
     pids = {await k.value("__import__('os').getpid()") for k in (first, second, third)}
     assert len(pids) == 3
+
+
+async def next_standby(template_pid: int, others: set[int | None]) -> int:
+    """Wait for the template's standby (a child not in ``others``); its pid."""
+    async with asyncio.timeout(WAIT):
+        while not (standbys := set(children_of(template_pid)) - others):
+            await asyncio.sleep(0.05)
+    assert len(standbys) == 1, standbys
+    return standbys.pop()
 
 
 @pytest.mark.asyncio

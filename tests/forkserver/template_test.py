@@ -84,3 +84,21 @@ def test_a_standby_gets_each_request_once_even_if_it_hangs_up_at_once() -> None:
         listener.close()
         os.close(keeper.wake_read)
         os.close(keeper.wake_write)
+
+
+def test_a_request_for_a_dead_standby_is_forked_anew() -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    keeper = template.Template(listener, os.getppid())
+    ours, theirs = socket.socketpair()
+    theirs.close()  # the standby died
+    keeper.standby = (4242, ours)
+    request: wire.ForkRequest = {"argv": [], "env": {}, "cwd": "/"}
+    try:
+        provisioner_end, template_end = socket.socketpair()
+        with provisioner_end, template_end:
+            assert keeper._hand_to_standby(request, template_end) is None
+        assert keeper.standby is None
+    finally:
+        listener.close()
+        os.close(keeper.wake_read)
+        os.close(keeper.wake_write)
