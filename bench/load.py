@@ -87,6 +87,7 @@ import httpx
 import nbformat
 
 from bench.latency import (
+    BenchError,
     Interrupts,
     Measure,
     Sample,
@@ -134,6 +135,8 @@ class Figures:
     latencies: list[float]
     wall: float
     cpu: CpuUse | None = None
+    failures: list[str] = field(default_factory=list)
+    """Why the notebooks that failed did (baselines only; see under_load)."""
 
     @property
     def throughput(self) -> float:
@@ -156,6 +159,7 @@ class Figures:
             "min": min(self.latencies),
             "max": max(self.latencies),
             "wall": self.wall,
+            "failures": len(self.failures),
         } | ({} if self.cpu is None else self.cpu.summary(len(self.latencies)))
 
 
@@ -204,18 +208,31 @@ class Results:
 # -- running a load ------------------------------------------------------------
 
 
-async def under_load(measure: Measure, mode: str, count: int, lanes: int) -> Figures:
+async def under_load(
+    measure: Measure, mode: str, count: int, lanes: int, *, tolerate: bool = False
+) -> Figures:
     """Run ``count`` notebooks, ``lanes`` at a time, each lane without pause.
 
     ``lanes=1`` is back-to-back.  Wall time runs from the first start to
-    the last end.
+    the last end.  ``tolerate``: a notebook that fails is counted and
+    reported, and its lane goes on (for the baselines: nbclient's own
+    kernels sometimes die at start under concurrent threads, a port race
+    in jupyter_client); otherwise the first failure ends the block.
+    Throughput counts the notebooks that succeeded.
     """
     latencies: list[float] = []
+    failures: list[str] = []
     todo = iter(range(count))  # shared: each lane takes the next notebook
 
     async def lane() -> None:
         for _ in todo:
-            sample = await measure(mode, True)
+            try:
+                sample = await measure(mode, True)
+            except Exception as exc:
+                if not tolerate:
+                    raise
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
             latencies.append(sample.seconds)
 
     cpu0 = cpu_times()
@@ -232,7 +249,10 @@ async def under_load(measure: Measure, mode: str, count: int, lanes: int) -> Fig
     cpu = None
     if cpu0 is not None and cpu1 is not None and cpu1[2] > cpu0[2]:
         cpu = CpuUse(*(end - start for start, end in zip(cpu0, cpu1, strict=True)))
-    return Figures(latencies, wall, cpu)
+    if not latencies:
+        msg = f"every notebook failed; the first: {failures[0]}"
+        raise BenchError(msg)
+    return Figures(latencies, wall, cpu, failures)
 
 
 def cpu_times() -> tuple[float, float, float] | None:
@@ -314,7 +334,9 @@ async def measure_system(
             (args.notebooks, args.in_flight) if mode == "concurrent" else (args.runs, 1)
         )
         print(f"[{system}] {mode}: {count} notebooks, {lanes} in flight", flush=True)
-        figures = await under_load(measure, mode, count, lanes)
+        figures = await under_load(
+            measure, mode, count, lanes, tolerate=system in ("nbclient", "papermill")
+        )
         if verify is not None:
             await verify.verify()
         results.figures[mode][system] = figures
@@ -323,6 +345,8 @@ async def measure_system(
             f"p50 {figures.p50:.3f} s, p95 {figures.p95:.3f} s",
             flush=True,
         )
+        for failure in figures.failures:
+            print(f"[{system}] {mode}: a notebook failed: {failure}", flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -444,10 +468,12 @@ def _report_table(results: Results) -> dict[str, Any]:
                 else f" {cpu.ours / len(figures.latencies):>6.2f}s "
                 f"{cpu.busy / cpu.total:>5.0%} {cpu.others_share:>6.0%}"
             )
+            failed = f"  ({len(figures.failures)} failed)" if figures.failures else ""
             print(
                 f"{mode[:7]:<8}{LABELS[system]:<44} {len(figures.latencies):>3} "
                 f"{figures.throughput:>7.2f} {figures.p50:>7.3f}s {figures.p95:>7.3f}s"
                 + usage
+                + failed
             )
     print(
         "(CPU/nb: CPU seconds of this benchmark's processes per notebook; busy:"

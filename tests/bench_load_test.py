@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load import CpuUse, Figures, Results, parse_args, report
+from bench.latency import Sample
+from bench.load import CpuUse, Figures, Results, parse_args, report, under_load
 
 
 def test_defaults_and_quick() -> None:
@@ -69,3 +70,27 @@ def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
     assert "noteburst throughput = 10.0x nbclient, 30.0x papermill" in printed
     assert "p50 30.0x the floor: goal ≤ 3x: NOT met" in printed
     assert "latency p95 0.200 s: goal < 0.5 s: met" in printed
+
+
+@pytest.mark.asyncio
+async def test_a_baseline_notebook_that_fails_is_counted_not_fatal() -> None:
+    calls = 0
+
+    async def measure(mode: str, timed: bool) -> Sample:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return Sample(seconds=0.01, phase=mode)
+
+    figures = await under_load(measure, "concurrent", 9, 2, tolerate=True)
+    assert len(figures.latencies) == 6
+    assert (
+        figures.failures
+        == ["RuntimeError: Kernel died before replying to kernel_info"] * 3
+    )
+    assert figures.summary()["failures"] == 3
+
+    calls = 0
+    with pytest.raises(RuntimeError, match="Kernel died"):
+        await under_load(measure, "concurrent", 9, 2)  # Noteburst's own: fatal
