@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import jupyter_client.manager
 import pytest
+import pytest_asyncio
 from jupyter_events import EventLogger
 from traitlets.config import Configurable
 
@@ -41,12 +43,23 @@ class SleepWatch:
         return await asyncio.sleep(delay, result)
 
 
+@pytest_asyncio.fixture
+async def manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[LowLatencyKernelManager]:
+    """A kernel manager of the embedded server's kind, its kernel shut down after."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    kernels = LowLatencyKernelManager(kernel_name="python3")
+    yield kernels
+    if kernels.has_kernel and await kernels.is_alive():
+        await asyncio.wait_for(kernels.shutdown_kernel(now=True), WAIT)
+    kernels.context.destroy(linger=0)
+
+
 @pytest.mark.asyncio
 async def test_start_kernel_skips_the_pause_and_keeps_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    manager: LowLatencyKernelManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
-    manager = LowLatencyKernelManager(kernel_name="python3")
     events: list[dict[str, Any]] = []
 
     async def on_event(logger: Any, schema_id: str, data: dict[str, Any]) -> None:
@@ -55,33 +68,24 @@ async def test_start_kernel_skips_the_pause_and_keeps_the_rest(
     manager.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_event)
     watch = SleepWatch()
     monkeypatch.setattr(jupyter_client.manager, "asyncio", watch)
-    try:
-        async with asyncio.timeout(WAIT):
-            await manager.start_kernel()
-            await ready(manager)  # resolved, as in_pending_state resolves it
-        assert watch.sleeps == []  # in_pending_state's sleep(0.01) is gone
-        assert await manager.is_alive()
-        command = manager.format_kernel_cmd()
-        assert all(argument in command for argument in IPYKERNEL_ARGUMENTS)
-        async with asyncio.timeout(WAIT):
-            while not events:  # listeners run in tasks of their own
-                await asyncio.sleep(0.01)
-        assert events[0]["action"] == "start"
-        assert events[0]["status"] == "success"
-    finally:
-        monkeypatch.undo()
-        if await manager.is_alive():
-            await asyncio.wait_for(manager.shutdown_kernel(now=True), WAIT)
-        manager.context.destroy(linger=0)
+    async with asyncio.timeout(WAIT):
+        await manager.start_kernel()
+        await ready(manager)  # resolved, as in_pending_state resolves it
+    assert watch.sleeps == []  # in_pending_state's sleep(0.01) is gone
+    assert await manager.is_alive()
+    command = manager.format_kernel_cmd()
+    assert all(argument in command for argument in IPYKERNEL_ARGUMENTS)
+    async with asyncio.timeout(WAIT):
+        while not events:  # listeners run in tasks of their own
+            await asyncio.sleep(0.01)
+    assert events[0]["action"] == "start"
+    assert events[0]["status"] == "success"
 
 
 @pytest.mark.asyncio
 async def test_a_failed_start_fails_ready_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    manager: LowLatencyKernelManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
-    manager = LowLatencyKernelManager(kernel_name="python3")
-
     async def refuse(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no kernel today")
 
@@ -90,7 +94,6 @@ async def test_a_failed_start_fails_ready_too(
         await asyncio.wait_for(manager.start_kernel(), WAIT)
     with pytest.raises(RuntimeError, match="no kernel today"):
         await asyncio.wait_for(ready(manager), WAIT)
-    manager.context.destroy(linger=0)
 
 
 def test_kernel_event_schemas_are_registered_with_the_server_once(
