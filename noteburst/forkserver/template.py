@@ -452,11 +452,9 @@ class Template:
                 conn.sendall(wire.encode({"error": f"bad request: {exc}"}))
             conn.close()
             return
+        # The next standby's guess: this command line, its file a placeholder.
         generic = predicted_argv(request["argv"])
-        generic_argv = generic[0] if generic is not None else None
-        if generic_argv != self.generic_argv:
-            # The standby parsed another command line; the next one will not.
-            self.generic_argv = generic_argv
+        self.generic_argv = generic[0] if generic is not None else None
         pid = self._hand_to_standby(request, conn)  # type: ignore[arg-type]
         standby = pid is not None
         if pid is None:
