@@ -54,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -227,6 +227,8 @@ class Service:
     starts: int = 0
     ready: bool = False
     """Set by whoever saw it up (a worker: once it says it is running)."""
+    http_port: int | None = None
+    """A worker's ``/healthz``, ``/readyz`` and ``/metrics`` port."""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -461,6 +463,10 @@ class ChaosOptions:
     """Most time between two faults, whatever the progress."""
     settle_timeout: float = 180.0
     """Bound on every execution reaching a terminal state after the last fault."""
+    workers: int = 2
+    """Workers started with the stack (more with :meth:`Stack.add_worker`)."""
+    worker_settings: Mapping[str, Any] = field(default_factory=dict)
+    """Settings of every worker beyond the stack's (``Config`` field names)."""
 
 
 class Stack:
@@ -539,8 +545,9 @@ class Stack:
             [*NOTEBURST, "serve", "--port", str(self.api_port), "--without-worker"],
             port=self.api_port,
         )
-        await asyncio.gather(self.start_api(), self.add_worker(), self.add_worker())
-        say("API and two workers up")
+        workers = (self.add_worker() for _ in range(self.options.workers))
+        await asyncio.gather(self.start_api(), *workers)
+        say(f"API and {self.options.workers} workers up")
 
     async def start_redis(self) -> None:
         assert self.redis is not None
@@ -573,7 +580,14 @@ class Stack:
 
     async def add_worker(self) -> Service:
         self.worker_count += 1
-        worker = self._service(f"worker{self.worker_count}", [*NOTEBURST, "worker"])
+        port = free_port()
+        worker = self._service(
+            f"worker{self.worker_count}",
+            [*NOTEBURST, "worker"],
+            worker_http_port=port,
+            **self.options.worker_settings,
+        )
+        worker.http_port = port
         self.workers.append(worker)
         worker.start()
         await worker.wait_for_output("worker running")

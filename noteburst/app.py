@@ -15,18 +15,16 @@ import asyncio
 import contextlib
 import gc
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
-import dramatiq
 import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -35,19 +33,21 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from . import __version__
 from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
+from .api.listen import listening_socket
+from .api.ops import ops_routes
 from .api.schema import create_schema
 from .api.shared_subscriptions import SharingTransportWSHandler, SubscriptionGroups
 from .config import Config
 from .exceptions import ClientError, ConfigurationError, ServiceUnavailableError
 from .factory import ApiContext, ApiFactory, create_broker
+from .services.health import HealthService
 from .storage.database import Database
 from .storage.events import LocalEventBus
-from .worker.process import start_worker
+from .worker.process import RunningWorker, start_worker
 
 __all__ = [
     "FULL_COLLECTION_SPACING",
@@ -201,8 +201,9 @@ def _peer(connection: Request | WebSocket) -> str | None:
     return connection.client.host if connection.client is not None else None
 
 
-async def _healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "version": __version__})
+def _health_service(request: Request) -> HealthService:
+    state: Any = request.state
+    return ApiFactory(state.context).create_health_service()
 
 
 def check_config(config: Config) -> None:
@@ -342,7 +343,7 @@ def create_app(
         context = await ApiContext.build(
             cfg, broker=broker, local_bus=None if postgres else worker_bus
         )
-        worker: dramatiq.Worker | None = None
+        worker: RunningWorker | None = None
         try:
             if with_worker:
                 worker = await asyncio.to_thread(
@@ -375,7 +376,7 @@ def create_app(
         routes=[
             Route("/graphql", graphql_app),
             WebSocketRoute("/graphql", graphql_app),
-            Route("/healthz", _healthz),
+            *ops_routes(_health_service, queue_depths=True),
             *static_routes(_STATIC_PREFIX),
         ],
         middleware=[
@@ -408,41 +409,6 @@ async def _prepare_database(config: Config) -> None:
             raise ConfigurationError(msg)
     finally:
         await database.aclose()
-
-
-def listening_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
-    """Bind and listen on ``host``:``port`` for uvicorn (``sockets=[...]``).
-
-    Why the protocol number matters: connections accepted from a socket
-    made as ``socket(AF_INET, SOCK_STREAM)`` (protocol 0) inherit that 0,
-    and asyncio sets ``TCP_NODELAY`` only on sockets whose protocol is
-    ``IPPROTO_TCP``, so Nagle's algorithm stayed on for every connection
-    :func:`serve_in_background` served.  With Nagle on, a small write that
-    follows another (the ``complete`` after a subscription's last ``next``,
-    or the terminal event after a burst of cell events) waits for the
-    client's delayed ACK (40 ms on Linux).  (``uvicorn.run(host=...,
-    port=...)`` binds through asyncio's ``create_server``, whose sockets
-    come from ``getaddrinfo`` with ``IPPROTO_TCP``, and was not affected.)
-    ``tests/app_test.py`` checks the option on the server's end of a real
-    connection.
-    """
-    family, _, _, _, address = socket.getaddrinfo(
-        host,
-        port,
-        type=socket.SOCK_STREAM,
-        proto=socket.IPPROTO_TCP,
-        flags=socket.AI_PASSIVE,
-    )[0]
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 @contextlib.asynccontextmanager

@@ -133,7 +133,13 @@ def worker() -> None:
         signal.signal(signum, lambda *_: stop.set())
     click.echo("noteburst worker running; Ctrl-C to stop", err=True)
     stop.wait()
+    grace = config.workers.shutdown_grace_seconds
+    click.echo(
+        f"noteburst worker stopping: running executions get {grace:g} s to finish",
+        err=True,
+    )
     running.stop()
+    click.echo("noteburst worker stopped", err=True)
 
 
 @main.group()

@@ -432,6 +432,29 @@ class WorkerSettings(_Group):
             "abandoned and the execution queued again."
         ),
     )
+    shutdown_grace_seconds: float = Field(
+        25.0,
+        ge=0,
+        validation_alias="worker_shutdown_grace_seconds",
+        description=(
+            "On SIGTERM (a rolling upgrade) a worker stops taking work and "
+            "lets its running executions finish for this long; those still "
+            "running are then handed back to the queue, to run on another "
+            "worker (not failed). Keep Kubernetes' terminationGracePeriodSeconds "
+            "about 15 s above it."
+        ),
+    )
+    http_port: Annotated[int | None, _EmptyIsUnset] = Field(
+        None,
+        ge=0,
+        le=65535,
+        validation_alias="worker_http_port",
+        description=(
+            "Port a separate worker process (`noteburst worker`) serves "
+            "/healthz, /readyz and /metrics on, bound to NOTEBURST_HOST; "
+            "unset: none. The API serves its own beside /graphql."
+        ),
+    )
 
 
 class GraphQLSettings(_Group):

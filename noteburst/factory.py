@@ -51,8 +51,10 @@ from .jupyter.kernelspecs import discover_kernel_names
 from .jupyter.pool import KernelPool
 from .jupyter.protocol import OutputLimits
 from .services.auth import Authenticator, TokenCache, TokenService
+from .services.drain import WorkerDrain
 from .services.execution import ExecutionService
 from .services.feeds import EventFeeds
+from .services.health import HealthService
 from .services.identity import IdentityFollower, IdentityLease
 from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
@@ -225,6 +227,8 @@ class WorkerContext:
     webhook_http: httpx.AsyncClient
     """The client webhook deliveries go out with (see ``_webhook_client``)."""
     secret_box: LazySecretBox
+    drain: WorkerDrain = field(default_factory=WorkerDrain)
+    """The worker's graceful stop, shared by its runners."""
     _closers: contextlib.AsyncExitStack = field(repr=False)
 
     @classmethod
@@ -541,6 +545,12 @@ class ApiFactory:
             http=None,
         )
 
+    def create_health_service(self) -> HealthService:
+        """Readiness of the API's database and queue (``/readyz``, ``/metrics``)."""
+        return HealthService(
+            database=self._context.database, task_queue=self._context.task_queue
+        )
+
     def create_rendering_service(self) -> RenderingService:
         """Service behind ``Execution.html``."""
         return RenderingService(
@@ -574,6 +584,13 @@ class WorkerFactory:
                 max_total_bytes=outputs.max_notebook_output_bytes,
             ),
             webhooks=self.create_webhook_service(),
+            drain=context.drain,
+        )
+
+    def create_health_service(self) -> HealthService:
+        """Readiness of the worker's database and queue (its ``/readyz``)."""
+        return HealthService(
+            database=self._context.database, task_queue=self._context.task_queue
         )
 
     def create_recovery_sweep(self) -> RecoverySweep:

@@ -110,6 +110,13 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
     ("NOTEBURST_WORKER_LEASE_SECONDS", "8", "workers.lease_seconds", 8.0),
     ("NOTEBURST_MAX_ATTEMPTS", "9", "workers.max_attempts", 9),
     ("NOTEBURST_WORKER_OUTAGE_SECONDS", "90", "workers.outage_seconds", 90.0),
+    (
+        "NOTEBURST_WORKER_SHUTDOWN_GRACE_SECONDS",
+        "40",
+        "workers.shutdown_grace_seconds",
+        40.0,
+    ),
+    ("NOTEBURST_WORKER_HTTP_PORT", "9100", "workers.http_port", 9100),
     ("NOTEBURST_OUTPUT_FLUSH_SECONDS", "0.5", "outputs.flush_seconds", 0.5),
     ("NOTEBURST_PROGRESS_FLUSH_SECONDS", "0.3", "outputs.progress_flush_seconds", 0.3),
     ("NOTEBURST_OUTPUT_FLUSH_BYTES", "100", "outputs.flush_bytes", 100),

@@ -70,6 +70,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.utils.aio import aclosing
 
+from ..metrics import SUBSCRIPTIONS_OPEN
 from .context import GraphQLContext
 
 __all__ = [
@@ -421,6 +422,10 @@ class SharingTransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, No
 
     async def run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         """Run a subscription in its group, anything else as Strawberry does."""
+        with SUBSCRIPTIONS_OPEN.track_inprogress():
+            await self._run_operation(operation)
+
+    async def _run_operation(self, operation: Operation[GraphQLContext, None]) -> None:
         groups: SubscriptionGroups = cast("Any", self.view).subscription_groups
         key = groups.key(
             self.context.caller,

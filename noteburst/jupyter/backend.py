@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -34,6 +35,7 @@ import httpx
 from .exceptions import JupyterError, JupyterWebError, KernelDiedError, KernelStartError
 from .kernel import KernelConnection
 from .local import FORKED_KERNEL_NAME, LocalJupyterServer
+from .metrics import KERNEL_START_SECONDS
 from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
@@ -383,6 +385,7 @@ async def start_kernel(
     LabUnavailableError
         If the server is gone.
     """
+    began = time.monotonic()
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         rest, kernel_id = await create()
         conn: KernelConnection | None = None
@@ -420,6 +423,9 @@ async def start_kernel(
                     kernel_name=kernel_name,
                 ) from exc
             raise
+        KERNEL_START_SECONDS.labels(kernel_name, "on_demand").observe(
+            time.monotonic() - began
+        )
         return kernel_id, conn
     raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -59,6 +60,7 @@ from .exceptions import (
     LabUnavailableError,
 )
 from .kernel import KernelConnection
+from .metrics import LAB_SPAWN_SECONDS
 from .pool import KernelPool
 from .protocol import WireProtocol
 from .rest import JupyterRestClient
@@ -784,9 +786,12 @@ class HubLabBackend:
         """Spawn (or find) the lab, bounded by ``spawn_timeout``."""
         name = self.username
         self._last_progress = None
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self.spawn_timeout) as scope:
-                return await self._spawn_lab_unbounded(scope)
+                rest = await self._spawn_lab_unbounded(scope)
+            LAB_SPAWN_SECONDS.observe(time.monotonic() - began)
+            return rest
         except TimeoutError as exc:
             await self._cancel_spawn()
             raise LabSpawnError(

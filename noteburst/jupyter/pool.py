@@ -83,6 +83,7 @@ from . import protocol
 from .demand import Demand
 from .exceptions import JupyterError, KernelDiedError, KernelStartError
 from .kernel import KernelConnection
+from .metrics import KERNEL_START_SECONDS, track_pool
 from .protocol import Message, WireProtocol
 from .rest import JupyterRestClient
 
@@ -326,6 +327,7 @@ class KernelPool:
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         self._started = False
+        track_pool(self)
 
     # -- public API ----------------------------------------------------------
 
@@ -527,7 +529,9 @@ class KernelPool:
             except Exception as exc:  # every failure is counted
                 await self._record_failure(lane, exc)
                 return
-            lane.demand.record_start(time.monotonic() - began)
+            seconds = time.monotonic() - began
+            lane.demand.record_start(seconds)
+            KERNEL_START_SECONDS.labels(lane.name, "pool").observe(seconds)
             lane.consecutive_failures = 0
             lane.started += 1
             if self._closed.is_set():

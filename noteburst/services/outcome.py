@@ -26,6 +26,7 @@ from ..jupyter.exceptions import (
 from ..jupyter.execute import CellFailure
 
 __all__ = [
+    "HANDED_BACK",
     "SUCCEEDED",
     "Outcome",
     "cancelled",
@@ -48,6 +49,9 @@ class Outcome:
 
 
 SUCCEEDED = Outcome(ExecutionStatus.SUCCEEDED, None)
+
+HANDED_BACK = Outcome(ExecutionStatus.QUEUED, None)
+"""Not an end: a stopping worker gave the execution back to the queue."""
 
 
 def failed(code: ErrorCode, message: str, cell_index: int | None) -> Outcome:

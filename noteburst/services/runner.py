@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -62,12 +63,20 @@ from ..jupyter.exceptions import (
 from ..jupyter.execute import RunReport, execute_notebook
 from ..jupyter.kernel import KernelConnection
 from ..jupyter.protocol import OutputLimits
+from ..metrics import (
+    EXECUTION_SECONDS,
+    EXECUTIONS_FINISHED,
+    EXECUTIONS_HANDED_BACK,
+    QUEUE_WAIT_SECONDS,
+)
 from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.executions import ClaimedExecution, NewEvent, cancel_signal_key
 from ..storage.taskqueue import TaskQueue
+from .drain import WorkerDrain
 from .outage import Backoff, until_available
 from .outcome import (
+    HANDED_BACK,
     SUCCEEDED,
     Outcome,
     cancelled,
@@ -93,6 +102,14 @@ INTERRUPT_TIMEOUT_SECONDS = 5.0
 
 class _CancelRequestedError(Exception):
     """The execution's cancellation was requested while it ran."""
+
+
+class _HandBackOrderedError(Exception):
+    """The worker is stopping and its grace period is over."""
+
+
+HAND_BACK_MESSAGE = "handed back to the queue by a stopping worker; it runs again"
+"""The message of the ``QUEUED`` event of a hand-back."""
 
 
 class ExecutionRunner:
@@ -124,6 +141,9 @@ class ExecutionRunner:
     webhooks
         Woken when an execution ends, after its terminal event is announced
         and its kernel retired; `None`: no webhooks.
+    drain
+        The worker's graceful stop (see :mod:`.drain`): counts running
+        executions and orders them handed back; `None`: never stopped so.
     """
 
     def __init__(
@@ -138,8 +158,10 @@ class ExecutionRunner:
         cancels: EventBus | None = None,
         output_limits: OutputLimits | None = None,
         webhooks: WebhookService | None = None,
+        drain: WorkerDrain | None = None,
     ) -> None:
         self._webhooks = webhooks
+        self._drain = drain
         self._cancels = cancels if cancels is not None else bus
         self._output_limits = output_limits
         self._db = database
@@ -165,6 +187,11 @@ class ExecutionRunner:
             was a duplicate, or its execution was taken by another wake-up).
         """
         log = _logger.bind(woken_for=execution_id)
+        if self._drain is not None and self._drain.stopping:
+            # This worker is stopping: the wake-up goes to another one.
+            await self._task_queue.enqueue_execution(execution_id)
+            log.info("Worker stopping; wake-up sent back to the queue")
+            return None
         async with contextlib.AsyncExitStack() as subscriptions:
             claim = await until_available(
                 lambda: self._claim(execution_id, subscriptions),
@@ -176,7 +203,10 @@ class ExecutionRunner:
                 log.info("Nothing queued is ready; wake-up ignored")
                 return None
             claimed, cancel_signal = claim
-            return await self._run_claimed(claimed, cancel_signal, log)
+            with contextlib.ExitStack() as running:
+                if self._drain is not None:
+                    running.enter_context(self._drain.run())
+                return await self._run_claimed(claimed, cancel_signal, log)
 
     async def _claim(
         self, woken_for: str, subscriptions: contextlib.AsyncExitStack
@@ -218,6 +248,12 @@ class ExecutionRunner:
         log = log.bind(execution_id=execution_id)
         self._bus.announce(execution_id, claimed.event.sequence)
         log.info("Execution started", attempt=execution.attempts)
+        began = time.monotonic()
+        if execution.attempts == 1:
+            waited = datetime.now(UTC) - execution.created_at
+            QUEUE_WAIT_SECONDS.labels(execution.queue.value).observe(
+                max(waited.total_seconds(), 0.0)
+            )
         notebook = nbformat.from_dict(claimed.source)
         renewer = asyncio.create_task(
             self._keep_lease(execution_id, execution.attempts)
@@ -253,6 +289,9 @@ class ExecutionRunner:
                     # transaction that ends this attempt, so they precede
                     # its event.
                     unwritten = await progress.stop()
+                if outcome is HANDED_BACK:
+                    await self._hand_back(execution, unwritten)
+                    return outcome
                 if outcome.retryable and await self._may_retry(execution):
                     await self._retry_later(execution, outcome, unwritten)
                     return outcome
@@ -263,6 +302,7 @@ class ExecutionRunner:
                 )
                 if final is not None:
                     self._bus.announce(execution_id, final.sequence)
+                    _count_finished(outcome, time.monotonic() - began)
         except ServiceUnavailableError:
             log.error(
                 "Database unavailable for too long; attempt abandoned, the "
@@ -331,6 +371,46 @@ class ExecutionRunner:
             store,
             what="the result",
             give_up_after=self._outage_seconds,
+            execution_id=execution.id,
+        )
+
+    async def _hand_back(self, execution: Execution, unwritten: list[NewEvent]) -> None:
+        """Give the execution back to the queue: this worker is stopping.
+
+        Its attempt is given back too (see ``ClaimStore.hand_back``), and a
+        new wake-up goes out at once, for another worker.  If the database
+        cannot take it, the lease lapses and the sweep requeues it.
+        """
+
+        async def hand_back() -> ExecutionEvent | None:
+            async with self._db.transaction() as tx:
+                await append_unwritten(tx, execution.id, unwritten)
+                return await tx.claims.hand_back(
+                    execution.id,
+                    attempt=execution.attempts,
+                    now=datetime.now(UTC),
+                    message=HAND_BACK_MESSAGE,
+                )
+
+        event = await until_available(
+            hand_back,
+            what="a hand-back",
+            give_up_after=self._outage_seconds,
+            execution_id=execution.id,
+        )
+        if event is None:
+            return  # taken over meanwhile; the other worker owns it
+        self._bus.announce(execution.id, event.sequence)
+        EXECUTIONS_HANDED_BACK.inc()
+        try:
+            await self._task_queue.enqueue_execution(execution.id)
+        except Exception:
+            _logger.exception(
+                "Queue unavailable; hand-back left for the recovery sweep",
+                execution_id=execution.id,
+            )
+        _logger.warning(
+            "Execution handed back to the queue: this worker is stopping",
             execution_id=execution.id,
         )
 
@@ -437,6 +517,7 @@ class ExecutionRunner:
                     cancel_signal,
                     requested=execution.cancel_requested_at is not None,
                 ),
+                self._hand_back_on_order(),
             ):
                 # Retired when the caller leaves kernel_scope (see run).
                 kernel = await kernel_scope.enter_async_context(
@@ -469,6 +550,8 @@ class ExecutionRunner:
                 await progress.settle()
         except _CancelRequestedError:
             return cancelled(current_cell)
+        except _HandBackOrderedError:
+            return HANDED_BACK
         except CellTimeoutError as exc:
             return cell_timed_out(exc)
         except TimeoutError:
@@ -541,6 +624,39 @@ class ExecutionRunner:
             watcher.cancel()
             await asyncio.wait({watcher})
 
+    @contextlib.asynccontextmanager
+    async def _hand_back_on_order(self) -> AsyncIterator[None]:
+        """Cancel the block when the stopping worker orders a hand-back.
+
+        The cancellation leaves the block as :class:`_HandBackOrderedError`
+        (the kernel is interrupted on the way out, as for a cancellation);
+        any other cancellation passes through unchanged.
+        """
+        drain = self._drain
+        if drain is None:
+            yield
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        ordered = False
+
+        async def watch() -> None:
+            nonlocal ordered
+            await drain.hand_back.wait()
+            ordered = True
+            task.cancel()
+
+        watcher = asyncio.create_task(watch(), name="hand-back-watch")
+        try:
+            yield
+        except asyncio.CancelledError:
+            if ordered and task.uncancel() == 0:
+                raise _HandBackOrderedError from None
+            raise
+        finally:
+            watcher.cancel()
+            await asyncio.wait({watcher})
+
     async def _cancel_requested(self, execution_id: str) -> bool:
         async with self._db.transaction() as tx:
             return await tx.cancels.requested(execution_id)
@@ -580,6 +696,14 @@ class ExecutionRunner:
                     _logger.info("Lease renewed again", execution_id=execution_id)
                 failures = 0
                 delay = interval
+
+
+def _count_finished(outcome: Outcome, seconds: float) -> None:
+    """Count a stored end in the metrics (once, by the worker that stored it)."""
+    status = outcome.status.value
+    code = outcome.error.code.value if outcome.error is not None else ""
+    EXECUTIONS_FINISHED.labels(status, code).inc()
+    EXECUTION_SECONDS.labels(status).observe(seconds)
 
 
 def _log_watcher_failure(task: asyncio.Task[None]) -> None:

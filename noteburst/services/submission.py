@@ -43,6 +43,7 @@ from ..exceptions import (
     LimitKind,
     UnknownKernelError,
 )
+from ..metrics import EXECUTIONS_SUBMITTED
 from ..storage.database import Database
 from ..storage.events import EventBus
 from ..storage.taskqueue import TaskQueue
@@ -249,6 +250,7 @@ class SubmissionService:
             if execution is None:
                 execution = await tx.executions.get(execution_id)
         assert execution is not None
+        EXECUTIONS_SUBMITTED.labels(execution.queue.value).inc()
         if event is not None:
             self._bus.announce(execution_id, event.sequence)
         if hook is not None and execution.status.is_terminal:

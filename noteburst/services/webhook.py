@@ -37,6 +37,7 @@ from ..domain.webhook import (
     build_payload,
     check_secret,
 )
+from ..metrics import WEBHOOK_DELIVERIES
 from ..storage.database import Database
 from ..storage.secrets import SecretBox, SecretUnreadableError
 from ..storage.taskqueue import TaskQueue
@@ -50,6 +51,13 @@ from ..storage.webhook_client import (
 __all__ = ["NewWebhook", "WebhookService"]
 
 _logger = structlog.get_logger("noteburst.webhooks")
+
+_OUTCOME_LABELS = {
+    WebhookState.DELIVERED: "delivered",
+    WebhookState.PENDING: "retry",
+    WebhookState.FAILED: "gave_up",
+}
+"""``outcome`` label of :data:`~noteburst.metrics.WEBHOOK_DELIVERIES` per state."""
 
 LEASE_MARGIN_SECONDS = 30.0
 """Added to an attempt's timeout for its lease: time to store the outcome."""
@@ -245,7 +253,9 @@ class WebhookService:
             )
         if not recorded:
             log.warning("Webhook attempt outlived its lease; its outcome is dropped")
+            WEBHOOK_DELIVERIES.labels("dropped").inc()
             return None
+        WEBHOOK_DELIVERIES.labels(_OUTCOME_LABELS[state]).inc()
         log.info(
             "Webhook attempt",
             succeeded=delivery.succeeded,

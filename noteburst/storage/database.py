@@ -66,6 +66,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_
 
 from noteburst.exceptions import ConfigurationError, ServiceUnavailableError
+from noteburst.metrics import DATABASE_SLOW_COMMITS
 
 from . import sqlite_driver
 from .unit_of_work import UnitOfWork
@@ -466,11 +467,34 @@ class Database:
         # Reached only if the block ended normally and the commit succeeded.
         seconds = time.monotonic() - committing
         if seconds > SLOW_COMMIT_SECONDS:
+            DATABASE_SLOW_COMMITS.inc()
             _logger.warning(
                 "Slow database commit",
                 seconds=round(seconds, 3),
                 stores=",".join(work.stores_used),
             )
+
+    async def ping(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound the caller sets
+        """Check that the database answers a trivial query within ``timeout``.
+
+        For readiness probes: it opens (or checks out) a connection and runs
+        ``SELECT 1``, nothing else.
+
+        Raises
+        ------
+        ServiceUnavailableError
+            If it did not answer in time, refused, or failed.
+        """
+        self._check_loop()
+        try:
+            async with asyncio.timeout(timeout), self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(
+                "database", f"no answer within {timeout:g} s"
+            ) from exc
+        except Exception as exc:
+            raise ServiceUnavailableError("database", _describe(exc)) from exc
 
     async def upgrade(self) -> None:
         """Migrate the schema to the newest revision (``alembic upgrade head``).

@@ -49,6 +49,7 @@ from ..constants import (
     WEBHOOK_ACTOR_NAME,
     WEBHOOK_TASK_QUEUE,
 )
+from ..exceptions import ServiceUnavailableError
 
 __all__ = ["SLOW_SEND_SECONDS", "TaskQueue", "WakingRedisBroker", "build_broker"]
 
@@ -234,6 +235,32 @@ class TaskQueue:
     def broker(self) -> dramatiq.Broker:
         """The underlying Dramatiq broker."""
         return self._broker
+
+    async def ping(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound the caller sets
+        """Check that the queue (Redis) answers ``PING`` within ``timeout``.
+
+        The in-process queue of the embedded default always answers.
+
+        Raises
+        ------
+        ServiceUnavailableError
+            If Redis did not answer in time or refused.
+        """
+        client = getattr(self._broker, "client", None)
+        if not isinstance(client, redis.Redis):
+            return
+        try:
+            # redis-py is blocking: a thread, bounded by the client's own
+            # socket timeouts and by ``timeout`` here (the thread then ends
+            # on its own when the socket times out).
+            async with asyncio.timeout(timeout):
+                await asyncio.to_thread(client.ping)
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(
+                "queue", f"Redis gave no answer within {timeout:g} s"
+            ) from exc
+        except redis.RedisError as exc:
+            raise ServiceUnavailableError("queue", f"Redis: {exc}") from exc
 
     async def enqueue_execution(
         self, execution_id: str, *, delay_seconds: float | None = None

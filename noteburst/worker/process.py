@@ -7,9 +7,17 @@ configuration and wants a short idle poll (Dramatiq's Redis consumer sleeps
 up to ``worker_timeout`` when idle, 1 s by default, which a page view would
 feel).  Each worker fetches only as many messages as it has threads, so
 work goes to idle workers instead of queueing behind a busy one.
+
+A worker stops gracefully (:meth:`RunningWorker.stop`): it pauses Dramatiq's
+consumer and worker threads (no new message is taken; prefetched ones go
+back to Redis when the worker stops), lets running executions finish for
+the grace period, and hands the rest back to the queue (see
+:mod:`noteburst.services.drain`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import dramatiq
 
@@ -18,7 +26,7 @@ from ..storage.events import EventBus
 from .actors import declare_actors
 from .runtime import WorkerRuntime, WorkerStartupError
 
-__all__ = ["IDLE_POLL_MS", "start_worker"]
+__all__ = ["IDLE_POLL_MS", "RunningWorker", "start_worker"]
 
 IDLE_POLL_MS = 100
 """Longest an idle Redis consumer waits before fetching again.
@@ -30,6 +38,45 @@ the fallback for a lost wake-up.
 STOP_AFTER_FAILED_START_MS = 10_000
 """Bound on stopping a worker whose start failed (it has no threads yet)."""
 
+STOP_AFTER_DRAIN_MS = 60_000
+"""Bound on Dramatiq's own stop once the drain is over (threads are idle)."""
+
+
+@dataclass(frozen=True)
+class RunningWorker:
+    """A started worker, and the runtime its graceful stop goes through."""
+
+    worker: dramatiq.Worker
+    runtime: WorkerRuntime
+    grace_seconds: float
+    """Default grace period of :meth:`stop` (``workers.shutdown_grace_seconds``)."""
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop taking work, let running executions finish, hand back the rest.
+
+        Blocks until the worker has stopped: at most the grace period, the
+        hand-back's bound and Dramatiq's own stop.
+
+        Parameters
+        ----------
+        grace_seconds
+            How long running executions may take to finish; default
+            :attr:`grace_seconds`.
+        """
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        # Public flags of Dramatiq's threads, set without waiting (its
+        # Worker.pause waits for running messages, which is the grace
+        # period's job): a paused consumer fetches nothing more, a paused
+        # worker thread takes nothing more from the in-memory queue.
+        for consumer in self.worker.consumers.values():
+            consumer.pause()
+        for thread in self.worker.workers:
+            thread.pause()
+        try:
+            self.runtime.drain(grace)
+        finally:
+            self.worker.stop(timeout=STOP_AFTER_DRAIN_MS)
+
 
 def start_worker(
     config: Config,
@@ -37,7 +84,7 @@ def start_worker(
     *,
     bus: EventBus,
     embedded: bool,
-) -> dramatiq.Worker:
+) -> RunningWorker:
     """Declare the actors and start a worker consuming ``broker``.
 
     Parameters
@@ -54,8 +101,8 @@ def start_worker(
 
     Returns
     -------
-    dramatiq.Worker
-        The started worker; call ``stop()`` to stop it.
+    RunningWorker
+        The started worker; call ``stop()`` to stop it (gracefully).
 
     Raises
     ------
@@ -87,4 +134,6 @@ def start_worker(
         # running; stop it, or a worker that cannot start never exits.
         worker.stop(timeout=STOP_AFTER_FAILED_START_MS)
         raise
-    return worker
+    return RunningWorker(
+        worker, runtime, grace_seconds=config.workers.shutdown_grace_seconds
+    )

@@ -20,12 +20,19 @@ from typing import Any
 
 import dramatiq
 import structlog
+import uvicorn
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware, MiddlewareError
+from starlette.applications import Starlette
+from starlette.requests import Request
 
+from ..api.listen import listening_socket
+from ..api.ops import ops_routes
 from ..config import Config
 from ..exceptions import ServiceUnavailableError
 from ..factory import WorkerContext, WorkerFactory
+from ..services.drain import HAND_BACK_SECONDS
+from ..services.health import HealthService
 from ..storage.events import EventBus
 
 __all__ = [
@@ -63,6 +70,13 @@ def boot_timeout(config: Config) -> float:
     if config.jupyter.lab_backend == "jupyterhub":
         return config.hub.identity_wait_seconds + config.hub.spawn_timeout + 60
     return config.jupyter.start_timeout + 60
+
+
+_DRAIN_MARGIN_SECONDS = 5.0
+"""Slack on the drain's own bounds before the stopping thread gives up on it."""
+
+HTTP_STOP_SECONDS = 5.0
+"""Bound on stopping the worker's HTTP server (probes and scrapes are short)."""
 
 
 class WorkerStartupError(MiddlewareError):
@@ -105,6 +119,14 @@ class WorkerRuntime(Middleware):
         self._broker: dramatiq.Broker | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots: asyncio.Semaphore | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_port: int | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the worker's HTTP server listens on (None: none runs)."""
+        return self._http_port if self._http is not None else None
 
     def factory(self) -> WorkerFactory:
         """Return a factory for one message; only valid after boot."""
@@ -141,10 +163,27 @@ class WorkerRuntime(Middleware):
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_SECONDS:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         try:
+            if self._config.workers.http_port is not None:
+                # Before the context: liveness must answer while a lab spawns.
+                self._run(self._start_http(self._config.workers.http_port))
             self._run(self._boot(broker))
         except Exception as exc:
             _logger.exception("Worker failed to start")
             raise WorkerStartupError(str(exc)) from exc
+
+    def drain(self, grace_seconds: float) -> None:
+        """Let running executions finish, then hand the rest back; blocks.
+
+        Called by :meth:`~.process.RunningWorker.stop` from the stopping
+        thread, after the threads are paused (see :mod:`..services.drain`).
+        """
+        if self._context is None:
+            return
+        drain = self._context.drain
+        self._run(
+            drain.drain(grace_seconds),
+            timeout=grace_seconds + HAND_BACK_SECONDS + _DRAIN_MARGIN_SECONDS,
+        )
 
     def after_worker_shutdown(
         self, broker: dramatiq.Broker, worker: dramatiq.Worker
@@ -165,7 +204,40 @@ class WorkerRuntime(Middleware):
         if self._sweep_interval is not None:
             self._sweeper = asyncio.create_task(self._sweep(self._sweep_interval))
 
+    async def _start_http(self, port: int) -> None:
+        """Serve ``/healthz``, ``/readyz`` and ``/metrics`` on this loop."""
+
+        def health(request: Request) -> HealthService | None:
+            if self._context is None:
+                return None
+            return self.factory().create_health_service()
+
+        # Bound here, so a taken port fails the worker's start, and the
+        # port is known at once (0 picks a free one, for tests).
+        sock = listening_socket(self._config.host, port, backlog=128)
+        self._http_port = sock.getsockname()[1]
+        app = Starlette(routes=ops_routes(health, queue_depths=False))
+        server = uvicorn.Server(
+            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        )
+        self._http = server
+        self._http_task = asyncio.create_task(
+            server.serve(sockets=[sock]), name="worker-http"
+        )
+
+    async def _stop_http(self) -> None:
+        if self._http is None or self._http_task is None:
+            return
+        self._http.should_exit = True
+        try:
+            async with asyncio.timeout(HTTP_STOP_SECONDS):
+                await asyncio.gather(self._http_task, return_exceptions=True)
+        except TimeoutError:
+            self._http_task.cancel()
+        self._http = self._http_task = None
+
     async def _shutdown(self) -> None:
+        await self._stop_http()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -201,14 +273,18 @@ class WorkerRuntime(Middleware):
             except Exception:
                 _logger.exception("Webhook sweep failed")
 
-    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _run(
+        self, coro: Coroutine[Any, Any, object], *, timeout: float | None = None
+    ) -> None:
         thread = get_event_loop_thread()
         if thread is None:
             msg = "the AsyncIO middleware must come before WorkerRuntime"
             raise WorkerStartupError(msg)
         future = asyncio.run_coroutine_threadsafe(coro, thread.loop)
         try:
-            future.result(timeout=boot_timeout(self._config))
+            future.result(
+                timeout=boot_timeout(self._config) if timeout is None else timeout
+            )
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             msg = "worker start or stop timed out"

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from dramatiq.common import dq_name
+from prometheus_client import REGISTRY
 
 from noteburst.config import WebhookSettings
 from noteburst.constants import WEBHOOK_TASK_QUEUE
@@ -135,12 +136,20 @@ def pending_messages(broker: dramatiq.Broker, *, delayed: bool = False) -> int:
     return int(queue.qsize())
 
 
+def _deliveries(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "noteburst_webhook_deliveries_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
 @pytest.mark.asyncio
 async def test_500_twice_then_200_stores_three_attempts(
     database: Database, make_service: MakeService, broker: dramatiq.Broker
 ) -> None:
     service = make_service()
     secret = new_secret()
+    counted = {outcome: _deliveries(outcome) for outcome in ("retry", "delivered")}
     async with receiver(500, 500, 200) as hook:
         execution_id = await submit(database, service, hook.url, secret)
         assert await service.deliver(execution_id) is None  # not ended yet
@@ -162,6 +171,9 @@ async def test_500_twice_then_200_stores_three_attempts(
     target = await service.get(execution_id)
     assert target is not None
     assert (target.state, target.attempts) == (WebhookState.DELIVERED, 3)
+    # The metrics (noteburst_webhook_deliveries_total) count each attempt.
+    assert _deliveries("retry") - counted["retry"] == 2
+    assert _deliveries("delivered") - counted["delivered"] == 1
     # Each failure scheduled its retry as a delayed message.
     assert pending_messages(broker, delayed=True) == 2
     # One message, signed each time, with the same id on every attempt.
@@ -178,6 +190,7 @@ async def test_500_twice_then_200_stores_three_attempts(
 async def test_attempt_limit_and_horizon_give_up(
     database: Database, make_service: MakeService
 ) -> None:
+    gave_up = _deliveries("gave_up")
     async with receiver(500, 500, 500, 500) as hook:
         limited = make_service(max_attempts=2)
         first = await submit(database, limited, hook.url, new_secret())
@@ -196,6 +209,7 @@ async def test_attempt_limit_and_horizon_give_up(
         assert target is not None
         assert (target.state, target.attempts) == (WebhookState.FAILED, 1)
         assert target.next_attempt_at is None
+    assert _deliveries("gave_up") - gave_up == 2
 
 
 @pytest.mark.asyncio

@@ -399,6 +399,62 @@ class ClaimStore(ExecutionTableStore):
             now=now,
         )
 
+    async def hand_back(
+        self, execution_id: str, *, attempt: int, now: datetime, message: str
+    ) -> ExecutionEvent | None:
+        """Put a running execution back in the queue, its attempt not counted.
+
+        For a worker that is stopping (a rolling upgrade) and did not finish
+        the execution within its grace period: the execution runs elsewhere
+        from its first cell, and the interrupted attempt is given back, so
+        upgrades never use up ``max_attempts`` (which count lost workers).
+        Only this attempt's run is handed back (``attempts == attempt``):
+        one taken over by a recovery sweep meanwhile is left alone.
+
+        Returns
+        -------
+        ExecutionEvent or None
+            The ``QUEUED`` event (with ``message``), or None if the
+            execution was not this attempt's run any more.
+        """
+        columns = EXECUTIONS.c
+        return await self._change(
+            execution_id,
+            conditions=[
+                columns.status == ExecutionStatus.RUNNING.value,
+                columns.attempts == attempt,
+            ],
+            values={
+                "status": ExecutionStatus.QUEUED.value,
+                "lease_expires_at": None,
+                "cells_done": 0,
+                "not_before": None,
+                "attempts": columns.attempts - 1,
+            },
+            kind=EventKind.QUEUED,
+            status=ExecutionStatus.QUEUED,
+            cell_index=None,
+            now=utc(now),
+            message=message,
+        )
+
+    async def queue_depths(self) -> dict[ExecutionQueue, int]:
+        """Count the executions waiting to be claimed, per queue.
+
+        Followers of a shared run are not counted (they wait for their
+        leader, not for a worker); retries still in backoff are.
+        """
+        columns = EXECUTIONS.c
+        rows = await self._session.execute(
+            select(columns.queue, func.count())
+            .where(*_claimable(columns))
+            .group_by(columns.queue)
+        )
+        depths = dict.fromkeys(ExecutionQueue, 0)
+        for queue, count in rows:
+            depths[ExecutionQueue(queue)] = int(count)
+        return depths
+
     async def find_orphans(
         self, *, now: datetime, queued_before: datetime
     ) -> tuple[builtins.list[str], builtins.list[str]]:

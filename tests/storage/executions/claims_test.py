@@ -38,7 +38,15 @@ from noteburst.domain.execution import (
 from noteburst.exceptions import ExecutionFinishedError
 from noteburst.storage import Database, NewEvent
 from noteburst.storage.database import make_engine
-from tests.storage.executions._helpers import LEASE, NOTEBOOK, T0, add, add_in, claim
+from tests.storage.executions._helpers import (
+    LEASE,
+    NOTEBOOK,
+    T0,
+    add,
+    add_follower,
+    add_in,
+    claim,
+)
 
 
 async def claim_next(
@@ -558,3 +566,75 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from plan_nodes(child)
+
+
+@pytest.mark.asyncio
+async def test_hand_back_requeues_its_own_run_and_gives_the_attempt_back(
+    database: Database,
+) -> None:
+    execution_id = await add(database)
+    claimed = await claim(database, execution_id)
+    assert claimed is not None
+    assert claimed.attempts == 1
+    async with database.transaction() as tx:
+        # Another attempt's run (a sweep took it over) is not handed back.
+        assert (
+            await tx.claims.hand_back(
+                execution_id, attempt=2, now=T0, message="stopping"
+            )
+            is None
+        )
+        event = await tx.claims.hand_back(
+            execution_id, attempt=1, now=T0, message="stopping"
+        )
+        execution = await tx.executions.get(execution_id)
+    assert event is not None
+    assert (event.kind, event.status, event.message) == (
+        EventKind.QUEUED,
+        ExecutionStatus.QUEUED,
+        "stopping",
+    )
+    assert event.cells_done == 0
+    assert execution is not None
+    assert execution.status is ExecutionStatus.QUEUED
+    assert execution.attempts == 0  # an upgrade does not use up attempts
+    # It is claimable at once, by anyone, as a fresh execution.
+    again = await claim_next(database, max_attempts=1)
+    assert again is not None
+    assert (again.id, again.attempts) == (execution_id, 1)
+    async with database.transaction() as tx:
+        # Only a running execution is handed back.
+        await tx.claims.finish(
+            execution_id,
+            status=ExecutionStatus.SUCCEEDED,
+            result_text=json.dumps(NOTEBOOK),
+            error=None,
+            now=T0,
+            attempt=1,
+        )
+        assert (
+            await tx.claims.hand_back(
+                execution_id, attempt=1, now=T0, message="stopping"
+            )
+            is None
+        )
+
+
+@pytest.mark.asyncio
+async def test_queue_depths_count_what_waits_for_a_worker(database: Database) -> None:
+    async with database.transaction() as tx:
+        assert await tx.claims.queue_depths() == {
+            ExecutionQueue.INTERACTIVE: 0,
+            ExecutionQueue.BATCH: 0,
+        }
+    leader = await add(database)
+    await add(database)
+    await add(database, ExecutionQueue.BATCH)
+    await add_follower(database, leader)  # waits for its leader, not a worker
+    running = await add(database, ExecutionQueue.BATCH)
+    assert await claim(database, running) is not None
+    async with database.transaction() as tx:
+        assert await tx.claims.queue_depths() == {
+            ExecutionQueue.INTERACTIVE: 2,
+            ExecutionQueue.BATCH: 1,
+        }
