@@ -1,4 +1,4 @@
-"""What the execution store's tests share: a fixed clock, adding, claiming, counting.
+"""What the execution store's tests share: a fixed clock, adding and claiming.
 
 Each helper but :func:`add_in` runs its own transaction on the
 ``database`` fixture's :class:`~noteburst.storage.Database`, so a test
@@ -14,12 +14,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import text
-
 from noteburst.constants import LOCAL_USER
 from noteburst.domain.execution import Execution, ExecutionQueue
 from noteburst.storage import Database, UnitOfWork
-from noteburst.storage.database import make_engine
 
 __all__ = [
     "LEASE",
@@ -30,7 +27,6 @@ __all__ = [
     "add_in",
     "claim",
     "get",
-    "row_counts",
 ]
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -123,28 +119,3 @@ async def get(database: Database, execution_id: str) -> Execution:
         execution = await tx.executions.get(execution_id)
     assert execution is not None
     return execution
-
-
-TABLES = (
-    "executions",
-    "execution_events",
-    "execution_renderings",
-    "webhooks",
-    "webhook_deliveries",
-)
-"""The execution's table and every table of its children."""
-
-
-async def row_counts(database_url: str) -> dict[str, int]:
-    """Count the rows of :data:`TABLES`, on a connection of its own."""
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return {
-                table: (
-                    await connection.execute(text(f"SELECT count(*) FROM {table}"))
-                ).scalar_one()
-                for table in TABLES
-            }
-    finally:
-        await engine.dispose()
