@@ -135,8 +135,7 @@ class RetentionStore(ExecutionTableStore):
         after
             The last candidate of the previous batch: this one continues
             after it in ``(finished_at, id)`` order, so a dry run (which
-            deletes nothing) moves on, and an execution kept for its
-            webhook is passed over once per purge, not read again.
+            deletes nothing) moves on, and no purge reads a row twice.
 
         Returns
         -------
