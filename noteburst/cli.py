@@ -1,4 +1,4 @@
-"""The ``noteburst`` command: serve, worker, db upgrade, token, run.
+"""The ``noteburst`` command: serve, worker, db upgrade, db purge, token, run.
 
 Each command builds its configuration from the environment (see
 docs/configuration.md) and hands it to one factory: ``create_app`` for the
@@ -61,6 +61,7 @@ from .exceptions import ClientError, ConfigurationError
 from .factory import CliContext, CliFactory, create_broker
 from .logs import configure_logging
 from .services.auth import TokenService
+from .services.retention import PurgeReport
 from .storage.events import LocalEventBus
 from .worker.process import start_worker
 from .worker.runtime import WorkerStartupError
@@ -164,6 +165,72 @@ def db_upgrade() -> None:
     click.echo("database schema is current", err=True)
 
 
+@db.command("purge")
+@click.option(
+    "--older-than",
+    default=None,
+    help=(
+        "Purge executions that finished longer ago than this, e.g. 90s, 30m, "
+        "12h, 7d [default: NOTEBURST_RETENTION_DAYS days]."
+    ),
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help=(
+        "Executions deleted per transaction [default: NOTEBURST_RETENTION_BATCH_SIZE]."
+    ),
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Count what would be purged; delete nothing."
+)
+def db_purge(older_than: str | None, batch_size: int | None, dry_run: bool) -> None:
+    """Delete finished executions older than the retention, with their events.
+
+    Queued and running executions are never deleted, nor one whose webhook
+    is still being delivered.  Runs in small batches, each its own
+    transaction, so the service can keep running meanwhile.
+    """
+    age = None if older_than is None else _parse_duration(older_than)
+    config = _load_config()
+    configure_logging(level=config.log_level, fmt=config.log_format)
+    if age is None and config.retention.days == 0:
+        click.echo(
+            "retention is off (NOTEBURST_RETENTION_DAYS=0): nothing purged; "
+            "pass --older-than to purge anyway",
+            err=True,
+        )
+        return
+
+    async def purge() -> PurgeReport:
+        context = await CliContext.build(config)
+        try:
+            if not await context.database.is_current():
+                msg = "the database schema is not current: run `noteburst db upgrade`"
+                raise click.ClickException(msg)
+            service = CliFactory(context).create_retention_service()
+            return await service.purge(
+                older_than=age, batch_size=batch_size, dry_run=dry_run
+            )
+        finally:
+            await context.aclose()
+
+    report = asyncio.run(purge())
+    removed = report.removed
+    counts = (
+        f"{removed.executions} executions, {removed.events} events, "
+        f"{removed.renderings} renderings"
+    )
+    before = (
+        "" if report.cutoff is None else f" finished before {report.cutoff.isoformat()}"
+    )
+    if dry_run:
+        click.echo(f"would purge {counts}{before} (dry run: nothing deleted)")
+    else:
+        click.echo(f"purged {counts}{before}")
+
+
 @main.group()
 def token() -> None:
     """Manage API tokens (for NOTEBURST_AUTH_MODE=tokens)."""
@@ -205,7 +272,11 @@ def _parse_duration(value: str) -> timedelta:
     if not math.isfinite(seconds) or seconds <= 0:
         msg = f"must be positive: {value!r}"
         raise click.BadParameter(msg)
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError as exc:
+        msg = f"too long: {value!r}"
+        raise click.BadParameter(msg) from exc
 
 
 @token.command("create")

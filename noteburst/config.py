@@ -7,7 +7,8 @@ code into the Postgres/Redis service.
 
 The settings are grouped by concern (``config.jupyter``, ``config.hub``,
 ``config.limits``, ``config.outputs``, ``config.workers``,
-``config.graphql``, ``config.auth``, ``config.webhooks``), so that a service
+``config.graphql``, ``config.auth``, ``config.webhooks``,
+``config.retention``), so that a service
 can take its group whole and a new setting is declared in one place.  The
 environment stays flat: each grouped field keeps the variable it always had
 (``config.webhooks.max_attempts`` is ``NOTEBURST_WEBHOOK_MAX_ATTEMPTS``),
@@ -65,6 +66,7 @@ __all__ = [
     "JupyterSettings",
     "LimitSettings",
     "OutputSettings",
+    "RetentionSettings",
     "Variable",
     "WebhookSettings",
     "WorkerSettings",
@@ -618,6 +620,36 @@ class WebhookSettings(_Group):
         return value
 
 
+class RetentionSettings(_Group):
+    """How long finished executions are kept, and how they are purged."""
+
+    days: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias="retention_days",
+        description=(
+            "Finished executions (with their events, renderings and webhook "
+            "records) are deleted this many days after they ended, by the "
+            "workers' periodic purge and by `noteburst db purge`; queued and "
+            "running ones never are. Cached results go with their execution, "
+            "so a result is reused for at most this long whatever maxAgeSeconds "
+            "asks. An execution whose webhook is still being delivered is kept "
+            "until the delivery ends. 0: keep everything forever."
+        ),
+    )
+    batch_size: int = Field(
+        500,
+        ge=1,
+        validation_alias="retention_batch_size",
+        description=(
+            "Executions deleted per transaction by a purge; each batch is its "
+            "own short transaction, so the database's locks are held only "
+            "that long (on SQLite, writers wait for the whole batch)."
+        ),
+    )
+
+
 class Config(BaseSettings):
     """Noteburst's settings."""
 
@@ -706,6 +738,9 @@ class Config(BaseSettings):
     )
     auth: AuthSettings = Field(default_factory=AuthSettings, title="Authentication")
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings, title="Webhooks")
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, title="Retention"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -7,8 +7,8 @@ kind of process, holding exactly what that kind needs:
 :class:`ApiContext` (the database, the event bus it pushes from, the task
 queue, the kernels submissions may name, the token cache, the renders in
 flight), :class:`WorkerContext` (the same stores, the lab backend, the
-cancellation bus, the webhook client) and :class:`CliContext` (a
-database).  A factory (:class:`ApiFactory`, :class:`WorkerFactory`,
+cancellation bus, the webhook client) and :class:`CliContext` (the
+configuration and a database).  A factory (:class:`ApiFactory`, :class:`WorkerFactory`,
 :class:`CliFactory`) is cheap and made per request, websocket operation or
 message; it hands out services wired to its context, so a service only
 one kind of process has (the runner, say) is only offered where it can be
@@ -58,6 +58,7 @@ from .services.health import HealthService
 from .services.identity import IdentityFollower, IdentityLease
 from .services.recovery import RecoverySweep
 from .services.rendering import RenderingService
+from .services.retention import RetentionService
 from .services.runner import ExecutionRunner
 from .services.submission import SubmissionService
 from .services.watch import ExecutionWatcher
@@ -293,12 +294,15 @@ class WorkerContext:
 class CliContext:
     """What a command that works on the database directly needs."""
 
+    config: Config
     database: Database
 
     @classmethod
     async def build(cls, config: Config) -> CliContext:
         """Open the configured database (nothing is connected until used)."""
-        return cls(database=Database.from_url(config.effective_database_url))
+        return cls(
+            config=config, database=Database.from_url(config.effective_database_url)
+        )
 
     async def aclose(self) -> None:
         """Close the database."""
@@ -604,6 +608,13 @@ class WorkerFactory:
             webhooks=self.create_webhook_service(),
         )
 
+    def create_retention_service(self) -> RetentionService:
+        """Service that purges old finished executions (the periodic purge)."""
+        return RetentionService(
+            database=self._context.database,
+            settings=self._context.config.retention,
+        )
+
     def create_webhook_service(self) -> WebhookService:
         """Service that delivers webhooks (and sweeps for lost wake-ups)."""
         context = self._context
@@ -625,3 +636,10 @@ class CliFactory:
     def create_token_service(self) -> TokenService:
         """Token management (``noteburst token``)."""
         return TokenService(database=self._context.database)
+
+    def create_retention_service(self) -> RetentionService:
+        """Service that purges old finished executions (``noteburst db purge``)."""
+        return RetentionService(
+            database=self._context.database,
+            settings=self._context.config.retention,
+        )

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import httpx
 import nbformat
 import pytest
 
+from noteburst.storage import Database
 from tests.support.app import CANCEL, Noteburst, make_config, running
+from tests.support.executions import finished_run
 from tests.support.notebooks import notebook
 from tests.support.waiting import free_port, wait_until
 
@@ -444,3 +447,78 @@ async def test_token_create_list_revoke_and_expire(
         assert "no token with key 'no-such-key'" in missing.stderr
         bad_scope = await cli("create", "--user", "x", "--scope", "admin")
         assert bad_scope.returncode != 0
+
+
+def _purge_cli(
+    database_url: str, home: Path, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    env = _clean_env(home)
+    env["NOTEBURST_DATABASE_URL"] = database_url
+    env.update({f"NOTEBURST_{name.upper()}": value for name, value in settings.items()})
+    return subprocess.run(
+        [*NOTEBURST, "db", "purge", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)  # five CLI processes, each importing Noteburst
+async def test_db_purge_prints_what_it_removed_and_a_dry_run_removes_nothing(
+    tmp_path: Path, database: Database, database_url: str
+) -> None:
+    now = datetime.now(UTC)
+    old = [
+        await finished_run(database, at=now - timedelta(days=40)),
+        await finished_run(database, at=now - timedelta(days=35), progress=1),
+    ]
+    young = await finished_run(database, at=now - timedelta(days=1), rendering=False)
+
+    async def purge(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            _purge_cli, database_url, tmp_path, *args, **settings
+        )
+
+    async def present() -> list[str]:
+        async with database.transaction() as tx:
+            return [i for i in [*old, young] if await tx.executions.get(i)]
+
+    off = await purge(retention_days="0")
+    assert off.returncode == 0, off.stderr
+    assert "retention is off" in off.stderr
+    assert await present() == [*old, young]
+
+    dry = await purge("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    # Two runs: QUEUED, RUNNING, 3 (then 1) cell events, FINISHED.
+    assert dry.stdout.startswith(
+        "would purge 2 executions, 10 events, 2 renderings finished before "
+    ), dry.stdout
+    assert "nothing deleted" in dry.stdout
+    assert await present() == [*old, young]
+
+    purged = await purge("--batch-size", "1")
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.startswith(
+        "purged 2 executions, 10 events, 2 renderings finished before "
+    ), purged.stdout
+    assert await present() == [young]
+
+    # An explicit age, whatever the setting (0 here: off).
+    hour = await purge("--older-than", "1h", retention_days="0")
+    assert hour.returncode == 0, hour.stderr
+    assert hour.stdout.startswith("purged 1 executions, 6 events, 0 renderings")
+    assert await present() == []
+
+    bad = await purge("--older-than", "soon")
+    assert bad.returncode != 0
+    assert "not a duration" in bad.stderr
+
+
+def test_db_purge_wants_a_current_schema(tmp_path: Path, sqlite_url: str) -> None:
+    result = _purge_cli(sqlite_url, tmp_path)
+    assert result.returncode != 0
+    assert "noteburst db upgrade" in result.stderr

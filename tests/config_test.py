@@ -189,6 +189,8 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
         "webhooks.max_backoff_seconds",
         60.0,
     ),
+    ("NOTEBURST_RETENTION_DAYS", "7.5", "retention.days", 7.5),
+    ("NOTEBURST_RETENTION_BATCH_SIZE", "50", "retention.batch_size", 50),
     ("NOTEBURST_LOG_LEVEL", "DEBUG", "log_level", "DEBUG"),
     ("NOTEBURST_LOG_FORMAT", "json", "log_format", "json"),
 ]
@@ -324,6 +326,29 @@ def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_webhook_networks_are_strict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTEBURST_WEBHOOK_ALLOWED_NETWORKS", '["10.0.0.1/8"]')
     with pytest.raises(ValueError, match="host bits set"):
+        Config()
+
+
+@pytest.mark.parametrize("days", ["-1", "inf", "nan"])
+def test_retention_days_are_finite_and_not_negative(
+    monkeypatch: pytest.MonkeyPatch, days: str
+) -> None:
+    _clear_environment(monkeypatch)
+    monkeypatch.setenv("NOTEBURST_RETENTION_DAYS", days)
+    with pytest.raises(ValueError, match="retention"):
+        Config()
+
+
+def test_retention_zero_means_keep_forever_and_batches_are_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_environment(monkeypatch)
+    assert Config().retention.days == 30
+    assert Config().retention.batch_size == 500
+    monkeypatch.setenv("NOTEBURST_RETENTION_DAYS", "0")
+    assert Config().retention.days == 0
+    monkeypatch.setenv("NOTEBURST_RETENTION_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="retention"):
         Config()
 
 

@@ -76,7 +76,9 @@ class CacheInput:
         default=None,
         description=(
             "With USE: reuse only a result finished at most this many seconds "
-            "ago; null: any age."
+            "ago; null: any age. Results are kept only as long as the server's "
+            "retention (NOTEBURST_RETENTION_DAYS): an older one is gone, and "
+            "the notebook runs again."
         ),
     )
 

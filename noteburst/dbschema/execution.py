@@ -106,6 +106,11 @@ class ExecutionRow(Base):
         Index("ix_executions_owner_created_at_id", "owner", "created_at", "id"),
         # A user's queued and running counts (per-user limits).
         Index("ix_executions_owner_status", "owner", "status"),
+        # The retention purge (retention.RetentionStore): finished
+        # executions oldest first, in keyset batches of (finished_at, id).
+        # Only finished executions have a finish time; the others sit
+        # together under NULL, which the purge's range never reads.
+        Index("ix_executions_finished_at_id", "finished_at", "id"),
         # The claim order (claims.ClaimStore.claim_next), of the executions a
         # claim can take: a claim reads the first entries, not the queue.
         # The claim spells the predicate out with constants, which both

@@ -7,8 +7,9 @@ these entry points:
 * :class:`Database` (one per event loop): ``transaction()`` yields a
   :class:`UnitOfWork` naming every store bound to that transaction
   (``tx.executions``, ``tx.events``, ``tx.claims``, ``tx.cancels``,
-  ``tx.cache``, ``tx.quotas``, ``tx.webhooks``, ``tx.renderings``,
-  ``tx.tokens``, ``tx.identities``); ``upgrade()`` migrates the schema.
+  ``tx.cache``, ``tx.quotas``, ``tx.retention``, ``tx.webhooks``,
+  ``tx.renderings``, ``tx.tokens``, ``tx.identities``); ``upgrade()``
+  migrates the schema.
   The execution store's parts are in :mod:`.executions`.
 * :class:`EventBus` (from :func:`create_event_bus`): subscribe to wake-ups
   when an execution gets new events; ``announce`` after committing them.

@@ -21,6 +21,7 @@ from .executions import (
     EventLogStore,
     ExecutionRecordStore,
     ResultCacheStore,
+    RetentionStore,
     UserQuotaStore,
 )
 from .identity import IdentityLeaseStore
@@ -84,6 +85,11 @@ class UnitOfWork:
     def quotas(self) -> UserQuotaStore:
         """Per-user counts behind the submission limits."""
         return UserQuotaStore(self._session, postgres=self._postgres)
+
+    @cached_property
+    def retention(self) -> RetentionStore:
+        """Old finished executions, found and purged a batch at a time."""
+        return RetentionStore(self._session, postgres=self._postgres)
 
     @cached_property
     def webhooks(self) -> WebhookStore:

@@ -24,7 +24,7 @@ import dramatiq
 from ..config import Config
 from ..storage.events import EventBus
 from .actors import declare_actors
-from .runtime import WorkerRuntime, WorkerStartupError
+from .runtime import PURGE_INTERVAL_SECONDS, WorkerRuntime, WorkerStartupError
 
 __all__ = ["IDLE_POLL_MS", "RunningWorker", "start_worker"]
 
@@ -115,6 +115,7 @@ def start_worker(
         bus=bus,
         recover_everything_at_start=embedded,
         sweep_interval=config.workers.lease_seconds / 2,
+        purge_interval=PURGE_INTERVAL_SECONDS,
     )
     broker.add_middleware(runtime)
     declare_actors(

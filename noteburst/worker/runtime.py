@@ -7,7 +7,11 @@ middleware does so at worker boot, closes them at shutdown, and runs the
 recovery sweep that re-queues executions left behind by a lost worker or a
 lost message, and resends webhook deliveries whose wake-up was lost.  It
 also runs webhook delivery attempts as tasks on that loop, so that a slow
-receiver holds no worker thread.
+receiver holds no worker thread, and the retention purge, on an interval
+of its own (:data:`PURGE_INTERVAL_SECONDS`): the recovery sweep runs every
+half lease because a lost execution is someone waiting, while old
+executions can wait minutes, and a purge after a long pause may have many
+batches to go through.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..storage.events import EventBus
 
 __all__ = [
     "GIL_SWITCH_INTERVAL_SECONDS",
+    "PURGE_INTERVAL_SECONDS",
     "WorkerRuntime",
     "WorkerStartupError",
     "boot_timeout",
@@ -57,6 +62,15 @@ loop.  Each hand-off that finds the lock held waits up to the switch
 interval, 5 ms by default, and a few such waits per execution add up to
 as much as running a small notebook.  Switching more often costs a little
 throughput, which a latency-bound service does not miss.
+"""
+
+
+PURGE_INTERVAL_SECONDS = 300.0
+"""Seconds between two retention purges of one worker process.
+
+The first runs once the worker has started (in the background: a backlog
+of months must not hold up the start).  Every worker process purges; on
+PostgreSQL concurrent purges take different batches (``SKIP LOCKED``).
 """
 
 
@@ -100,6 +114,9 @@ class WorkerRuntime(Middleware):
         where this is the only worker).
     sweep_interval
         Seconds between recovery sweeps; `None` for no periodic sweep.
+    purge_interval
+        Seconds between retention purges (the first runs at boot); `None`
+        for none.  None run either while ``retention_days`` is 0.
     """
 
     def __init__(
@@ -109,13 +126,16 @@ class WorkerRuntime(Middleware):
         bus: EventBus,
         recover_everything_at_start: bool,
         sweep_interval: float | None,
+        purge_interval: float | None = None,
     ) -> None:
         self._config = config
         self._bus = bus
         self._recover_all = recover_everything_at_start
         self._sweep_interval = sweep_interval
+        self._purge_interval = purge_interval
         self._context: WorkerContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
         self._broker: dramatiq.Broker | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots: asyncio.Semaphore | None = None
@@ -203,6 +223,8 @@ class WorkerRuntime(Middleware):
         await self.factory().create_webhook_service().sweep()
         if self._sweep_interval is not None:
             self._sweeper = asyncio.create_task(self._sweep(self._sweep_interval))
+        if self._purge_interval is not None and self._config.retention.days > 0:
+            self._purger = asyncio.create_task(self._purge(self._purge_interval))
 
     async def _start_http(self, port: int) -> None:
         """Serve ``/healthz``, ``/readyz`` and ``/metrics`` on this loop."""
@@ -238,9 +260,11 @@ class WorkerRuntime(Middleware):
 
     async def _shutdown(self) -> None:
         await self._stop_http()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        # A purge cut short rolls its batch back; the next one goes on.
+        for task in (self._sweeper, self._purger):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         deliveries = list(self._deliveries)
         for task in deliveries:
             task.cancel()
@@ -272,6 +296,16 @@ class WorkerRuntime(Middleware):
                 _logger.warning("Webhook sweep skipped", error=str(exc))
             except Exception:
                 _logger.exception("Webhook sweep failed")
+
+    async def _purge(self, interval: float) -> None:
+        while True:
+            try:
+                await self.factory().create_retention_service().purge()
+            except ServiceUnavailableError as exc:
+                _logger.warning("Retention purge skipped", error=str(exc))
+            except Exception:
+                _logger.exception("Retention purge failed")
+            await asyncio.sleep(interval)
 
     def _run(
         self, coro: Coroutine[Any, Any, object], *, timeout: float | None = None

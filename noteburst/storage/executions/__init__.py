@@ -13,6 +13,7 @@ unit of work       module                      what it holds
 ``cancels``        :mod:`.cancels`             cancellation of queued and running runs
 ``cache``          :mod:`.cache`               the result cache and shared runs
 ``quotas``         :mod:`.quotas`              per-user counts behind the limits
+``retention``      :mod:`.retention`           purging old finished executions
 =================  ==========================  =====================================
 
 What more than one part needs (the tables, row mapping, the event insert,
@@ -27,6 +28,7 @@ from .claims import ClaimedExecution, ClaimStore
 from .event_log import EventLogStore
 from .quotas import OwnerCounts, UserQuotaStore
 from .records import AddedExecution, ExecutionRecordStore, cursor_for
+from .retention import PurgeCandidate, PurgedCounts, RetentionStore
 
 __all__ = [
     "AddedExecution",
@@ -37,7 +39,10 @@ __all__ = [
     "ExecutionRecordStore",
     "NewEvent",
     "OwnerCounts",
+    "PurgeCandidate",
+    "PurgedCounts",
     "ResultCacheStore",
+    "RetentionStore",
     "UserQuotaStore",
     "cancel_signal_key",
     "cursor_for",
