@@ -18,6 +18,7 @@ import base64
 import json
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -684,3 +685,57 @@ def test_large_integers_stay_integers(monkeypatch: pytest.MonkeyPatch) -> None:
     api = one(manifests, "Deployment", "api")
     config = build_config(pod_environment(manifests, api), monkeypatch)
     assert config.limits.max_notebook_bytes == 33554432
+
+
+# -- documentation --------------------------------------------------------
+
+_KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):")
+
+
+def documented_values(text: str) -> tuple[list[str], list[str]]:
+    """Return the keys documented by a ``# --`` comment, and the undocumented.
+
+    A documented key covers its children (an object documented whole); a
+    key without a comment must be an object whose keys are documented.
+    """
+    values = yaml.safe_load(text)
+    documented: list[str] = []
+    undocumented: list[str] = []
+    stack: list[tuple[int, str, bool]] = []
+    comment: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        match = _KEY.match(line)
+        if not stripped or not match:
+            comment = []
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [key for _, key, _ in stack] + [match["key"]]
+        covered = any(flag for _, _, flag in stack)
+        has_doc = bool(comment) and comment[0].startswith("--")
+        stack.append((indent, match["key"], covered or has_doc))
+        comment = []
+        if covered:
+            continue
+        node = values
+        for part in path:
+            node = node[part]
+        if has_doc:
+            documented.append(".".join(path))
+        elif not isinstance(node, dict):
+            undocumented.append(".".join(path))
+    return documented, undocumented
+
+
+def test_every_value_is_documented_in_values_and_readme() -> None:
+    documented, undocumented = documented_values((CHART / "values.yaml").read_text())
+    assert not undocumented, undocumented
+    assert len(documented) > 100
+    readme = (CHART / "README.md").read_text()
+    missing = [key for key in documented if f"| `{key}` |" not in readme]
+    assert not missing, f"README.md's values table lacks {missing}"
