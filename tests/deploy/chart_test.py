@@ -115,10 +115,13 @@ def render(*files: Path, **overrides: Any) -> list[Manifest]:
 
 
 def refused(*files: Path, **overrides: Any) -> str:
-    """Return helm's error for values the chart must refuse."""
+    """Return the chart's error for values it must refuse (its ``fail``)."""
     with pytest.raises(HelmError) as caught:
         render(*files, **overrides)
-    return str(caught.value)
+    message = str(caught.value)
+    # Not helm missing, or failing for another reason.
+    assert "execution error at" in message, message
+    return message
 
 
 def one(manifests: list[Manifest], kind: str, name: str) -> Manifest:
@@ -531,6 +534,10 @@ def test_pods_are_non_root_with_a_read_only_root(rendering: list[Manifest]) -> N
         assert pod["securityContext"]["runAsUser"] != 0, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False, name
+        # Service links would put NOTEBURST_PORT=tcp://... (and the like) in
+        # the environment of any pod in a namespace with a Service named
+        # `noteburst`: Config would read it as the port setting.
+        assert pod["enableServiceLinks"] is False, name
         empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
         data_dir = config_map_named(
             rendering, containers(workload)[0]["envFrom"][0]["configMapRef"]["name"]
