@@ -786,11 +786,12 @@ class HubLabBackend:
         """Spawn (or find) the lab, bounded by ``spawn_timeout``."""
         name = self.username
         self._last_progress = None
-        began = time.monotonic()
+        began, spawns = time.monotonic(), self._spawns
         try:
             async with asyncio.timeout(self.spawn_timeout) as scope:
                 rest = await self._spawn_lab_unbounded(scope)
-            LAB_SPAWN_SECONDS.observe(time.monotonic() - began)
+            if self._spawns > spawns:  # a lab found running took no spawn
+                LAB_SPAWN_SECONDS.observe(time.monotonic() - began)
             return rest
         except TimeoutError as exc:
             await self._cancel_spawn()

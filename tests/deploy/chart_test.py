@@ -40,18 +40,6 @@ INLINE_SECRETS = CHART / "ci" / "inline-secrets-values.yaml"
 HELM_TIMEOUT = 120
 """Seconds one helm call may take (the first one extracts the binary)."""
 
-PENDING_SETTINGS = frozenset(
-    {
-        # Being added to noteburst/config.py in parallel with the chart (the
-        # worker's HTTP server, graceful shutdown, retention): allowed while
-        # unknown, and checked like any other once config.py declares them
-        # (then remove them from here).
-        "NOTEBURST_WORKER_HTTP_PORT",
-        "NOTEBURST_WORKER_SHUTDOWN_GRACE_SECONDS",
-        "NOTEBURST_RETENTION_DAYS",
-    }
-)
-
 SECRET_SETTINGS = frozenset(
     {
         "NOTEBURST_DATABASE_URL",
@@ -645,6 +633,16 @@ def test_auth_proxy_ingress_passes_the_header_noteburst_trusts() -> None:
     )
 
 
+def test_the_ingress_routes_the_api_but_not_the_operator_endpoints() -> None:
+    ingress = one(render(PRODUCTION), "Ingress", "")
+    [rule] = ingress["spec"]["rules"]
+    paths = [path["path"] for path in rule["http"]["paths"]]
+    assert paths == ["/graphql", "/graphiql-static"]
+    # /metrics and /readyz answer without credentials: only inside the cluster.
+    for path in ("/", "/metrics", "/readyz", "/healthz"):
+        assert path not in paths
+
+
 def test_proxy_mode_without_an_authenticating_ingress_is_refused() -> None:
     message = refused(PRODUCTION, ingress__authProxy__enabled=False)
     assert "ingress.authProxy" in message
@@ -665,12 +663,11 @@ def test_every_variable_set_is_a_noteburst_setting(
     for workload in workloads(rendering):
         env = pod_environment(rendering, workload)
         assert env, workload["metadata"]["name"]
-        unknown = set(env) - known - PENDING_SETTINGS
+        unknown = set(env) - known
         assert not unknown, f"{workload['metadata']['name']}: {sorted(unknown)}"
         config = build_config(env, monkeypatch)
-        # Each known one is read, the pending ones too once config.py
-        # declares them (Config ignores names it does not know, so this is
-        # what proves a name right) ...
+        # Each one is read (Config ignores names it does not know, so this
+        # is what proves a name right) ...
         for name in set(env) & known:
             variable = by_name[name]
             owner = (

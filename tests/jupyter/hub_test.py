@@ -20,6 +20,7 @@ import httpx
 import nbformat
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from noteburst.jupyter.backend import LabBackend
 from noteburst.jupyter.exceptions import KernelStartError, LabUnavailableError
@@ -98,6 +99,10 @@ def small_notebook(*sources: str) -> nbformat.NotebookNode:
     return nb
 
 
+def _spawns_counted() -> float:
+    return REGISTRY.get_sample_value("noteburst_lab_spawn_seconds_count") or 0.0
+
+
 @pytest.mark.asyncio
 async def test_spawn_execute_and_reuse_the_lab(
     http: httpx.AsyncClient, jupyterhub: HubInfo, hub_client: JupyterHubClient
@@ -110,6 +115,7 @@ async def test_spawn_execute_and_reuse_the_lab(
 
     backend = make_backend(http, jupyterhub, name, on_progress=record)
     assert isinstance(backend, LabBackend)
+    spawns_counted = _spawns_counted()
     try:
         started = time.monotonic()
         async with asyncio.timeout(WAIT):
@@ -117,6 +123,7 @@ async def test_spawn_execute_and_reuse_the_lab(
         spawn_seconds = time.monotonic() - started
         print(f"spawn took {spawn_seconds:.2f} s")
         assert backend.spawns == 1
+        assert _spawns_counted() == spawns_counted + 1  # the metric
         assert events, "no progress events"
         assert events[-1].ready
         assert events[-1].url == f"/user/{name}/"
@@ -158,6 +165,7 @@ async def test_spawn_execute_and_reuse_the_lab(
                 nb = small_notebook("1 + 1")
                 assert await execute_notebook(conn, nb) is None
             assert backend.spawns == 0
+            assert _spawns_counted() == spawns_counted + 1  # found, not spawned
             assert backend.lab_url == lab_url
             assert [event.ready for event in events] == [True]
             await backend.aclose()
