@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import nbformat
@@ -73,7 +73,9 @@ from ..storage.database import Database
 from ..storage.events import EventBus, Signal
 from ..storage.executions import ClaimedExecution, NewEvent, cancel_signal_key
 from ..storage.taskqueue import TaskQueue
+from ..storage.unit_of_work import UnitOfWork
 from .drain import WorkerDrain
+from .interruptions import cancel_when
 from .outage import Backoff, until_available
 from .outcome import (
     HANDED_BACK,
@@ -382,37 +384,71 @@ class ExecutionRunner:
         cannot take it, the lease lapses and the sweep requeues it.
         """
 
-        async def hand_back() -> ExecutionEvent | None:
-            async with self._db.transaction() as tx:
-                await append_unwritten(tx, execution.id, unwritten)
-                return await tx.claims.hand_back(
-                    execution.id,
-                    attempt=execution.attempts,
-                    now=datetime.now(UTC),
-                    message=HAND_BACK_MESSAGE,
-                )
-
-        event = await until_available(
-            hand_back,
-            what="a hand-back",
-            give_up_after=self._outage_seconds,
-            execution_id=execution.id,
-        )
-        if event is None:
-            return  # taken over meanwhile; the other worker owns it
-        self._bus.announce(execution.id, event.sequence)
-        EXECUTIONS_HANDED_BACK.inc()
-        try:
-            await self._task_queue.enqueue_execution(execution.id)
-        except Exception:
-            _logger.exception(
-                "Queue unavailable; hand-back left for the recovery sweep",
-                execution_id=execution.id,
+        async def hand_back(tx: UnitOfWork) -> ExecutionEvent | None:
+            return await tx.claims.hand_back(
+                execution.id,
+                attempt=execution.attempts,
+                now=datetime.now(UTC),
+                message=HAND_BACK_MESSAGE,
             )
+
+        if not await self._queue_again(
+            execution.id, hand_back, unwritten, what="a hand-back"
+        ):
+            return  # taken over meanwhile; the other worker owns it
+        EXECUTIONS_HANDED_BACK.inc()
         _logger.warning(
             "Execution handed back to the queue: this worker is stopping",
             execution_id=execution.id,
         )
+
+    async def _queue_again(
+        self,
+        execution_id: str,
+        write: Callable[[UnitOfWork], Awaitable[ExecutionEvent | None]],
+        unwritten: list[NewEvent],
+        *,
+        what: str,
+        delay_seconds: float | None = None,
+    ) -> bool:
+        """Store the execution as queued again (``write``), then wake a worker.
+
+        The progress not written yet goes first, in the same transaction,
+        retried through a database outage.  The wake-up may be lost (the
+        queue is down): the execution is stored as queued, and the recovery
+        sweep sends it again once the queue answers.
+
+        Returns
+        -------
+        bool
+            False if ``write`` found the execution no longer this attempt's
+            (another worker took it over): nothing was changed.
+        """
+
+        async def store() -> ExecutionEvent | None:
+            async with self._db.transaction() as tx:
+                await append_unwritten(tx, execution_id, unwritten)
+                return await write(tx)
+
+        event = await until_available(
+            store,
+            what=what,
+            give_up_after=self._outage_seconds,
+            execution_id=execution_id,
+        )
+        if event is None:
+            return False
+        self._bus.announce(execution_id, event.sequence)
+        try:
+            await self._task_queue.enqueue_execution(
+                execution_id, delay_seconds=delay_seconds
+            )
+        except Exception:
+            _logger.exception(
+                "Queue unavailable; the recovery sweep will send the wake-up",
+                execution_id=execution_id,
+            )
+        return True
 
     async def _retry_later(
         self, execution: Execution, outcome: Outcome, unwritten: list[NewEvent]
@@ -426,35 +462,19 @@ class ExecutionRunner:
         """
         delay = min(RETRY_BASE_SECONDS * 2 ** (execution.attempts - 1), 30.0)
 
-        async def requeue() -> ExecutionEvent | None:
+        async def requeue(tx: UnitOfWork) -> ExecutionEvent | None:
             now = datetime.now(UTC)
-            async with self._db.transaction() as tx:
-                await append_unwritten(tx, execution.id, unwritten)
-                return await tx.claims.requeue(
-                    execution.id,
-                    now=now,
-                    lease_expired_before=now + timedelta(days=36500),
-                    not_before=now + timedelta(seconds=delay),
-                )
-
-        event = await until_available(
-            requeue,
-            what="a retry",
-            give_up_after=self._outage_seconds,
-            execution_id=execution.id,
-        )
-        if event is None:
-            return  # taken over meanwhile; the other worker owns it
-        self._bus.announce(execution.id, event.sequence)
-        try:
-            await self._task_queue.enqueue_execution(execution.id, delay_seconds=delay)
-        except Exception:
-            # Stored as queued: the sweep sends it again once the queue
-            # answers.
-            _logger.exception(
-                "Queue unavailable; retry left for the recovery sweep",
-                execution_id=execution.id,
+            return await tx.claims.requeue(
+                execution.id,
+                now=now,
+                lease_expired_before=now + timedelta(days=36500),
+                not_before=now + timedelta(seconds=delay),
             )
+
+        if not await self._queue_again(
+            execution.id, requeue, unwritten, what="a retry", delay_seconds=delay
+        ):
+            return  # taken over meanwhile; the other worker owns it
         _logger.warning(
             "Execution will be retried",
             execution_id=execution.id,
@@ -575,87 +595,57 @@ class ExecutionRunner:
             return cell_failed(failure)
         return SUCCEEDED
 
-    @contextlib.asynccontextmanager
-    async def _cancel_on_request(
+    def _cancel_on_request(
         self, execution_id: str, signal: Signal, *, requested: bool
-    ) -> AsyncIterator[None]:
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """Cancel the block when the execution's cancellation is requested.
 
         ``signal`` is the execution's subscription on the cancellation bus,
         made before its claim committed, and ``requested`` whether the
         claimed row already held a request; so no request is missed without
-        reading the row again here.  A watcher task re-reads the stored
+        reading the row again here.  The watcher re-reads the stored
         request on every wake-up (a resync after a lost LISTEN connection
-        included).  On a request it cancels the task running the block,
-        which leaves it with :class:`_CancelRequestedError`; any other
-        cancellation passes through unchanged.
+        included).  The block then leaves with :class:`_CancelRequestedError`.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        already = requested
-        requested = False
 
-        async def watch() -> None:
-            nonlocal requested
-            if not already:
-                while True:
-                    await signal.wait()
-                    # Through an outage: the bus wakes every subscriber once
-                    # it listens again, and the read then tells.
-                    if await until_available(
-                        lambda: self._cancel_requested(execution_id),
-                        what="a cancellation check",
-                        give_up_after=None,
-                        execution_id=execution_id,
-                    ):
-                        break
-            requested = True
-            task.cancel()
+        async def request() -> None:
+            if requested:
+                return
+            while True:
+                await signal.wait()
+                # Through an outage: the bus wakes every subscriber once it
+                # listens again, and the read then tells.
+                if await until_available(
+                    lambda: self._cancel_requested(execution_id),
+                    what="a cancellation check",
+                    give_up_after=None,
+                    execution_id=execution_id,
+                ):
+                    return
 
-        watcher = asyncio.create_task(watch(), name=f"cancel-watch-{execution_id}")
-        watcher.add_done_callback(_log_watcher_failure)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if requested and task.uncancel() == 0:
-                raise _CancelRequestedError from None
-            raise
-        finally:
-            watcher.cancel()
-            await asyncio.wait({watcher})
+        return cancel_when(
+            request,
+            raises=_CancelRequestedError,
+            name=f"cancel-watch-{execution_id}",
+            on_watcher_failure=(
+                "Cancellation watcher failed; this execution cannot be cancelled"
+            ),
+        )
 
-    @contextlib.asynccontextmanager
-    async def _hand_back_on_order(self) -> AsyncIterator[None]:
+    def _hand_back_on_order(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Cancel the block when the stopping worker orders a hand-back.
 
-        The cancellation leaves the block as :class:`_HandBackOrderedError`
-        (the kernel is interrupted on the way out, as for a cancellation);
-        any other cancellation passes through unchanged.
+        The block then leaves with :class:`_HandBackOrderedError` (the
+        kernel is interrupted on the way out, as for a cancellation).
         """
         drain = self._drain
         if drain is None:
-            yield
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        ordered = False
+            return contextlib.nullcontext()
 
-        async def watch() -> None:
-            nonlocal ordered
+        async def order() -> None:
             await drain.hand_back.wait()
-            ordered = True
-            task.cancel()
 
-        watcher = asyncio.create_task(watch(), name="hand-back-watch")
-        try:
-            yield
-        except asyncio.CancelledError:
-            if ordered and task.uncancel() == 0:
-                raise _HandBackOrderedError from None
-            raise
-        finally:
-            watcher.cancel()
-            await asyncio.wait({watcher})
+        return cancel_when(order, raises=_HandBackOrderedError, name="hand-back-watch")
 
     async def _cancel_requested(self, execution_id: str) -> bool:
         async with self._db.transaction() as tx:
@@ -704,14 +694,6 @@ def _count_finished(outcome: Outcome, seconds: float) -> None:
     code = outcome.error.code.value if outcome.error is not None else ""
     EXECUTIONS_FINISHED.labels(status, code).inc()
     EXECUTION_SECONDS.labels(status).observe(seconds)
-
-
-def _log_watcher_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _logger.error(
-            "Cancellation watcher failed; this execution cannot be cancelled",
-            exc_info=task.exception(),
-        )
 
 
 async def _interrupt(kernel: KernelConnection) -> None:
