@@ -22,6 +22,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -39,9 +40,10 @@ from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
 from .api.listen import listening_socket
 from .api.ops import ops_routes
+from .api.origins import OriginGuard
 from .api.schema import create_schema
 from .api.shared_subscriptions import SharingTransportWSHandler, SubscriptionGroups
-from .config import Config
+from .config import Config, web_origin
 from .exceptions import ClientError, ConfigurationError, ServiceUnavailableError
 from .factory import ApiContext, ApiFactory, create_broker
 from .services.health import HealthService
@@ -199,6 +201,15 @@ def server_options(config: Config) -> dict[str, Any]:
 
 def _peer(connection: Request | WebSocket) -> str | None:
     return connection.client.host if connection.client is not None else None
+
+
+def _allowed_origins(config: Config) -> list[str]:
+    """``cors_origins``, and the public URL's origin (an ingress may rewrite Host)."""
+    origins = list(config.cors_origins)
+    if config.public_url:
+        with contextlib.suppress(ValueError):
+            origins.append(web_origin(config.public_url))
+    return list(dict.fromkeys(origins))
 
 
 def _health_service(request: Request) -> HealthService:
@@ -366,11 +377,14 @@ def create_app(
 
     # Only graphql-transport-ws: it is the protocol of the contract, and the
     # legacy graphql-ws protocol has been the channel of past auth bypasses.
+    origins = _allowed_origins(cfg)
     graphql_app = _GraphQLApp(
         create_schema(cfg.graphql),
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         mode=cfg.auth.mode,
         subscription_groups=SubscriptionGroups(max_tokens=cfg.graphql.max_tokens),
+        # Websocket handshakes from other origins (Strawberry's check).
+        allowed_origins=origins,
     )
     return Starlette(
         routes=[
@@ -391,6 +405,17 @@ def create_app(
                 TrustedHostMiddleware,
                 allowed_hosts=cfg.effective_allowed_hosts,
                 www_redirect=False,
+            ),
+            # Browser requests from other origins: refused unless listed
+            # (see noteburst.api.origins); listed ones get CORS headers.
+            Middleware(OriginGuard, allowed=origins),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                allow_credentials=True,
+                max_age=600,
             ),
         ],
         lifespan=lifespan,

@@ -28,7 +28,8 @@ import sys
 from functools import cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -708,6 +709,18 @@ class Config(BaseSettings):
         ),
         json_schema_extra=_shown("loopback names on a loopback host, else any"),
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Web origins whose pages may call the API with the user's "
+            'credentials (JSON list, e.g. ["https://dashboard.example.org"]): '
+            "answered with CORS headers (preflight included), and allowed to "
+            "open subscriptions. A browser request from any other origin is "
+            "refused (HTTP 403; a websocket handshake too). Empty: the "
+            "API's own origin only. No wildcard: every origin listed can "
+            "act as its users."
+        ),
+    )
     secret_key: SecretStr | None = Field(
         None,
         description=(
@@ -802,6 +815,11 @@ class Config(BaseSettings):
             msg = "an empty list would refuse every request: leave it unset"
             raise ValueError(msg)
         return [host_pattern(entry) for entry in value]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(web_origin(entry) for entry in value))
 
     @property
     def binds_loopback(self) -> bool:
@@ -913,6 +931,47 @@ def host_pattern(entry: str) -> str:
         "names without scheme or port"
     )
     raise ValueError(msg)
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def web_origin(entry: str) -> str:
+    """Return a ``cors_origins`` entry as browsers send it in ``Origin``.
+
+    ``scheme://host[:port]``: lowercase, the default port left out, an IPv6
+    address in brackets.
+
+    Raises
+    ------
+    ValueError
+        Raised for anything but an http(s) origin: ``*`` (every site could
+        act as the users), a path, a query or credentials (an origin has
+        none, and a browser never sends them, so the entry would match
+        nothing).
+    """
+    parts = urlsplit(entry.strip())
+    try:
+        port = parts.port
+    except ValueError as exc:
+        msg = f"{entry!r} has an invalid port"
+        raise ValueError(msg) from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        msg = (
+            f"{entry!r} is not an origin like https://app.example.org (and "
+            "a wildcard is not allowed: list each origin)"
+        )
+        raise ValueError(msg)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        msg = f"{entry!r} is more than an origin: give scheme://host[:port] only"
+        raise ValueError(msg)
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{ipaddress.IPv6Address(host)}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
 
 
 class Variable(NamedTuple):

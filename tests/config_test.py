@@ -38,6 +38,12 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
         "postgresql+asyncpg://u@h/db",
     ),
     ("NOTEBURST_REDIS_URL", "redis://h:6379/1", "redis_url", "redis://h:6379/1"),
+    (
+        "NOTEBURST_CORS_ORIGINS",
+        '["https://App.example.org", "http://localhost:3000"]',
+        "cors_origins",
+        ["https://app.example.org", "http://localhost:3000"],
+    ),
     ("NOTEBURST_DATA_DIR", "/srv/noteburst", "data_dir", Path("/srv/noteburst")),
     ("NOTEBURST_HOST", "0.0.0.0", "host", "0.0.0.0"),
     ("NOTEBURST_PORT", "9000", "port", 9000),

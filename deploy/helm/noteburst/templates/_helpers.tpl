@@ -142,6 +142,9 @@ shared by the API, the workers and the migration Job.
 {{- if $c.allowedHosts }}
 {{- $_ = set $env "NOTEBURST_ALLOWED_HOSTS" $c.allowedHosts }}
 {{- end }}
+{{- if $c.corsOrigins }}
+{{- $_ = set $env "NOTEBURST_CORS_ORIGINS" $c.corsOrigins }}
+{{- end }}
 {{- $_ = set $env "NOTEBURST_REDIS_NAMESPACE" $c.redisNamespace }}
 {{- $_ = set $env "NOTEBURST_RETENTION_DAYS" $c.retentionDays }}
 {{- $a := $c.auth }}
