@@ -1,5 +1,8 @@
 """The ASGI application: GraphQL over HTTP and websockets, GraphiQL, health.
 
+Beside GraphQL it serves Rubin's Noteburst REST API v1 under ``/noteburst``
+(:mod:`noteburst.api.rest_v1`), for clients written against that service.
+
 ``create_app`` is the web entry point's factory.  Its lifespan builds the
 process context and, when this process runs a worker (the embedded default,
 or ``serve --with-worker``), starts the Dramatiq worker beside the API on
@@ -41,6 +44,7 @@ from .api.graphiql import render_graphiql, static_routes
 from .api.listen import listening_socket
 from .api.ops import ops_routes
 from .api.origins import OriginGuard
+from .api.rest_v1 import rest_v1_routes
 from .api.schema import create_schema
 from .api.shared_subscriptions import SharingTransportWSHandler, SubscriptionGroups
 from .config import Config, web_origin
@@ -390,6 +394,7 @@ def create_app(
         routes=[
             Route("/graphql", graphql_app),
             WebSocketRoute("/graphql", graphql_app),
+            *rest_v1_routes(cfg.auth.mode),
             *ops_routes(_health_service, queue_depths=True),
             *static_routes(_STATIC_PREFIX),
         ],

@@ -494,6 +494,11 @@ class ApiFactory:
     def __init__(self, context: ApiContext) -> None:
         self._context = context
 
+    @property
+    def public_url(self) -> str | None:
+        """The configured public base URL (``public_url``), if any."""
+        return self._context.config.public_url
+
     def create_authenticator(self) -> Authenticator:
         """Return what identifies the caller of each request (``auth.mode``)."""
         return Authenticator(

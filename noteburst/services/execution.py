@@ -88,6 +88,17 @@ class ExecutionService:
                 execution_id, owner=self._owner
             )
 
+    async def get_source_notebook(self, execution_id: str) -> dict[str, Any] | None:
+        """Return the notebook as submitted (parameters injected), or `None`.
+
+        None also for another user's execution, unless the caller is an
+        administrator: ownership is checked in the same transaction.
+        """
+        async with self._db.transaction() as tx:
+            if await tx.executions.get(execution_id, owner=self._owner) is None:
+                return None
+            return await tx.executions.get_source_notebook(execution_id)
+
     async def list(
         self,
         *,
