@@ -227,8 +227,9 @@ async function watch(executionId) {
   let reconnects = 0;
   const ws = makeClient();
   for (;;) {
+    let dispose = () => {};
     const outcome = await new Promise((resolve) => {
-      ws.subscribe(
+      dispose = ws.subscribe(
         { query: WATCH, variables: { id: executionId, after } },
         {
           next(result) {
@@ -251,14 +252,21 @@ async function watch(executionId) {
       log(`subscription complete after event ${after}`);
       return;
     }
-    if (outcome.errors) {
-      showProblem(`subscription refused: ${graphqlErrors(outcome.errors)}`);
-      setStatus("error");
-      return;
-    }
+    dispose(); // a no-op unless the stream is still open (errors in a "next")
     const { error } = outcome;
-    if (Array.isArray(error)) {
-      showProblem(`subscription refused: ${graphqlErrors(error)}`);
+    const errors = outcome.errors ?? (Array.isArray(error) ? error : null);
+    if (errors) {
+      // A database outage is retryable (extensions.retryable): resume after
+      // the last event applied.  Anything else (an unknown id...) is final.
+      const retryable = errors.every((e) => e.extensions?.retryable);
+      if (retryable && reconnects < MAX_RECONNECTS) {
+        reconnects += 1;
+        const seconds = Math.max(...errors.map((e) => e.extensions.retryAfterSeconds ?? 1));
+        log(`Noteburst unavailable; resuming after event ${after} in ${seconds} s`);
+        await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(seconds, 30)));
+        continue;
+      }
+      showProblem(`subscription refused: ${graphqlErrors(errors)}`);
       setStatus("error");
       return;
     }
