@@ -221,6 +221,7 @@ async def test_a_listed_origin_submits_and_watches_with_graphql_ws(
             open_page(browser, tmp_path, "listed-origin") as watched,
         ):
             token = await _token(config, "alice", [USER_SCOPE])
+            admin = await _token(config, "root", [ADMIN_SCOPE])
             sockets = _Sockets(watched.page)
             requested: list[str] = []
             watched.page.on("request", lambda request: requested.append(request.url))
@@ -299,6 +300,28 @@ async def test_a_listed_origin_submits_and_watches_with_graphql_ws(
             ]
             assert {i: await _cell_outputs(page, i) for i in EXPECTED} == EXPECTED
             watched.assert_no_errors()
+
+            # Refusals are readable from a listed origin: a wrong token gets
+            # 401 over HTTP (with CORS headers, so the page reads why) and
+            # the subscription closed with 4403.
+            async with open_page(browser, tmp_path, "listed-bad-token") as refused:
+                page = await _open_front_end(refused, origin, nb, "nbt_not-a-token")
+                await page.locator("#submit").click()
+                await expect(page.locator("#problem")).to_contain_text(
+                    "HTTP 401: authentication required"
+                )
+                await page.locator("#execution-id").fill(execution_id)
+                await page.locator("#watch").click()
+                await expect(page.locator("#problem")).to_contain_text(
+                    "the subscription was closed (code 4403"
+                )
+                await expect(page.locator(".cell")).to_have_count(0)
+            [unauthorized] = refused.errors
+            assert "status of 401" in unauthorized
+            executions = await _all_executions(nb, admin)
+            assert sorted(e["id"] for e in executions) == sorted(
+                [resumed_id, execution_id]
+            )
 
 
 # What Chromium logs, by design, when Noteburst refuses a page's origin: the
