@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.app import make_config, running
 from tests.support.notebooks import notebook
+from tests.support.webhooks import new_secret, receiver, verify_signature
 
 SUBMIT = "/noteburst/v1/notebooks/"
 
@@ -176,6 +177,22 @@ async def test_bad_input(tmp_path: Path, jupyter_server: Any) -> None:
         assert missing[0]["loc"] == ["body", "ipynb"]
         garbage = await refused(None, raw=b"{")
         assert garbage[0]["type"] == "json_invalid"
+        mode = await refused({"ipynb": good, "cache": {"mode": "sometimes"}})
+        assert mode[0]["loc"] == ["body", "cache", "mode"]
+        age = await refused(
+            {"ipynb": good, "cache": {"mode": "use", "max_age_seconds": -1}}
+        )
+        assert age[0]["loc"] == ["body", "cache", "max_age_seconds"]
+        typo = await refused({"ipynb": good, "cache": {"mode": "use", "maxAge": 5}})
+        assert typo[0]["type"] == "extra_forbidden"
+        hook = {"url": "http://10.0.0.1/hook", "secret": new_secret()}
+        private = await refused({"ipynb": good, "webhook": hook})
+        assert private[0]["type"] == "webhook_refused"
+        assert private[0]["loc"] == ["body", "webhook", "url"]
+        secret = await refused(
+            {"ipynb": good, "webhook": {"url": "http://127.0.0.1/", "secret": "x"}}
+        )
+        assert secret[0]["loc"] == ["body", "webhook", "secret"]
 
         job = await _submit(http, nb.url, {"ipynb": good})
         flag = await http.get(job["self_url"], params={"result": "maybe"})
@@ -219,3 +236,57 @@ async def test_proxy_auth_and_tenancy(
             assert theirs.status_code == 404
             assert theirs.json()["detail"][0]["type"] == "unknown_job"
         assert (await http.get(job["self_url"])).status_code == 401
+
+
+@pytest.mark.asyncio
+async def test_cache_and_webhook_extensions(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    """A REST client knowing Noteburst's extensions gets GraphQL's cache and webhooks.
+
+    The first job runs and fills the cache; the second, the same notebook
+    with ``cache.mode = "use"``, is complete at once (a cache hit) and its
+    webhook arrives, signed, naming the job.  A third without ``cache`` runs
+    again, as Rubin's API always did.
+    """
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        webhook_allowed_networks=["127.0.0.1/32"],
+        webhook_timeout_seconds=5,
+    )
+    source = notebook("import random; random.random()")
+    secret = new_secret()
+    async with (
+        receiver() as hook,
+        running(config) as nb,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        first = await _submit(http, nb.url, {"ipynb": source, "cache": {"mode": "use"}})
+        ran = await _until_complete(http, first["self_url"])
+        hit = await http.post(
+            nb.url + SUBMIT,
+            json={
+                "ipynb": source,
+                "cache": {"mode": "USE", "max_age_seconds": 3600},
+                "webhook": {"url": hook.url, "secret": secret},
+            },
+        )
+        assert hit.status_code == 202, hit.text
+        cached = hit.json()
+        assert cached["status"] == "complete"
+        assert cached["success"] is True
+        reused = (await http.get(cached["self_url"])).json()
+        assert reused["ipynb"] == ran["ipynb"]
+        await hook.wait_for(1, timeout=60)
+        again = await _submit(http, nb.url, {"ipynb": source})
+        rerun = await _until_complete(http, again["self_url"])
+    assert json.loads(rerun["ipynb"]) != json.loads(ran["ipynb"])  # ran again
+    [request] = hook.received
+    assert verify_signature(secret, request)
+    message = request.json()["data"]
+    assert (message["id"], message["status"], message["cacheHit"]) == (
+        cached["job_id"],
+        "SUCCEEDED",
+        True,
+    )

@@ -60,7 +60,9 @@ from starlette.status import (
 
 from .. import __version__
 from ..domain.auth import Caller
+from ..domain.cache import CacheMode, CachePolicy
 from ..domain.execution import ErrorCode, Execution, ExecutionStatus
+from ..domain.webhook import WebhookRequest
 from ..exceptions import (
     AuthenticationError,
     ClientError,
@@ -70,6 +72,7 @@ from ..exceptions import (
     PermissionDeniedError,
     ServiceUnavailableError,
     UnknownKernelError,
+    WebhookRefusedError,
 )
 from ..factory import ApiFactory
 from .auth import authenticate
@@ -151,8 +154,54 @@ def parse_timeout(value: object) -> object:
     raise ValueError(msg)
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class CacheBody(BaseModel):
+    """Noteburst's result cache, as GraphQL's ``CacheInput`` (an extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Annotated[CacheMode, BeforeValidator(_lower)] = Field(
+        CacheMode.BYPASS,
+        description="'use', 'refresh' or 'bypass' (GraphQL's CacheMode).",
+    )
+    max_age_seconds: float | None = Field(
+        None,
+        description="With 'use': reuse only a result at most this old; unset: any.",
+    )
+
+    def policy(self) -> CachePolicy:
+        """Return the service's cache policy for this body."""
+        return CachePolicy(mode=self.mode, max_age_seconds=self.max_age_seconds)
+
+
+class WebhookBody(BaseModel):
+    """A signed callback when the job ends, as GraphQL's ``WebhookInput``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL; public addresses only by default.")
+    secret: str = Field(
+        repr=False,
+        description="'whsec_' + base64 of 24 to 64 random bytes; never returned.",
+    )
+
+    def request(self) -> WebhookRequest:
+        """Return the service's webhook request for this body."""
+        return WebhookRequest(url=self.url, secret=self.secret)
+
+
 class NotebookRequest(BaseModel):
-    """Body of ``POST /noteburst/v1/notebooks/`` (Rubin's field names)."""
+    """Body of ``POST /noteburst/v1/notebooks/`` (Rubin's field names).
+
+    ``cache`` and ``webhook`` are Noteburst's extensions, absent from
+    Rubin's API: a Rubin client never sends them and is served as before
+    (no cache, no webhook), while a client that knows them gets GraphQL's
+    result cache (a dashboard's repeated page views) and completion
+    callbacks instead of polling.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -180,6 +229,20 @@ class NotebookRequest(BaseModel):
         description=(
             "Execution timeout: seconds, or a duration such as '5m'. Unset: "
             "the deployment's default."
+        ),
+    )
+    cache: CacheBody | None = Field(
+        None,
+        description=(
+            "Noteburst extension: the result cache (as GraphQL's CacheInput). "
+            "Unset: bypassed, as in Rubin's API."
+        ),
+    )
+    webhook: WebhookBody | None = Field(
+        None,
+        description=(
+            "Noteburst extension: a signed POST when the job ends (as "
+            "GraphQL's WebhookInput). Unset: none; poll self_url."
         ),
     )
 
@@ -354,7 +417,11 @@ def _validation_response(exc: ValidationError, where: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=HTTP_422_UNPROCESSABLE_CONTENT)
 
 
-_FIELDS = {"timeoutSeconds": "timeout", "kernelName": "kernel_name"}
+_FIELDS: dict[str, list[str | int]] = {
+    "timeoutSeconds": ["timeout"],
+    "kernelName": ["kernel_name"],
+    "cache.maxAgeSeconds": ["cache", "max_age_seconds"],
+}
 
 
 def _client_error_response(exc: ClientError) -> JSONResponse:
@@ -375,8 +442,8 @@ def _client_error_response(exc: ClientError) -> JSONResponse:
         loc.append("ipynb")
     elif isinstance(exc, UnknownKernelError):
         loc.append("kernel_name")
-    elif isinstance(exc, InvalidInputError):
-        loc.append(_FIELDS.get(exc.field, exc.field))
+    elif isinstance(exc, InvalidInputError | WebhookRefusedError):
+        loc.extend(_FIELDS.get(exc.field, exc.field.split(".")))
     return _detail(HTTP_422_UNPROCESSABLE_CONTENT, exc.code, exc.message, loc)
 
 
@@ -455,17 +522,20 @@ def rest_v1_routes(mode: str) -> list[BaseRoute]:
         except ValidationError as exc:
             return _validation_response(exc, "body")
         service = factory.create_submission_service(caller)
+        options: dict[str, Any] = {
+            "timeout_seconds": data.timeout,
+            "cache": None if data.cache is None else data.cache.policy(),
+            "webhook": None if data.webhook is None else data.webhook.request(),
+        }
         try:
             execution = await service.submit(
-                data.ipynb, kernel_name=data.kernel_name, timeout_seconds=data.timeout
+                data.ipynb, kernel_name=data.kernel_name, **options
             )
         except UnknownKernelError as exc:
             kernel = _match_kernel(exc)
             if kernel is None:
                 raise
-            execution = await service.submit(
-                data.ipynb, kernel_name=kernel, timeout_seconds=data.timeout
-            )
+            execution = await service.submit(data.ipynb, kernel_name=kernel, **options)
         _logger.info(
             "Notebook submitted (REST v1)",
             execution_id=execution.id,
