@@ -8,7 +8,8 @@ and the test's Redis) while its database is stopped and started again:
   ``retryAfterSeconds``), never the masked "Unexpected error.", and the
   message names no host;
 * a request whose credentials cannot be checked (``auth_mode=tokens``) is
-  refused with HTTP 503 and ``Retry-After`` before any GraphQL runs;
+  refused with HTTP 503 and ``Retry-After`` before any GraphQL runs
+  (Rubin's REST API answers 503 with ``Retry-After`` too);
 * :meth:`NoteburstClient.follow` rides out a refused subscription and
   yields every event once;
 * once the database is back, everything works again unaided: the
@@ -116,6 +117,21 @@ async def test_an_outage_gets_typed_answers_and_is_recovered_from(
                 [error] = response.json()["errors"]
                 assert error["extensions"] == UNAVAILABLE, error
                 assert "127.0.0.1" not in error["message"]
+            # Rubin's REST API in the same outage: 503 with Retry-After.
+            job_url = f"{nb.url}/noteburst/v1/notebooks/{execution_id}"
+            for response in (
+                await http.get(job_url, timeout=30),
+                await http.post(
+                    nb.url + "/noteburst/v1/notebooks/",
+                    json={"ipynb": notebook("1")},
+                    timeout=30,
+                ),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "5"
+                [detail] = response.json()["detail"]
+                assert detail["type"] == "service_unavailable"
+                assert "127.0.0.1" not in detail["msg"]
             # The notebook ends during the outage; its worker keeps it.
             release.touch()
             await asyncio.to_thread(own_postgres.start)

@@ -290,3 +290,44 @@ async def test_cache_and_webhook_extensions(
         "SUCCEEDED",
         True,
     )
+
+
+@pytest.mark.asyncio
+async def test_limits_are_shared_with_graphql(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    """REST and GraphQL submissions count against the same per-user limit."""
+    config = make_config(
+        tmp_path,
+        jupyter_server,
+        auth_mode="proxy",
+        trusted_proxies=["127.0.0.0/8"],
+        max_queued_per_user=2,
+        max_running_per_user=None,
+        max_submissions_per_minute=None,
+    )
+    alice = {"X-Auth-Request-User": "alice"}
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        graphql = await http.post(
+            nb.url + "/graphql",
+            json={
+                "query": "mutation($n: JSON!) { submitExecution(input: {notebook: $n})"
+                " { __typename } }",
+                "variables": {"n": notebook("1")},
+            },
+            headers=alice,
+        )
+        assert graphql.json()["data"]["submitExecution"]["__typename"] == "Execution"
+        await _submit(http, nb.url, {"ipynb": notebook("2")}, headers=alice)
+        refused = await http.post(
+            nb.url + SUBMIT, json={"ipynb": notebook("3")}, headers=alice
+        )
+        assert refused.status_code == 429, refused.text
+        [detail] = refused.json()["detail"]
+        assert detail["type"] == "limit_exceeded"
+        assert "queued executions" in detail["msg"]
+        bob = {"X-Auth-Request-User": "bob"}
+        await _submit(http, nb.url, {"ipynb": notebook("3")}, headers=bob)
