@@ -17,9 +17,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
 
+from noteburst.constants import USER_SCOPE
+from noteburst.services.auth import TokenService
+from noteburst.storage.database import Database
 from tests.support.app import Noteburst, make_config, running
 from tests.support.browser import chromium, open_page
 from tests.support.notebooks import held_until, notebook
@@ -28,6 +32,11 @@ from tests.support.waiting import wait_until
 
 WAIT = 60
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+SUBMIT_ID = """
+mutation Submit($nb: JSON!) {
+  submitExecution(input: {notebook: $nb}) { ... on Execution { id } }
+}
+"""
 
 
 class Sockets:
@@ -353,3 +362,111 @@ async def test_unknown_execution_is_a_404_page(
         # Chromium logs the document's own 404 as a failed load; nothing else.
         assert len(watched.errors) <= 1, watched.errors
         assert all("404" in error for error in watched.errors), watched.errors
+
+
+@pytest.mark.asyncio
+async def test_tokens_mode_asks_for_the_token_and_keeps_it_out_of_urls(
+    tmp_path: Path, jupyter_server: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    release = tmp_path / "release"
+    source = notebook(
+        "print('one\\n', end='', flush=True)\n" + held_until(release),
+        "print('two\\n', end='')",
+    )
+    config = make_config(tmp_path, jupyter_server, auth_mode="tokens")
+    sockets = Sockets()
+    async with (
+        running(config) as nb,
+        chromium() as browser,
+        open_page(browser, tmp_path, "tokens") as watched,
+    ):
+        database = Database.from_url(config.effective_database_url)
+        try:
+            token, _ = await TokenService(database=database).create(
+                user="alice", scopes=[USER_SCOPE]
+            )
+        finally:
+            await database.aclose()
+        async with httpx.AsyncClient(timeout=60) as http:
+            response = await http.post(
+                nb.url + "/graphql",
+                json={"query": SUBMIT_ID, "variables": {"nb": source}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        execution_id = response.json()["data"]["submitExecution"]["id"]
+
+        page = watched.page
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.on("websocket", lambda socket: urls.append(socket.url))
+        await page.route_web_socket("**/graphql", sockets.handle)
+        navigation = await page.goto(f"{nb.url}/executions/{execution_id}")
+        assert navigation is not None
+        assert navigation.status == 401
+        await page.locator("#token").fill(token)
+        await page.locator("#token-form button").click()
+        cell = page.locator("#cell-0")
+        await expect(cell.locator(".output")).to_have_text(["one"])
+        await expect(cell).to_have_attribute("data-state", "running")
+        release.touch()
+        await expect(page.locator(".execution")).to_have_attribute(
+            "data-phase", "final", timeout=WAIT * 1000
+        )
+        await expect(page.locator("#cell-1 .output")).to_have_text(["two"])
+        # Reloading this tab needs no second typing (sessionStorage).
+        await page.reload()
+        await expect(page.locator(".execution")).to_have_attribute(
+            "data-phase", "final"
+        )
+        await expect(page.locator("#cell-1 .output")).to_have_text(["two"])
+        # The websocket got the token in connection_init, not in its URL.
+        inits = [m for m in sockets.sent if m["type"] == "connection_init"]
+        assert inits
+        assert inits[0]["payload"] == {"Authorization": f"Bearer {token}"}
+        # Chromium logs each 401 navigation as a failed load; nothing else.
+        assert all("401" in error for error in watched.errors), watched.errors
+    assert urls
+    assert not [url for url in urls if token in url or "nbt_" in url]
+    out, err = capfd.readouterr()
+    assert token not in out + err
+
+
+@pytest.mark.asyncio
+async def test_behind_an_ingress_the_user_header_is_enough(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    release = tmp_path / "release"
+    source = notebook(
+        "print('one\\n', end='', flush=True)\n" + held_until(release),
+        "print('two\\n', end='')",
+    )
+    config = make_config(
+        tmp_path, jupyter_server, auth_mode="proxy", trusted_proxies=["127.0.0.0/8"]
+    )
+    ingress = {"X-Auth-Request-User": "alice"}
+    async with (
+        running(config) as nb,
+        chromium() as browser,
+        open_page(browser, tmp_path, "proxy") as watched,
+    ):
+        async with httpx.AsyncClient(timeout=60) as http:
+            response = await http.post(
+                nb.url + "/graphql",
+                json={"query": SUBMIT_ID, "variables": {"nb": source}},
+                headers=ingress,
+            )
+        execution_id = response.json()["data"]["submitExecution"]["id"]
+        page = watched.page
+        # What the ingress adds to every request, the websocket's included.
+        await page.set_extra_http_headers(ingress)
+        await page.goto(f"{nb.url}/executions/{execution_id}")
+        await expect(page.locator("#cell-0 .output")).to_have_text(["one"])
+        await expect(page.locator(".execution")).to_have_attribute(
+            "data-connection", "live"
+        )
+        release.touch()
+        await expect(page.locator(".execution")).to_have_attribute(
+            "data-phase", "final", timeout=WAIT * 1000
+        )
+        await expect(page.locator("#cell-1 .output")).to_have_text(["two"])
+        watched.assert_no_errors()
