@@ -470,3 +470,43 @@ async def test_behind_an_ingress_the_user_header_is_enough(
         )
         await expect(page.locator("#cell-1 .output")).to_have_text(["two"])
         watched.assert_no_errors()
+
+
+@pytest.mark.asyncio
+async def test_the_form_submits_a_file_and_opens_its_live_page(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    path = tmp_path / "hello.ipynb"
+    path.write_text(json.dumps(notebook("print('hello from a file')")))
+    async with (
+        running(make_config(tmp_path, jupyter_server)) as nb,
+        chromium() as browser,
+        open_page(browser, tmp_path, "form") as watched,
+    ):
+        page = watched.page
+        await page.goto(f"{nb.url}/executions")
+        await page.locator("#notebook-file").set_input_files(path)
+        await page.locator("#submit-form button").click()
+        await page.wait_for_url(re.compile(r"/executions/[^/]+$"))
+        execution_id = page.url.rsplit("/", 1)[1]
+        await expect(page.locator(".execution")).to_have_attribute(
+            "data-phase", "final", timeout=WAIT * 1000
+        )
+        await expect(page.locator("#cell-0 .output")).to_have_text(
+            ["hello from a file"]
+        )
+        fetched = await nb.get(execution_id)
+        assert fetched is not None
+        assert fetched["status"] == "SUCCEEDED"
+
+        # Not a notebook: the refusal is shown, nothing is opened.
+        await page.goto(f"{nb.url}/executions")
+        bad = tmp_path / "bad.ipynb"
+        bad.write_text('{"cells": "no"}')
+        await page.locator("#notebook-file").set_input_files(bad)
+        await page.locator("#submit-form button").click()
+        await expect(page.locator(".form-message")).not_to_have_text(
+            re.compile(r"^(|Submitting…)$")
+        )
+        assert page.url == f"{nb.url}/executions"
+        watched.assert_no_errors()

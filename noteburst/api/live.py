@@ -70,6 +70,7 @@ __all__ = [
     "PAGE_PATH",
     "STATIC_DIR",
     "STATIC_PREFIX",
+    "SUBMIT_PATH",
     "VENDORED",
     "VENDOR_DIR",
     "VendoredAsset",
@@ -82,6 +83,9 @@ _logger = structlog.get_logger("noteburst.api.live")
 
 PAGE_PATH: Final = "/executions/{execution_id}"
 """Route of an execution's page, beside ``/graphql``."""
+
+SUBMIT_PATH: Final = "/executions"
+"""Route of the small form that submits a notebook file and opens its page."""
 
 STATIC_PREFIX: Final = "/live-static"
 """Where the page's script, style sheet and libraries are served."""
@@ -245,7 +249,12 @@ def _template() -> string.Template:
 
 
 def render_page(
-    *, title: str, data: dict[str, Any], body: str = "", status_code: int = 200
+    *,
+    title: str,
+    data: dict[str, Any],
+    body: str = "",
+    status_code: int = 200,
+    base: str = "..",
 ) -> HTMLResponse:
     """Render the page frame around ``body`` (HTML) with ``data`` for the script.
 
@@ -261,8 +270,11 @@ def render_page(
         shown also without the script.
     status_code
         The HTTP status.
+    base
+        The relative path from the page to the application's root: ``..``
+        from ``/executions/{id}``, ``.`` from ``/executions``.
     """
-    static = ".." + STATIC_PREFIX
+    static = base + STATIC_PREFIX
     vendor = f"{static}/vendor"
     scripts = []
     for asset in VENDORED:
@@ -338,8 +350,31 @@ async def _execution_page(
     )
 
 
+def _submit_form(mode: str) -> HTMLResponse:
+    """Render the form page: public, like GraphiQL's, as it holds no data."""
+    extra_fields = ""
+    if mode == "tokens":
+        extra_fields = (
+            '<label>API token <input id="token" type="password" '
+            'autocomplete="off" spellcheck="false"></label>'
+            '<p class="hint">Only needed once per tab: kept in sessionStorage, '
+            "sent as an Authorization header, never in a URL.</p>"
+        )
+    body = (
+        '<section class="submit"><h1>Run a notebook</h1>'
+        '<form id="submit-form" autocomplete="off">'
+        '<label>Notebook <input id="notebook-file" type="file" '
+        'accept=".ipynb,application/x-ipynb+json,application/json" required>'
+        f"</label>{extra_fields}"
+        '<button type="submit">Run it and watch</button>'
+        '<p class="form-message" role="status"></p></form></section>'
+    )
+    data = {"submit": {"tokenForm": mode == "tokens"}}
+    return render_page(title="Run a notebook", data=data, body=body, base=".")
+
+
 def live_routes(mode: str) -> list[BaseRoute]:
-    """Return the page's route and its static files' mount.
+    """Return the page's route, the submission form's and the static files.
 
     Parameters
     ----------
@@ -372,7 +407,11 @@ def live_routes(mode: str) -> list[BaseRoute]:
                 "Noteburst cannot reach its database right now.",
             )
 
+    async def submit_page(request: Request) -> Response:
+        return _submit_form(mode)
+
     return [
         Route(PAGE_PATH, execution_page, methods=["GET"], name="execution-page"),
+        Route(SUBMIT_PATH, submit_page, methods=["GET"], name="submit-page"),
         Mount(STATIC_PREFIX, app=StaticFiles(directory=STATIC_DIR), name="live-static"),
     ]

@@ -15,11 +15,12 @@ import warnings
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from noteburst.api.live import (
     CONTENT_SECURITY_POLICY,
@@ -128,6 +129,37 @@ def test_every_url_is_relative_and_served(client: TestClient) -> None:
         assert url.startswith("../live-static/"), url  # no scheme, no host
         served = client.get("/executions/" + url)
         assert served.status_code == 200, url
+
+
+def test_under_a_mount_prefix_the_relative_urls_still_resolve() -> None:
+    async def page(_: object) -> object:
+        return render_page(title="Execution e1", data=page_data(EXECUTION, None))
+
+    inner = Starlette(routes=[Route("/executions/e1", page), *live_routes("none")])
+    client = TestClient(Starlette(routes=[Mount("/prefix", app=inner)]))
+    response = client.get("/prefix/executions/e1")
+    assert response.status_code == 200
+    for url in URL_RE.findall(response.text):
+        resolved = urljoin("http://testserver/prefix/executions/e1", url)
+        assert resolved.startswith("http://testserver/prefix/live-static/")
+        assert client.get(resolved).status_code == 200, resolved
+    form = client.get("/prefix/executions")
+    assert form.status_code == 200
+    for url in URL_RE.findall(form.text):
+        resolved = urljoin("http://testserver/prefix/executions", url)
+        assert resolved.startswith("http://testserver/prefix/live-static/")
+        assert client.get(resolved).status_code == 200, resolved
+
+
+def test_the_form_submits_nothing_without_the_script(client: TestClient) -> None:
+    for mode in ("none", "tokens"):
+        app = Starlette(routes=live_routes(mode))
+        page = TestClient(app).get("/executions").text
+        form = re.search(r"<form.*?</form>", page, re.S)
+        assert form is not None
+        assert "name=" not in form[0]
+        assert "action=" not in form[0]
+        assert ('id="token"' in form[0]) is (mode == "tokens")
 
 
 def test_integrity_matches_the_served_bytes(client: TestClient) -> None:

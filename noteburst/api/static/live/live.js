@@ -489,6 +489,54 @@ function startPage(data) {
   page.start();
 }
 
+const SUBMIT = `mutation LivePageSubmit($notebook: JSON!) {
+  submitExecution(input: { notebook: $notebook }) {
+    __typename
+    ... on Execution { id }
+    ... on InvalidNotebook { message }
+    ... on UnknownKernel { message }
+    ... on InvalidInput { message }
+    ... on InvalidParameters { message }
+    ... on LimitExceeded { message }
+    ... on WebhookRefused { message }
+  }
+}`;
+
+function submitForm() {
+  // The optional form at ./executions: submit a notebook file, then open
+  // its live page (relative URLs: this page is one level above it).
+  const form = document.getElementById("submit-form");
+  const message = form.querySelector(".form-message");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const tokenInput = form.querySelector("#token");
+    if (tokenInput?.value.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim());
+      tokenInput.value = "";
+    }
+    message.textContent = "Submitting…";
+    try {
+      const file = form.querySelector("#notebook-file").files[0];
+      const notebook = JSON.parse(await file.text());
+      const response = await fetch(new URL("graphql", location.href), {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...authHeaders() },
+        body: JSON.stringify({ query: SUBMIT, variables: { notebook } }),
+      });
+      const result = await response.json();
+      const payload = result.data?.submitExecution;
+      if (payload?.__typename === "Execution") {
+        location.assign(new URL(`executions/${encodeURIComponent(payload.id)}`, location.href));
+        return;
+      }
+      message.textContent = payload?.message ?? result.errors?.[0]?.message ?? "Refused.";
+    } catch (error) {
+      message.textContent = `Not submitted: ${error.message}`;
+    }
+  });
+}
+
 const initial = readData(document);
 if (initial.execution) startPage(initial);
+else if (initial.submit) submitForm();
 else if (initial.problem?.tokenForm) tokenForm();
