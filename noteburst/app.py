@@ -1,7 +1,9 @@
 """The ASGI application: GraphQL over HTTP and websockets, GraphiQL, health.
 
 Beside GraphQL it serves Rubin's Noteburst REST API v1 under ``/noteburst``
-(:mod:`noteburst.api.rest_v1`), for clients written against that service.
+(:mod:`noteburst.api.rest_v1`), for clients written against that service,
+and each execution's live page at ``/executions/{id}``
+(:mod:`noteburst.api.live`).
 
 ``create_app`` is the web entry point's factory.  Its lifespan builds the
 process context and, when this process runs a worker (the embedded default,
@@ -42,6 +44,7 @@ from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
 from .api.listen import listening_socket
+from .api.live import live_routes
 from .api.ops import ops_routes
 from .api.origins import OriginGuard
 from .api.rest_v1 import rest_v1_routes
@@ -395,6 +398,7 @@ def create_app(
             Route("/graphql", graphql_app),
             WebSocketRoute("/graphql", graphql_app),
             *rest_v1_routes(cfg.auth.mode),
+            *live_routes(cfg.auth.mode),
             *ops_routes(_health_service, queue_depths=True),
             *static_routes(_STATIC_PREFIX),
         ],

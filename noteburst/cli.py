@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 import nbformat
@@ -480,7 +481,9 @@ async def _run(
     request: _Request, server: str | None, *, show: bool, token: str | None = None
 ) -> int:
     if server is not None:
-        return await _submit_and_follow(server, request, show=show, token=token)
+        return await _submit_and_follow(
+            server, request, show=show, token=token, page_base=server
+        )
     configure_logging(level="WARNING")
     with tempfile.TemporaryDirectory(prefix="noteburst-run-") as data_dir:
         # A private instance: its own data folder, so it can never pick up
@@ -509,13 +512,25 @@ async def _run(
 
 
 async def _submit_and_follow(
-    url: str, request: _Request, *, show: bool, token: str | None = None
+    url: str,
+    request: _Request,
+    *,
+    show: bool,
+    token: str | None = None,
+    page_base: str | None = None,
 ) -> int:
     async with NoteburstClient(url, timeout=120, token=token) as client:
-        return await _follow(client, request, show=show)
+        return await _follow(client, request, show=show, page_base=page_base)
 
 
-async def _follow(client: NoteburstClient, request: _Request, *, show: bool) -> int:
+async def _follow(
+    client: NoteburstClient,
+    request: _Request,
+    *,
+    show: bool,
+    page_base: str | None = None,
+) -> int:
+    """Submit and follow; with ``page_base`` (a server's URL), link its live page."""
     target = request.target
     try:
         execution = await client.submit(
@@ -531,6 +546,11 @@ async def _follow(client: NoteburstClient, request: _Request, *, show: bool) -> 
         _stderr.print(f"[red]refused:[/red] {exc}")
         return 2
     execution_id = execution["id"]
+    if page_base is not None:
+        # The server's own page of the execution (noteburst.api.live); not
+        # for the embedded instance, which is gone when this command ends.
+        page = f"{page_base.rstrip('/')}/executions/{quote(execution_id, safe='')}"
+        _stderr.print(f"[dim]live page: {page}[/dim]", soft_wrap=True)
     if execution.get("cacheHit"):
         _stderr.print(
             f"[dim]cached result of execution {execution['cachedFrom']}[/dim]"

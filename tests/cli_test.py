@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -367,6 +368,10 @@ async def test_run_against_a_server_uses_the_cache_when_asked(
         first = await run_cli("--cache", "use", "--queue", "batch")
         assert "succeeded" in first
         assert "cached result" not in first
+        # It links the server's live page of the execution.
+        link = re.search(r"live page: (\S+)", first)
+        assert link is not None, first
+        assert link[1].startswith(nb.url + "/executions/")
         second = await run_cli("--cache", "use", "--max-age", "3600")
         assert "cached result of execution" in second
         assert "succeeded" in second

@@ -637,7 +637,13 @@ def test_the_ingress_routes_the_api_but_not_the_operator_endpoints() -> None:
     ingress = one(render(PRODUCTION), "Ingress", "")
     [rule] = ingress["spec"]["rules"]
     paths = [path["path"] for path in rule["http"]["paths"]]
-    assert paths == ["/graphql", "/graphiql-static", "/noteburst"]
+    assert paths == [
+        "/graphql",
+        "/graphiql-static",
+        "/noteburst",
+        "/executions",
+        "/live-static",
+    ]
     # /metrics and /readyz answer without credentials: only inside the cluster.
     for path in ("/", "/metrics", "/readyz", "/healthz"):
         assert path not in paths
