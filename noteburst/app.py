@@ -48,6 +48,7 @@ from .api.live import live_routes
 from .api.ops import ops_routes
 from .api.origins import OriginGuard
 from .api.rest_v1 import rest_v1_routes
+from .api.rest_v1_openapi import openapi_routes
 from .api.schema import create_schema
 from .api.shared_subscriptions import SharingTransportWSHandler, SubscriptionGroups
 from .config import Config, web_origin
@@ -398,6 +399,7 @@ def create_app(
             Route("/graphql", graphql_app),
             WebSocketRoute("/graphql", graphql_app),
             *rest_v1_routes(cfg.auth.mode),
+            *openapi_routes(),
             *live_routes(cfg.auth.mode),
             *ops_routes(_health_service, queue_depths=True),
             *static_routes(_STATIC_PREFIX),

@@ -43,6 +43,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -224,7 +225,19 @@ class NotebookRequest(BaseModel):
             "whose lab or worker went away, up to its configured attempts."
         ),
     )
-    timeout: Annotated[float | None, BeforeValidator(parse_timeout)] = Field(
+    timeout: Annotated[
+        float | None,
+        BeforeValidator(parse_timeout),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "examples": ["300", "5m", "1h30m"]},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         None,
         description=(
             "Execution timeout: seconds, or a duration such as '5m'. Unset: "

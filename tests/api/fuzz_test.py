@@ -23,6 +23,7 @@ import pytest
 import schemathesis
 from graphql import language as ast
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import strategies as st
 
 from tests.support.notebooks import notebook
@@ -163,3 +164,58 @@ def test_no_input_breaks_the_api(server_url: str) -> None:
         "Mutation.submitExecution",
     }
     assert all(count >= EXAMPLES_PER_OPERATION // 2 for count in sent.values())
+
+
+def _fuzz_rest(operation: Any) -> int:
+    """Send generated cases for one REST operation, each answer checked."""
+    sent = 0
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def check(case: Any) -> None:
+        nonlocal sent
+        sent += 1
+        # schemathesis' default checks: no 5xx, and the status code, content
+        # type, headers and body each as the OpenAPI document says.  But not
+        # "schema-valid data is accepted": JSON Schema cannot say what a
+        # valid notebook is, so a schema-valid `ipynb` may rightly get 422.
+        case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance])
+
+    check()
+    return sent
+
+
+def test_the_rest_api_answers_as_its_openapi_document_says(server_url: str) -> None:
+    """Rubin's REST API v1 against its own ``/noteburst/openapi.json``."""
+    schema = schemathesis.openapi.from_url(f"{server_url}/noteburst/openapi.json")
+    operations: list[Any] = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    sent = {operation.label: _fuzz_rest(operation) for operation in operations}
+    print(sent)
+    assert set(sent) == {
+        "GET /noteburst/",
+        "POST /noteburst/v1/notebooks/",
+        "GET /noteburst/v1/notebooks/{job_id}",
+    }
+    assert sent["GET /noteburst/"] >= 1  # nothing to vary
+    assert sent["POST /noteburst/v1/notebooks/"] >= EXAMPLES_PER_OPERATION // 2
+    assert sent["GET /noteburst/v1/notebooks/{job_id}"] >= EXAMPLES_PER_OPERATION // 2
+    # Generated notebooks are refused (422); a valid one is accepted, and the
+    # job it returns, then its completed state, match the document too.
+    post = schema["/noteburst/v1/notebooks/"]["POST"]
+    accepted = post.Case(body={"ipynb": notebook("6 * 7"), "timeout": "1m"})
+    job = accepted.call_and_validate(timeout=30).json()
+    assert job["status"] in {"queued", "in_progress", "complete"}
+    get = schema["/noteburst/v1/notebooks/{job_id}"]["GET"]
+    deadline = time.monotonic() + START_TIMEOUT
+    while job["status"] != "complete":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        polled = get.Case(path_parameters={"job_id": job["job_id"]})
+        job = polled.call_and_validate(timeout=30).json()
+    assert job["success"] is True
