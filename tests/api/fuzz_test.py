@@ -23,8 +23,8 @@ import pytest
 import schemathesis
 from graphql import language as ast
 from hypothesis import HealthCheck, given, settings
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support.notebooks import notebook
 from tests.support.waiting import free_port
