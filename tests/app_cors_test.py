@@ -20,15 +20,11 @@ server's side of the contract.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-from websockets.typing import Origin, Subprotocol
 
 from noteburst.config import Config
 from tests.support.app import Noteburst, make_config, running
@@ -67,24 +63,6 @@ async def _preflight(nb: Noteburst, origin: str) -> httpx.Response:
         return await client.options(nb.url + "/graphql", headers=headers)
 
 
-async def _handshake(nb: Noteburst, origin: str | None) -> str | int:
-    """connection_init's answer once the handshake is accepted, else its status."""
-    try:
-        async with connect(
-            nb.ws_url,
-            origin=None if origin is None else Origin(origin),
-            subprotocols=[Subprotocol("graphql-transport-ws")],
-            proxy=None,
-            open_timeout=30,
-            close_timeout=10,
-        ) as ws:
-            await ws.send(json.dumps({"type": "connection_init"}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            return str(reply["type"])
-    except InvalidStatus as exc:
-        return exc.response.status_code
-
-
 async def _executions(nb: Noteburst) -> int:
     data = await nb.execute("{ executions(first: 50) { edges { node { id } } } }")
     return len(data["executions"]["edges"])
@@ -110,7 +88,7 @@ async def test_a_listed_origin_works_and_another_is_refused(
         assert answered.status_code == 200
         assert answered.json() == {"data": {"__typename": "Query"}}
         assert answered.headers["access-control-allow-origin"] == FRONT_END
-        assert await _handshake(nb, FRONT_END) == "connection_ack"
+        assert await nb.handshake(origin=FRONT_END) == "connection_ack"
 
         refused = await _preflight(nb, OTHER)
         assert refused.status_code == 403
@@ -124,13 +102,13 @@ async def test_a_listed_origin_works_and_another_is_refused(
         [error] = posted.json()["errors"]
         assert error["extensions"] == {"code": "origin_not_allowed"}
         assert await _executions(nb) == before
-        assert await _handshake(nb, OTHER) == 403
+        assert await nb.handshake(origin=OTHER) == 403
 
         # Not a browser, or the API's own page: as before.
         assert (await _post(nb, None)).status_code == 200
         assert (await _post(nb, nb.url)).status_code == 200
-        assert await _handshake(nb, None) == "connection_ack"
-        assert await _handshake(nb, nb.url) == "connection_ack"
+        assert await nb.handshake(origin=None) == "connection_ack"
+        assert await nb.handshake(origin=nb.url) == "connection_ack"
 
 
 @pytest.mark.asyncio
@@ -143,7 +121,7 @@ async def test_by_default_only_the_api_s_own_origin_is_served(
         for origin in (FRONT_END, OTHER):
             assert (await _preflight(nb, origin)).status_code == 403
             assert (await _post(nb, origin)).status_code == 403
-            assert await _handshake(nb, origin) == 403
+            assert await nb.handshake(origin=origin) == 403
         assert (await _post(nb, nb.url)).status_code == 200
         assert (await _post(nb, None)).status_code == 200
 

@@ -19,24 +19,15 @@ browser would send:
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-from websockets.typing import Origin, Subprotocol
 
 from tests.support.app import Noteburst, make_config, running
 
 ATTACKER = "attacker.example"
-
-
-def _port(nb: Noteburst) -> int:
-    return int(nb.url.rsplit(":", 1)[1])
 
 
 async def _post(nb: Noteburst, host: str, *, origin: bool = True) -> httpx.Response:
@@ -56,31 +47,6 @@ async def _get(nb: Noteburst, path: str, host: str, accept: str) -> httpx.Respon
         return await client.get(nb.url + path, headers=headers)
 
 
-async def _handshake(nb: Noteburst, host: str, origin: str | None) -> str | int:
-    """Open a graphql-transport-ws socket to ``nb`` addressed to ``host``.
-
-    The TCP connection goes to the instance whatever ``host`` says (as a
-    rebound name would). Returns the server's answer to connection_init
-    once the handshake is accepted, else the handshake's HTTP status.
-    """
-    try:
-        async with connect(
-            f"ws://{host}/graphql",
-            host="127.0.0.1",
-            port=_port(nb),
-            origin=None if origin is None else Origin(origin),
-            subprotocols=[Subprotocol("graphql-transport-ws")],
-            proxy=None,
-            open_timeout=30,
-            close_timeout=10,
-        ) as ws:
-            await ws.send(json.dumps({"type": "connection_init"}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            return str(reply["type"])
-    except InvalidStatus as exc:
-        return exc.response.status_code
-
-
 @pytest.mark.asyncio
 async def test_a_rebound_name_is_refused_on_loopback(
     tmp_path: Path, jupyter_server: Any
@@ -94,15 +60,15 @@ async def test_a_rebound_name_is_refused_on_loopback(
     assert config.auth.mode == "none"
     async with running(config, run_worker=False) as nb:
         for name in (ATTACKER, "noteburst.localhost", "localhost.attacker.example"):
-            host = f"{name}:{_port(nb)}"
+            host = f"{name}:{nb.port}"
             posted = await _post(nb, host)
             assert (posted.status_code, posted.text) == (400, "Invalid host header")
             health = await _get(nb, "/healthz", host, "application/json")
             assert health.status_code == 400
             page = await _get(nb, "/graphql", host, "text/html")
             assert page.status_code == 400
-            assert await _handshake(nb, host, f"http://{host}") == 400
-            assert await _handshake(nb, host, None) == 400
+            assert await nb.handshake(host=host, origin=f"http://{host}") == 400
+            assert await nb.handshake(host=host, origin=None) == 400
 
 
 @pytest.mark.asyncio
@@ -112,7 +78,7 @@ async def test_loopback_names_are_accepted_on_loopback(
     """What local browsers and clients use keeps working, with or without port."""
     config = make_config(tmp_path, jupyter_server)
     async with running(config, run_worker=False) as nb:
-        port = _port(nb)
+        port = nb.port
         for host in (
             f"127.0.0.1:{port}",
             f"localhost:{port}",
@@ -127,8 +93,14 @@ async def test_loopback_names_are_accepted_on_loopback(
             assert health.status_code == 200, host
         # Same origin over the websocket: Origin names the Host (with its port).
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
-            assert await _handshake(nb, host, f"http://{host}") == "connection_ack"
-        assert await _handshake(nb, f"localhost:{port}", None) == "connection_ack"
+            assert (
+                await nb.handshake(host=host, origin=f"http://{host}")
+                == "connection_ack"
+            )
+        assert (
+            await nb.handshake(host=f"localhost:{port}", origin=None)
+            == "connection_ack"
+        )
 
 
 @pytest.mark.asyncio
@@ -139,20 +111,23 @@ async def test_configured_names_replace_the_loopback_default(
         tmp_path, jupyter_server, allowed_hosts=["noteburst.example", "*.apps.example"]
     )
     async with running(config, run_worker=False) as nb:
-        port = _port(nb)
+        port = nb.port
         for name in ("noteburst.example", "NB.apps.example"):
             host = f"{name}:{port}"
             posted = await _post(nb, host)
             assert posted.status_code == 200, host
             assert posted.json() == {"data": {"__typename": "Query"}}
-            assert await _handshake(nb, host, f"http://{host}") == "connection_ack"
+            assert (
+                await nb.handshake(host=host, origin=f"http://{host}")
+                == "connection_ack"
+            )
             page = await _get(nb, "/graphql", host, "text/html")
             assert page.status_code == 200
         for name in (ATTACKER, "apps.example", "127.0.0.1"):
             host = f"{name}:{port}"
             posted = await _post(nb, host)
             assert (posted.status_code, posted.text) == (400, "Invalid host header")
-            assert await _handshake(nb, host, f"http://{host}") == 400
+            assert await nb.handshake(host=host, origin=f"http://{host}") == 400
 
 
 @pytest.mark.asyncio
@@ -165,14 +140,16 @@ async def test_websockets_from_other_origins_are_refused(
     """
     config = make_config(tmp_path, jupyter_server)
     async with running(config, run_worker=False) as nb:
-        host = f"127.0.0.1:{_port(nb)}"
-        assert await _handshake(nb, host, None) == "connection_ack"
-        assert await _handshake(nb, host, f"http://{host}") == "connection_ack"
+        host = f"127.0.0.1:{nb.port}"
+        assert await nb.handshake(host=host, origin=None) == "connection_ack"
+        assert (
+            await nb.handshake(host=host, origin=f"http://{host}") == "connection_ack"
+        )
         for origin in (
             f"http://{ATTACKER}",
-            f"http://{ATTACKER}:{_port(nb)}",
+            f"http://{ATTACKER}:{nb.port}",
             "http://127.0.0.1:1",
-            f"http://localhost:{_port(nb)}",
+            f"http://localhost:{nb.port}",
             "null",
         ):
-            assert await _handshake(nb, host, origin) == 403, origin
+            assert await nb.handshake(host=host, origin=origin) == 403, origin

@@ -6,16 +6,22 @@ legacy graphql-ws protocol first otherwise, and Strawberry would pick that.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gql import Client
 from gql.graphql_request import GraphQLRequest
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin, Subprotocol
 
 from noteburst.app import serve_in_background
 from noteburst.config import Config
@@ -130,6 +136,40 @@ class Noteburst:
                 if limit is not None and len(events) >= limit:
                     break
         return events
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.url).port
+        assert port is not None
+        return port
+
+    async def handshake(
+        self, *, origin: str | None = None, host: str | None = None
+    ) -> str | int:
+        """Open a graphql-transport-ws socket as a browser would.
+
+        Returns the server's answer to ``connection_init`` once the handshake
+        is accepted, else the handshake's HTTP status.  ``host`` addresses
+        the request to that name while the TCP connection still goes to this
+        instance (as a rebound DNS name would).
+        """
+        url = self.ws_url if host is None else f"ws://{host}/graphql"
+        try:
+            async with connect(
+                url,
+                host="127.0.0.1",
+                port=self.port,
+                origin=None if origin is None else Origin(origin),
+                subprotocols=[Subprotocol("graphql-transport-ws")],
+                proxy=None,
+                open_timeout=30,
+                close_timeout=10,
+            ) as ws:
+                await ws.send(json.dumps({"type": "connection_init"}))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                return str(reply["type"])
+        except InvalidStatus as exc:
+            return exc.response.status_code
 
     async def get(self, execution_id: str) -> dict[str, Any] | None:
         data = await self.execute(GET, id=execution_id)
