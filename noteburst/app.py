@@ -41,6 +41,7 @@ from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
+from .api.graphiql_example import EXAMPLE
 from .api.listen import listening_socket
 from .api.ops import ops_routes
 from .api.origins import OriginGuard
@@ -178,7 +179,7 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
         return None
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
-        return HTMLResponse(render_graphiql(_STATIC_PREFIX))
+        return HTMLResponse(render_graphiql(_STATIC_PREFIX, EXAMPLE))
 
 
 def server_options(config: Config) -> dict[str, Any]:
