@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
@@ -111,7 +112,9 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope, receive)
-            if not wants_graphiql_page(request, request.method):
+            if not wants_graphiql_page(
+                request.method, request.headers, request.query_params
+            ):
                 state: Any = request.state
                 try:
                     caller = await authenticate(
@@ -177,6 +180,16 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
                 {"message": exc.message, **unavailable_extensions(exc)}
             ) from exc
         return None
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """Serve GraphiQL by the same rule that let the request skip auth.
+
+        A browser's share link ``/graphql?query=...`` gets the page with the
+        query prefilled (see `~noteburst.api.auth.wants_graphiql_page`).
+        """
+        return wants_graphiql_page(
+            request.method, request.headers, request.query_params
+        )
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(render_graphiql(_STATIC_PREFIX, EXAMPLE))

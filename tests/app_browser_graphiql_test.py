@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from playwright.async_api import Route, expect
@@ -19,6 +19,7 @@ from playwright.async_api import Route, expect
 from noteburst.api.graphiql_example import EXAMPLE
 from tests.support.app import make_config, running
 from tests.support.browser import chromium, open_page
+from tests.support.notebooks import notebook
 
 
 @pytest.mark.asyncio
@@ -74,6 +75,53 @@ async def test_graphiql_opens_on_an_example_that_runs_in_one_click(
             ".CodeMirror.getValue()"
         )
         assert json.loads(variables) == json.loads(EXAMPLE.variables)
+        await page.locator(".graphiql-execute-button").click()
+        result = page.locator(".result-window")
+        await expect(result).to_contain_text('"__typename": "Execution"')
+        await expect(result).to_contain_text('"kernelName": "python3"')
+        watched.assert_no_errors()
+
+
+SHARED_QUERY = """mutation Shared($notebook: JSON!) {
+  submitExecution(input: {notebook: $notebook}) {
+    __typename
+    ... on Execution { id kernelName }
+  }
+}
+
+query Other { __typename }
+"""
+
+
+@pytest.mark.asyncio
+async def test_share_link_opens_graphiql_prefilled_and_runs(
+    tmp_path: Path, jupyter_server: Any
+) -> None:
+    """A link with "+" for spaces (as forms and urlencode write) opens prefilled."""
+    shared_notebook = notebook("total = 1 + 1\nprint(total)")
+    variables = json.dumps({"notebook": shared_notebook})
+    link = "/graphql?" + urlencode(
+        {"query": SHARED_QUERY, "variables": variables, "operationName": "Shared"}
+    )
+    assert "+" in link
+    assert "%20" not in link
+    assert "%2B" in link  # the notebook's own "+" stays a "+"
+    async with (
+        running(make_config(tmp_path, jupyter_server)) as nb,
+        chromium() as browser,
+        open_page(browser, tmp_path, "graphiql-share-link") as watched,
+    ):
+        page = watched.page
+        await page.goto(nb.url + link)
+        query = page.locator(".graphiql-query-editor .CodeMirror")
+        await expect(query).to_contain_text("mutation Shared($notebook: JSON!)")
+        editors = await page.evaluate(
+            "[...document.querySelectorAll('.graphiql-editor .CodeMirror')]"
+            ".map((e) => e.CodeMirror.getValue())"
+        )
+        assert editors[0] == SHARED_QUERY
+        assert json.loads(editors[1]) == {"notebook": shared_notebook}
+        # Two operations, and the link names one: the run button runs it.
         await page.locator(".graphiql-execute-button").click()
         result = page.locator(".result-window")
         await expect(result).to_contain_text('"__typename": "Execution"')

@@ -27,6 +27,14 @@ inline script is rewritten by exact text, and a Strawberry upgrade that
 changes that text makes `render_graphiql` raise rather than serve a page
 that silently lost the example.
 
+Share links work as GraphiQL users expect: the page reads ``query`` (GraphQL
+over HTTP's name, which `noteburst.api.auth.wants_graphiql_page` now routes
+to the page for browsers) as well as its own ``q``, with ``variables`` and
+``operationName``, decoded as ``URLSearchParams`` does (``+`` is a space;
+Strawberry's ``decodeURIComponent`` kept it a ``+`` and broke such links).
+The operation a link names (or the example's) runs on the run button while
+the editors hold what the page opened on; after an edit GraphiQL chooses.
+
 The page is otherwise unchanged: queries go to the page's own URL and
 subscriptions use the graphql-transport-ws protocol on the same URL (``ws:``
 or ``wss:``), through the graphql-ws client bundled in ``graphiql.min.js``.
@@ -103,6 +111,55 @@ _HEADERS_STATE: Final = (
 _FETCHER_START: Final = "const fetcher = GraphiQL.createFetcher({"
 _FETCHER_END: Final = "subscriptionUrl,\n      });"
 _QUERY_PROP: Final = "\n          query: query,"
+_PARSE_PARAMETERS: Final = """\
+      for (const entry of window.location.search.slice(1).split("&")) {
+        const eq = entry.indexOf("=");
+        if (eq >= 0) {
+          parameters[decodeURIComponent(entry.slice(0, eq))] =
+            decodeURIComponent(entry.slice(eq + 1));
+        }
+      }
+"""
+# Share links are decoded as URLSearchParams does: "+" is a space (as forms
+# and most link builders encode it; decodeURIComponent keeps it a "+") and a
+# stray "%" does not throw.  GraphQL over HTTP names the document "query";
+# GraphiQL's page writes it as "q": both open it.
+_SHARE_LINK_PARAMETERS: Final = """\
+      for (const [key, value] of new URLSearchParams(window.location.search)) {
+        parameters[key] = value;
+      }
+      if (parameters.q === undefined && parameters.query !== undefined) {
+        parameters.q = parameters.query;
+      }
+      delete parameters.query;
+
+      const EXAMPLE_VARIABLES = EXAMPLE_VARIABLES_JS;
+      const EXAMPLE_OPERATION = EXAMPLE_OPERATION_JS;
+      const OPENED_OPERATION =
+        parameters.operationName ||
+        (parameters.q ? undefined : EXAMPLE_OPERATION);
+"""
+_PINNED_FETCHER: Final = r"""
+
+      function fetcher(params, options) {
+        // The text sent is current (GraphiQL's parsed document may not be).
+        if (
+          params.operationName === OPENED_OPERATION &&
+          !definesOperation(params.query, OPENED_OPERATION)
+        ) {
+          params = { ...params, operationName: undefined };
+        }
+        return fetchGraphQL(params, options);
+      }
+
+      function definesOperation(query, name) {
+        return (
+          /^[_A-Za-z][_0-9A-Za-z]*$/.test(name) &&
+          new RegExp(
+            "\\b(?:query|mutation|subscription)\\s+" + name + "(?![_0-9A-Za-z])",
+          ).test(query)
+        );
+      }"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +321,7 @@ def static_routes(prefix: str = "/graphiql-static") -> list[BaseRoute]:
 
 @lru_cache(maxsize=16)
 def _render(html: str, static_prefix: str, example: GraphiQLExample | None) -> str:
-    if example is not None:
-        html = _open_on(html, example)
+    html = _configure(html, example)
     prefix = static_prefix.rstrip("/")
     try:
         assets = {asset.url: asset for asset in find_cdn_assets(html)}
@@ -301,15 +357,26 @@ def _render(html: str, static_prefix: str, example: GraphiQLExample | None) -> s
     return page
 
 
-def _open_on(html: str, example: GraphiQLExample) -> str:
-    """Make the page's editors start on ``example`` when the URL has no query."""
+def _configure(html: str, example: GraphiQLExample | None) -> str:
+    """Rewrite the page's inline script: share links, and the opening example."""
+    if example is not None:
+        html = _replace_once(
+            html,
+            _EXAMPLE_QUERY_RE,
+            f"const EXAMPLE_QUERY = {_js_string(example.query)};",
+        )
     html = _replace_once(
         html,
-        _EXAMPLE_QUERY_RE,
-        f"const EXAMPLE_QUERY = {_js_string(example.query)};\n"
-        f"      const EXAMPLE_VARIABLES = {_js_string(example.variables)};\n"
-        "      const EXAMPLE_OPERATION = "
-        f"{_js_string(example.operation_name or '')} || undefined;",
+        re.compile(re.escape(_PARSE_PARAMETERS)),
+        _SHARE_LINK_PARAMETERS.replace(
+            "EXAMPLE_VARIABLES_JS",
+            _js_string(example.variables) if example else "undefined",
+        ).replace(
+            "EXAMPLE_OPERATION_JS",
+            _js_string(example.operation_name)
+            if example and example.operation_name
+            else "undefined",
+        ),
     )
     html = _replace_once(
         html,
@@ -321,9 +388,10 @@ def _open_on(html: str, example: GraphiQLExample) -> str:
     )
     # With several operations and no operationName, GraphiQL's run button
     # opens a menu asking which to run: one click more than a first visit
-    # should take.  Name the operation while the editors hold what the page
-    # opened on; after any edit (a tab switch sets the editors too), GraphiQL
-    # chooses as usual (the menu, or the operation at the cursor on
+    # or a shared link should take.  Name the operation (the link's
+    # operationName, else the example's) while the editors hold what the
+    # page opened on; after any edit (a tab switch sets the editors too),
+    # GraphiQL chooses as usual (the menu, or the operation at the cursor on
     # Ctrl-Enter).
     html = _replace_once(
         html,
@@ -334,7 +402,12 @@ def _open_on(html: str, example: GraphiQLExample) -> str:
         const operationName =
           query === opened.query && variables === opened.variables
             ? OPENED_OPERATION
-            : undefined;""",
+            : undefined;
+        React.useEffect(() => {
+          if (operationName === undefined && parameters.operationName) {
+            updateURL({ operationName: undefined });
+          }
+        }, [operationName]);""",
     )
     # GraphiQL reports edits 100 ms late: a click right after replacing the
     # document could still send the pinned name with a document lacking it.
@@ -346,30 +419,7 @@ def _open_on(html: str, example: GraphiQLExample) -> str:
     html = _replace_once(
         html,
         re.compile(re.escape(_FETCHER_END)),
-        _FETCHER_END
-        + """
-
-      const OPENED_OPERATION = parameters.q ? undefined : EXAMPLE_OPERATION;
-
-      function fetcher(params, options) {
-        // The text sent is current (GraphiQL's parsed document may not be).
-        if (
-          params.operationName === OPENED_OPERATION &&
-          !definesOperation(params.query, OPENED_OPERATION)
-        ) {
-          params = { ...params, operationName: undefined };
-        }
-        return fetchGraphQL(params, options);
-      }
-
-      function definesOperation(query, name) {
-        return (
-          /^[_A-Za-z][_0-9A-Za-z]*$/.test(name) &&
-          new RegExp(
-            "\\\\b(?:query|mutation|subscription)\\\\s+" + name + "(?![_0-9A-Za-z])",
-          ).test(query)
-        );
-      }""",
+        _FETCHER_END + _PINNED_FETCHER,
     )
     return _replace_once(
         html,
