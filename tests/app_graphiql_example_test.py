@@ -2,11 +2,13 @@
 
 The same document, with the variables of the Variables pane, against a real
 Noteburst and Jupyter: ``Submit`` queues the notebook and ``Watch``, given
-the id it answered, streams the run to its end with the cell's outputs.
+the id it answered once the run is over (as a visitor pasting it would),
+replays the run with the cell's outputs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,11 @@ async def test_example_submits_and_watches(tmp_path: Path, jupyter_server: Any) 
         execution = submitted["submitExecution"]
         assert execution["__typename"] == "Execution", execution
         assert execution["kernelName"] == "python3"
+
+        # A visitor pastes the id after the tiny notebook is done: Watch must
+        # still show the run, outputs included.
+        done = await asyncio.wait_for(nb.watch(execution["id"], kinds=[]), 60)
+        assert done[-1]["kind"] == "FINISHED"
 
         ws = WebsocketsTransport(
             url=nb.ws_url,

@@ -6,7 +6,9 @@ operations of one document: ``Submit`` queues a tiny notebook (held in the
 Variables pane, as any client should send a notebook: variables are not
 counted as document tokens) and is what the run button executes first;
 ``Watch`` streams that execution's events, once the visitor has pasted the
-id ``Submit`` answered into the ``id`` variable.
+id ``Submit`` answered into the ``id`` variable: all of them from the first
+(``afterSequence: 0``), since the tiny notebook is usually done by then and
+without it the subscription would answer only the final state.
 
 Kept apart from :mod:`noteburst.api.graphiql`, which knows nothing of
 Noteburst's schema; ``tests/api/graphiql_example_test.py`` validates the
@@ -77,7 +79,8 @@ mutation Submit($notebook: JSON!) {
 }
 
 subscription Watch($id: ID!) {
-  executionStatus(id: $id) {
+  # afterSequence 0: every event from the start, even if the run is over.
+  executionStatus(id: $id, afterSequence: 0) {
     sequence
     kind
     status
