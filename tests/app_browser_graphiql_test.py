@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from playwright.async_api import Route, expect
 
-from noteburst.api.graphiql_example import EXAMPLE
+from noteburst.api.graphiql_example import EXAMPLE, ID_PLACEHOLDER
 from tests.support.app import make_config, running
 from tests.support.browser import chromium, open_page
 from tests.support.notebooks import notebook
@@ -69,18 +69,41 @@ async def test_graphiql_opens_on_an_example_that_runs_in_one_click(
         await page.goto(nb.url + "/graphql")
         query = page.locator(".graphiql-query-editor .CodeMirror")
         await expect(query).to_contain_text("mutation Submit($notebook: JSON!)")
-        await expect(query).to_contain_text("subscription Watch($id: ID!)")
-        variables = await page.evaluate(
-            "document.querySelector('.graphiql-editor-tool .CodeMirror')"
-            ".CodeMirror.getValue()"
-        )
+        # CodeMirror draws only the lines in view: compare what it holds.
+        query_text, variables, _headers = await page.evaluate(EDITOR_VALUES)
+        assert query_text == EXAMPLE.query
         assert json.loads(variables) == json.loads(EXAMPLE.variables)
-        await page.locator(".graphiql-execute-button").click()
+        run = page.locator(".graphiql-execute-button")
+        await run.click()  # one click: Submit, though the document has two
         result = page.locator(".result-window")
         await expect(result).to_contain_text('"__typename": "Execution"')
         await expect(result).to_contain_text('"kernelName": "python3"')
+        answer = json.loads(await page.evaluate(RESULT_VALUE))
+        execution_id = answer["data"]["submitExecution"]["id"]
+
+        # Step 2 as the comment says: paste the id, run Watch from the menu.
+        pasted = variables.replace(ID_PLACEHOLDER, execution_id)
+        await page.evaluate(
+            "(text) => document.querySelector('.graphiql-editor-tool .CodeMirror')"
+            ".CodeMirror.setValue(text)",
+            pasted,
+        )
+        # Edited: GraphiQL asks which operation again (once it has the edit).
+        await expect(run).to_have_attribute("aria-haspopup", "menu")
+        await run.click()
+        await page.get_by_role("menuitem", name="Watch").click()
+        await expect(result).to_contain_text('"kind": "FINISHED"')
+        await expect(result).to_contain_text('"status": "SUCCEEDED"')
         watched.assert_no_errors()
 
+
+EDITOR_VALUES = (
+    "[...document.querySelectorAll('.graphiql-editor .CodeMirror')]"
+    ".map((e) => e.CodeMirror.getValue())"
+)
+RESULT_VALUE = (
+    "document.querySelector('.result-window .CodeMirror').CodeMirror.getValue()"
+)
 
 SHARED_QUERY = """mutation Shared($notebook: JSON!) {
   submitExecution(input: {notebook: $notebook}) {
@@ -115,10 +138,7 @@ async def test_share_link_opens_graphiql_prefilled_and_runs(
         await page.goto(nb.url + link)
         query = page.locator(".graphiql-query-editor .CodeMirror")
         await expect(query).to_contain_text("mutation Shared($notebook: JSON!)")
-        editors = await page.evaluate(
-            "[...document.querySelectorAll('.graphiql-editor .CodeMirror')]"
-            ".map((e) => e.CodeMirror.getValue())"
-        )
+        editors = await page.evaluate(EDITOR_VALUES)
         assert editors[0] == SHARED_QUERY
         assert json.loads(editors[1]) == {"notebook": shared_notebook}
         # Two operations, and the link names one: the run button runs it.

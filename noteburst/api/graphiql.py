@@ -110,6 +110,7 @@ _HEADERS_STATE: Final = (
 )
 _FETCHER_START: Final = "const fetcher = GraphiQL.createFetcher({"
 _FETCHER_END: Final = "subscriptionUrl,\n      });"
+_BODY_OVERFLOW: Final = "width: 100%;\n        overflow: hidden;"
 _QUERY_PROP: Final = "\n          query: query,"
 _PARSE_PARAMETERS: Final = """\
       for (const entry of window.location.search.slice(1).split("&")) {
@@ -420,6 +421,15 @@ def _configure(html: str, example: GraphiQLExample | None) -> str:
         html,
         re.compile(re.escape(_FETCHER_END)),
         _FETCHER_END + _PINNED_FETCHER,
+    )
+    # The run button's operation menu (Radix, via react-remove-scroll-bar)
+    # logs a console error when the body's overflow is "hidden", as the
+    # page's style sets it; "clip" keeps the page from scrolling all the
+    # same (browsers without it keep "hidden", and the harmless message).
+    html = _replace_once(
+        html,
+        re.compile(re.escape(_BODY_OVERFLOW)),
+        _BODY_OVERFLOW + "\n        overflow: clip;",
     )
     return _replace_once(
         html,

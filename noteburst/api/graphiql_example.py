@@ -52,15 +52,19 @@ ID_PLACEHOLDER: Final = "paste the id that Submit answered here"
 """The ``id`` variable until the visitor replaces it."""
 
 _QUERY: Final = """\
-# Noteburst executes Jupyter notebooks.
+# Noteburst executes Jupyter notebooks. Try it:
 #
-# 1. Press the run button (or Ctrl-Enter): Submit queues the small
-#    notebook held in the Variables pane below and answers its id.
-# 2. Paste that id into "id" in the Variables pane, put the cursor
-#    in Watch and run again: the execution's events stream in (the
-#    cell's outputs included) until it ends.
+# 1. Press the run button (or Ctrl-Enter): Submit
+#    queues the small notebook held in the Variables
+#    pane below and answers its id.
+# 2. Paste that id into "id" in the Variables pane
+#    and run Watch (the run button now asks which
+#    operation; or Ctrl-Enter with the cursor in
+#    Watch): the execution's events stream in, the
+#    cell's outputs included, until it ends.
 #
-# With token authentication, first add a header in the Headers tab:
+# With token authentication, first add a header in
+# the Headers tab:
 #   {"Authorization": "Bearer <your token>"}
 
 mutation Submit($notebook: JSON!) {
@@ -79,7 +83,7 @@ mutation Submit($notebook: JSON!) {
 }
 
 subscription Watch($id: ID!) {
-  # afterSequence 0: every event from the start, even if the run is over.
+  # afterSequence 0: every event, even once it ended.
   executionStatus(id: $id, afterSequence: 0) {
     sequence
     kind

@@ -203,3 +203,9 @@ def test_example_refused_when_the_page_script_changed(
     example = graphiql.GraphiQLExample(query="{ hello }", variables="{}")
     with pytest.raises(RuntimeError, match=r"EXAMPLE_QUERY.*found it 0 times"):
         render_graphiql(PREFIX, example)
+
+
+def test_body_overflow_is_clipped_for_the_operation_menu() -> None:
+    """Radix's menu logs a console error when the body's overflow is "hidden"."""
+    page = render_graphiql(PREFIX)
+    assert "overflow: hidden;\n        overflow: clip;" in page
