@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
@@ -43,6 +44,7 @@ from .api.auth import authenticate, error_response, wants_graphiql_page
 from .api.context import GraphQLContext
 from .api.errors import unavailable_extensions, unavailable_response
 from .api.graphiql import render_graphiql, static_routes
+from .api.graphiql_example import EXAMPLE
 from .api.listen import listening_socket
 from .api.live import live_routes
 from .api.ops import ops_routes
@@ -114,7 +116,9 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             request = Request(scope, receive)
-            if not wants_graphiql_page(request, request.method):
+            if not wants_graphiql_page(
+                request.method, request.headers, request.query_params
+            ):
                 state: Any = request.state
                 try:
                     caller = await authenticate(
@@ -181,8 +185,18 @@ class _GraphQLApp(GraphQL[GraphQLContext, None]):
             ) from exc
         return None
 
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """Serve GraphiQL by the same rule that let the request skip auth.
+
+        A browser's share link ``/graphql?query=...`` gets the page with the
+        query prefilled (see `~noteburst.api.auth.wants_graphiql_page`).
+        """
+        return wants_graphiql_page(
+            request.method, request.headers, request.query_params
+        )
+
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
-        return HTMLResponse(render_graphiql(_STATIC_PREFIX))
+        return HTMLResponse(render_graphiql(_STATIC_PREFIX, EXAMPLE))
 
 
 def server_options(config: Config) -> dict[str, Any]:

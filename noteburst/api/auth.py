@@ -78,11 +78,24 @@ def error_response(error: ClientError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def wants_graphiql_page(connection: HTTPConnection, method: str) -> bool:
-    """Whether a request is for GraphiQL's page (Strawberry's own rule)."""
-    accept = connection.headers.get("accept", "")
-    return (
-        method == "GET"
-        and connection.query_params.get("query") is None
-        and ("text/html" in accept or "*/*" in accept)
-    )
+def wants_graphiql_page(
+    method: str, headers: Mapping[str, str], query_params: Mapping[str, object]
+) -> bool:
+    """Whether a request is for GraphiQL's page rather than a GraphQL GET.
+
+    A browser asking for HTML gets the page, with or without a ``query``:
+    ``/graphql?query=...`` is how GraphiQL links are shared, and the page
+    opens with that query (and ``variables``, ``operationName``) in its
+    editors instead of a JSON answer (or a 400 for a mutation, which GET
+    may not run).  Clients that do not ask for HTML keep GraphQL over GET;
+    one accepting anything (``*/*``, as curl and ``fetch`` send) gets the
+    page only without a query, which is Strawberry's own rule.  `noteburst.app`
+    applies this both to skip authentication (the page holds no data) and
+    to choose the page over execution, so the two cannot disagree.
+    """
+    if method != "GET":
+        return False
+    accept = headers.get("accept", "")
+    if "text/html" in accept:
+        return True
+    return query_params.get("query") is None and "*/*" in accept

@@ -192,3 +192,20 @@ def test_other_host_in_inline_code_is_refused(
     monkeypatch.setattr(graphiql, "get_graphql_ide_html", lambda **_: template)
     with pytest.raises(RuntimeError, match=r"example\.com/x"):
         render_graphiql(PREFIX)
+
+
+def test_example_refused_when_the_page_script_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Strawberry upgrade must not silently drop the example."""
+    template = get_graphql_ide_html().replace("const EXAMPLE_QUERY", "const WELCOME")
+    monkeypatch.setattr(graphiql, "get_graphql_ide_html", lambda **_: template)
+    example = graphiql.GraphiQLExample(query="{ hello }", variables="{}")
+    with pytest.raises(RuntimeError, match=r"EXAMPLE_QUERY.*found it 0 times"):
+        render_graphiql(PREFIX, example)
+
+
+def test_body_overflow_is_clipped_for_the_operation_menu() -> None:
+    """Radix's menu logs a console error when the body's overflow is "hidden"."""
+    page = render_graphiql(PREFIX)
+    assert "overflow: hidden;\n        overflow: clip;" in page
