@@ -31,6 +31,7 @@ from noteburst.api.shared_subscriptions import (
 )
 from tests.support.app import make_config, running
 from tests.support.notebooks import held_until, notebook
+from tests.support.waiting import wait_until
 
 STATUS = """
 subscription Status($id: ID!, $after: Int) {
@@ -347,6 +348,7 @@ async def _connect(url: str, user: str) -> _Subscriber:
     return subscriber
 
 
+GET_STATUS = "query Get($id: ID!) { execution(id: $id) { status } }"
 SUBMIT = """
 mutation Submit($input: SubmitExecutionInput!) {
   submitExecution(input: $input) { __typename ... on Execution { id owner } }
@@ -393,6 +395,18 @@ async def _share_and_answer(
     ids = [s["submitExecution"]["id"] for s in submitted]
     assert ids[0] != ids[1]
     execution_id = ids[0]
+    # The watchers below must all find it running: on a busy machine it may
+    # still be queued now (and its start would reach them as a second event).
+    polls = 0
+
+    async def running() -> bool:
+        nonlocal polls
+        polls += 1
+        await alice[0].subscribe(f"q{polls}", GET_STATUS, id=execution_id)
+        [answer] = await alice[0].until_complete(f"q{polls}")
+        return bool(answer["payload"]["data"]["execution"]["status"] == "RUNNING")
+
+    await wait_until(running, "the first execution runs", timeout=60)
 
     # Three of Alice's pages watch the status, one at a time: each gets
     # the current state first.
