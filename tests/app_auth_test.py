@@ -213,7 +213,7 @@ async def test_tenancy_matrix(
         auth_mode="tokens",
         token_cache_seconds=0,
     )
-    async with running(config) as nb, httpx.AsyncClient() as http:
+    async with running(config) as nb, httpx.AsyncClient(timeout=60) as http:
         tokens = await _make_tokens(config.effective_database_url)
         client = _Client(nb.url, http)
         cached = {"notebook": NOTEBOOK, "cache": {"mode": "USE"}}
@@ -362,7 +362,7 @@ async def test_proxy_headers_are_believed_only_from_trusted_proxies(
             "Forwarded": "for=192.0.2.1",
         },
     )
-    async with running(config) as nb, httpx.AsyncClient() as http:
+    async with running(config) as nb, httpx.AsyncClient(timeout=60) as http:
         response = await http.post(
             nb.url + "/graphql", json={"query": LIST}, headers=spoofed
         )
@@ -389,7 +389,7 @@ async def test_proxy_users_and_scopes(tmp_path: Path, jupyter_server: Any) -> No
         trusted_proxies=["127.0.0.0/8"],
         proxy_scopes_header="X-Auth-Request-Token-Scopes",
     )
-    async with running(config) as nb, httpx.AsyncClient() as http:
+    async with running(config) as nb, httpx.AsyncClient(timeout=60) as http:
         url = nb.url + "/graphql"
 
         async def post(query: str, headers: dict[str, str], **variables: Any) -> Any:
@@ -440,7 +440,7 @@ async def test_unexpected_errors_are_masked_and_logged_with_context(
     config = make_config(
         tmp_path, jupyter_server, auth_mode="tokens", token_cache_seconds=0
     )
-    async with running(config) as nb, httpx.AsyncClient() as http:
+    async with running(config) as nb, httpx.AsyncClient(timeout=60) as http:
         tokens = await _make_tokens(config.effective_database_url)
         client = _Client(nb.url, http)
         submitted = await client.data(

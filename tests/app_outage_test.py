@@ -94,7 +94,7 @@ async def test_an_outage_gets_typed_answers_and_is_recovered_from(
         async with (
             asyncio.timeout(TIMEOUT),
             running(config) as nb,
-            httpx.AsyncClient() as http,
+            httpx.AsyncClient(timeout=60) as http,
         ):
             submitted = await nb.submit(notebook(held_until(release), "'done'"))
             execution_id = submitted["id"]
@@ -172,7 +172,7 @@ async def test_credentials_that_cannot_be_checked_get_a_503(
         async with (
             asyncio.timeout(TIMEOUT),
             running(config, run_worker=False) as nb,
-            httpx.AsyncClient() as http,
+            httpx.AsyncClient(timeout=60) as http,
         ):
             database = Database.from_url(database_url)
             try:

@@ -84,7 +84,7 @@ async def test_queued_limit_holds_under_concurrent_submissions(
 ) -> None:
     config = _config(tmp_path, jupyter_server, backend_urls, max_queued_per_user=3)
     # No worker: everything submitted stays queued.
-    async with running(config, run_worker=False) as nb, httpx.AsyncClient() as http:
+    async with running(config, run_worker=False) as nb, httpx.AsyncClient(timeout=60) as http:
         users = _Users(nb.url, http)
         results = await asyncio.gather(*(users.submit("alice") for _ in range(10)))
         kinds = sorted(r["__typename"] for r in results)
@@ -108,7 +108,7 @@ async def test_submissions_per_minute(
     config = _config(
         tmp_path, jupyter_server, backend_urls, max_submissions_per_minute=2
     )
-    async with running(config, run_worker=False) as nb, httpx.AsyncClient() as http:
+    async with running(config, run_worker=False) as nb, httpx.AsyncClient(timeout=60) as http:
         users = _Users(nb.url, http)
         for _ in range(2):
             done = await users.submit("alice")
@@ -129,7 +129,7 @@ async def test_submissions_per_minute(
 @pytest.mark.asyncio
 async def test_running_limit(tmp_path: Path, jupyter_server: Any) -> None:
     config = _config(tmp_path, jupyter_server, {}, max_running_per_user=1)
-    async with running(config) as nb, httpx.AsyncClient() as http:
+    async with running(config) as nb, httpx.AsyncClient(timeout=60) as http:
         users = _Users(nb.url, http)
         slow = await users.submit("alice", SLOW)
         assert slow["__typename"] == "Execution"

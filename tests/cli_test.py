@@ -404,7 +404,7 @@ async def test_token_create_list_revoke_and_expire(
     async with running(config) as nb:
 
         async def status(token: str) -> int:
-            async with httpx.AsyncClient() as http:
+            async with httpx.AsyncClient(timeout=60) as http:
                 response = await http.post(
                     nb.url + "/graphql",
                     json={"query": "{ executions { edges { cursor } } }"},
