@@ -84,7 +84,10 @@ async def test_queued_limit_holds_under_concurrent_submissions(
 ) -> None:
     config = _config(tmp_path, jupyter_server, backend_urls, max_queued_per_user=3)
     # No worker: everything submitted stays queued.
-    async with running(config, run_worker=False) as nb, httpx.AsyncClient(timeout=60) as http:
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
         users = _Users(nb.url, http)
         results = await asyncio.gather(*(users.submit("alice") for _ in range(10)))
         kinds = sorted(r["__typename"] for r in results)
@@ -108,7 +111,10 @@ async def test_submissions_per_minute(
     config = _config(
         tmp_path, jupyter_server, backend_urls, max_submissions_per_minute=2
     )
-    async with running(config, run_worker=False) as nb, httpx.AsyncClient(timeout=60) as http:
+    async with (
+        running(config, run_worker=False) as nb,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
         users = _Users(nb.url, http)
         for _ in range(2):
             done = await users.submit("alice")
