@@ -24,7 +24,7 @@ import nbformat
 import pytest
 
 from noteburst.storage import Database
-from tests.support.app import CANCEL, Noteburst, make_config, running
+from tests.support.app import CANCEL, Noteburst, make_config, redis_namespace, running
 from tests.support.executions import finished_run
 from tests.support.notebooks import notebook
 from tests.support.waiting import free_port, wait_until
@@ -270,7 +270,7 @@ async def test_separate_worker_process_on_postgres_and_redis(
     env.update(
         NOTEBURST_DATABASE_URL=postgres_url,
         NOTEBURST_REDIS_URL=redis_url,
-        NOTEBURST_REDIS_NAMESPACE=f"nbtest-{tmp_path.name}",
+        NOTEBURST_REDIS_NAMESPACE=redis_namespace(tmp_path),
         NOTEBURST_DATA_DIR=str(tmp_path / "data"),
         NOTEBURST_JUPYTER_URL=jupyter_server.url,
         NOTEBURST_JUPYTER_TOKEN=jupyter_server.token,

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,7 +39,15 @@ __all__ = [
     "secret_matches",
 ]
 
-_KEY_BYTES = 12
+_KEY_LENGTH = 16
+_KEY_ALPHABET = string.ascii_letters + string.digits
+"""A key's characters: letters and digits only (95 bits in 16 characters).
+
+URL-safe base64 would also give ``-`` and ``_``, and a key starting with
+``-`` reads as an option on a command line (``noteburst token revoke
+-Qc7F…`` failed: one key in 64).  Keys made before accept that alphabet
+still (``_TOKEN_RE``); revoke such a key as ``noteburst token revoke -- KEY``.
+"""
 _SECRET_BYTES = 32
 _TOKEN_RE = re.compile(
     rf"^{re.escape(TOKEN_PREFIX)}(?P<key>[A-Za-z0-9_-]{{16}})\.(?P<secret>[A-Za-z0-9_-]{{43}})$"
@@ -102,7 +111,7 @@ class NewToken:
 
 def new_token() -> NewToken:
     """Generate a token with a random key and a 256-bit random secret."""
-    key = secrets.token_urlsafe(_KEY_BYTES)
+    key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(_KEY_LENGTH))
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     return NewToken(
         token=f"{TOKEN_PREFIX}{key}.{secret}", key=key, secret_hash=hash_secret(secret)

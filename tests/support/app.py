@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,17 @@ class Noteburst:
         return found
 
 
+def redis_namespace(tmp_path: Path) -> str:
+    """A Redis key prefix of this test's own.
+
+    ``tmp_path``'s name is unique within one pytest process only; under
+    pytest-xdist two workers can give the same name to two tests, so the
+    worker's id goes in too.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"nbtest-{worker}-{tmp_path.name}"
+
+
 def make_config(
     tmp_path: Path,
     jupyter: Any,
@@ -192,7 +204,7 @@ def make_config(
         redis_url=redis_url,
         jupyter_url=jupyter.url,
         jupyter_token=jupyter.token,
-        redis_namespace=f"nbtest-{tmp_path.name}",
+        redis_namespace=redis_namespace(tmp_path),
         **overrides,
     )
 
