@@ -235,6 +235,8 @@ class _Template:
             await asyncio.to_thread(self._start, env)
 
     def _start(self, env: dict[str, str]) -> None:
+        # A template removes its folder when it leaves: a restart makes it again.
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         status_read, status_write = os.pipe()

@@ -527,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is its own
+    # The provisioner stops a template with SIGTERM: leave through the
+    # ``finally`` below, so the socket and its folder go too (children reset
+    # SIGTERM to the default in ``_detach``).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with os.fdopen(args.status_fd, "wb", buffering=0) as status:
         try:
             _preload(args.warmup)
@@ -550,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(args.socket)
+        with contextlib.suppress(OSError):  # the provisioner's mkdtemp, if empty
+            os.rmdir(os.path.dirname(args.socket))
     return 0
 
 

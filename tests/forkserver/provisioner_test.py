@@ -290,6 +290,25 @@ async def test_a_dead_template_is_restarted(start_kernel: StartKernel) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_stopped_template_leaves_nothing_in_tmp_and_starts_again(
+    start_kernel: StartKernel,
+) -> None:
+    """``stop()`` (SIGTERM) removes the socket and its folder; a start remakes them."""
+    await start_kernel()
+    template = provisioner.template_for(sys.executable, "import json, decimal")
+    assert os.path.exists(template.socket_path)  # noqa: ASYNC240 - one stat
+    await asyncio.to_thread(template.stop)
+    assert template.process is not None
+    assert template.process.returncode == 0  # left through its own cleanup
+    assert not os.path.exists(template.folder)  # noqa: ASYNC240 - one stat
+
+    again = await start_kernel()
+    assert again.provisioner.fallback_reason is None
+    assert os.path.exists(template.socket_path)  # noqa: ASYNC240 - one stat
+    assert await again.value("1 + 1") == 2
+
+
+@pytest.mark.asyncio
 async def test_a_warmup_that_starts_a_thread_falls_back_to_plain_starts(
     start_kernel: StartKernel, jupyter_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
