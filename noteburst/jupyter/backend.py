@@ -267,7 +267,9 @@ class LocalLabBackend:
 
         With a warm pool for ``kernel_name``, a ready pooled kernel (never
         used before) is handed out instead, and a replacement starts in the
-        background; if none is ready, one is started on demand.
+        background; if none is ready, the request waits in line for the
+        pool's next kernel (:meth:`~.pool.KernelPool.acquire`), or starts
+        one on demand if the pool is failing.
 
         Parameters
         ----------
@@ -296,7 +298,9 @@ class LocalLabBackend:
     @contextlib.asynccontextmanager
     async def _kernel(self, kernel_name: str) -> AsyncIterator[KernelConnection]:
         rest = self.rest
-        pooled = self._pool.take(kernel_name) if self._pool is not None else None
+        pooled = (
+            await self._pool.acquire(kernel_name) if self._pool is not None else None
+        )
         if pooled is not None:
             try:
                 yield pooled

@@ -602,8 +602,9 @@ class HubLabBackend:
     ) -> contextlib.AbstractAsyncContextManager[KernelConnection]:
         """Hand out a fresh kernel in the lab, with its websocket open.
 
-        A warm kernel from the pool if one is ready (never used before),
-        else one started now.  If the lab is gone (found now, or by an
+        A warm kernel from the pool (never used before): a ready one, or
+        the pool's next (:meth:`~.pool.KernelPool.acquire`); one started
+        now if the pool is failing.  If the lab is gone (found now, or by an
         earlier failure), a new one is spawned first.
 
         Parameters
@@ -689,7 +690,9 @@ class HubLabBackend:
         self._cancel_idle_timer()
         try:
             lab = await self._lab_for(on_progress)
-            pooled = lab.pool.take(kernel_name) if lab.pool is not None else None
+            pooled = (
+                await lab.pool.acquire(kernel_name) if lab.pool is not None else None
+            )
 
             async def create() -> tuple[JupyterRestClient, str]:
                 nonlocal lab

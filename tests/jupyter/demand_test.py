@@ -30,3 +30,31 @@ def test_demand_is_the_rate_of_recent_takes_times_how_long_each_occupies_a_kerne
     # Durations are moving averages.
     demand.record_start(0.6)
     assert demand.start_seconds == pytest.approx(0.3 + SMOOTHING * 0.3)
+
+
+def test_a_burst_after_a_pause_is_seen_from_its_third_request() -> None:
+    demand = Demand()
+    demand.record_start(0.1)
+    demand.record_held(0.3)
+    demand.record_take(0.0)  # the last request before a pause
+    demand.record_take(8.0)
+    demand.record_take(8.1)
+    assert demand.rate(8.1) < 1  # the pause still weighs half
+    demand.record_take(8.2)
+    # The pause is one interval of three: the median is the burst's.
+    assert demand.rate(8.2) == pytest.approx(10.0)
+    assert demand.target(1, 8, now=8.2) == 5  # 1 ready + 10/s x 0.4 s
+
+
+def test_the_rate_follows_the_last_intervals_only() -> None:
+    demand = Demand()
+    for moment in (0.0, 1.0, 2.0, 3.0, 4.0):
+        demand.record_take(moment)
+    assert demand.rate(4.0) == pytest.approx(1.0)
+    for moment in (4.1, 4.2, 4.3):
+        demand.record_take(moment)
+    assert demand.rate(4.3) == pytest.approx(10.0)
+    # Takes at once (a burst of requests): the rate is bounded, not infinite.
+    for _ in range(5):
+        demand.record_take(5.0)
+    assert demand.rate(5.0) == pytest.approx(1000.0)

@@ -117,19 +117,22 @@ async def test_no_kernel_serves_two_executions(
 
 
 @pytest.mark.asyncio
-async def test_pool_refills_after_takes_and_bursts_start_on_demand(
+async def test_pool_refills_and_a_burst_waits_for_the_pools_own_starts(
     pooled_backend: BackendFactory,
 ) -> None:
     async with pooled_backend({PY: 2}) as backend:
         pool = pool_of(backend)
+        pool.refill_delay = 600  # only the closes trigger the refills
         async with asyncio.timeout(WAIT):
             await pool.wait_full(PY)
             assert pool.size(PY) == 2
             first = pool.ready_kernel_ids(PY)
 
-            # A burst of 4 while 2 are ready: 2 from the pool, 2 on demand.
+            # A burst of 4 while 2 are ready: 2 ready ones, and 2 the pool
+            # starts for the 2 that wait, warmed up like every pooled kernel.
             async def run() -> str:
                 async with backend.kernel(PY) as conn:
+                    assert conn.guard_installed
                     nb = notebook("1 + 1")
                     assert await execute_notebook(conn, nb) is None
                     assert text(nb, 0) == "2"
@@ -138,12 +141,116 @@ async def test_pool_refills_after_takes_and_bursts_start_on_demand(
             ids = await asyncio.gather(*(run() for _ in range(4)))
             assert len(set(ids)) == 4
             assert set(first) <= set(ids)
-            assert pool.handed_out(PY) == 2
+            assert pool.handed_out(PY) == 4
+            assert pool.stats(PY).started == 4
+            assert pool.stats(PY).waiting == 0
 
             await pool.wait_full(PY)
             assert pool.size(PY) == 2
             assert not set(pool.ready_kernel_ids(PY)) & set(ids)
-            assert pool.stats(PY).started == 4
+            assert pool.stats(PY).started == 6
+
+
+@pytest.mark.asyncio
+async def test_waiting_requests_are_served_in_order_of_arrival(
+    pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
+) -> None:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        before = await kernel_ids(http, jupyter_server)
+        async with pooled_backend({PY: 1}) as backend:
+            pool = pool_of(backend)
+            pool.refill_delay = 600
+            async with asyncio.timeout(WAIT):
+                await pool.wait_full(PY)
+                held = await pool.acquire(PY)  # the ready one
+                assert held is not None
+                first = asyncio.create_task(pool.acquire(PY))
+                await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+                second = asyncio.create_task(pool.acquire(PY))
+                await pool.wait_for(lambda: pool.stats(PY).waiting == 2)
+                # One start for each request in line, beyond the pool's target.
+                assert pool.stats(PY).starting == 2
+                done, _ = await asyncio.wait(
+                    {first, second}, return_when=asyncio.FIRST_COMPLETED
+                )
+                assert first in done  # the first start to end went to the first
+                conns = [held, await first, await second]
+                assert all(conn is not None for conn in conns)
+                assert len({conn.kernel_id for conn in conns if conn}) == 3
+                assert pool.handed_out(PY) == 3
+                assert pool.stats(PY).waiting == 0
+                for conn in conns:
+                    assert conn is not None
+                    await backend.rest.delete_kernel(conn.kernel_id)
+                    await conn.aclose()
+        assert await kernel_ids(http, jupyter_server) <= before
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_wait_leaves_the_line_and_no_kernel_behind(
+    pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
+) -> None:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        before = await kernel_ids(http, jupyter_server)
+        async with pooled_backend({PY: 1}) as backend:
+            pool = pool_of(backend)
+            pool.refill_delay = 600
+            async with asyncio.timeout(WAIT):
+                await pool.wait_full(PY)
+                async with backend.kernel(PY):  # holds the ready one
+                    waiting = asyncio.create_task(pool.acquire(PY))
+                    await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+                    waiting.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiting
+                    assert pool.stats(PY).waiting == 0
+                    # The kernel started for it is not lost: it joins the pool.
+                    await pool.wait_for(lambda: pool.size(PY) == 1)
+                    assert pool.handed_out(PY) == 1
+        assert await kernel_ids(http, jupyter_server) <= before
+
+
+@pytest.mark.asyncio
+async def test_a_failing_pool_sends_waiting_requests_off_to_start_their_own(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend(
+        {PY: 1}, {PY: "raise RuntimeError('broken warm-up')"}
+    ) as backend:
+        pool = pool_of(backend)
+        async with asyncio.timeout(WAIT):
+            # The first start is under way and will fail: this request waits
+            # for it, then is told to start a kernel of its own.
+            assert pool.stats(PY).starting == 1
+            assert await pool.acquire(PY) is None
+            assert pool.stats(PY).failed == 1
+            # While the pool is failing, nobody waits at all.
+            assert pool.stats(PY).consecutive_failures == 1
+            assert await pool.acquire(PY) is None
+            assert pool.stats(PY).waiting == 0
+            # What the backend does then: a kernel started on demand.
+            async with backend.kernel(PY) as conn:
+                nb = notebook("'ok'")
+                assert await execute_notebook(conn, nb) is None
+            assert text(nb, 0) == "'ok'"
+            assert pool.handed_out(PY) == 0
+
+
+@pytest.mark.asyncio
+async def test_closing_the_pool_sends_waiting_requests_away(
+    pooled_backend: BackendFactory,
+) -> None:
+    async with pooled_backend({PY: 1}) as backend:
+        pool = pool_of(backend)
+        pool.refill_delay = 600
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            async with backend.kernel(PY):
+                waiting = asyncio.create_task(pool.acquire(PY))
+                await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+                await pool.aclose()
+                assert await waiting is None
+                assert pool.stats(PY).waiting == 0
 
 
 @pytest.mark.asyncio
