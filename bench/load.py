@@ -176,6 +176,8 @@ class CpuUse:
     ours: float
     busy: float
     total: float
+    roles: dict[str, float] = field(default_factory=dict)
+    """``ours`` split by what each process is (see :func:`process_role`)."""
 
     @property
     def others_share(self) -> float:
@@ -187,6 +189,9 @@ class CpuUse:
             "cpu_seconds_per_notebook": self.ours / notebooks,
             "machine_busy_share": self.busy / self.total,
             "others_share": self.others_share,
+        } | {
+            f"cpu_seconds_per_notebook_{role}": seconds / notebooks
+            for role, seconds in self.roles.items()
         }
 
 
@@ -236,6 +241,7 @@ async def under_load(
             latencies.append(sample.seconds)
 
     cpu0 = cpu_times()
+    roles0 = cpu_by_role()
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(lane()) for _ in range(min(lanes, count))]
     try:
@@ -246,9 +252,16 @@ async def under_load(
         await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - t0
     cpu1 = cpu_times()
+    roles1 = cpu_by_role()
     cpu = None
     if cpu0 is not None and cpu1 is not None and cpu1[2] > cpu0[2]:
-        cpu = CpuUse(*(end - start for start, end in zip(cpu0, cpu1, strict=True)))
+        ours, busy, total = (end - start for start, end in zip(cpu0, cpu1, strict=True))
+        roles = {
+            role: seconds - roles0.get(role, 0.0)
+            for role, seconds in roles1.items()
+            if seconds - roles0.get(role, 0.0) > 0
+        }
+        cpu = CpuUse(ours, busy, total, roles)
     if not latencies:
         msg = f"every notebook failed; the first: {failures[0]}"
         raise BenchError(msg)
@@ -291,6 +304,58 @@ def cpu_times() -> tuple[float, float, float] | None:
         ours += own.get(pid, 0)
         todo.extend(children.get(pid, []))
     return ours / tick, busy / tick, total / tick
+
+
+def process_role(pid: int, cmdline: str) -> str:
+    """What a process of this benchmark's tree is, from its command line."""
+    if pid == os.getpid():
+        return "benchmark"
+    for marker, role in (
+        ("noteburst.cli", "noteburst"),
+        ("jupyter_server", "jupyter_server"),
+        ("noteburst.forkserver.template", "kernels"),  # the template and its forks
+        ("ipykernel_launcher", "kernels"),
+        ("papermill", "papermill"),
+    ):
+        if marker in cmdline:
+            return role
+    return "other"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far of this process's tree, by :func:`process_role`.
+
+    Each process counts its own time and its reaped children's (the
+    template's ended kernels count as kernels), so that a profile of a
+    block says where its CPU went: Noteburst's own process, its Jupyter
+    server, or the kernels.  Linux only (empty elsewhere).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    seconds: dict[int, tuple[str, float]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parents.setdefault(int(fields[1]), []).append(int(name))
+        used = sum(int(value) for value in fields[11:15]) / tick
+        command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+        role = process_role(int(name), command)
+        seconds[int(name)] = (role, used)
+    roles: dict[str, float] = {}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid in seconds:
+            role, used = seconds[pid]
+            roles[role] = roles.get(role, 0.0) + used
+        todo.extend(parents.get(pid, []))
+    return roles
 
 
 @dataclass
@@ -475,6 +540,12 @@ def _report_table(results: Results) -> dict[str, Any]:
                 + usage
                 + failed
             )
+            if cpu is not None and cpu.roles:
+                split = ", ".join(
+                    f"{role} {1000 * used / len(figures.latencies):.0f} ms"
+                    for role, used in sorted(cpu.roles.items(), key=lambda r: -r[1])
+                )
+                print(f"{'':<8}  CPU/nb by process: {split}")
     print(
         "(CPU/nb: CPU seconds of this benchmark's processes per notebook; busy:"
         "\n share of the machine's CPU time busy during the block; others: the"

@@ -9,10 +9,21 @@ figures it is given (made up here, no timing involved).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bench.latency import Sample
-from bench.load import CpuUse, Figures, Results, parse_args, report, under_load
+from bench.load import (
+    CpuUse,
+    Figures,
+    Results,
+    cpu_by_role,
+    parse_args,
+    process_role,
+    report,
+    under_load,
+)
 
 
 def test_defaults_and_quick() -> None:
@@ -37,7 +48,11 @@ def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
     results = Results()
     results.figures["concurrent"] = {
         # 30 nb/s; 0.1 CPU-s a notebook, other processes 1 of the 4 CPU-s busy
-        "noteburst": Figures([0.2] * 30, wall=1.0, cpu=CpuUse(3.0, 4.0, 4.0)),
+        "noteburst": Figures(
+            [0.2] * 30,
+            wall=1.0,
+            cpu=CpuUse(3.0, 4.0, 4.0, {"kernels": 1.5, "noteburst": 0.9}),
+        ),
         "nbclient": Figures([1.0] * 30, wall=10.0),  # 3 nb/s
         "papermill": Figures([4.0] * 30, wall=30.0),  # 1 nb/s
     }
@@ -52,6 +67,7 @@ def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
     cpu = output["figures"]["concurrent"]["noteburst"]
     assert cpu["cpu_seconds_per_notebook"] == pytest.approx(0.1)
     assert cpu["others_share"] == pytest.approx(0.25)
+    assert cpu["cpu_seconds_per_notebook_kernels"] == pytest.approx(0.05)
     concurrent = output["ratios"]["concurrent"]
     assert concurrent["throughput_vs_nbclient"] == pytest.approx(10.0)
     assert concurrent["throughput_vs_papermill"] == pytest.approx(30.0)
@@ -70,6 +86,22 @@ def test_report_ratios_and_goals(capsys: pytest.CaptureFixture[str]) -> None:
     assert "noteburst throughput = 10.0x nbclient, 30.0x papermill" in printed
     assert "p50 30.0x the floor: goal ≤ 3x: NOT met" in printed
     assert "latency p95 0.200 s: goal < 0.5 s: met" in printed
+    assert "CPU/nb by process: kernels 50 ms, noteburst 30 ms" in printed
+
+
+def test_cpu_is_split_by_what_each_process_is() -> None:
+    assert process_role(os.getpid(), "python bench/load.py") == "benchmark"
+    assert process_role(1, "python -m noteburst.cli serve --port 1") == "noteburst"
+    assert process_role(1, "python -m jupyter_server --ServerApp.ip=x") == (
+        "jupyter_server"
+    )
+    assert process_role(1, "python -m noteburst.forkserver.template --socket s") == (
+        "kernels"
+    )
+    assert process_role(1, "python -m ipykernel_launcher -f k.json") == "kernels"
+    assert process_role(1, "papermill in.ipynb out.ipynb") == "papermill"
+    # This process is in its own tree: its CPU so far counts.
+    assert cpu_by_role()["benchmark"] > 0
 
 
 @pytest.mark.asyncio
