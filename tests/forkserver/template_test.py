@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -35,7 +37,7 @@ def no_app() -> Iterator[None]:
 @pytest.mark.usefixtures("no_app")
 def test_a_prepared_app_serves_only_the_command_line_it_parsed() -> None:
     generic = ["-f", CONNECTION_FILE_PLACEHOLDER, "--Kernel._execute_sleep=0"]
-    prepared = Prepared(generic)
+    prepared = Prepared(generic, os.getpid())
     assert prepared.app_for(["-f", "/run/k2.json", "--debug"]) is None
     assert prepared.app_for(["--Kernel._execute_sleep=0"]) is None
     app = prepared.app_for(["-f", "/run/k2.json", "--Kernel._execute_sleep=0"])
@@ -102,3 +104,70 @@ def test_a_request_for_a_dead_standby_is_forked_anew() -> None:
         listener.close()
         os.close(keeper.wake_read)
         os.close(keeper.wake_write)
+
+
+def current(keeper: template.Template) -> Prepared | None:
+    """The template's prepared app (a call: mypy narrows no attribute)."""
+    return keeper.prepared
+
+
+@pytest.mark.usefixtures("no_app")
+def test_the_template_parses_a_command_line_once_for_every_later_kernel(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    keeper = template.Template(listener, os.getppid())
+    try:
+        keeper._prepare_app(["-f", "/run/k1.json", "--Kernel._execute_sleep=0"])
+        prepared = current(keeper)
+        assert prepared is not None
+        assert prepared.generic_argv == [
+            "-f",
+            CONNECTION_FILE_PLACEHOLDER,
+            "--Kernel._execute_sleep=0",
+        ]
+        # The kernels' parent is the template, this process.
+        assert prepared.app.parent_handle == os.getpid()
+        # The same command line with another file: parsed already.
+        keeper._prepare_app(["-f", "/run/k2.json", "--Kernel._execute_sleep=0"])
+        assert current(keeper) is prepared
+        # Another command line replaces the guess.
+        IPKernelApp.clear_instance()
+        keeper._prepare_app(["-f", "/run/k3.json"])
+        replaced = current(keeper)
+        assert replaced is not None
+        assert replaced is not prepared
+        assert replaced.generic_argv == ["-f", CONNECTION_FILE_PLACEHOLDER]
+        # No connection file, no guess.
+        keeper._prepare_app(["--debug"])
+        assert current(keeper) is None
+        # One the app refuses (argparse exits) leaves the template running.
+        IPKernelApp.clear_instance()
+        keeper._prepare_app(["-f", "/run/k4.json", "--nosuchflag"])
+        assert current(keeper) is None
+        assert "--nosuchflag" in capfd.readouterr().err
+    finally:
+        listener.close()
+        os.close(keeper.wake_read)
+        os.close(keeper.wake_write)
+
+
+def test_first_use_work_is_done_once_in_the_template() -> None:
+    # In a fresh interpreter, as the template is: tokenize's pattern (what
+    # IPython's input transformers compile for every kernel's first cell)
+    # is compiled, and no thread is left behind (the fork would copy it).
+    code = (
+        "import threading, tokenize\n"
+        "from noteburst.forkserver import template\n"
+        "assert tokenize._compile.cache_info().currsize == 0\n"
+        "template._warm_first_use()\n"
+        "print(tokenize._compile.cache_info().currsize, threading.active_count())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
+    assert done.stdout.split() == ["1", "1"]
