@@ -305,6 +305,8 @@ class LocalLabBackend:
             try:
                 yield pooled
             finally:
+                if self._pool is not None:
+                    self._pool.hand_back(pooled)
                 self._retire(rest, pooled.kernel_id, pooled)
             return
 

@@ -721,6 +721,8 @@ class HubLabBackend:
                     f"lab of {self.username} went away: {exc}", url=lab.rest.base_url
                 ) from exc
             finally:
+                if pooled is not None and lab.pool is not None:
+                    lab.pool.hand_back(pooled)
                 if kernel_id is not None:
                     self._retire(lab, kernel_id, conn)
         finally:

@@ -19,6 +19,7 @@ from noteburst.jupyter.exceptions import KernelStartError
 from noteburst.jupyter.execute import execute_notebook
 from noteburst.jupyter.kernel import KernelConnection
 from noteburst.jupyter.pool import (
+    AHEAD_STARTS,
     DEFAULT_BACKOFF,
     IPYTHON_PRIMER,
     IPYTHON_PRIMER_RUNS,
@@ -665,21 +666,53 @@ def _closed(conn: KernelConnection) -> bool:
 async def test_used_kernel_is_left_alone_for_the_retire_delay(
     pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
 ) -> None:
-    """The used kernel and the pool's refill wait; closing cuts the wait short."""
+    """The used kernel waits, not the pool's refill; closing cuts the wait short."""
     async with httpx.AsyncClient(trust_env=False) as http:
         async with asyncio.timeout(WAIT):
             async with pooled_backend({PY: 1}, retire_delay=300) as backend:
                 pool = pool_of(backend)
-                pool.refill_delay = 300  # the replacement waits for the close alone
+                pool.refill_delay = 300  # only the hand-back may start the refill
                 await pool.wait_full(PY)
                 async with backend.kernel(PY) as used:
                     assert await execute_notebook(used, notebook("1 + 1")) is None
+                    assert pool.stats(PY).deferred == 1  # in use: no refill yet
+                # Handed back: its replacement starts now, not after the delay.
+                await pool.wait_full(PY)
+                assert pool.stats(PY).deferred == 0
+                assert pool.stats(PY).started == 2
                 # Without the delay the kernel is deleted at once (~0.1 s).
                 assert not await _gone_within(http, jupyter_server, used.kernel_id, 1.0)
                 assert backend.pending_shutdowns == 1
                 assert not _closed(used)  # its websocket is still open
-                assert pool.stats(PY).deferred == 1  # no refill yet
             # Closed by the fixture within WAIT, not 300 s: closing ends the delay.
             assert backend.pending_shutdowns == 0
             assert _closed(used)
             assert used.kernel_id not in await kernel_ids(http, jupyter_server)
+
+
+@pytest.mark.asyncio
+async def test_starts_ahead_of_demand_run_one_at_a_time(
+    pooled_backend: BackendFactory,
+) -> None:
+    """Filling the pool: one start at a time; waiting requests: one each."""
+    async with pooled_backend({PY: 3}) as backend:
+        pool = pool_of(backend)
+        assert pool.stats(PY).starting == AHEAD_STARTS == 1
+        async with asyncio.timeout(WAIT):
+            await pool.wait_full(PY)
+            assert pool.stats(PY).started == 3
+            # Three requests take the three, three more wait: a start each,
+            # while the refill of the pool's target waits its turn.
+            pool.refill_delay = 600
+            held = [await pool.acquire(PY) for _ in range(3)]
+            waiting = [asyncio.create_task(pool.acquire(PY)) for _ in range(3)]
+            await pool.wait_for(lambda: pool.stats(PY).waiting == 3)
+            assert pool.stats(PY).starting == 3
+            conns = [*held, *await asyncio.gather(*waiting)]
+            assert all(conn is not None for conn in conns)
+            for conn in conns:
+                assert conn is not None
+                pool.hand_back(conn)
+                await backend.rest.delete_kernel(conn.kernel_id)
+                await conn.aclose()
+            await pool.wait_full(PY)
