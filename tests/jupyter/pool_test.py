@@ -73,6 +73,26 @@ def pooled_backend(jupyter_server: JupyterServerInfo, tmp_path: Path) -> Backend
     return make
 
 
+@asynccontextmanager
+async def full_pool_of_one(
+    pooled_backend: BackendFactory, server: JupyterServerInfo
+) -> AsyncIterator[tuple[LocalLabBackend, KernelPool]]:
+    """A started backend whose pool of one is full, within ``WAIT``.
+
+    Its refill starts only on a hand-back or a close (``refill_delay`` is
+    600 s); on exit, none of its kernels is left on the server.
+    """
+    async with httpx.AsyncClient(trust_env=False) as http:
+        before = await kernel_ids(http, server)
+        async with pooled_backend({PY: 1}) as backend:
+            pool = pool_of(backend)
+            pool.refill_delay = 600
+            async with asyncio.timeout(WAIT):
+                await pool.wait_full(PY)
+                yield backend, pool
+        assert await kernel_ids(http, server) <= before
+
+
 def pool_of(backend: LocalLabBackend) -> KernelPool:
     pool = backend.pool
     assert pool is not None
@@ -156,59 +176,47 @@ async def test_pool_refills_and_a_burst_waits_for_the_pools_own_starts(
 async def test_waiting_requests_are_served_in_order_of_arrival(
     pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
 ) -> None:
-    async with httpx.AsyncClient(trust_env=False) as http:
-        before = await kernel_ids(http, jupyter_server)
-        async with pooled_backend({PY: 1}) as backend:
-            pool = pool_of(backend)
-            pool.refill_delay = 600
-            async with asyncio.timeout(WAIT):
-                await pool.wait_full(PY)
-                held = await pool.acquire(PY)  # the ready one
-                assert held is not None
-                first = asyncio.create_task(pool.acquire(PY))
-                await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
-                second = asyncio.create_task(pool.acquire(PY))
-                await pool.wait_for(lambda: pool.stats(PY).waiting == 2)
-                # One start for each request in line, beyond the pool's target.
-                assert pool.stats(PY).starting == 2
-                done, _ = await asyncio.wait(
-                    {first, second}, return_when=asyncio.FIRST_COMPLETED
-                )
-                assert first in done  # the first start to end went to the first
-                conns = [held, await first, await second]
-                assert all(conn is not None for conn in conns)
-                assert len({conn.kernel_id for conn in conns if conn}) == 3
-                assert pool.handed_out(PY) == 3
-                assert pool.stats(PY).waiting == 0
-                for conn in conns:
-                    assert conn is not None
-                    await backend.rest.delete_kernel(conn.kernel_id)
-                    await conn.aclose()
-        assert await kernel_ids(http, jupyter_server) <= before
+    async with full_pool_of_one(pooled_backend, jupyter_server) as (backend, pool):
+        held = await pool.acquire(PY)  # the ready one
+        assert held is not None
+        first = asyncio.create_task(pool.acquire(PY))
+        await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+        second = asyncio.create_task(pool.acquire(PY))
+        await pool.wait_for(lambda: pool.stats(PY).waiting == 2)
+        # One start for each request in line, beyond the pool's target.
+        assert pool.stats(PY).starting == 2
+        done, _ = await asyncio.wait(
+            {first, second}, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert first in done  # the first start to end went to the first
+        conns = [held, await first, await second]
+        assert all(conn is not None for conn in conns)
+        assert len({conn.kernel_id for conn in conns if conn}) == 3
+        assert pool.handed_out(PY) == 3
+        assert pool.stats(PY).waiting == 0
+        for conn in conns:
+            assert conn is not None
+            await backend.rest.delete_kernel(conn.kernel_id)
+            await conn.aclose()
 
 
 @pytest.mark.asyncio
 async def test_a_cancelled_wait_leaves_the_line_and_no_kernel_behind(
     pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
 ) -> None:
-    async with httpx.AsyncClient(trust_env=False) as http:
-        before = await kernel_ids(http, jupyter_server)
-        async with pooled_backend({PY: 1}) as backend:
-            pool = pool_of(backend)
-            pool.refill_delay = 600
-            async with asyncio.timeout(WAIT):
-                await pool.wait_full(PY)
-                async with backend.kernel(PY):  # holds the ready one
-                    waiting = asyncio.create_task(pool.acquire(PY))
-                    await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
-                    waiting.cancel()
-                    with pytest.raises(asyncio.CancelledError):
-                        await waiting
-                    assert pool.stats(PY).waiting == 0
-                    # The kernel started for it is not lost: it joins the pool.
-                    await pool.wait_for(lambda: pool.size(PY) == 1)
-                    assert pool.handed_out(PY) == 1
-        assert await kernel_ids(http, jupyter_server) <= before
+    async with (
+        full_pool_of_one(pooled_backend, jupyter_server) as (backend, pool),
+        backend.kernel(PY),  # holds the ready one
+    ):
+        waiting = asyncio.create_task(pool.acquire(PY))
+        await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert pool.stats(PY).waiting == 0
+        # The kernel started for it is not lost: it joins the pool.
+        await pool.wait_for(lambda: pool.size(PY) == 1)
+        assert pool.handed_out(PY) == 1
 
 
 @pytest.mark.asyncio
@@ -239,19 +247,17 @@ async def test_a_failing_pool_sends_waiting_requests_off_to_start_their_own(
 
 @pytest.mark.asyncio
 async def test_closing_the_pool_sends_waiting_requests_away(
-    pooled_backend: BackendFactory,
+    pooled_backend: BackendFactory, jupyter_server: JupyterServerInfo
 ) -> None:
-    async with pooled_backend({PY: 1}) as backend:
-        pool = pool_of(backend)
-        pool.refill_delay = 600
-        async with asyncio.timeout(WAIT):
-            await pool.wait_full(PY)
-            async with backend.kernel(PY):
-                waiting = asyncio.create_task(pool.acquire(PY))
-                await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
-                await pool.aclose()
-                assert await waiting is None
-                assert pool.stats(PY).waiting == 0
+    async with (
+        full_pool_of_one(pooled_backend, jupyter_server) as (backend, pool),
+        backend.kernel(PY),
+    ):
+        waiting = asyncio.create_task(pool.acquire(PY))
+        await pool.wait_for(lambda: pool.stats(PY).waiting == 1)
+        await pool.aclose()
+        assert await waiting is None
+        assert pool.stats(PY).waiting == 0
 
 
 @pytest.mark.asyncio
