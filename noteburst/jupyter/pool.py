@@ -640,7 +640,7 @@ class KernelPool:
             if self._closed.is_set():
                 self._retire(pooled.conn.kernel_id, pooled.conn)
                 return
-            if self._hand_to_waiter(lane, pooled.conn):
+            if self._hand_to_waiter(lane, pooled):
                 return
             lane.ready.append(pooled)
             pooled.watcher = self._spawn(
@@ -746,15 +746,20 @@ class KernelPool:
                 kernel_name=lane.name,
             )
 
-    def _hand_to_waiter(self, lane: _Lane, conn: KernelConnection) -> bool:
-        """Give a newly ready kernel to the oldest waiting request, if any."""
+    def _hand_to_waiter(self, lane: _Lane, pooled: _Pooled) -> bool:
+        """Give a newly ready kernel to the oldest waiting request, if any.
+
+        Handed out as :meth:`take` hands out a ready one: no longer idle in
+        the pool (its ``kernel_info`` queue closed), its slot deferred.
+        """
         while lane.waiters:
             waiter = lane.waiters.popleft()
             if waiter.done():  # cancelled meanwhile
                 continue
+            self._unwatch(pooled)
             lane.handed_out += 1
-            self._defer_refill(lane, conn)
-            waiter.set_result(conn)
+            self._defer_refill(lane, pooled.conn)
+            waiter.set_result(pooled.conn)
             self._notify()
             return True
         return False

@@ -192,6 +192,8 @@ async def test_waiting_requests_are_served_in_order_of_arrival(
         conns = [held, await first, await second]
         assert all(conn is not None for conn in conns)
         assert len({conn.kernel_id for conn in conns if conn}) == 3
+        # Handed out like a ready one: no longer watched as idle in the pool.
+        assert not any(getattr(conn, "idle_in_pool", False) for conn in conns)
         assert pool.handed_out(PY) == 3
         assert pool.stats(PY).waiting == 0
         for conn in conns:
