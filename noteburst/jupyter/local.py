@@ -18,6 +18,9 @@ process with the settings measured to matter (``jupyter-on-loopback.md``):
 * with ``fork_kernels``, a ``python3`` kernelspec in its own data directory
   that names Noteburst's forking provisioner (:mod:`noteburst.forkserver`),
   with that warm-up code: kernels are forked from a preloaded template;
+* on Linux, kernels on Unix sockets in the abstract namespace
+  (``--KernelManager.transport=ipc``, see :mod:`.server_settings`): less
+  CPU per message than loopback TCP, and no file to clean up;
 * hermetic ``JUPYTER_CONFIG_DIR``, ``JUPYTER_DATA_DIR``,
   ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` under ``root_dir``.  Only the
   *user* directories move: kernelspecs installed in the environment
@@ -290,6 +293,8 @@ class LocalJupyterServer:
         ]
         if os.geteuid() == 0:
             command.append("--allow-root")
+        if sys.platform == "linux":
+            command.append("--KernelManager.transport=ipc")
         return command + self.extra_args
 
     def _launch(self, port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -39,6 +40,16 @@ def command_line(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
+def abstract_sockets() -> set[str]:
+    """Names of the Unix sockets bound in the abstract namespace, ``@`` first."""
+    names = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7].startswith("@"):
+            names.add(fields[7])
+    return names
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fork_kernels", [None, "import json"], ids=["plain", "forked"])
 async def test_lifecycle_leaves_nothing_behind(
@@ -65,6 +76,7 @@ async def test_lifecycle_leaves_nothing_behind(
         assert b"--allow-root" in cmdline
     # Hermetic runtime directory.
     assert list((server.state_dir / "runtime").iterdir())
+    assert b"--KernelManager.transport=ipc" in cmdline
 
     async with httpx.AsyncClient(trust_env=False) as http:
         rest = JupyterRestClient(
@@ -72,6 +84,11 @@ async def test_lifecycle_leaves_nothing_behind(
         )
         assert "python3" in await rest.kernelspecs()
         kernel_id = await rest.create_kernel("python3")
+        # Unix sockets in the abstract namespace: no file to leave behind.
+        connection_file = server.state_dir / "runtime" / f"kernel-{kernel_id}.json"
+        connection = json.loads(connection_file.read_text())
+        assert connection["transport"] == "ipc"
+        assert connection["ip"] == f"@kernel-{kernel_id}-ipc"
         async with await KernelConnection.open(rest, kernel_id) as conn:
             nb = nbformat.v4.new_notebook(
                 cells=[
@@ -93,6 +110,7 @@ async def test_lifecycle_leaves_nothing_behind(
         kernel_pid, kernel_parent = int(kernel_pid_text), int(parent_text)
         assert Path(kernel_cwd) == tmp_path
         assert alive(kernel_pid)
+        assert f"@kernel-{kernel_id}-ipc-1" in abstract_sockets()
         if fork_kernels is None:
             assert kernel_parent == pid
         else:
@@ -106,6 +124,7 @@ async def test_lifecycle_leaves_nothing_behind(
         assert server.pid is None
         assert not alive(pid)
         assert not alive(kernel_pid)
+        assert not any(kernel_id in name for name in abstract_sockets())
         if fork_kernels is not None:
             async with asyncio.timeout(WAIT):
                 await wait_for_exit(kernel_parent)

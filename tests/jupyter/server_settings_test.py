@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,13 @@ def test_kernel_event_schemas_are_registered_with_the_server_once(
     assert registered == []  # the next ones do not read them again
     first.context.destroy(linger=0)
     second.context.destroy(linger=0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the abstract namespace is Linux's")
+def test_ipc_sockets_are_named_in_the_abstract_namespace(tmp_path: Path) -> None:
+    """No socket file: nothing left behind, no path too long for a socket."""
+    deep = tmp_path / ("d" * 120) / "kernel-0123.json"
+    tcp = LowLatencyKernelManager(connection_file=str(deep))
+    assert tcp.ip == "127.0.0.1"
+    ipc = LowLatencyKernelManager(transport="ipc", connection_file=str(deep))
+    assert ipc.ip == "@kernel-0123-ipc"
