@@ -59,7 +59,7 @@ from typing import IO, Any, Final
 import httpx
 from ipykernel.kernelspec import get_kernel_dict
 
-from .exceptions import JupyterError, LabUnavailableError
+from .exceptions import JupyterError, JupyterWebError, LabUnavailableError
 from .rest import JupyterRestClient
 
 __all__ = ["LocalJupyterServer"]
@@ -319,6 +319,7 @@ class LocalJupyterServer:
             rest = JupyterRestClient(
                 http=http, base_url=self.url, token=self._token, timeout=2
             )
+            answer = ""
             while True:
                 if process.poll() is not None:
                     tail = self.log_tail()
@@ -328,13 +329,22 @@ class LocalJupyterServer:
                         f"Jupyter server exited with status {process.returncode} "
                         f"while starting; log tail:\n{tail}"
                     )
-                with contextlib.suppress(LabUnavailableError):
+                try:
                     await rest.status()
+                except LabUnavailableError:
+                    pass  # not listening yet
+                except JupyterWebError as exc:
+                    # Another server took the port between our choosing it
+                    # and the server binding it (it answered 404 to
+                    # /api/status in CI): ours will fail to bind and exit,
+                    # and the start is retried on another port.
+                    answer = f"; the port answered: {exc}"
+                else:
                     return
                 if time.monotonic() >= deadline:
                     raise LabUnavailableError(
-                        f"Jupyter server not ready after {self.start_timeout} s; "
-                        f"log tail:\n{self.log_tail()}"
+                        f"Jupyter server not ready after {self.start_timeout} s"
+                        f"{answer}; log tail:\n{self.log_tail()}"
                     )
                 await asyncio.sleep(_POLL_INTERVAL)
 

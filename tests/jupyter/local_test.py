@@ -196,6 +196,38 @@ async def test_taken_port_is_retried_and_finalizer_stops_a_forgotten_server(
             await server.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_port_another_http_server_took_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server bound the chosen port first and answers 404 (seen in CI)."""
+
+    async def not_found(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    other = await asyncio.start_server(not_found, "127.0.0.1", 0)
+    async with other:
+        taken = other.sockets[0].getsockname()[1]
+        ports = iter([taken])
+        real_free_port = local._free_port
+        monkeypatch.setattr(
+            local, "_free_port", lambda: next(ports, None) or real_free_port()
+        )
+        server = LocalJupyterServer(root_dir=tmp_path, start_timeout=60)
+        try:
+            async with asyncio.timeout(WAIT):
+                await server.start()
+            assert server.url != f"http://127.0.0.1:{taken}/"
+            assert "is not available" in server.log_tail(100_000)
+        finally:
+            await server.stop()
+
+
 ORPHAN_PARENT = """
 import asyncio, sys
 from pathlib import Path
