@@ -11,8 +11,8 @@ What is measured, ``--runs`` times each, one kernel at a time, through
 the kernel manager Noteburst's Jupyter servers use
 (:class:`~noteburst.jupyter.server_settings.LowLatencyKernelManager`,
 jupyter_server's with ipykernel's arguments and without jupyter_client's
-10 ms pause after a start), with kernel specs written to a private
-``JUPYTER_PATH``:
+10 ms pause after a start, on the same transport: Unix sockets on Linux),
+with kernel specs written to a private ``JUPYTER_PATH``:
 
 ``start``
     From ``start_kernel()`` to the first ``kernel_info`` reply read off the
@@ -68,7 +68,7 @@ from nbformat import v4
 
 from noteburst.forkserver.provisioner import stop_templates, template_for
 from noteburst.jupyter.kernel import KernelConnection
-from noteburst.jupyter.local import LocalJupyterServer
+from noteburst.jupyter.local import KERNEL_TRANSPORT, LocalJupyterServer
 from noteburst.jupyter.rest import JupyterRestClient
 from noteburst.jupyter.server_settings import LowLatencyKernelManager
 
@@ -97,7 +97,7 @@ def write_spec(root: Path, name: str, *, warmup: str | None) -> None:
 @asynccontextmanager
 async def started_kernel(name: str) -> AsyncIterator[tuple[AsyncKernelManager, Any]]:
     """Start kernel ``name`` with its channels; shut it down afterwards."""
-    manager = LowLatencyKernelManager(kernel_name=name)
+    manager = LowLatencyKernelManager(kernel_name=name, transport=KERNEL_TRANSPORT)
     client = None
     try:
         await manager.start_kernel()

@@ -62,7 +62,7 @@ from ipykernel.kernelspec import get_kernel_dict
 from .exceptions import JupyterError, JupyterWebError, LabUnavailableError
 from .rest import JupyterRestClient
 
-__all__ = ["LocalJupyterServer"]
+__all__ = ["KERNEL_TRANSPORT", "LocalJupyterServer"]
 
 _DISABLED_EXTENSIONS: Final = (
     "jupyterlab",
@@ -82,6 +82,9 @@ _PORT_ATTEMPTS: Final = 3
 _POLL_INTERVAL: Final = 0.05
 _LOG_TAIL: Final = 2000
 
+
+KERNEL_TRANSPORT: Final = "ipc" if sys.platform == "linux" else "tcp"
+"""How the server talks to its kernels: Unix sockets where they can be abstract."""
 
 FORKED_KERNEL_NAME: Final = "python3"
 FORK_PROVISIONER: Final = "noteburst-fork-provisioner"
@@ -293,8 +296,7 @@ class LocalJupyterServer:
         ]
         if os.geteuid() == 0:
             command.append("--allow-root")
-        if sys.platform == "linux":
-            command.append("--KernelManager.transport=ipc")
+        command.append(f"--KernelManager.transport={KERNEL_TRANSPORT}")
         return command + self.extra_args
 
     def _launch(self, port: int) -> None:
