@@ -19,8 +19,9 @@ process with the settings measured to matter (``jupyter-on-loopback.md``):
   that names Noteburst's forking provisioner (:mod:`noteburst.forkserver`),
   with that warm-up code: kernels are forked from a preloaded template;
 * on Linux, kernels on Unix sockets in the abstract namespace
-  (``--KernelManager.transport=ipc``, see :mod:`.server_settings`): less
-  CPU per message than loopback TCP, and no file to clean up;
+  (``--KernelManager.transport=ipc``, see :mod:`.server_settings`): no
+  kernel ports chosen, released, and possibly taken by another process
+  before the kernel binds them, and no socket file to clean up;
 * hermetic ``JUPYTER_CONFIG_DIR``, ``JUPYTER_DATA_DIR``,
   ``JUPYTER_RUNTIME_DIR`` and ``IPYTHONDIR`` under ``root_dir``.  Only the
   *user* directories move: kernelspecs installed in the environment

@@ -45,11 +45,15 @@ kernels and a hub's labs are tuned alike.
 
 Kernels may also talk to the server over Unix sockets instead of loopback
 TCP (``--KernelManager.transport=ipc``, which :class:`~.local.LocalJupyterServer`
-passes on Linux): every message between the server and a kernel, and every
-socket a kernel's start and websocket open connect, then costs less CPU on
-both sides (``bench/load.py``, back to back: 5-10 % less CPU per notebook).
-On Linux, :class:`LowLatencyKernelManager` names a kernel's sockets in the
-abstract namespace (``@`` and the connection file's name, as
+passes on Linux).  Not for speed: measured interleaved, a kernel's start and
+its messages cost the same on both (the first, unpaired runs had suggested
+5-10 % less CPU; bench/README.md, 2026-12-08).  For what TCP gets wrong
+here: jupyter_client picks a kernel's five ports by binding and releasing
+them, and the kernel binds them later, so on a busy host another process
+can take one first ("Address already in use", the kernel dead before its
+first reply); ipykernel also warns about unencrypted TCP.  On Linux,
+:class:`LowLatencyKernelManager` names a kernel's sockets in the abstract
+namespace (``@`` and the connection file's name, as
 jupyter_client would name the files): no file is created, so none is left
 behind by a server that was killed, and no socket path grows too long
 (jupyter_client would put them beside the connection file, whose folder is
