@@ -73,6 +73,8 @@ This module imports jupyter_server, so nothing else in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import weakref
@@ -88,18 +90,23 @@ from jupyter_server.services.kernels.kernelmanager import (
 )
 from tornado.ioloop import PeriodicCallback
 from traitlets import default
+from zmq.eventloop.zmqstream import ZMQStream
 
 __all__ = [
     "IPYKERNEL_ARGUMENTS",
     "PARENT_PID_ENV",
     "LowLatencyKernelManager",
     "NoDelayConnection",
+    "left_starting",
 ]
 
 PARENT_PID_ENV: Final = "NOTEBURST_JUPYTER_PARENT_PID"
 """Environment variable with the pid the lifeline watches."""
 
 _LIFELINE_INTERVAL_MS: Final = 1000
+
+RENUDGE_SECONDS: Final = 0.5
+"""How often jupyter_server's nudge asks a silent kernel again."""
 
 IPYKERNEL_ARGUMENTS: Final = (
     "--HistoryManager.hist_file=:memory:",
@@ -112,12 +119,142 @@ The first is what nbclient adds to the IPython kernels it starts.
 
 
 class NoDelayConnection(ZMQChannelsWebsocketConnection):
-    """Kernel websocket connection with ``TCP_NODELAY`` set on the socket."""
+    """A kernel websocket with ``TCP_NODELAY``, opened with one ``kernel_info``.
+
+    jupyter_server opens a websocket to a kernel in two steps, each with its
+    own ``kernel_info`` round trip: :meth:`prepare` asks the kernel for its
+    protocol version (once per kernel) on a socket of its own, then
+    :meth:`nudge` opens two more sockets and asks twice again, to be sure
+    the client's iopub subscription is in place (ZMQ drops what a kernel
+    publishes before a subscriber is known to it).  On the first
+    connection to a kernel, this class subscribes the connection's iopub
+    *before* that first request, so its reply and the iopub message it
+    causes prove both: the nudge is then not needed.  Every kernel
+    Noteburst starts is opened this way once, on its start's path
+    (``bench/README.md``, 2026-12-08: the first ``kernel_info`` after the
+    open 15 ms, 5 ms without the nudge).  Other connections (a second one
+    to the same kernel, a reconnect, a kernel whose first reply was not
+    seen on iopub) are nudged as jupyter_server nudges them.
+    """
+
+    _early_iopub: ZMQStream | None = None
+    """The iopub stream subscribed before the first ``kernel_info``, if any."""
+    _early_iopub_heard = False
+    _unopened_timer: asyncio.TimerHandle | None = None
+
+    def request_kernel_info(self) -> Any:
+        """Subscribe iopub first if this is the kernel's first ``kernel_info``.
+
+        jupyter_server sends a request only if no other connection has yet
+        (it keeps the answer on the kernel's manager).
+        """
+        first = not hasattr(self.kernel_manager, "_kernel_info_future")
+        if first and not self.channels:
+            self.create_stream()
+            self._early_iopub = iopub = self.channels["iopub"]
+
+            def heard(_msg: Any) -> None:
+                self._early_iopub_heard = True
+                iopub.stop_on_recv()
+
+            iopub.on_recv(heard)
+            # If the websocket is never opened (its handshake refused after
+            # this), nothing else closes these streams.
+            self._unopened_timer = asyncio.get_running_loop().call_later(
+                self.kernel_info_timeout, self._close_unopened
+            )
+        return super().request_kernel_info()  # type: ignore[no-untyped-call]
+
+    def _close_unopened(self) -> None:
+        self._unopened_timer = None
+        for stream in self.channels.values():
+            if not stream.closed():
+                stream.close()
+        self.channels = {}
+        self._early_iopub = None
+
+    def create_stream(self) -> None:
+        """Create the streams, unless :meth:`request_kernel_info` has already."""
+        if self._early_iopub is not None and self.channels.get("iopub") is (
+            self._early_iopub
+        ):
+            return
+        super().create_stream()  # type: ignore[no-untyped-call] # untyped upstream
 
     def connect(self) -> Any:
         """Turn Nagle's algorithm off, then connect as usual."""
+        if self._unopened_timer is not None:
+            self._unopened_timer.cancel()
+            self._unopened_timer = None
+        early = dict(self.channels) if self._early_iopub is not None else {}
         self.websocket_handler.set_nodelay(True)
-        return super().connect()
+        connected = super().connect()
+        # A reconnect takes over the streams jupyter_server buffered for it.
+        for name, stream in early.items():
+            if self.channels.get(name) is not stream and not stream.closed():
+                stream.close()
+        return connected
+
+    def nudge(self) -> asyncio.Future[None]:
+        """Skip the nudge if the first ``kernel_info`` was heard on our iopub.
+
+        Like jupyter_server's nudge, wait until its activity watcher has
+        seen the kernel leave ``starting`` (:meth:`_activity_seen`).
+        """
+        early = self._early_iopub
+        if early is None or self.channels.get("iopub") is not early:
+            return super().nudge()
+        if not self._early_iopub_heard:
+            self.channels["iopub"].stop_on_recv()
+            return super().nudge()
+        return asyncio.ensure_future(self._activity_seen())
+
+    async def _activity_seen(self) -> None:
+        """Wait until the server saw the kernel leave ``starting``.
+
+        Its activity watcher may have missed the first request's status
+        (its own subscription raced the kernel's start, as ours could):
+        then ask again, every :data:`RENUDGE_SECONDS` as the nudge does,
+        on a shell socket of its own (the replies are not the client's).
+        Gives up after ``kernel_info_timeout``, as the nudge does.
+        """
+        if getattr(self.kernel_manager, "execution_state", None) != "starting":
+            return
+        shell = self.kernel_manager.connect_shell()
+        try:
+            async with asyncio.timeout(self.kernel_info_timeout):
+                while True:
+                    self.session.send(shell, "kernel_info_request")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RENUDGE_SECONDS):
+                            await left_starting(self.kernel_manager)
+                            return
+        except TimeoutError:
+            pass
+        finally:
+            shell.close()
+
+
+async def left_starting(kernel_manager: Any) -> None:
+    """Return once ``kernel_manager.execution_state`` is not ``starting``.
+
+    jupyter_server's activity watcher sets it from the kernel's iopub
+    status messages; its nudge waits for that too (polling).  Bound it with
+    `asyncio.timeout`.
+    """
+    if getattr(kernel_manager, "execution_state", None) != "starting":
+        return
+    changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_change(change: Any) -> None:
+        if change["new"] != "starting" and not changed.done():
+            changed.set_result(None)
+
+    kernel_manager.observe(on_change, "execution_state")
+    try:
+        await changed
+    finally:
+        kernel_manager.unobserve(on_change, "execution_state")
 
 
 _LOGGERS_WITH_SCHEMAS: weakref.WeakSet[Any] = weakref.WeakSet()
