@@ -35,10 +35,10 @@ Rules (see ``jupyter-on-loopback.md`` §6: a reused kernel leaks state):
   while it warms up (after the warm-up code), so ``execute_notebook`` does
   not send it ahead of the first cell.  This also takes off the notebook's
   path what a fresh ipykernel does lazily on its first execution, which
-  the notebook's first cell would otherwise wait for.  Then
-  :data:`IPYTHON_PRIMER` runs once, as cells do (not silently) but
-  outside the history, for what a fresh process still does slowly the
-  first few times.
+  the notebook's first cell would otherwise wait for.  In the same request
+  (:data:`IPYTHON_WARM_UP`), :data:`IPYTHON_PRIMER` runs once, as cells do
+  (not silently) but outside the history, for what a fresh process still
+  does slowly the first few times.
 * Warm-up code runs with ``silent=True, store_history=False``: the
   notebook's first cell still gets ``execution_count`` 1 and the warm-up's
   messages are dropped (they are routed by their own ``msg_id``).  What it
@@ -138,7 +138,7 @@ del _noteburst_prime
 A fresh kernel runs its first cells measurably more slowly than one that
 has already run notebooks: the first executions in a Python process are
 slower (probably imports done on first use and the interpreter specializing
-hot code after a few runs).  Run :data:`IPYTHON_PRIMER_RUNS` time(s),
+hot code after a few runs).  Run once (in :data:`IPYTHON_WARM_UP`),
 non-silently (an execution as a cell's) but outside the history, it puts
 those first executions behind the kernel before a notebook gets it, so the
 notebook does not pay for them.  It leaves nothing in the namespace, does
@@ -148,15 +148,20 @@ stdout arms ipykernel's 0.2 s flush timer, and a notebook taken before it
 fired had its first ``print`` split in two stream messages by it.
 """
 
-IPYTHON_PRIMER_RUNS: Final = 1
-"""How many times the primer runs: once.
+IPYTHON_WARM_UP: Final = protocol.STOP_AFTER_ERROR_GUARD + IPYTHON_PRIMER
+"""What an IPython kernel runs once while it warms up: the guard, then the primer.
 
-It ran 10 times until 2026-12-07; measured then (bench/latency.py, 20
-runs each, embedded-warm), the 5 cells of a notebook on a pooled kernel
-took the same after 1 run as after 10 (26 against 27 ms on plain kernels,
-22 ms on forked ones, the floor 22-24 ms), while the 9 runs more cost every
-kernel about 50 ms of CPU (kernel, Jupyter server and Noteburst), the
-ceiling under load (bench/load.py).
+One request, not one each: a request is a round trip through the kernel
+(status, input, reply), the Jupyter server and Noteburst, paid by every
+kernel (bench/README.md, 2026-12-08).  Run as a cell is (not silently),
+for the primer; the guard's code shows nothing either way.
+
+The primer runs once.  It ran 10 times until 2026-12-07; measured then
+(bench/latency.py, 20 runs each, embedded-warm), the 5 cells of a notebook
+on a pooled kernel took the same after 1 run as after 10 (26 against 27 ms
+on plain kernels, 22 ms on forked ones, the floor 22-24 ms), while the 9
+runs more cost every kernel about 50 ms of CPU (kernel, Jupyter server and
+Noteburst), the ceiling under load (bench/load.py).
 """
 
 AHEAD_STARTS: Final = 1
@@ -671,10 +676,8 @@ class KernelPool:
                     await self._warm_up(conn, lane, lane.warm_up_code)
                 info = conn.kernel_info_reply
                 if info is not None and protocol.guard_applies(info):
-                    await self._warm_up(conn, lane, protocol.STOP_AFTER_ERROR_GUARD)
+                    await self._warm_up(conn, lane, IPYTHON_WARM_UP, silent=False)
                     conn.guard_installed = True
-                    for _ in range(IPYTHON_PRIMER_RUNS):
-                        await self._warm_up(conn, lane, IPYTHON_PRIMER, silent=False)
             conn.idle_in_pool = True
             return _Pooled(conn, watch_id)
         except BaseException as exc:
